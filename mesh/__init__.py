@@ -1,0 +1,74 @@
+"""event-mesh: event-driven multi-agent systems on any broker.
+
+Everything public is importable from ``mesh`` (plus the ``mesh.codec``,
+``mesh.errors``, ``mesh.routing`` and ``mesh.testing`` modules); nothing else
+should be imported from deeper paths. ``__all__`` is exactly the public surface
+(a test keeps it that way).
+"""
+
+from mesh import codec
+from mesh.app import HandlerSpec, Mesh
+from mesh.config import IdempotencyConfig, MeshConfig, RetryConfig, RouteConfig
+from mesh.context import Context, derive_id
+from mesh.delivery import ConsumerStats, RetryPolicy
+from mesh.dlq import DeadLetters
+from mesh.errors import (ConfigError, ConnectError, DataValidationError, DeadLetter,
+                         DecodeError, DeliveryError, HandlerError, HopLimitExceeded,
+                         InvalidEvent, MeshError, PublishError, RetryLater, TransportClosed,
+                         TransportError)
+from mesh.event import Event
+from mesh.hookspecs import hookimpl
+from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
+                         StoreRegistry)
+from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
+                            TransportFeatures, TransportRegistry, is_wildcard, pattern_list,
+                            pattern_matcher, redact_url, validate_pattern)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "ConsumerStats",
+    "Context",
+    "DataValidationError",
+    "DeadLetter",
+    "DeadLetters",
+    "DecodeError",
+    "Delivery",
+    "DeliveryError",
+    "DeliveryHandler",
+    "Event",
+    "HandlerError",
+    "HandlerSpec",
+    "HopLimitExceeded",
+    "IdempotencyConfig",
+    "IdempotencyStore",
+    "InvalidEvent",
+    "MemoryIdempotencyStore",
+    "Mesh",
+    "MeshConfig",
+    "MeshError",
+    "PublishError",
+    "RetryConfig",
+    "RetryLater",
+    "RetryPolicy",
+    "RouteConfig",
+    "SQLiteIdempotencyStore",
+    "StoreRegistry",
+    "Subscription",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "TransportFeatures",
+    "TransportRegistry",
+    "__version__",
+    "codec",
+    "derive_id",
+    "hookimpl",
+    "is_wildcard",
+    "pattern_list",
+    "pattern_matcher",
+    "redact_url",
+    "validate_pattern",
+]

@@ -1,0 +1,336 @@
+"""Mesh: the application object. Wires handlers to a transport under the delivery rules.
+
+::
+
+    mesh = Mesh("memory://")                      # or Mesh.from_config("mesh.yaml")
+
+    @mesh.on("task.created", group="workers", max_in_flight=4)
+    async def work(event: Event, ctx: Context) -> None:
+        await ctx.emit("task.done", {"ok": True})
+
+    async with mesh:                              # start() ... stop()
+        await mesh.publish(Event("task.created", "/me", {"n": 1}))
+
+Handlers are registered before ``start()``. A handler takes the event (annotate
+``Event``, or a pydantic model to get validated data) and optionally the
+`Context`. ``group=`` names a consumer group: each event goes to one member
+across every process running the app; without a group every instance gets every
+event. A group name is the broker-side queue/consumer name, so one app may use a
+group for one handler only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import typing
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mesh import plugins
+from mesh.config import MeshConfig
+from mesh.context import Context
+from mesh.delivery import Consumer, ConsumerStats, RetryPolicy
+from mesh.dlq import DeadLetters
+from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
+from mesh.event import Event
+from mesh.routing.filters import FilterSpec, channel_pattern, compile_filter, type_constraint
+from mesh.stores import IdempotencyStore
+from mesh.transport import Subscription, Transport, is_wildcard, validate_pattern
+
+log = logging.getLogger("mesh")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+DEAD_LETTER_GROUP = "mesh.dlq"
+
+
+@dataclass(slots=True)
+class HandlerSpec:
+    """One registered handler (what ``@mesh.on`` recorded)."""
+
+    name: str
+    func: Callable[..., Awaitable[Any]]
+    patterns: list[str]
+    filter: FilterSpec | None
+    group: str | None
+    max_in_flight: int
+    idempotent: bool
+    dead_letters: bool = False
+
+
+def _invoker(func: Callable[..., Awaitable[Any]]) -> Callable[[Event, Context], Awaitable[Any]]:
+    """Adapt a handler's signature once, at registration: (event|model[, ctx])."""
+    if not inspect.iscoroutinefunction(func):
+        raise ConfigError(f"handler {func.__qualname__} must be 'async def' "
+                          "(run blocking work with asyncio.to_thread inside it)")
+    params = list(inspect.signature(func).parameters.values())
+    if not 1 <= len(params) <= 2:
+        raise ConfigError(f"handler {func.__qualname__} must take (event) or (event, ctx)")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable annotations: treat as Event
+        hints = {}
+    model = hints.get(params[0].name)
+    with_ctx = len(params) == 2
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        validate = model.model_validate
+
+        async def call_model(event: Event, ctx: Context) -> Any:
+            try:
+                value = validate(event.data)
+            except ValidationError as exc:
+                raise DataValidationError(
+                    f"data of {event.type} does not match {model.__name__}: "
+                    f"{exc.error_count()} error(s): {exc.errors(include_url=False)}") from None
+            return await (func(value, ctx) if with_ctx else func(value))
+        return call_model
+    if with_ctx:
+        return func
+    return lambda event, ctx: func(event)
+
+
+class Mesh:
+    """The event mesh of one application instance. See the module docstring."""
+
+    def __init__(self, transport: str | Transport | None = None, *,
+                 config: MeshConfig | None = None, source: str | None = None,
+                 **overrides: Any) -> None:
+        instance: Transport | None = None
+        if isinstance(transport, Transport):  # a ready transport object (tests, custom setups)
+            instance, transport = transport, None
+        if config is None:
+            config = MeshConfig.load(transport=transport, source=source, **overrides)
+        elif transport is not None or source is not None or overrides:
+            update = {k: v for k, v in dict(overrides, transport=transport,
+                                             source=source).items() if v is not None}
+            config = MeshConfig.build({**config.model_dump(), **update})
+        self.config = config
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.transport: Transport = instance or plugins.transport_registry().create(
+            config.transport_url, config.transport_options)
+        self._policy = RetryPolicy.from_config(config.retry)
+        self._handlers: list[HandlerSpec] = []
+        self._consumers: dict[str, Consumer] = {}
+        self._subscriptions: list[Subscription] = []
+        self._store: IdempotencyStore | None = None
+        self._started = False
+        self._lock = asyncio.Lock()
+        self.dead_letters = DeadLetters(self)
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
+        """Build from a YAML file (and ``MESH_*`` variables); ``overrides`` win."""
+        return cls(config=MeshConfig.load(path, **overrides))
+
+    @property
+    def source(self) -> str:
+        """The CloudEvents ``source`` of events this app emits."""
+        return self.config.source
+
+    def channel_for(self, event_type: str) -> str:
+        """The channel an event type is published on: the type itself."""
+        return event_type
+
+    def __repr__(self) -> str:
+        return f"Mesh(transport={self.config.redacted_transport!r}, started={self._started})"
+
+
+    # --- registration ------------------------------------------------------------------
+
+    def on(self, type: str | Sequence[str] | None = None, *, filter: FilterSpec | None = None,
+           group: str | None = None, name: str | None = None, max_in_flight: int | None = None,
+           idempotent: bool | None = None) -> Callable[[F], F]:
+        """Register a handler for an event type (or channel pattern) and/or a filter.
+
+        ``type`` may be a list, or a channel pattern with ``*``/``>`` tokens.
+        ``filter`` is a Subscriptions API filter (see `mesh.routing.filters`); what
+        it implies about ``type`` picks the channels, the rest is checked per event.
+        ``idempotent`` defaults to True for groups (duplicates are acked unseen).
+        """
+        if type is None and filter is None:
+            raise ConfigError("mesh.on() needs an event type, a filter, or both")
+        if filter is not None:
+            compile_filter(filter)  # fail at registration, not at start
+        patterns = self._patterns(type, filter)
+
+        def register(func: F) -> F:
+            self._add(HandlerSpec(
+                name=name or func.__name__, func=func, patterns=patterns, filter=filter,
+                group=group, max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                idempotent=group is not None if idempotent is None else idempotent))
+            return func
+        return register
+
+    def on_dead_letter(self, *, group: str | None = None, name: str | None = None,
+                       max_in_flight: int | None = None,
+                       filter: FilterSpec | None = None) -> Callable[[F], F]:
+        """Register a handler for the dead-letter channel (a repair or alerting agent).
+
+        Dead-letter copies keep the original type and data; ``meshdl*`` extensions say
+        why (see `mesh.delivery`). They are never retried into the dead-letter channel
+        again: a failing dead-letter handler's event is logged and dropped after retries.
+        """
+        channel = self.config.dead_letter_channel
+
+        def register(func: F) -> F:
+            self._add(HandlerSpec(
+                name=name or func.__name__, func=func, patterns=[channel], filter=filter,
+                group=group, max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                idempotent=group is not None, dead_letters=True))
+            return func
+        return register
+
+    def _patterns(self, type: str | Sequence[str] | None, filter: FilterSpec | None) -> list[str]:
+        if type is None:
+            assert filter is not None
+            planned = channel_pattern(type_constraint(filter))
+            return [planned] if isinstance(planned, str) else planned
+        types = [type] if isinstance(type, str) else list(type)
+        if not types:
+            raise ConfigError("mesh.on() got an empty list of types")
+        return [validate_pattern(self.channel_for(t)) for t in types]
+
+    def _add(self, spec: HandlerSpec) -> None:
+        if self._started:
+            raise ConfigError(f"register handler {spec.name} before mesh.start()")
+        if spec.group is not None and any(h.group == spec.group for h in self._handlers):
+            raise ConfigError(
+                f"group {spec.group!r} is already used by handler "
+                f"{next(h.name for h in self._handlers if h.group == spec.group)}; a group is "
+                "one broker-side consumer group, so give each handler its own group")
+        if any(h.name == spec.name and h.group == spec.group for h in self._handlers):
+            raise ConfigError(f"handler name {spec.name!r} is registered twice; pass name=...")
+        _invoker(spec.func)
+        self._handlers.append(spec)
+
+    @property
+    def handlers(self) -> list[HandlerSpec]:
+        return list(self._handlers)
+
+    def stats(self, name: str) -> ConsumerStats:
+        """Counters of the handler registered as ``name`` (after start)."""
+        try:
+            return self._consumers[name].stats
+        except KeyError:
+            raise ConfigError(f"no started handler named {name!r}; known: "
+                              f"{', '.join(self._consumers)}") from None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and subscribe every handler. Idempotent."""
+        async with self._lock:
+            if self._started:
+                return
+            await self.transport.connect()
+            try:
+                if self.config.idempotency.enabled and any(h.idempotent for h in self._handlers):
+                    self._store = plugins.store_registry().create(self.config.idempotency.store)
+                await self.dead_letters.declare()
+                for spec in self._handlers:
+                    await self._subscribe(spec)
+            except BaseException:
+                await self._teardown(0.0)
+                raise
+            self._started = True
+            log.info("mesh started on %s with %d handler(s)", self.config.redacted_transport,
+                     len(self._handlers))
+
+    async def _subscribe(self, spec: HandlerSpec) -> None:
+        scope = spec.group or f"{spec.name}@{self.instance_id}"
+        consumer = Consumer(
+            self, invoke=_invoker(spec.func), scope=scope, group=spec.group,
+            predicate=compile_filter(spec.filter) if spec.filter is not None else None,
+            policy=self._policy, store=self._store if spec.idempotent else None,
+            accepts_dead_letters=spec.dead_letters)
+        self._consumers[spec.name] = consumer
+        for pattern in spec.patterns:
+            if is_wildcard(pattern) and not self.transport.features.wildcard_patterns:
+                raise ConfigError(f"handler {spec.name}: transport does not support wildcard "
+                                  f"channel patterns like {pattern!r}; list the types")
+        self._subscriptions.append(await self.transport.subscribe(
+            spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,  # type: ignore[arg-type]
+            consumer, group=spec.group, max_in_flight=spec.max_in_flight))
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking events, let in-flight handlers finish within ``timeout`` seconds
+        (default ``shutdown_timeout``), then close. Handlers still running are cancelled
+        and their events redelivered, not acked. Idempotent."""
+        async with self._lock:
+            if not self._started:
+                return
+            self._started = False
+            await self._teardown(self.config.shutdown_timeout if timeout is None else timeout)
+            log.info("mesh stopped")
+
+    async def _teardown(self, timeout: float) -> None:
+        subs, self._subscriptions = self._subscriptions, []
+        await asyncio.gather(*(sub.close(timeout) for sub in subs), return_exceptions=True)
+        await self.transport.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Start, run until SIGINT/SIGTERM (or cancellation), then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # --- publishing ------------------------------------------------------------------
+
+    async def publish(self, event: Event, *, channel: str | None = None) -> None:
+        """Publish ``event`` (to the channel of its type unless ``channel`` is given)
+        and return when the transport confirmed it."""
+        if not isinstance(event, Event):
+            raise TypeError(f"publish() takes a mesh.Event, got {type(event).__name__}")
+        try:
+            await self.transport.publish(channel or self.channel_for(event.type), event)
+        except TransportClosed:
+            raise TransportClosed("the mesh is not started; use 'async with mesh:' or "
+                                  "await mesh.start() before publishing") from None
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """Publish several events; returns when all are confirmed (pipelined where the
+        transport can)."""
+        await self.transport.publish_batch([(self.channel_for(e.type), e) for e in events])
+
+    async def emit(self, type: str, data: Any = None, **attributes: Any) -> Event:
+        """Create and publish a new event from this app (``source`` = the app's source)."""
+        extensions = {k: attributes.pop(k) for k in list(attributes)
+                      if k not in ("subject", "datacontenttype", "dataschema", "time", "id",
+                                   "source", "extensions")}
+        extensions.update(attributes.pop("extensions", None) or {})
+        attributes.setdefault("source", self.source)
+        event = Event(type, data=data, extensions=extensions, **attributes)
+        await self.publish(event)
+        return event
+
+
+

@@ -1,0 +1,133 @@
+"""Event <-> wire message, on top of the official cloudevents SDK 2.x.
+
+The SDK's protocol bindings (``cloudevents.core.bindings.kafka``, ``.amqp``,
+``.rabbitmq``) map attributes to headers; this module supplies the two pieces
+they are parameterised with:
+
+* `FORMAT`, a ``cloudevents.core.formats.base.Format`` that encodes the data of
+  any JSON value (the SDK's JSON format only handles dicts) and refuses bad JSON
+  instead of silently turning it into a string, and
+* ``Event.from_attributes`` as the SDK's ``EventFactory``, so decoding yields a
+  `mesh.Event` directly and never invents an ``id`` or ``time``.
+
+`decode` wraps any binding's ``from_*`` function so that whatever the SDK raises
+on a malformed message becomes a `mesh.errors.DecodeError` (the mesh dead-letters
+those with the reason). Transport plugins use these; they are public API.
+
+Example (what the Kafka plugin does)::
+
+    from cloudevents.core.bindings import kafka
+    from mesh import codec, Event
+    msg = kafka.to_binary(event, codec.FORMAT)
+    again = codec.decode(kafka.from_kafka, msg)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cloudevents.core.formats.json import JSONFormat
+
+from mesh.errors import DecodeError, MeshError
+from mesh.event import Event
+
+_JSON_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+M = TypeVar("M")
+
+
+def is_json(content_type: str | None) -> bool:
+    """True when data of this content type is JSON (no content type means JSON)."""
+    return content_type is None or _JSON_TYPE.match(content_type) is not None
+
+
+def encode_data(data: Any, content_type: str | None) -> bytes:
+    """Serialise event data for the message body.
+
+    ``bytes`` pass through; JSON content types get JSON; a ``str`` with a non-JSON
+    content type (text/plain) is UTF-8 encoded.
+    """
+    if data is None:
+        return b""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str) and not is_json(content_type):
+        return data.encode("utf-8")
+    try:
+        return _dumps(data).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"event data is not JSON-serialisable: {exc}") from None
+
+
+def decode_data(body: bytes, content_type: str | None) -> Any:
+    """Inverse of `encode_data`: JSON, text (str) or bytes by content type."""
+    if not body:
+        return None
+    if is_json(content_type):
+        try:
+            return _loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"body is not valid JSON for content type "
+                              f"{content_type or 'application/json'}: {exc}") from None
+    if content_type is not None and content_type.startswith("text/"):
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"body is not UTF-8 text: {exc}") from None
+    return bytes(body)
+
+
+class MeshFormat(JSONFormat):
+    """The SDK's JSON event format with strict, any-JSON-value data encoding."""
+
+    def write_data(self, data: Any, datacontenttype: str | None) -> bytes:
+        return encode_data(data, datacontenttype)
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> Any:
+        return decode_data(body, datacontenttype)
+
+
+#: The Format every mesh transport passes to the SDK bindings.
+FORMAT = MeshFormat()
+
+
+def decode(from_message: Callable[..., Any], message: M) -> Event:
+    """Decode ``message`` with an SDK binding function, e.g. ``kafka.from_kafka``.
+
+    Raises `DecodeError` (never anything else) when the message is not a valid
+    CloudEvent.
+    """
+    try:
+        event = from_message(message, FORMAT, Event.from_attributes)
+    except DecodeError:
+        raise
+    except MeshError as exc:
+        raise DecodeError(f"not a valid CloudEvent: {exc}") from None
+    except Exception as exc:  # the SDK raises assorted types on malformed input
+        raise DecodeError(f"not a valid CloudEvent: {type(exc).__name__}: {exc}") from None
+    if not isinstance(event, Event):
+        raise DecodeError("not a valid CloudEvent: decoder returned no event")
+    return event
+
+
+def to_json(event: Event) -> bytes:
+    """Structured-mode JSON (``application/cloudevents+json``) of an event."""
+    return FORMAT.write(event)
+
+
+def from_json(body: bytes | str) -> Event:
+    """Parse structured-mode JSON; raises `DecodeError` when it is not a CloudEvent."""
+    def read(raw: bytes | str, fmt: MeshFormat, factory: Any) -> Any:
+        return fmt.read(factory, raw)
+    return decode(read, body)
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """The event as a JSON-ready dict in the CloudEvents JSON format."""
+    result: dict[str, Any] = json.loads(to_json(event))
+    return result

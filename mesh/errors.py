@@ -1,0 +1,116 @@
+"""Every exception event-mesh raises, in one tree.
+
+Only exceptions from this module escape the public API (the conformance suite
+checks this for every transport), so ``except MeshError`` catches everything the
+mesh itself raises. Messages say what to do next and never contain credentials.
+
+::
+
+    MeshError
+    ├── ConfigError                  bad configuration: unknown scheme, missing field, bad value
+    ├── InvalidEvent                 an Event violating CloudEvents 1.0 (attribute or extension)
+    ├── TransportError               the broker or its client failed
+    │   ├── ConnectError             could not connect (or reconnect) to the broker
+    │   ├── PublishError             the broker did not confirm a publish
+    │   └── TransportClosed          the transport is closed (or was never connected)
+    ├── DecodeError                  a wire message is not a CloudEvent (goes to the dead-letter channel)
+    ├── DeliveryError                a delivery could not be settled (ack/nack failed)
+    ├── HandlerError                 base of signals a handler raises to steer delivery
+    │   ├── RetryLater               redeliver after ``after`` seconds; not a failed attempt
+    │   └── DeadLetter               do not retry: dead-letter this event now
+    ├── DataValidationError          event data failed the handler's model (never retried)
+    └── HopLimitExceeded             an event went round more hops than ``hop_limit`` (a loop)
+
+Routing errors (``mesh.routing.cesql.CESQLError`` and ``ParseError``) are also
+``MeshError`` subclasses.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base of every exception event-mesh raises."""
+
+
+class ConfigError(MeshError):
+    """The configuration is invalid; the message names the field and the fix."""
+
+
+class InvalidEvent(MeshError, ValueError):
+    """An event violates CloudEvents 1.0; the message names the attribute."""
+
+
+class TransportError(MeshError):
+    """The broker or its client failed."""
+
+
+class ConnectError(TransportError):
+    """Could not connect to the broker."""
+
+
+class PublishError(TransportError):
+    """The broker did not confirm a publish; the event may not have been written."""
+
+
+class TransportClosed(TransportError):
+    """The transport is closed or was never connected."""
+
+
+class DecodeError(MeshError):
+    """A wire message is not a valid CloudEvent.
+
+    The mesh never lets this kill a consumer: the raw message is dead-lettered
+    with this error's message as the reason.
+    """
+
+
+class DeliveryError(MeshError):
+    """A delivery could not be acknowledged or rejected."""
+
+
+class HandlerError(MeshError):
+    """Base of the signals a handler raises to steer the delivery of its event."""
+
+
+class RetryLater(HandlerError):
+    """Redeliver this event after ``after`` seconds without counting a failed attempt.
+
+    Raise it when a downstream dependency asks you to back off (an LLM's 429).
+    """
+
+    def __init__(self, after: float = 1.0, reason: str = "") -> None:
+        if after < 0:
+            raise ValueError("RetryLater(after=...) must be >= 0 seconds")
+        self.after = float(after)
+        self.reason = reason
+        super().__init__(reason or f"retry later (after {after:g}s)")
+
+
+class DeadLetter(HandlerError):
+    """Send this event to the dead-letter channel now, without further retries."""
+
+
+class DataValidationError(MeshError):
+    """The event's data does not validate against the handler's model. Never retried."""
+
+
+class HopLimitExceeded(MeshError):
+    """The event passed the hop limit: agents are probably emitting in a loop."""
+
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "DataValidationError",
+    "DeadLetter",
+    "DecodeError",
+    "DeliveryError",
+    "HandlerError",
+    "HopLimitExceeded",
+    "InvalidEvent",
+    "MeshError",
+    "PublishError",
+    "RetryLater",
+    "TransportClosed",
+    "TransportError",
+]

@@ -1,0 +1,1 @@
+"""Content-based routing: filter dialects, CESQL, the rule index and pushdown."""

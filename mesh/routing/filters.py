@@ -1,0 +1,190 @@
+"""CloudEvents Subscriptions API filter dialects, compiled to closures.
+
+A filter is a dict with one dialect key (the Subscriptions API wire shape)::
+
+    {"exact": {"type": "order.placed"}}
+    {"prefix": {"type": "order."}}        {"suffix": {"subject": ".pdf"}}
+    {"all": [f1, f2]}   {"any": [f1, f2]}   {"not": f}
+    {"sql": "type LIKE 'order.%' AND data.total > 100"}   (CESQL, see mesh.routing.cesql)
+
+A list of filters means ``all``. ``exact``/``prefix``/``suffix`` with several
+attributes require every one to match. Attributes compare as their canonical
+string form (booleans ``true``/``false``, time in RFC 3339); a missing attribute
+never matches. Filters are compiled once at subscribe time; evaluating one is a
+few closure calls, never ``eval``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from mesh.errors import ConfigError
+from mesh.event import CONTEXT_ATTRIBUTES, Event, format_time
+
+Predicate = Callable[[Event], bool]
+FilterSpec = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "sql")
+
+
+def attribute_getter(name: str) -> Callable[[Event], str | None]:
+    """A function reading attribute ``name`` of an event as its canonical string."""
+    if name in CONTEXT_ATTRIBUTES:
+        def get(event: Event) -> str | None:
+            return _canonical(getattr(event, name))
+    else:
+        def get(event: Event) -> str | None:
+            return _canonical(event.extensions.get(name))
+    return get
+
+
+def _canonical(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_time(value)
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeConstraint:
+    """What a filter requires of ``type``: exact values, or a prefix (None: anything)."""
+
+    exact: frozenset[str] | None = None
+    prefix: str | None = None
+
+
+def _attr_dialect(kind: str, spec: Any) -> Predicate:
+    if not isinstance(spec, Mapping) or not spec:
+        raise ConfigError(f"filter dialect '{kind}' takes a non-empty mapping of attribute "
+                          f"to value, e.g. {{'{kind}': {{'type': 'order.placed'}}}}")
+    tests: list[tuple[Callable[[Event], str | None], str]] = []
+    for name, value in spec.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"filter '{kind}' value for {name!r} must be a string")
+        if kind != "exact" and not value:
+            raise ConfigError(f"filter '{kind}' value for {name!r} must not be empty")
+        tests.append((attribute_getter(str(name)), value))
+    if kind == "exact":
+        def check(actual: str, want: str) -> bool:
+            return actual == want
+    elif kind == "prefix":
+        check = str.startswith
+    else:
+        check = str.endswith
+    if len(tests) == 1:
+        (get, want), = tests
+
+        def one(event: Event) -> bool:
+            actual = get(event)
+            return actual is not None and check(actual, want)
+        return one
+
+    def every(event: Event) -> bool:
+        for get, want in tests:
+            actual = get(event)
+            if actual is None or not check(actual, want):
+                return False
+        return True
+    return every
+
+
+def _compile_sql(expression: Any) -> Predicate:
+    if not isinstance(expression, str):
+        raise ConfigError("filter dialect 'sql' takes a CESQL expression string")
+    from mesh.routing import cesql
+
+    compiled = cesql.parse(expression)
+
+    def sql(event: Event) -> bool:
+        value, errors = compiled.evaluate(event)
+        return value is True and not errors
+    return sql
+
+
+def compile_filter(spec: FilterSpec) -> Predicate:
+    """Compile a filter (or a list of filters, meaning all) to a predicate.
+
+    Raises `ConfigError` naming the dialect and the fix for a malformed filter.
+    """
+    if isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
+        return _all([compile_filter(item) for item in spec])
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise ConfigError(f"a filter is a mapping with exactly one dialect key "
+                          f"({', '.join(DIALECTS)}); got {spec!r}")
+    (kind, body), = spec.items()
+    if kind in ("exact", "prefix", "suffix"):
+        return _attr_dialect(kind, body)
+    if kind in ("all", "any"):
+        if not isinstance(body, Sequence) or isinstance(body, (str, bytes)) or not body:
+            raise ConfigError(f"filter dialect '{kind}' takes a non-empty list of filters")
+        parts = [compile_filter(item) for item in body]
+        return _all(parts) if kind == "all" else _any(parts)
+    if kind == "not":
+        inner = compile_filter(body)
+        return lambda event: not inner(event)
+    if kind == "sql":
+        return _compile_sql(body)
+    raise ConfigError(f"unknown filter dialect {kind!r}; use one of {', '.join(DIALECTS)}")
+
+
+def _all(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    return lambda event: all(part(event) for part in parts)
+
+
+def _any(parts: list[Predicate]) -> Predicate:
+    return lambda event: any(part(event) for part in parts)
+
+
+def type_constraint(spec: FilterSpec) -> TypeConstraint:
+    """What ``spec`` requires of the event type, for channel planning and the rule index.
+
+    Conservative: when in doubt it returns no constraint (the residual predicate
+    still checks everything).
+    """
+    if isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
+        return _intersect([type_constraint(item) for item in spec])
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        return TypeConstraint()
+    (kind, body), = spec.items()
+    if kind == "exact" and isinstance(body, Mapping) and isinstance(body.get("type"), str):
+        return TypeConstraint(exact=frozenset({body["type"]}))
+    if kind == "prefix" and isinstance(body, Mapping) and isinstance(body.get("type"), str):
+        return TypeConstraint(prefix=body["type"])
+    if kind == "all" and isinstance(body, Sequence):
+        return _intersect([type_constraint(item) for item in body])
+    if kind == "any" and isinstance(body, Sequence) and body:
+        parts = [type_constraint(item) for item in body]
+        if all(p.exact is not None for p in parts):
+            return TypeConstraint(exact=frozenset().union(*(p.exact or () for p in parts)))
+    return TypeConstraint()
+
+
+def _intersect(parts: list[TypeConstraint]) -> TypeConstraint:
+    exact = [p.exact for p in parts if p.exact is not None]
+    if exact:
+        values = frozenset.intersection(*exact)
+        return TypeConstraint(exact=values)
+    prefixes = [p.prefix for p in parts if p.prefix is not None]
+    return TypeConstraint(prefix=max(prefixes, key=len)) if prefixes else TypeConstraint()
+
+
+def channel_pattern(constraint: TypeConstraint) -> str | list[str]:
+    """Neutral channel pattern(s) covering every event type the constraint allows.
+
+    Channels are event types, so an exact type is its own channel; a prefix ending
+    in ``.`` becomes ``prefix.>``; anything else needs every channel (``>``).
+    """
+    if constraint.exact is not None:
+        return sorted(constraint.exact)
+    prefix = constraint.prefix
+    if prefix and prefix.endswith(".") and "*" not in prefix and ">" not in prefix \
+            and all(prefix[:-1].split(".")):
+        return prefix + ">"
+    return ">"

@@ -1,0 +1,356 @@
+"""Mesh-level conformance cases: the delivery semantics, run through the `Mesh` API.
+
+Mixed into `mesh.testing.conformance.TransportConformance`, so every transport
+proves retries, dead-lettering, loop protection, deduplication, derived ids and
+``RetryLater`` on its own broker, not only on the memory transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+from pydantic import BaseModel
+
+from mesh.app import Mesh
+from mesh.context import Context
+from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_ID, DL_REASON
+from mesh.errors import MeshError, RetryLater
+from mesh.event import Event
+from mesh.testing.util import scaled, wait_until
+
+if TYPE_CHECKING:
+    from mesh.transport import Transport, TransportFeatures
+
+MeshFactory = Callable[..., Awaitable[Mesh]]
+
+
+class _Task(BaseModel):
+    title: str
+    priority: int
+
+
+class MeshCases:
+    """Mesh-level cases; needs ``make_transport``, ``prefix``, ``settle_time`` and
+    ``timeout`` from the transport suite."""
+
+    prefix: str
+    settle_time: float
+    timeout: float
+    features: TransportFeatures
+
+    async def make_transport(self) -> Transport:
+        raise NotImplementedError
+
+    async def publish_undecodable(self, transport: Transport, channel: str) -> None:
+        raise NotImplementedError
+
+    @pytest_asyncio.fixture
+    async def meshes(self) -> AsyncIterator[MeshFactory]:
+        """``await new(**config)`` builds an unstarted Mesh on a fresh transport; all are
+        stopped at the end. Each case gets its own dead-letter channel."""
+        made: list[Mesh] = []
+
+        async def new(**config: Any) -> Mesh:
+            config.setdefault("dead_letter_channel", f"{self.prefix}.deadletter")
+            config.setdefault("retry", {"max_attempts": 3, "initial_backoff": 0.01,
+                                        "max_backoff": 0.05})
+            config.setdefault("shutdown_timeout", 5)
+            mesh = Mesh(await self.make_transport(), **config)
+            made.append(mesh)
+            return mesh
+
+        yield new
+        for mesh in made:
+            await mesh.stop(timeout=1)
+        if made:
+            transport = await self.make_transport()
+            try:
+                await transport.connect()
+                await transport.delete_channels(f"{self.prefix}.>")
+            except MeshError:
+                pass
+            finally:
+                await transport.close()
+
+    async def started(self, *meshes: Mesh) -> None:
+        for mesh in meshes:
+            await mesh.start()
+        if self.settle_time:
+            await asyncio.sleep(self.settle_time)
+
+    def t(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    # --- cases ---------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_mesh_retry_then_dead_letter_exactly_once(self, meshes: Any) -> None:
+        mesh = await meshes()
+        calls = 0
+        dead: list[Event] = []
+
+        @mesh.on(self.t("job"), group=f"{self.prefix}-workers")
+        async def work(event: Event) -> None:
+            nonlocal calls
+            calls += 1
+            raise ValueError("model output unparsable")
+
+        @mesh.on_dead_letter(group=f"{self.prefix}-repair")
+        async def repair(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        sent = Event(self.t("job"), "/test", {"x": 1})
+        await mesh.publish(sent)
+        await wait_until(lambda: len(dead) >= 1, self.timeout, "the dead-letter copy")
+        await asyncio.sleep(0.5 + self.settle_time)
+        assert len(dead) == 1, "exactly one dead-letter copy"
+        assert calls == 3
+        copy = dead[0]
+        assert copy.type == sent.type and copy.data == sent.data
+        assert copy.extensions[DL_ERROR] == "ValueError"
+        assert copy.extensions[DL_REASON] == "model output unparsable"
+        assert str(copy.extensions[DL_ATTEMPTS]) == "3"
+        assert copy.extensions[DL_GROUP] == f"{self.prefix}-workers"
+        assert copy.extensions[DL_CHANNEL] == self.t("job")
+        assert copy.extensions[DL_ID] == sent.id and copy.id != sent.id
+        assert mesh.stats("work").dead_lettered == 1
+
+    @pytest.mark.asyncio
+    async def test_mesh_invalid_data_dead_letters_without_retry(self, meshes: Any) -> None:
+        mesh = await meshes()
+        handled: list[_Task] = []
+        dead: list[Event] = []
+
+        @mesh.on(self.t("task"), group=f"{self.prefix}-typed")
+        async def typed(task: _Task, ctx: Context) -> None:
+            handled.append(task)
+
+        @mesh.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("task"), "/t", {"title": "ok", "priority": 1}))
+        await mesh.publish(Event(self.t("task"), "/t", {"title": "bad", "priority": "high"}))
+        await wait_until(lambda: len(handled) == 1 and len(dead) == 1, self.timeout,
+                         "one handled and one dead-lettered")
+        assert handled[0] == _Task(title="ok", priority=1)
+        assert dead[0].extensions[DL_ERROR] == "DataValidationError"
+        assert "priority" in str(dead[0].extensions[DL_REASON])
+        assert str(dead[0].extensions[DL_ATTEMPTS]) == "1"
+
+    @pytest.mark.asyncio
+    async def test_mesh_hop_limit_stops_a_loop(self, meshes: Any) -> None:
+        mesh = await meshes(hop_limit=5)
+        hops: list[int] = []
+        alerts: list[Event] = []
+        dead: list[Event] = []
+
+        @mesh.on(self.t("ping"), group=f"{self.prefix}-pinger")
+        async def ping(event: Event, ctx: Context) -> None:
+            hops.append(event.meshhops)
+            await ctx.emit(self.t("ping"), {"again": True})
+
+        @mesh.on("mesh.loop.detected", group=f"{self.prefix}-alerts",
+                 filter={"prefix": {"source": "/"}})
+        async def alert(event: Event) -> None:
+            if event.data.get("type") == self.t("ping"):
+                alerts.append(event)
+
+        @mesh.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        first = Event(self.t("ping"), "/t", {})
+        await mesh.publish(first)
+        await wait_until(lambda: alerts and dead, self.timeout, "loop detection")
+        assert hops == [0, 1, 2, 3, 4, 5]
+        assert alerts[0].data["hops"] == 6 and alerts[0].correlationid == first.id
+        assert dead[0].extensions[DL_ERROR] == "HopLimitExceeded"
+
+    @pytest.mark.asyncio
+    async def test_mesh_suppresses_duplicates_per_group(self, meshes: Any) -> None:
+        mesh = await meshes()
+        seen: Counter[str] = Counter()
+
+        @mesh.on(self.t("order"), group=f"{self.prefix}-billing")
+        async def bill(event: Event) -> None:
+            seen[event.id] += 1
+
+        await self.started(mesh)
+        event = Event(self.t("order"), "/shop", {"total": 10})
+        await mesh.publish(event)
+        await wait_until(lambda: seen[event.id] == 1, self.timeout, "first delivery")
+        await mesh.publish(event)   # the same (source, id): a duplicate
+        await wait_until(lambda: mesh.stats("bill").duplicates == 1, self.timeout,
+                         "duplicate acked unseen")
+        assert seen[event.id] == 1
+
+    @pytest.mark.asyncio
+    async def test_mesh_derived_ids_are_deterministic(self, meshes: Any) -> None:
+        mesh = await meshes()
+        emitted: list[list[str]] = []
+        downstream: Counter[str] = Counter()
+
+        @mesh.on(self.t("question"), group=f"{self.prefix}-planner")
+        async def plan(event: Event, ctx: Context) -> None:
+            ids = [(await ctx.emit(self.t("subtask"), {"i": i})).id for i in range(3)]
+            emitted.append(ids)
+            if len(emitted) == 1:
+                raise RuntimeError("crash after emitting")
+
+        @mesh.on(self.t("subtask"), group=f"{self.prefix}-solver")
+        async def solve(event: Event) -> None:
+            downstream[event.id] += 1
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("question"), "/t", {"q": "why?"}))
+        await wait_until(lambda: len(emitted) == 2 and mesh.stats("solve").duplicates >= 3,
+                         self.timeout, "retry re-emitting the same ids")
+        assert emitted[0] == emitted[1]
+        assert all(count == 1 for count in downstream.values()) and len(downstream) == 3
+
+    @pytest.mark.asyncio
+    async def test_mesh_retry_later_is_not_a_failed_attempt(self, meshes: Any) -> None:
+        mesh = await meshes(retry={"max_attempts": 1, "initial_backoff": 0.01})
+        calls = 0
+        done = asyncio.Event()
+
+        @mesh.on(self.t("llm"), group=f"{self.prefix}-llm")
+        async def call_llm(event: Event) -> None:
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise RetryLater(after=0.2, reason="429 Too Many Requests")
+            done.set()
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("llm"), "/t", {}))
+        await asyncio.wait_for(done.wait(), self.timeout)
+        stats = mesh.stats("call_llm")
+        assert stats.retry_later == 2 and stats.failed_attempts == 0
+        assert stats.dead_lettered == 0 and stats.handled == 1
+
+    @pytest.mark.asyncio
+    async def test_mesh_undecodable_message_is_dead_lettered(self, meshes: Any) -> None:
+        mesh = await meshes()
+        dead: list[Event] = []
+
+        @mesh.on(self.t("in"), group=f"{self.prefix}-reader")
+        async def read(event: Event) -> None:
+            pass
+
+        @mesh.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        await self.publish_undecodable(mesh.transport, self.t("in"))
+        await mesh.publish(Event(self.t("in"), "/t", {"after": "garbage"}))
+        await wait_until(lambda: dead and mesh.stats("read").handled == 1, self.timeout,
+                         "the garbage dead-lettered and the next event handled")
+        assert dead[0].type == "mesh.undecodable"
+        assert dead[0].extensions[DL_ERROR] == "DecodeError"
+        assert isinstance(dead[0].data, bytes)
+
+    @pytest.mark.asyncio
+    async def test_mesh_poison_event_does_not_block_the_rest(self, meshes: Any) -> None:
+        mesh = await meshes(retry={"max_attempts": 3, "initial_backoff": 0.3, "max_backoff": 0.3})
+        good: list[int] = []
+        dead: list[Event] = []
+
+        @mesh.on(self.t("item"), group=f"{self.prefix}-items", max_in_flight=4)
+        async def item(event: Event) -> None:
+            if event.data["poison"]:
+                raise RuntimeError("poison")
+            good.append(event.data["n"])
+
+        @mesh.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("item"), "/t", {"poison": True, "n": -1}))
+        n = scaled(50, 10)
+        await mesh.publish_many([Event(self.t("item"), "/t", {"poison": False, "n": i})
+                                 for i in range(n)])
+        await wait_until(lambda: len(good) == n, self.timeout, "the good events")
+        assert not dead, "good events must not wait for the poison event's retries"
+        await wait_until(lambda: len(dead) == 1, self.timeout, "the poison dead-lettered")
+
+    @pytest.mark.asyncio
+    async def test_mesh_stop_redelivers_cancelled_handlers(self, meshes: Any) -> None:
+        self_group = f"{self.prefix}-slow"
+        first, second = await meshes(), await meshes()
+        started = asyncio.Event()
+        finished: list[str] = []
+
+        @first.on(self.t("slow"), group=self_group)
+        async def slow(event: Event) -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        @second.on(self.t("slow"), group=self_group)
+        async def slow2(event: Event) -> None:
+            finished.append(event.id)
+
+        await self.started(first)
+        event = Event(self.t("slow"), "/t", {})
+        await first.publish(event)
+        await asyncio.wait_for(started.wait(), self.timeout)
+        await first.stop(timeout=0.1)
+        assert first.stats("slow").handled == 0 and first.stats("slow").dead_lettered == 0
+        await self.started(second)
+        await wait_until(lambda: finished == [event.id], self.timeout,
+                         "the cancelled event redelivered to another instance")
+
+    @pytest.mark.asyncio
+    async def test_mesh_filter_acks_and_counts_rejected_events(self, meshes: Any) -> None:
+        mesh = await meshes()
+        got: list[str] = []
+
+        @mesh.on(filter={"all": [{"prefix": {"type": f"{self.prefix}.doc."}},
+                                 {"suffix": {"subject": ".pdf"}}]},
+                 group=f"{self.prefix}-pdf")
+        async def pdf(event: Event) -> None:
+            got.append(str(event.subject))
+
+        await self.started(mesh)
+        for subject in ("a.pdf", "b.txt", "c.pdf"):
+            await mesh.publish(Event(self.t("doc.uploaded"), "/t", {}, subject=subject))
+        await wait_until(lambda: len(got) == 2 and mesh.stats("pdf").filtered == 1,
+                         self.timeout, "two matches and one filtered")
+        assert sorted(got) == ["a.pdf", "c.pdf"]
+
+    @pytest.mark.asyncio
+    async def test_mesh_dead_letters_can_be_listed_and_replayed(self, meshes: Any) -> None:
+        mesh = await meshes()
+        broken = True
+        handled: list[Event] = []
+
+        @mesh.on(self.t("fragile"), group=f"{self.prefix}-fragile")
+        async def fragile(event: Event) -> None:
+            if broken:
+                raise RuntimeError("dependency down")
+            handled.append(event)
+
+        await self.started(mesh)
+        sent = Event(self.t("fragile"), "/t", {"v": 1})
+        await mesh.publish(sent)
+        await wait_until(lambda: mesh.stats("fragile").dead_lettered == 1, self.timeout,
+                         "dead-lettering")
+        listed = await mesh.dead_letters.list(idle=1.0 + self.settle_time)
+        assert [e.extensions[DL_ID] for e in listed] == [sent.id]
+        broken = False
+        replayed = await mesh.dead_letters.replay(idle=1.0 + self.settle_time)
+        assert len(replayed) == 1 and replayed[0].extensions["meshreplayof"] == sent.id
+        await wait_until(lambda: len(handled) == 1, self.timeout, "the replayed event handled")
+        assert handled[0].data == sent.data
+        assert await mesh.dead_letters.list(idle=0.5 + self.settle_time) == []

@@ -1,0 +1,284 @@
+"""The contract every transport implements, and nothing more.
+
+A transport moves `Event` objects between channels; everything else (retries,
+dead-lettering, idempotency, routing filters, loop protection) lives in the
+mesh above it, once, for every broker. The contract is deliberately small:
+
+* ``connect()`` / ``close()``: ``close()`` is idempotent, flushes pending
+  publishes, closes every subscription, and unsettled deliveries go back to the
+  broker for redelivery.
+* ``publish(channel, event)`` returns only when the broker confirmed the write
+  (raises `PublishError` otherwise). ``publish_batch`` is the same for many.
+* ``subscribe(pattern, handler, group=..., max_in_flight=...)``: ``group`` names
+  a consumer group (each event goes to one member; the group receives events
+  published after it was first created); ``group=None`` is a broadcast
+  subscriber that gets every event while it is subscribed. The transport calls
+  ``handler(delivery)`` with at most ``max_in_flight`` calls running at once and
+  stops taking messages from the broker while full.
+* A `Delivery` is settled with ``ack()`` or ``nack(delay)``. If the handler
+  returns or raises without settling, the transport nacks it. A handler call
+  cancelled by ``Subscription.close`` is not acked: the broker redelivers it.
+
+Channel patterns use one neutral syntax, translated by each transport: tokens
+separated by ``.``, ``*`` matches exactly one token, ``>`` (last only) matches
+one or more trailing tokens. `TransportFeatures` says honestly what a transport
+guarantees; the conformance suite (``mesh.testing.conformance``) skips what a
+transport does not claim and checks the rest.
+
+Only `mesh.errors` exceptions may escape a transport's public methods.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from mesh.errors import ConfigError, DecodeError
+from mesh.event import Event
+
+PatternSyntax = Literal["mesh", "nats", "amqp", "kafka-regex"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFeatures:
+    """What a transport guarantees. Declare only what the broker really does.
+
+    ``pattern_syntax`` tells the routing planner how to push a channel pattern
+    down to the broker (NATS subject wildcards, AMQP binding keys, Kafka topic
+    regex, or the neutral mesh syntax).
+    """
+
+    consumer_groups: bool = True
+    broadcast: bool = True
+    per_key_ordering: bool = False
+    persistence: bool = False
+    replay_for_new_groups: bool = False
+    native_dedup: bool = False
+    wildcard_patterns: bool = True
+    pattern_syntax: PatternSyntax = "mesh"
+
+
+class Delivery(ABC):
+    """One message handed to a subscriber, to be settled exactly once.
+
+    ``event`` decodes lazily and raises `DecodeError` for a message that is not a
+    CloudEvent; ``raw()`` then gives its headers and body for the dead-letter
+    channel. ``redeliveries`` counts earlier deliveries of the same message.
+    Settling twice is a no-op, so ack after nack does nothing.
+    """
+
+    __slots__ = ("_event", "_settled", "channel", "redeliveries")
+
+    def __init__(self, channel: str, redeliveries: int = 0, event: Event | None = None) -> None:
+        self.channel = channel
+        self.redeliveries = redeliveries
+        self._event = event
+        self._settled = False
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            self._event = self._decode()
+        return self._event
+
+    def _decode(self) -> Event:
+        raise DecodeError("this delivery carries no event")
+
+    def raw(self) -> tuple[Mapping[str, str], bytes] | None:
+        """Headers and body as received, for dead-lettering an undecodable message."""
+        return None
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        """Confirm the message was handled; the broker will not deliver it again."""
+        if not self._settled:
+            self._settled = True
+            await self._ack()
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the message back for redelivery after ``delay`` seconds."""
+        if not self._settled:
+            self._settled = True
+            await self._nack(max(0.0, delay))
+
+    async def in_progress(self) -> None:
+        """Tell the broker the handler is still working (extends an ack deadline)."""
+
+    @abstractmethod
+    async def _ack(self) -> None: ...
+
+    @abstractmethod
+    async def _nack(self, delay: float) -> None: ...
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(ABC):
+    """A live subscription. ``close()`` is idempotent."""
+
+    @abstractmethod
+    async def close(self, timeout: float = 0.0) -> None:
+        """Stop taking deliveries; let running handler calls finish within ``timeout``
+        seconds, then cancel them (their deliveries are redelivered, not acked)."""
+
+
+class Transport(ABC):
+    """Base class of every transport. See the module docstring for the contract."""
+
+    #: URL scheme(s) this transport serves, e.g. ``("nats",)``.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    features: ClassVar[TransportFeatures] = TransportFeatures()
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Connect to the broker; raises `ConnectError` with what to check."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush, close subscriptions (unsettled deliveries are redelivered) and
+        disconnect. Idempotent; safe to call concurrently."""
+
+    @abstractmethod
+    async def publish(self, channel: str, event: Event) -> None:
+        """Write ``event`` to ``channel``; return once the broker confirmed it."""
+
+    async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
+        """Publish many events; returns once all are confirmed. Transports that can
+        pipeline confirmations override this."""
+        for channel, event in items:
+            await self.publish(channel, event)
+
+    @abstractmethod
+    async def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        max_in_flight: int = 1,
+    ) -> Subscription:
+        """Start calling ``handler`` for messages on channels matching ``pattern``
+        (or any of several patterns)."""
+
+    async def delete_channels(self, pattern: str) -> None:
+        """Remove broker-side state for channels matching ``pattern`` (test clean-up).
+        Transports without such state keep this no-op."""
+
+
+# --- channel patterns -------------------------------------------------------------------
+
+
+def validate_pattern(pattern: str) -> str:
+    """Check a neutral channel pattern; return it or raise `ConfigError`."""
+    tokens = pattern.split(".")
+    if not pattern or any(not token for token in tokens):
+        raise ConfigError(f"channel pattern {pattern!r} has an empty token; "
+                          "use names like 'orders.created' or 'orders.*'")
+    for index, token in enumerate(tokens):
+        if token == ">" and index != len(tokens) - 1:
+            raise ConfigError(f"channel pattern {pattern!r}: '>' may only be the last token")
+        if token not in ("*", ">") and ("*" in token or ">" in token):
+            raise ConfigError(f"channel pattern {pattern!r}: wildcards must be whole tokens")
+    return pattern
+
+
+def pattern_list(pattern: str | Sequence[str]) -> list[str]:
+    """Normalise the ``pattern`` argument of ``subscribe`` to a validated list."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not patterns:
+        raise ConfigError("subscribe() needs at least one channel pattern")
+    return [validate_pattern(p) for p in patterns]
+
+
+def is_wildcard(pattern: str) -> bool:
+    """True when ``pattern`` contains ``*`` or ``>`` tokens."""
+    return "*" in pattern or ">" in pattern
+
+
+@lru_cache(maxsize=4096)
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """A predicate telling whether a channel matches a neutral ``pattern``."""
+    validate_pattern(pattern)
+    if not is_wildcard(pattern):
+        return pattern.__eq__
+    parts = []
+    for token in pattern.split("."):
+        parts.append(r"[^.]+" if token == "*" else r".+" if token == ">" else re.escape(token))
+    regex = re.compile(r"\.".join(parts))
+    return lambda channel: regex.fullmatch(channel) is not None
+
+
+# --- URLs and the transport registry ------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+TransportFactory = Callable[[str, Mapping[str, Any]], Transport]
+
+
+class TransportRegistry:
+    """Maps URL schemes to transport factories; handed to ``mesh_register_transports``.
+
+    A factory is called as ``factory(url, options)`` and returns an unconnected
+    `Transport`. Registering the same scheme twice is an error, so two plugins
+    cannot silently shadow each other.
+    """
+
+    def __init__(self) -> None:
+        self._factories: dict[str, tuple[TransportFactory, str]] = {}
+
+    def register(self, scheme: str, factory: TransportFactory, *, description: str = "") -> None:
+        scheme = scheme.lower()
+        if scheme in self._factories:
+            raise ConfigError(f"transport scheme {scheme!r} is registered twice; "
+                              "uninstall one of the plugins that provide it")
+        self._factories[scheme] = (factory, description)
+
+    @property
+    def schemes(self) -> list[str]:
+        return sorted(self._factories)
+
+    def describe(self) -> dict[str, str]:
+        return {scheme: desc for scheme, (_, desc) in sorted(self._factories.items())}
+
+    def create(self, url: str, options: Mapping[str, Any] | None = None) -> Transport:
+        """Build the transport for ``url``; unknown schemes raise `ConfigError`
+        listing the installed ones and suggesting the nearest."""
+        scheme, sep, _ = url.partition("://")
+        if not sep or not scheme:
+            raise ConfigError(f"transport URL {redact_url(url)!r} has no scheme; "
+                              f"write it as scheme://..., installed: {', '.join(self.schemes)}")
+        entry = self._factories.get(scheme.lower())
+        if entry is None:
+            import difflib
+
+            near = difflib.get_close_matches(scheme.lower(), self.schemes, n=1, cutoff=0.4)
+            hint = f" Did you mean '{near[0]}://'?" if near else ""
+            raise ConfigError(
+                f"unknown transport scheme {scheme!r}.{hint} Installed schemes: "
+                f"{', '.join(s + '://' for s in self.schemes)}. Other brokers come as "
+                "plugins: pip install event-mesh-kafka / event-mesh-nats / event-mesh-rabbitmq"
+            )
+        return entry[0](url, options or {})
