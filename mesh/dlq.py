@@ -54,8 +54,7 @@ class DeadLetters:
 
     async def declare(self) -> None:
         """Make sure the retaining group exists (called by ``Mesh.start``)."""
-        sub = await self._mesh.transport.subscribe(self.channel, _give_back, group=GROUP)
-        await sub.close()
+        await self._mesh.transport.ensure_group(self.channel, GROUP)
 
     async def list(self, limit: int = 100, idle: float = 1.0) -> list[Event]:
         """Up to ``limit`` dead-letter copies, left in place. Stops when none arrived for
@@ -115,7 +114,3 @@ class DeadLetters:
             done.set()
             await closing
         return list(seen.values())
-
-
-async def _give_back(delivery: Delivery) -> None:
-    await delivery.nack()

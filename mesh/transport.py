@@ -169,6 +169,16 @@ class Transport(ABC):
         """Start calling ``handler`` for messages on channels matching ``pattern``
         (or any of several patterns)."""
 
+    async def ensure_group(self, pattern: str | Sequence[str], group: str) -> None:
+        """Create consumer group ``group`` on ``pattern`` without consuming, so the broker
+        retains what is published from now on (the mesh does this for the dead-letter
+        group). The default subscribes and closes at once; transports override it when
+        the broker can declare a group directly."""
+        async def give_back(delivery: Delivery) -> None:
+            await delivery.nack()
+        sub = await self.subscribe(pattern, give_back, group=group)
+        await sub.close()
+
     async def delete_channels(self, pattern: str) -> None:
         """Remove broker-side state for channels matching ``pattern`` (test clean-up).
         Transports without such state keep this no-op."""
