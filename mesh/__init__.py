@@ -12,17 +12,43 @@ from mesh.config import IdempotencyConfig, MeshConfig, RetryConfig, RouteConfig
 from mesh.context import Context, derive_id
 from mesh.delivery import ConsumerStats, RetryPolicy
 from mesh.dlq import DeadLetters
-from mesh.errors import (ConfigError, ConnectError, DataValidationError, DeadLetter,
-                         DecodeError, DeliveryError, HandlerError, HopLimitExceeded,
-                         InvalidEvent, MeshError, PublishError, RetryLater, TransportClosed,
-                         TransportError)
+from mesh.errors import (
+                         ConfigError,
+                         ConnectError,
+                         DataValidationError,
+                         DeadLetter,
+                         DecodeError,
+                         DeliveryError,
+                         HandlerError,
+                         HopLimitExceeded,
+                         InvalidEvent,
+                         MeshError,
+                         PublishError,
+                         RetryLater,
+                         TransportClosed,
+                         TransportError,
+)
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
-from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
-                         StoreRegistry)
-from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
-                            TransportFeatures, TransportRegistry, is_wildcard, pattern_list,
-                            pattern_matcher, redact_url, validate_pattern)
+from mesh.stores import (
+                         IdempotencyStore,
+                         MemoryIdempotencyStore,
+                         SQLiteIdempotencyStore,
+                         StoreRegistry,
+)
+from mesh.transport import (
+                         Delivery,
+                         DeliveryHandler,
+                         Subscription,
+                         Transport,
+                         TransportFeatures,
+                         TransportRegistry,
+                         is_wildcard,
+                         pattern_list,
+                         pattern_matcher,
+                         redact_url,
+                         validate_pattern,
+)
 
 __version__ = "0.1.0"
 

@@ -41,7 +41,7 @@ from mesh.config import MeshConfig
 from mesh.context import Context
 from mesh.delivery import Consumer, ConsumerStats, RetryPolicy
 from mesh.dlq import DeadLetters
-from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
+from mesh.errors import ConfigError, DataValidationError, TransportClosed
 from mesh.event import Event
 from mesh.routing.filters import FilterSpec, channel_pattern, compile_filter, type_constraint
 from mesh.stores import IdempotencyStore
@@ -76,7 +76,12 @@ def _invoker(func: Callable[..., Awaitable[Any]]) -> Callable[[Event, Context], 
         raise ConfigError(f"handler {func.__qualname__} must take (event) or (event, ctx)")
     try:
         hints = typing.get_type_hints(func)
-    except Exception:  # unresolvable annotations: treat as Event
+    except Exception as exc:
+        annotation = params[0].annotation
+        if isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] not in ("Event", "Any"):
+            raise ConfigError(
+                f"cannot resolve the annotation {annotation!r} of handler {func.__qualname__} "
+                f"({exc}); define the model at module level") from None
         hints = {}
     model = hints.get(params[0].name)
     with_ctx = len(params) == 2
@@ -257,7 +262,7 @@ class Mesh:
                 raise ConfigError(f"handler {spec.name}: transport does not support wildcard "
                                   f"channel patterns like {pattern!r}; list the types")
         self._subscriptions.append(await self.transport.subscribe(
-            spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,  # type: ignore[arg-type]
+            spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,
             consumer, group=spec.group, max_in_flight=spec.max_in_flight))
 
     async def stop(self, timeout: float | None = None) -> None:

@@ -55,7 +55,7 @@ class Context:
     """Per-delivery context. ``attempt`` is 1 on the first try of this delivery;
     ``redeliveries`` counts earlier deliveries by the broker."""
 
-    __slots__ = ("_delivery", "_position", "attempt", "channel", "event", "group", "logger", "mesh",
+    __slots__ = ("_delivery", "_position", "attempt", "channel", "event", "group", "mesh",
                  "redeliveries", "scope")
 
     def __init__(self, mesh: Mesh, event: Event, *, channel: str, group: str | None,
@@ -70,9 +70,13 @@ class Context:
         self.redeliveries = redeliveries
         self._position = 0
         self._delivery = delivery
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"mesh.handler.{scope}"),
-            {"event_id": event.id, "correlationid": event.correlationid})
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger named after the handler's scope that adds the event id and correlation."""
+        return logging.LoggerAdapter(logging.getLogger(f"mesh.handler.{self.scope}"),
+                                     {"event_id": self.event.id,
+                                      "correlationid": self.correlationid})
 
     @property
     def correlationid(self) -> str:

@@ -30,8 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.config import RetryConfig
 from mesh.context import ID_NAMESPACE, Context
-from mesh.errors import (DataValidationError, DeadLetter, DecodeError, HopLimitExceeded,
-                         MeshError, RetryLater)
+from mesh.errors import (
+    DataValidationError,
+    DeadLetter,
+    DecodeError,
+    HopLimitExceeded,
+    MeshError,
+    RetryLater,
+)
 from mesh.event import Event
 from mesh.transport import Delivery
 

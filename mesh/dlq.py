@@ -17,6 +17,7 @@ cannot be replayed and stay where they are.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import uuid
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
@@ -56,13 +57,13 @@ class DeadLetters:
         """Make sure the retaining group exists (called by ``Mesh.start``)."""
         await self._mesh.transport.ensure_group(self.channel, GROUP)
 
-    async def list(self, limit: int = 100, idle: float = 1.0) -> list[Event]:
+    async def list(self, limit: int = 100, idle: float = 1.0) -> builtins.list[Event]:
         """Up to ``limit`` dead-letter copies, left in place. Stops when none arrived for
         ``idle`` seconds."""
         return [event for event, _ in await self._visit(limit, idle, None)]
 
     async def replay(self, ids: Collection[str] | None = None, limit: int = 1000,
-                     idle: float = 1.0) -> list[Event]:
+                     idle: float = 1.0) -> builtins.list[Event]:
         """Republish copies (all, or those whose copy id or original id is in ``ids``) to
         their original channels; returns the replayed events."""
         def wanted(event: Event) -> bool:
@@ -71,9 +72,10 @@ class DeadLetters:
             return ids is None or event.id in ids or event.extensions.get(DL_ID) in ids
         return [event for event, _ in await self._visit(limit, idle, wanted)]
 
-    async def _visit(self, limit: int, idle: float,
-                     replay: Callable[[Event], bool] | None) -> list[tuple[Event, Delivery]]:
+    async def _visit(self, limit: int, idle: float, replay: Callable[[Event], bool] | None,
+                     ) -> builtins.list[tuple[Event, Delivery]]:
         seen: dict[str, tuple[Event, Delivery]] = {}
+        produced: set[str] = set()   # ids replayed in this pass; their new failures stay put
         arrived = asyncio.Event()
         done = asyncio.Event()
         mesh = self._mesh
@@ -87,8 +89,10 @@ class DeadLetters:
             if event.id in seen or len(seen) >= limit:
                 await delivery.nack()
                 return
-            if replay is not None and replay(event):
+            if replay is not None and event.extensions.get(DL_ID) not in produced \
+                    and replay(event):
                 channel, original = original_of(event)
+                produced.add(original.id)
                 await mesh.publish(original, channel=channel)
                 await delivery.ack()
                 seen[event.id] = (original, delivery)

@@ -13,7 +13,7 @@ mesh itself raises. Messages say what to do next and never contain credentials.
     │   ├── ConnectError             could not connect (or reconnect) to the broker
     │   ├── PublishError             the broker did not confirm a publish
     │   └── TransportClosed          the transport is closed (or was never connected)
-    ├── DecodeError                  a wire message is not a CloudEvent (goes to the dead-letter channel)
+    ├── DecodeError                  a wire message is not a CloudEvent (it is dead-lettered)
     ├── DeliveryError                a delivery could not be settled (ack/nack failed)
     ├── HandlerError                 base of signals a handler raises to steer delivery
     │   ├── RetryLater               redeliver after ``after`` seconds; not a failed attempt

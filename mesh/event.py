@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -41,7 +41,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def parse_time(value: Any) -> datetime:
@@ -103,8 +103,10 @@ class Event:
     """An immutable CloudEvents 1.0 event.
 
     ``Event(type="order.placed", source="/shop", data={"id": 1})`` fills ``id``
-    (a UUID4) and ``time`` (now, UTC) when not given. ``data`` is any JSON value,
-    or ``bytes`` (then ``datacontenttype`` defaults to application/octet-stream).
+    (a UUID4) and ``time`` (now, UTC) when not given. ``data`` is any JSON value, or
+    ``bytes`` (then ``datacontenttype`` defaults to application/octet-stream).
+    ``Event(attributes_dict, data)`` (the cloudevents SDK's constructor shape) builds
+    one from wire attributes.
     Use `replace` to derive a changed copy.
     """
 
@@ -137,6 +139,12 @@ class Event:
         extensions: Mapping[str, Any] | None = None,
         **more_extensions: Any,
     ) -> None:
+        attributes: Any = type
+        if attributes.__class__ is dict:  # the SDK protocol's constructor: (attributes, data)
+            built = Event.from_attributes(attributes, source)
+            for slot in Event.__slots__:
+                object.__setattr__(self, slot, getattr(built, slot))
+            return
         if specversion != SPECVERSION:
             raise InvalidEvent(f"specversion must be '1.0', got {specversion!r}")
         if datacontenttype is None and isinstance(data, (bytes, bytearray)):

@@ -69,9 +69,9 @@ def _attr_dialect(kind: str, spec: Any) -> Predicate:
         if kind != "exact" and not value:
             raise ConfigError(f"filter '{kind}' value for {name!r} must not be empty")
         tests.append((attribute_getter(str(name)), value))
+    check: Callable[[str, str], bool]
     if kind == "exact":
-        def check(actual: str, want: str) -> bool:
-            return actual == want
+        check = str.__eq__
     elif kind == "prefix":
         check = str.startswith
     else:

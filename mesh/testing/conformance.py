@@ -30,12 +30,10 @@ pytest-asyncio in strict or auto mode.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
@@ -127,7 +125,7 @@ class TransportConformance(MeshCases):
             channel, "https://example.com/agents/planner?x=1", {"text": "héllo ✓", "n": [1, 2.5]},
             id=f"id-{uid()}", subject="task/42", datacontenttype="application/json",
             dataschema="https://example.com/schemas/task.json",
-            time=datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=timezone.utc),
+            time=datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC),
             extensions={"correlationid": "corr-1", "causationid": "cause-1",
                         "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                         "tracestate": "congo=t61rcWkgMzE", "partitionkey": "order-7",
@@ -199,7 +197,7 @@ class TransportConformance(MeshCases):
             await t.publish_batch([(self.channel(f"ch{i}"),
                                     self.event(j, type=self.channel(f"ch{i}"))) for j in range(n)])
         await asyncio.gather(*(burst(i) for i in range(k)))
-        for i, col in collectors.items():
+        for col in collectors.values():
             await col.wait_for(n, self.timeout)
         await asyncio.sleep(0.2)
         for i, col in collectors.items():
@@ -467,7 +465,7 @@ class TransportConformance(MeshCases):
 
         async def handler(delivery: Delivery) -> None:
             try:
-                delivery.event
+                _ = delivery.event
             except DecodeError as exc:
                 errors.append(exc)
             got.append(delivery)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 import pytest_asyncio
@@ -39,9 +39,9 @@ class MeshCases:
     ``timeout`` from the transport suite."""
 
     prefix: str
-    settle_time: float
-    timeout: float
-    features: TransportFeatures
+    settle_time: ClassVar[float]
+    timeout: ClassVar[float]
+    features: ClassVar[TransportFeatures]
 
     async def make_transport(self) -> Transport:
         raise NotImplementedError
@@ -89,7 +89,7 @@ class MeshCases:
     # --- cases ---------------------------------------------------------------------------
 
     @pytest.mark.asyncio
-    async def test_mesh_retry_then_dead_letter_exactly_once(self, meshes: Any) -> None:
+    async def test_mesh_retry_then_dead_letter_exactly_once(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         calls = 0
         dead: list[Event] = []
@@ -122,7 +122,7 @@ class MeshCases:
         assert mesh.stats("work").dead_lettered == 1
 
     @pytest.mark.asyncio
-    async def test_mesh_invalid_data_dead_letters_without_retry(self, meshes: Any) -> None:
+    async def test_mesh_invalid_data_dead_letters_without_retry(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         handled: list[_Task] = []
         dead: list[Event] = []
@@ -146,7 +146,7 @@ class MeshCases:
         assert str(dead[0].extensions[DL_ATTEMPTS]) == "1"
 
     @pytest.mark.asyncio
-    async def test_mesh_hop_limit_stops_a_loop(self, meshes: Any) -> None:
+    async def test_mesh_hop_limit_stops_a_loop(self, meshes: MeshFactory) -> None:
         mesh = await meshes(hop_limit=5)
         hops: list[int] = []
         alerts: list[Event] = []
@@ -170,13 +170,13 @@ class MeshCases:
         await self.started(mesh)
         first = Event(self.t("ping"), "/t", {})
         await mesh.publish(first)
-        await wait_until(lambda: alerts and dead, self.timeout, "loop detection")
+        await wait_until(lambda: bool(alerts and dead), self.timeout, "loop detection")
         assert hops == [0, 1, 2, 3, 4, 5]
         assert alerts[0].data["hops"] == 6 and alerts[0].correlationid == first.id
         assert dead[0].extensions[DL_ERROR] == "HopLimitExceeded"
 
     @pytest.mark.asyncio
-    async def test_mesh_suppresses_duplicates_per_group(self, meshes: Any) -> None:
+    async def test_mesh_suppresses_duplicates_per_group(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         seen: Counter[str] = Counter()
 
@@ -194,7 +194,7 @@ class MeshCases:
         assert seen[event.id] == 1
 
     @pytest.mark.asyncio
-    async def test_mesh_derived_ids_are_deterministic(self, meshes: Any) -> None:
+    async def test_mesh_derived_ids_are_deterministic(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         emitted: list[list[str]] = []
         downstream: Counter[str] = Counter()
@@ -218,7 +218,7 @@ class MeshCases:
         assert all(count == 1 for count in downstream.values()) and len(downstream) == 3
 
     @pytest.mark.asyncio
-    async def test_mesh_retry_later_is_not_a_failed_attempt(self, meshes: Any) -> None:
+    async def test_mesh_retry_later_is_not_a_failed_attempt(self, meshes: MeshFactory) -> None:
         mesh = await meshes(retry={"max_attempts": 1, "initial_backoff": 0.01})
         calls = 0
         done = asyncio.Event()
@@ -239,7 +239,7 @@ class MeshCases:
         assert stats.dead_lettered == 0 and stats.handled == 1
 
     @pytest.mark.asyncio
-    async def test_mesh_undecodable_message_is_dead_lettered(self, meshes: Any) -> None:
+    async def test_mesh_undecodable_message_is_dead_lettered(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         dead: list[Event] = []
 
@@ -254,14 +254,14 @@ class MeshCases:
         await self.started(mesh)
         await self.publish_undecodable(mesh.transport, self.t("in"))
         await mesh.publish(Event(self.t("in"), "/t", {"after": "garbage"}))
-        await wait_until(lambda: dead and mesh.stats("read").handled == 1, self.timeout,
+        await wait_until(lambda: bool(dead) and mesh.stats("read").handled == 1, self.timeout,
                          "the garbage dead-lettered and the next event handled")
         assert dead[0].type == "mesh.undecodable"
         assert dead[0].extensions[DL_ERROR] == "DecodeError"
         assert isinstance(dead[0].data, bytes)
 
     @pytest.mark.asyncio
-    async def test_mesh_poison_event_does_not_block_the_rest(self, meshes: Any) -> None:
+    async def test_mesh_poison_event_does_not_block_the_rest(self, meshes: MeshFactory) -> None:
         mesh = await meshes(retry={"max_attempts": 3, "initial_backoff": 0.3, "max_backoff": 0.3})
         good: list[int] = []
         dead: list[Event] = []
@@ -286,7 +286,7 @@ class MeshCases:
         await wait_until(lambda: len(dead) == 1, self.timeout, "the poison dead-lettered")
 
     @pytest.mark.asyncio
-    async def test_mesh_stop_redelivers_cancelled_handlers(self, meshes: Any) -> None:
+    async def test_mesh_stop_redelivers_cancelled_handlers(self, meshes: MeshFactory) -> None:
         self_group = f"{self.prefix}-slow"
         first, second = await meshes(), await meshes()
         started = asyncio.Event()
@@ -312,7 +312,7 @@ class MeshCases:
                          "the cancelled event redelivered to another instance")
 
     @pytest.mark.asyncio
-    async def test_mesh_filter_acks_and_counts_rejected_events(self, meshes: Any) -> None:
+    async def test_mesh_filter_acks_and_counts_rejected_events(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         got: list[str] = []
 
@@ -330,7 +330,7 @@ class MeshCases:
         assert sorted(got) == ["a.pdf", "c.pdf"]
 
     @pytest.mark.asyncio
-    async def test_mesh_dead_letters_can_be_listed_and_replayed(self, meshes: Any) -> None:
+    async def test_mesh_dead_letters_can_be_listed_and_replayed(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         broken = True
         handled: list[Event] = []

@@ -24,9 +24,16 @@ from mesh import codec
 from mesh.errors import TransportClosed
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
-from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
-                            TransportFeatures, TransportRegistry, pattern_list,
-                            pattern_matcher)
+from mesh.transport import (
+    Delivery,
+    DeliveryHandler,
+    Subscription,
+    Transport,
+    TransportFeatures,
+    TransportRegistry,
+    pattern_list,
+    pattern_matcher,
+)
 
 log = logging.getLogger("mesh.transports.memory")
 
@@ -107,10 +114,6 @@ class _Broker:
             self.queues.append(queue)
         self.routes.clear()
 
-    def unbind(self, queue: _Queue) -> None:
-        self.queues.remove(queue)
-        self.routes.clear()
-
     def route(self, channel: str) -> list[_Queue]:
         queues = self.routes.get(channel)
         if queues is None:
@@ -165,9 +168,8 @@ class _MemorySubscription(Subscription):
             delivery = _MemoryDelivery(self._queue, msg)
             try:
                 await self._handler(delivery)
-            except asyncio.CancelledError:
-                if not delivery.settled:      # cancelled mid-handling: redeliver, don't ack
-                    await delivery.nack()
+            except asyncio.CancelledError:   # cancelled mid-handling: redeliver, don't ack
+                await delivery.nack()
                 raise
             except Exception:
                 log.exception("handler failed on channel %s; redelivering", msg.channel)
@@ -186,8 +188,9 @@ class _MemorySubscription(Subscription):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._exclusive:
-            self._broker.unbind(self._queue)
+        if self._exclusive:  # a broadcast subscriber's queue goes with it
+            self._broker.queues.remove(self._queue)
+            self._broker.routes.clear()
 
 
 class MemoryTransport(Transport):

@@ -1,0 +1,86 @@
+"""Plugins: hooks, registries, and the rule that every hook is tested and documented."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+
+from mesh import ConfigError, Transport, TransportRegistry, hookimpl, hookspecs, plugins
+from mesh.stores import MemoryIdempotencyStore, SQLiteIdempotencyStore, StoreRegistry
+from mesh.transports.memory import MemoryTransport
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+               if name.startswith("mesh_"))
+
+
+def test_hooks_are_the_known_set() -> None:
+    assert HOOKS == ["mesh_register_stores", "mesh_register_transports"]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook: str) -> None:
+    assert hook in (ROOT / "docs" / "plugins.md").read_text(), f"document {hook} in docs/plugins.md"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_tested_here(hook: str) -> None:
+    source = Path(__file__).read_text()
+    assert source.count(f"def {hook}(") >= 1, f"add a test plugin implementing {hook}"
+
+
+def test_builtins_register_through_the_hooks() -> None:
+    pm = plugins.plugin_manager()
+    names = {type(p).__name__ if not inspect.ismodule(p) else p.__name__
+             for p in pm.get_plugins()}
+    assert "mesh.transports.memory" in names and "mesh.stores" in names
+    assert "memory" in plugins.transport_registry().schemes
+    assert {"memory", "sqlite"} <= set(plugins.store_registry().schemes)
+
+
+class _ThirdParty:
+    """A plugin object as a third party would write it."""
+
+    @hookimpl
+    def mesh_register_transports(self, registry: TransportRegistry) -> None:
+        def factory(url: str, options: Mapping[str, Any]) -> Transport:
+            return MemoryTransport("memory://", options)
+        registry.register("fake", factory, description="a test transport")
+
+    @hookimpl
+    def mesh_register_stores(self, registry: StoreRegistry) -> None:
+        registry.register("fakestore", lambda url: MemoryIdempotencyStore(max_entries=1))
+
+
+def test_third_party_plugin_registers_transport_and_store() -> None:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(_ThirdParty())
+    transports, stores = TransportRegistry(), StoreRegistry()
+    pm.hook.mesh_register_transports(registry=transports)
+    pm.hook.mesh_register_stores(registry=stores)
+    assert isinstance(transports.create("fake://x"), MemoryTransport)
+    assert transports.describe() == {"fake": "a test transport"}
+    assert isinstance(stores.create("fakestore://"), MemoryIdempotencyStore)
+
+
+def test_registry_errors() -> None:
+    registry = TransportRegistry()
+    registry.register("memory", MemoryTransport)
+    with pytest.raises(ConfigError, match="registered twice"):
+        registry.register("memory", MemoryTransport)
+    with pytest.raises(ConfigError, match="has no scheme"):
+        registry.create("localhost:4222")
+    with pytest.raises(ConfigError, match="Did you mean 'memory://'"):
+        registry.create("mem://")
+    with pytest.raises(ConfigError, match="Installed schemes: memory://"):
+        registry.create("zzzz://")
+    stores = plugins.store_registry()
+    with pytest.raises(ConfigError, match="sqlite:///"):
+        stores.create("redis://")
+    assert isinstance(stores.create("sqlite:///tmp/x.db"), SQLiteIdempotencyStore)
