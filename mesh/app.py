@@ -29,7 +29,7 @@ import signal
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -37,19 +37,20 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from mesh import plugins
-from mesh.config import MeshConfig
-from mesh.context import Context
+from mesh.config import MeshConfig, RouteConfig
+from mesh.context import Context, child_extensions, derive_id
 from mesh.delivery import Consumer, ConsumerStats, RetryPolicy
 from mesh.dlq import DeadLetters
-from mesh.errors import ConfigError, DataValidationError, TransportClosed
+from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
 from mesh.event import Event
-from mesh.routing.filters import FilterSpec, channel_pattern, compile_filter, type_constraint
+from mesh.routing.filters import FilterSpec, Predicate, compile_filter
+from mesh.routing.router import RuleIndex, plan
 from mesh.stores import IdempotencyStore
 from mesh.transport import Subscription, Transport, is_wildcard, validate_pattern
 
 log = logging.getLogger("mesh")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-DEAD_LETTER_GROUP = "mesh.dlq"
+ROUTER_GROUP = "mesh.routes"
 
 
 @dataclass(slots=True)
@@ -60,6 +61,7 @@ class HandlerSpec:
     func: Callable[..., Awaitable[Any]]
     patterns: list[str]
     filter: FilterSpec | None
+    residual: Predicate | None
     group: str | None
     max_in_flight: int
     idempotent: bool
@@ -147,7 +149,6 @@ class Mesh:
     def __repr__(self) -> str:
         return f"Mesh(transport={self.config.redacted_transport!r}, started={self._started})"
 
-
     # --- registration ------------------------------------------------------------------
 
     def on(self, type: str | Sequence[str] | None = None, *, filter: FilterSpec | None = None,
@@ -160,16 +161,17 @@ class Mesh:
         it implies about ``type`` picks the channels, the rest is checked per event.
         ``idempotent`` defaults to True for groups (duplicates are acked unseen).
         """
-        if type is None and filter is None:
-            raise ConfigError("mesh.on() needs an event type, a filter, or both")
-        if filter is not None:
-            compile_filter(filter)  # fail at registration, not at start
-        patterns = self._patterns(type, filter)
+        if type is None and filter is None and group is None:
+            raise ConfigError("mesh.on() needs an event type, a filter, or a group that a "
+                              "route in the config points at")
+        patterns, residual = ([], None) if type is None and filter is None \
+            else self._plan(type, filter)  # a bad filter fails here, not at start
 
         def register(func: F) -> F:
             self._add(HandlerSpec(
                 name=name or func.__name__, func=func, patterns=patterns, filter=filter,
-                group=group, max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                residual=residual, group=group,
+                max_in_flight=max_in_flight or self.config.default_max_in_flight,
                 idempotent=group is not None if idempotent is None else idempotent))
             return func
         return register
@@ -188,20 +190,23 @@ class Mesh:
         def register(func: F) -> F:
             self._add(HandlerSpec(
                 name=name or func.__name__, func=func, patterns=[channel], filter=filter,
-                group=group, max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                residual=compile_filter(filter) if filter is not None else None, group=group,
+                max_in_flight=max_in_flight or self.config.default_max_in_flight,
                 idempotent=group is not None, dead_letters=True))
             return func
         return register
 
-    def _patterns(self, type: str | Sequence[str] | None, filter: FilterSpec | None) -> list[str]:
-        if type is None:
-            assert filter is not None
-            planned = channel_pattern(type_constraint(filter))
-            return [planned] if isinstance(planned, str) else planned
-        types = [type] if isinstance(type, str) else list(type)
-        if not types:
-            raise ConfigError("mesh.on() got an empty list of types")
-        return [validate_pattern(self.channel_for(t)) for t in types]
+    def _plan(self, type: str | Sequence[str] | None,
+              filter: FilterSpec | None) -> tuple[list[str], Predicate | None]:
+        """Channel patterns to subscribe and the residual predicate checked per event."""
+        types = None
+        if type is not None:
+            types = [type] if isinstance(type, str) else list(type)
+            if not types:
+                raise ConfigError("mesh.on() got an empty list of types")
+            types = [validate_pattern(self.channel_for(t)) for t in types]
+        planned = plan(filter, self.transport.features.pattern_syntax, types=types)
+        return list(planned.patterns), planned.residual
 
     def _add(self, spec: HandlerSpec) -> None:
         if self._started:
@@ -235,12 +240,13 @@ class Mesh:
         async with self._lock:
             if self._started:
                 return
+            routed = self._apply_routes()
             await self.transport.connect()
             try:
                 if self.config.idempotency.enabled and any(h.idempotent for h in self._handlers):
                     self._store = plugins.store_registry().create(self.config.idempotency.store)
                 await self.dead_letters.declare()
-                for spec in self._handlers:
+                for spec in routed:
                     await self._subscribe(spec)
             except BaseException:
                 await self._teardown(0.0)
@@ -249,11 +255,63 @@ class Mesh:
             log.info("mesh started on %s with %d handler(s)", self.config.redacted_transport,
                      len(self._handlers))
 
+    def _apply_routes(self) -> list[HandlerSpec]:
+        """The handlers to subscribe, with ``routes:`` from the config applied.
+
+        A route with ``group`` gives that group's handler its filter (operators rewire
+        without code changes); routes with ``to`` are served by one internal handler
+        (group ``mesh.routes``) that republishes matching events. Every problem raises
+        `ConfigError` naming the route.
+        """
+        specs = {id(h): h for h in self._handlers}
+        index: RuleIndex[RouteConfig] = RuleIndex()
+        forward: list[str] = []
+        for route in self.config.routes:
+            if (route.group is None) == (route.to is None):
+                raise ConfigError(f"route {route.name!r}: give exactly one of 'group' (a handler "
+                                  "group to deliver to) or 'to' (a channel to republish to)")
+            try:
+                patterns, residual = self._plan(None, route.filter)
+                if route.to is not None:
+                    validate_pattern(route.to)
+                    index.add(route, route.filter)
+            except MeshError as exc:
+                raise ConfigError(f"route {route.name!r}: {exc}") from None
+            if route.to is not None:
+                forward.extend(p for p in patterns if p not in forward)
+                continue
+            target = next((h for h in self._handlers if h.group == route.group), None)
+            if target is None:
+                groups = sorted(h.group for h in self._handlers if h.group)
+                raise ConfigError(f"route {route.name!r} names group {route.group!r}, but no "
+                                  f"handler has that group (groups: {', '.join(groups) or 'none'})")
+            specs[id(target)] = replace(target, patterns=patterns, residual=residual,
+                                        filter=route.filter)
+        result = list(specs.values())
+        for spec in result:
+            if not spec.patterns:
+                raise ConfigError(f"handler {spec.name} has no type or filter, and no route in "
+                                  f"the config names its group {spec.group!r}")
+        if forward:
+            result.append(self._router_spec(index, forward))
+        return result
+
+    def _router_spec(self, index: RuleIndex[RouteConfig], patterns: list[str]) -> HandlerSpec:
+        async def route_events(event: Event, ctx: Context) -> None:
+            for route in index.match(event):
+                assert route.to is not None
+                copy = event.replace(id=derive_id(event, f"route:{route.name}", 0),
+                                     **child_extensions(event))
+                await self.publish(copy, channel=route.to)
+        return HandlerSpec(name="mesh.routes", func=route_events, patterns=patterns,
+                           filter=None, residual=None, group=ROUTER_GROUP,
+                           max_in_flight=self.config.default_max_in_flight, idempotent=True)
+
     async def _subscribe(self, spec: HandlerSpec) -> None:
         scope = spec.group or f"{spec.name}@{self.instance_id}"
         consumer = Consumer(
             self, invoke=_invoker(spec.func), scope=scope, group=spec.group,
-            predicate=compile_filter(spec.filter) if spec.filter is not None else None,
+            predicate=spec.residual,
             policy=self._policy, store=self._store if spec.idempotent else None,
             accepts_dead_letters=spec.dead_letters)
         self._consumers[spec.name] = consumer

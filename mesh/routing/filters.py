@@ -17,7 +17,6 @@ few closure calls, never ``eval``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -48,14 +47,6 @@ def _canonical(value: Any) -> str | None:
     if isinstance(value, datetime):
         return format_time(value)
     return str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class TypeConstraint:
-    """What a filter requires of ``type``: exact values, or a prefix (None: anything)."""
-
-    exact: frozenset[str] | None = None
-    prefix: str | None = None
 
 
 def _attr_dialect(kind: str, spec: Any) -> Predicate:
@@ -140,51 +131,3 @@ def _all(parts: list[Predicate]) -> Predicate:
 
 def _any(parts: list[Predicate]) -> Predicate:
     return lambda event: any(part(event) for part in parts)
-
-
-def type_constraint(spec: FilterSpec) -> TypeConstraint:
-    """What ``spec`` requires of the event type, for channel planning and the rule index.
-
-    Conservative: when in doubt it returns no constraint (the residual predicate
-    still checks everything).
-    """
-    if isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
-        return _intersect([type_constraint(item) for item in spec])
-    if not isinstance(spec, Mapping) or len(spec) != 1:
-        return TypeConstraint()
-    (kind, body), = spec.items()
-    if kind == "exact" and isinstance(body, Mapping) and isinstance(body.get("type"), str):
-        return TypeConstraint(exact=frozenset({body["type"]}))
-    if kind == "prefix" and isinstance(body, Mapping) and isinstance(body.get("type"), str):
-        return TypeConstraint(prefix=body["type"])
-    if kind == "all" and isinstance(body, Sequence):
-        return _intersect([type_constraint(item) for item in body])
-    if kind == "any" and isinstance(body, Sequence) and body:
-        parts = [type_constraint(item) for item in body]
-        if all(p.exact is not None for p in parts):
-            return TypeConstraint(exact=frozenset().union(*(p.exact or () for p in parts)))
-    return TypeConstraint()
-
-
-def _intersect(parts: list[TypeConstraint]) -> TypeConstraint:
-    exact = [p.exact for p in parts if p.exact is not None]
-    if exact:
-        values = frozenset.intersection(*exact)
-        return TypeConstraint(exact=values)
-    prefixes = [p.prefix for p in parts if p.prefix is not None]
-    return TypeConstraint(prefix=max(prefixes, key=len)) if prefixes else TypeConstraint()
-
-
-def channel_pattern(constraint: TypeConstraint) -> str | list[str]:
-    """Neutral channel pattern(s) covering every event type the constraint allows.
-
-    Channels are event types, so an exact type is its own channel; a prefix ending
-    in ``.`` becomes ``prefix.>``; anything else needs every channel (``>``).
-    """
-    if constraint.exact is not None:
-        return sorted(constraint.exact)
-    prefix = constraint.prefix
-    if prefix and prefix.endswith(".") and "*" not in prefix and ">" not in prefix \
-            and all(prefix[:-1].split(".")):
-        return prefix + ">"
-    return ">"

@@ -1,11 +1,11 @@
-"""Subscriptions API dialects and the type constraints used for channel planning."""
+"""Subscriptions API filter dialects compiled to predicates."""
 
 from __future__ import annotations
 
 import pytest
 
 from mesh import ConfigError, Event
-from mesh.routing.filters import TypeConstraint, channel_pattern, compile_filter, type_constraint
+from mesh.routing.filters import compile_filter
 
 EVENT = Event("com.example.order.created", "/shop/eu", {"total": 5}, subject="orders/7.pdf",
               time="2026-01-01T00:00:00Z", region="eu", priority=3, urgent=True)
@@ -50,20 +50,3 @@ def test_dialects(spec: object, expected: bool) -> None:
 def test_malformed_filters_raise_config_error(spec: object, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         compile_filter(spec)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("spec,constraint,pattern", [
-    ({"exact": {"type": "a.b"}}, TypeConstraint(exact=frozenset({"a.b"})), ["a.b"]),
-    ({"prefix": {"type": "a.b."}}, TypeConstraint(prefix="a.b."), "a.b.>"),
-    ({"prefix": {"type": "a.b"}}, TypeConstraint(prefix="a.b"), ">"),
-    ({"any": [{"exact": {"type": "x"}}, {"exact": {"type": "y"}}]},
-     TypeConstraint(exact=frozenset({"x", "y"})), ["x", "y"]),
-    ({"all": [{"prefix": {"type": "a."}}, {"exact": {"subject": "s"}}]},
-     TypeConstraint(prefix="a."), "a.>"),
-    ({"not": {"exact": {"type": "a"}}}, TypeConstraint(), ">"),
-    ({"suffix": {"type": ".created"}}, TypeConstraint(), ">"),
-])
-def test_type_constraint_and_channel_pattern(spec: object, constraint: TypeConstraint,
-                                             pattern: object) -> None:
-    assert type_constraint(spec) == constraint  # type: ignore[arg-type]
-    assert channel_pattern(constraint) == pattern

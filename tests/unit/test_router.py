@@ -1,0 +1,138 @@
+"""Planning: type constraints (all dialects and CESQL), pushdown per broker syntax, rule index."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mesh import ConfigError, Event, pattern_matcher
+from mesh.routing.patterns import amqp_binding_key, kafka_topic_regex, nats_subject, translate
+from mesh.routing.router import (RuleIndex, TypeConstraint, channel_patterns, plan,
+                                 type_constraint)
+
+X = frozenset({"x"})
+
+
+@pytest.mark.parametrize("spec,expected", [
+    (None, TypeConstraint(complete=True)),
+    ({"exact": {"type": "a.b"}}, TypeConstraint(exact=frozenset({"a.b"}), complete=True)),
+    ({"exact": {"type": "a.b", "source": "/s"}}, TypeConstraint(exact=frozenset({"a.b"}))),
+    ({"prefix": {"type": "a.b."}}, TypeConstraint(prefix="a.b.")),
+    ({"any": [{"exact": {"type": "x"}}, {"exact": {"type": "y"}}]},
+     TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
+    ({"any": [{"exact": {"type": "x"}}, {"prefix": {"type": "y"}}]}, TypeConstraint()),
+    ({"all": [{"prefix": {"type": "a."}}, {"exact": {"subject": "s"}}]},
+     TypeConstraint(prefix="a.")),
+    ({"all": [{"prefix": {"type": "a."}}, {"prefix": {"type": "a.b."}}]},
+     TypeConstraint(prefix="a.b.")),
+    ({"all": [{"prefix": {"type": "a."}}, {"prefix": {"type": "b."}}]},
+     TypeConstraint(exact=frozenset())),
+    ({"all": [{"exact": {"type": "a.x"}}, {"prefix": {"type": "b."}}]},
+     TypeConstraint(exact=frozenset())),
+    ([{"exact": {"type": "x"}}, {"exact": {"type": "x"}}], TypeConstraint(exact=X, complete=True)),
+    ({"not": {"exact": {"type": "a"}}}, TypeConstraint()),
+    ({"suffix": {"type": ".created"}}, TypeConstraint()),
+    ({"sql": "type = 'x'"}, TypeConstraint(exact=X, complete=True)),
+    ({"sql": "'x' = type"}, TypeConstraint(exact=X, complete=True)),
+    ({"sql": "type IN ('x', 'y')"}, TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
+    ({"sql": "type NOT IN ('x')"}, TypeConstraint()),
+    ({"sql": "type LIKE 'a.b.%'"}, TypeConstraint(prefix="a.b.")),
+    ({"sql": "type LIKE 'a_b.%'"}, TypeConstraint()),
+    ({"sql": "type LIKE 'a.%.c'"}, TypeConstraint()),
+    ({"sql": "type = 'x' AND data.severity > 3"}, TypeConstraint(exact=X)),
+    ({"sql": "type = 'x' OR type = 'y'"},
+     TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
+    ({"sql": "type = 'x' OR source = 'y'"}, TypeConstraint()),
+    ({"sql": "subject = 'x'"}, TypeConstraint()),
+    ({"sql": "type = "}, TypeConstraint()),
+])
+def test_type_constraints(spec: object, expected: TypeConstraint) -> None:
+    assert type_constraint(spec) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("constraint,patterns", [
+    (TypeConstraint(exact=frozenset({"b", "a"})), ["a", "b"]),
+    (TypeConstraint(prefix="a.b."), ["a.b.>"]),
+    (TypeConstraint(prefix="a.b"), [">"]),
+    (TypeConstraint(prefix="a..b."), [">"]),
+    (TypeConstraint(), [">"]),
+])
+def test_channel_patterns(constraint: TypeConstraint, patterns: list[str]) -> None:
+    assert channel_patterns(constraint) == patterns
+
+
+CHANNELS = ["orders", "orders.created", "orders.eu.created", "orders.eu.x.created",
+            "other.created", "ordersx.created", "orders.created.v2"]
+PATTERNS = ["orders.created", "orders.*", "orders.>", "*.created", "orders.*.created", ">",
+            "*", "orders.>"]
+
+
+def _amqp_matches(key: str, channel: str) -> bool:
+    def match(k: list[str], c: list[str]) -> bool:
+        if not k:
+            return not c
+        if k[0] == "#":
+            return any(match(k[1:], c[i:]) for i in range(len(c) + 1))
+        return bool(c) and (k[0] == "*" or k[0] == c[0]) and match(k[1:], c[1:])
+    return match(key.split("."), channel.split("."))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_translations_match_exactly_what_the_neutral_pattern_matches(pattern: str) -> None:
+    neutral = pattern_matcher(pattern)
+    regex = kafka_topic_regex(pattern)
+    for channel in CHANNELS:
+        expected = neutral(channel)
+        if regex.startswith("^"):
+            assert (re.search(regex, channel) is not None) == expected, (regex, channel)
+        else:
+            assert (regex == channel) == expected
+        assert _amqp_matches(amqp_binding_key(pattern), channel) == expected, channel
+    assert nats_subject(pattern) == pattern == translate(pattern, "mesh")
+
+
+def test_translate_examples_and_errors() -> None:
+    assert translate("a.>", "amqp") == "a.*.#"
+    assert translate("a.*", "kafka-regex") == r"^a\.[^.]+$"
+    assert translate("a.b", "kafka-regex") == "a.b"
+    assert translate("a.>", "nats", prefix="mesh") == "mesh.a.>"
+    with pytest.raises(ConfigError, match="unknown pattern syntax"):
+        translate("a", "mqtt")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="empty token"):
+        translate("a..b", "amqp")
+
+
+def test_plan_pushdown_and_residual() -> None:
+    exact = plan({"exact": {"type": "orders.created"}}, "amqp")
+    assert exact.patterns == ("orders.created",) and exact.residual is None
+    prefix = plan({"prefix": {"type": "orders."}}, "kafka-regex")
+    assert prefix.native == (r"^orders\..+$",) and prefix.residual is not None
+    sql = plan({"sql": "type LIKE 'orders.%' AND data.total > 100"}, "amqp")
+    assert sql.native == ("orders.*.#",)
+    assert sql.residual is not None
+    assert sql.residual(Event("orders.created", "/s", {"total": 150}))
+    assert not sql.residual(Event("orders.created", "/s", {"total": 5}))
+    typed = plan({"exact": {"subject": "s"}}, "nats", types=["a.b"])
+    assert typed.patterns == ("a.b",) and typed.residual is not None
+    assert plan(None, types=["a"]).residual is None
+
+
+def test_rule_index_checks_only_candidates() -> None:
+    index: RuleIndex[str] = RuleIndex()
+    index.add("exact", {"exact": {"type": "orders.created"}})
+    index.add("prefix", {"prefix": {"type": "orders."}})
+    index.add("sql", {"sql": "type = 'orders.created' AND data.total > 100"})
+    index.add("any", {"suffix": {"subject": ".pdf"}})
+    for i in range(500):
+        index.add(f"noise{i}", {"exact": {"type": f"noise.{i}"}})
+    assert len(index) == 504
+    big = Event("orders.created", "/s", {"total": 500}, subject="a.pdf")
+    assert sorted(index.match(big)) == ["any", "exact", "prefix", "sql"]
+    assert sorted(index.match(big.replace(data={"total": 1}, subject=None))) == \
+        ["exact", "prefix"]
+    assert len(index.candidates("orders.created")) == 4
+    assert index.match(Event("noise.7", "/s")) == ["noise7"]
+    assert index.match(Event("other", "/s", subject="x.pdf")) == ["any"]
+    with pytest.raises(ConfigError):
+        index.add("bad", {"regex": "x"})
