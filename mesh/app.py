@@ -50,6 +50,7 @@ from mesh.transport import Subscription, Transport, is_wildcard, validate_patter
 
 log = logging.getLogger("mesh")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+G = TypeVar("G", bound=Callable[[], Awaitable[Any]])
 ROUTER_GROUP = "mesh.routes"
 
 
@@ -130,6 +131,8 @@ class Mesh:
         self._store: IdempotencyStore | None = None
         self._started = False
         self._lock = asyncio.Lock()
+        self._on_start: list[Callable[[], Awaitable[Any]]] = []
+        self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self.dead_letters = DeadLetters(self)
 
     @classmethod
@@ -221,6 +224,23 @@ class Mesh:
         _invoker(spec.func)
         self._handlers.append(spec)
 
+    def on_start(self, func: G) -> G:
+        """Register ``async def func()`` to run after ``start()`` subscribed every handler
+        (publish a first event, warm a cache). An exception stops the mesh again."""
+        self._on_start.append(func)
+        return func
+
+    def on_stop(self, func: G) -> G:
+        """Register ``async def func()`` to run when ``stop()`` begins, before handlers
+        drain. Exceptions are logged, and the stop goes on."""
+        self._on_stop.append(func)
+        return func
+
+    @property
+    def started(self) -> bool:
+        """True between a successful ``start()`` and ``stop()``."""
+        return self._started
+
     @property
     def handlers(self) -> list[HandlerSpec]:
         return list(self._handlers)
@@ -248,10 +268,13 @@ class Mesh:
                 await self.dead_letters.declare()
                 for spec in routed:
                     await self._subscribe(spec)
+                self._started = True
+                for hook in self._on_start:
+                    await hook()
             except BaseException:
+                self._started = False
                 await self._teardown(0.0)
                 raise
-            self._started = True
             log.info("mesh started on %s with %d handler(s)", self.config.redacted_transport,
                      len(self._handlers))
 
@@ -330,6 +353,11 @@ class Mesh:
         async with self._lock:
             if not self._started:
                 return
+            for hook in self._on_stop:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("on_stop hook %s failed", getattr(hook, "__name__", hook))
             self._started = False
             await self._teardown(self.config.shutdown_timeout if timeout is None else timeout)
             log.info("mesh stopped")

@@ -1,7 +1,7 @@
 """MeshConfig: one pydantic model, filled from kwargs, a YAML file, or ``MESH_*`` variables.
 
-Precedence, lowest first: defaults, the YAML file, environment variables,
-explicit keyword arguments. Environment variables use ``__`` for nesting::
+Precedence, lowest first: defaults, the YAML file (``path``, else ``MESH_CONFIG``),
+environment variables, explicit keyword arguments. Environment variables use ``__`` for nesting::
 
     MESH_TRANSPORT=nats://localhost:4222
     MESH_RETRY__MAX_ATTEMPTS=5
@@ -101,11 +101,18 @@ class MeshConfig(BaseModel):
     @classmethod
     def load(cls, path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
              **overrides: Any) -> MeshConfig:
-        """Defaults < YAML file at ``path`` < ``MESH_*`` environment < ``overrides``."""
+        """Defaults < YAML file at ``path`` < ``MESH_*`` environment < ``overrides``.
+
+        Without ``path``, ``MESH_CONFIG`` names the file (so ``mesh run --config`` reaches
+        an app that builds its Mesh at import time).
+        """
+        environ = os.environ if env is None else env
         data: dict[str, Any] = {}
+        if path is None:
+            path = environ.get("MESH_CONFIG") or None
         if path is not None:
             data = _read_yaml(Path(path))
-        _merge(data, env_overrides(os.environ if env is None else env))
+        _merge(data, env_overrides(environ))
         _merge(data, {k: v for k, v in overrides.items() if v is not None})
         return cls.build(data, origin=str(path) if path else "configuration")
 
@@ -160,7 +167,8 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key.startswith("MESH_TEST"):
             continue
-        if key in ("MESH_KAFKA_URL", "MESH_NATS_URL", "MESH_RABBITMQ_URL", "MESH_CESQL_TCK"):
+        if key in ("MESH_CONFIG", "MESH_KAFKA_URL", "MESH_NATS_URL", "MESH_RABBITMQ_URL",
+                   "MESH_CESQL_TCK"):
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         try:

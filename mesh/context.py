@@ -83,25 +83,34 @@ class Context:
         """The conversation this event belongs to (its own id if it starts one)."""
         return self.event.correlationid or self.event.id
 
-    def child(self, type: str, data: Any = None, **attributes: Any) -> Event:
-        """Build (without publishing) the next follow-up event; see the module docstring."""
+    def child(self, type: str, data: Any = None, *, fresh_id: bool = False,
+              **attributes: Any) -> Event:
+        """Build (without publishing) the next follow-up event; see the module docstring.
+
+        ``fresh_id=True`` gives a random id instead of the derived one: for events that
+        belong to this attempt only (a progress notice), which a redelivery must not
+        deduplicate away.
+        """
         extensions = child_extensions(self.event, attributes.pop("extensions", None))
         for name in list(attributes):
             if name not in _EVENT_KWARGS:
                 extensions[name] = attributes.pop(name)
-        event_id = derive_id(self.event, self.scope, self._position)
-        self._position += 1
+        if fresh_id:
+            event_id = str(uuid.uuid4())
+        else:
+            event_id = derive_id(self.event, self.scope, self._position)
+            self._position += 1
         attributes.setdefault("source", self.mesh.source)
         return Event(type, data=data, id=event_id, extensions=extensions, **attributes)
 
     async def emit(self, type: str, data: Any = None, *, channel: str | None = None,
-                   **attributes: Any) -> Event:
+                   fresh_id: bool = False, **attributes: Any) -> Event:
         """Publish a follow-up event and wait for the broker's confirmation.
 
         ``attributes`` are CloudEvents attributes (``subject``, ``datacontenttype``,
         ``dataschema``, ``source``) or extensions (``partitionkey="order-7"``).
         """
-        event = self.child(type, data, **attributes)
+        event = self.child(type, data, fresh_id=fresh_id, **attributes)
         await self.mesh.publish(event, channel=channel)
         return event
 

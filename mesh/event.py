@@ -110,8 +110,8 @@ class Event:
     Use `replace` to derive a changed copy.
     """
 
-    __slots__ = ("data", "datacontenttype", "dataschema", "extensions", "id", "source",
-                 "specversion", "subject", "time", "type")
+    __slots__ = ("_view", "data", "datacontenttype", "dataschema", "extensions", "id",
+                 "source", "specversion", "subject", "time", "type")
 
     id: str
     source: str
@@ -123,6 +123,7 @@ class Event:
     time: datetime | None
     data: Any
     extensions: Mapping[str, Any]
+    _view: Mapping[str, Any] | None
 
     def __init__(
         self,
@@ -142,8 +143,9 @@ class Event:
         attributes: Any = type
         if attributes.__class__ is dict:  # the SDK protocol's constructor: (attributes, data)
             built = Event.from_attributes(attributes, source)
-            for slot in Event.__slots__:
+            for slot in Event.__slots__[1:]:
                 object.__setattr__(self, slot, getattr(built, slot))
+            object.__setattr__(self, "_view", None)
             return
         if specversion != SPECVERSION:
             raise InvalidEvent(f"specversion must be '1.0', got {specversion!r}")
@@ -169,6 +171,7 @@ class Event:
         setter(self, "time", _utcnow() if time is None else parse_time(time))
         setter(self, "data", bytes(data) if isinstance(data, bytearray) else data)
         setter(self, "extensions", ext)
+        setter(self, "_view", None)
 
     @classmethod
     def from_attributes(cls, attributes: Mapping[str, Any], data: Any = None) -> Event:
@@ -302,8 +305,19 @@ class Event:
     def get_data(self) -> Any:
         return self.data
 
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        """Context attributes and extensions as one read-only mapping (computed once;
+        what filters and CESQL read)."""
+        view = self._view
+        if view is None:
+            view = MappingProxyType(self.get_attributes())
+            object.__setattr__(self, "_view", view)
+        return view
+
     def get_attributes(self) -> dict[str, Any]:
-        """Context attributes and extensions in one flat dict (absent ones left out)."""
+        """Context attributes and extensions in one flat dict (absent ones left out);
+        a new dict on each call (the SDK protocol lets callers modify it)."""
         attrs: dict[str, Any] = {"id": self.id, "source": self.source, "type": self.type,
                                  "specversion": self.specversion}
         if self.datacontenttype is not None:

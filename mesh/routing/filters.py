@@ -89,12 +89,7 @@ def _compile_sql(expression: Any) -> Predicate:
         raise ConfigError("filter dialect 'sql' takes a CESQL expression string")
     from mesh.routing import cesql
 
-    compiled = cesql.parse(expression)
-
-    def sql(event: Event) -> bool:
-        value, errors = compiled.evaluate(event)
-        return value is True and not errors
-    return sql
+    return cesql.parse(expression).matches
 
 
 def compile_filter(spec: FilterSpec) -> Predicate:

@@ -75,3 +75,10 @@ def test_from_config_file(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
     path.write_text("transport: memory://\nsource: /agents/test\n")
     assert Mesh.from_config(path).source == "/agents/test"
+
+
+def test_mesh_config_variable_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text("hop_limit: 3\n")
+    config = MeshConfig.load(env={"MESH_CONFIG": str(path), "MESH_SOURCE": "/x"})
+    assert config.hop_limit == 3 and config.source == "/x"

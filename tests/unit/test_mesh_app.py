@@ -161,3 +161,62 @@ def test_backoff_grows_with_jitter_and_cap() -> None:
 async def test_memory_mesh_fixture(memory_mesh: Mesh) -> None:
     assert "started=True" in repr(memory_mesh)
     await memory_mesh.publish(Event("x", "/t"))
+
+
+async def test_lifecycle_hooks_and_started() -> None:
+    mesh = Mesh("memory://")
+    calls: list[str] = []
+    got: list[Event] = []
+
+    @mesh.on("boot", group="boot")
+    async def boot(event: Event) -> None:
+        got.append(event)
+
+    @mesh.on_start
+    async def first() -> None:
+        calls.append(f"start:{mesh.started}")
+        await mesh.emit("boot", {})
+
+    @mesh.on_stop
+    async def last() -> None:
+        calls.append(f"stop:{mesh.started}")
+        raise RuntimeError("a failing stop hook is logged, the stop goes on")
+
+    assert not mesh.started
+    async with mesh:
+        while not got:
+            await asyncio.sleep(0.01)
+    assert calls == ["start:True", "stop:True"] and not mesh.started
+
+
+async def test_failing_start_hook_stops_the_mesh() -> None:
+    mesh = Mesh("memory://")
+
+    @mesh.on_start
+    async def broken() -> None:
+        raise RuntimeError("cannot warm cache")
+
+    with pytest.raises(RuntimeError, match="warm cache"):
+        await mesh.start()
+    assert not mesh.started
+
+
+async def test_fresh_id_is_not_derived() -> None:
+    mesh = Mesh("memory://")
+    ids: list[list[str]] = []
+
+    @mesh.on("job", group="jobs")
+    async def job(event: Event, ctx: Context) -> None:
+        derived = ctx.child("a")
+        fresh = ctx.child("b", fresh_id=True)
+        after = ctx.child("c")
+        ids.append([derived.id, fresh.id, after.id])
+
+    async with mesh:
+        parent = Event("job", "/t", {})
+        await mesh.publish(parent)
+        while not ids:
+            await asyncio.sleep(0.01)
+    derived, fresh, after = ids[0]
+    assert derived == derive_id(parent, "jobs", 0) and after == derive_id(parent, "jobs", 1)
+    assert fresh not in (derive_id(parent, "jobs", i) for i in range(3))

@@ -8,8 +8,7 @@ import pytest
 
 from mesh import ConfigError, Event, pattern_matcher
 from mesh.routing.patterns import amqp_binding_key, kafka_topic_regex, nats_subject, translate
-from mesh.routing.router import (RuleIndex, TypeConstraint, channel_patterns, plan,
-                                 type_constraint)
+from mesh.routing.router import RuleIndex, TypeConstraint, channel_patterns, plan, type_constraint
 
 X = frozenset({"x"})
 

@@ -1,0 +1,473 @@
+"""Research swarm: a supervisor, competing researcher agents, a synthesizer, one crash.
+
+    python examples/research_swarm.py [--transport URL] [--question TEXT] [--workers N]
+
+The agents never call each other; every step is an event:
+
+    research.requested ──> supervisor ──> research.task.created  (x6, one correlationid)
+    research.task.created ──> researchers (ONE consumer group, N Mesh instances)
+                              ──> research.task.started / research.task.completed
+    research.task.completed ──> synthesizer ──> research.report.ready
+
+Each researcher is its own `Mesh` on one shared broker (``memory://research-swarm``
+by default, or the broker given with ``--transport``/``MESH_TRANSPORT``), running the
+very same handler, so "another worker" is a real other consumer. The worker that
+picks up task 3 crashes half-way: its Mesh stops abruptly (``stop(timeout=0)``), the
+handler is cancelled, the delivery is never acked, and the broker hands the task to a
+surviving worker. That is at-least-once delivery doing its job, with no retry code in
+the agent. The "LLM" is deterministic (a hash of the prompt) so every run tells the
+same story, and it finishes in about a second on memory://.
+
+On a real broker the group names stay fixed; this run's events are told apart by
+their ``correlationid`` (the id of the research.requested event), so leftovers of an
+earlier, interrupted run never end up in this report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mesh import Context, Event, Mesh, MeshError
+
+DEFAULT_QUESTION = "How can event-driven architectures make multi-agent LLM systems reliable?"
+#: The angles the supervisor splits every question into (one task each).
+ANGLES = (
+    "background and key definitions",
+    "current state of the art",
+    "competing approaches",
+    "open problems",
+    "risks and failure modes",
+    "outlook for the next five years",
+)
+#: Which task (1-based) crashes its worker, once per run.
+CRASH_TASK = 3
+
+_FINDINGS = ("durable logs", "consumer groups", "idempotent handlers", "backpressure",
+             "dead-letter channels", "correlation ids", "schema contracts", "replay")
+_VERDICTS = ("are well supported by the evidence", "are promising but unproven at scale",
+             "depend heavily on the broker chosen", "are where most teams struggle")
+
+
+def worker_name(mesh: Mesh) -> str:
+    """A researcher's name, read from its Mesh's source (``/research-swarm/worker-2``), so
+    one handler function serves every worker without a closure per worker."""
+    return mesh.source.rsplit("/", 1)[-1]
+
+
+async def fake_llm(prompt: str) -> str:
+    """A deterministic stand-in for an LLM call: 0.1-0.3 s, summary derived from the prompt."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    await asyncio.sleep(0.1 + digest[0] / 255 * 0.2)
+    return (f"{_FINDINGS[digest[1] % len(_FINDINGS)]} and "
+            f"{_FINDINGS[(digest[1] + 1 + digest[2] % 6) % len(_FINDINGS)]} "
+            f"{_VERDICTS[digest[3] % len(_VERDICTS)]} "
+            f"(confidence {60 + digest[4] % 35}%)")
+
+
+# --- progress display ---------------------------------------------------------------------
+
+
+class View(Protocol):
+    """Where the swarm's progress goes: a live rich table on a terminal, plain lines
+    otherwise (CI logs, pipes, tests), with the same facts in both."""
+
+    def created(self, index: int, title: str) -> None: ...
+    def started(self, index: int, worker: str, redeliveries: int) -> None: ...
+    def crashed(self, index: int, worker: str) -> None: ...
+    def completed(self, index: int, worker: str, redeliveries: int) -> None: ...
+    def say(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class TaskState:
+    title: str
+    status: str = "pending"
+    worker: str = ""
+    crashed_on: str = ""
+    redelivered_to: str = ""
+
+
+@dataclass
+class Progress:
+    """The facts both views show, and the crash story the final report tells."""
+
+    tasks: dict[int, TaskState] = field(default_factory=dict)
+
+    def created(self, index: int, title: str) -> None:
+        self.tasks.setdefault(index, TaskState(title))
+
+    def task(self, index: int) -> TaskState:
+        return self.tasks.setdefault(index, TaskState(f"task {index}"))
+
+    def recoveries(self) -> list[str]:
+        """One line per crashed task: who crashed, who finished it."""
+        return [f"task {index} crashed on {state.crashed_on}, redelivered, completed by "
+                f"{state.worker}" for index, state in sorted(self.tasks.items())
+                if state.crashed_on and state.status == "done"]
+
+
+class PlainView:
+    """One line per fact, flushed at once: readable in logs and easy to assert on."""
+
+    def __init__(self) -> None:
+        self.progress = Progress()
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def created(self, index: int, title: str) -> None:
+        self.progress.created(index, title)
+        self.say(f"task {index} created: {title}")
+
+    def started(self, index: int, worker: str, redeliveries: int) -> None:
+        state = self.progress.task(index)
+        state.status, state.worker = "in progress", worker
+        if redeliveries and not state.redelivered_to:
+            state.redelivered_to = worker
+            self.say(f"task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
+        else:
+            self.say(f"task {index} started on {worker}")
+
+    def crashed(self, index: int, worker: str) -> None:
+        state = self.progress.task(index)
+        state.status, state.crashed_on = "crashed", worker
+        self.say(f"task {index} crashed on {worker}: the worker died mid-task, the delivery "
+                 "was not acked, the broker will redeliver it")
+
+    def completed(self, index: int, worker: str, redeliveries: int) -> None:
+        state = self.progress.task(index)
+        if redeliveries and not state.redelivered_to:  # its start notice may not have come
+            state.redelivered_to = worker
+            self.say(f"task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
+        state.status, state.worker = "done", worker
+        self.say(f"task {index} completed by {worker}")
+
+    def close(self) -> None:
+        pass
+
+
+class RichView(PlainView):
+    """A live table of tasks (pending / in progress by worker / done by worker); the crash
+    and the redelivery also get a line above it so they stay on screen afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = Live(self._table(), console=self.console, refresh_per_second=12)
+        self.live.start()
+
+    def _table(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title="research tasks", expand=False)
+        table.add_column("#", justify="right")
+        table.add_column("task")
+        table.add_column("status")
+        table.add_column("worker")
+        styles = {"pending": "dim", "in progress": "yellow", "crashed": "bold red",
+                  "done": "green"}
+        for index, state in sorted(self.progress.tasks.items()):
+            worker = state.worker
+            if state.crashed_on and state.status != "crashed":
+                worker = f"{worker} (after crash on {state.crashed_on})"
+            table.add_row(str(index), state.title, Text(state.status, styles[state.status]),
+                          worker)
+        return table
+
+    def say(self, text: str) -> None:
+        self.live.console.print(text, markup=False, highlight=False)
+
+    def _refresh(self) -> None:
+        self.live.update(self._table())
+
+    def created(self, index: int, title: str) -> None:
+        self.progress.created(index, title)
+        self._refresh()
+
+    def started(self, index: int, worker: str, redeliveries: int) -> None:
+        state = self.progress.task(index)
+        state.status, state.worker = "in progress", worker
+        if redeliveries and not state.redelivered_to:
+            state.redelivered_to = worker
+            self.say(f"\u21bb task {index} redelivered to {worker} "
+                     f"(delivery #{redeliveries + 1})")
+        self._refresh()
+
+    def crashed(self, index: int, worker: str) -> None:
+        state = self.progress.task(index)
+        state.status, state.crashed_on = "crashed", worker
+        self.say(f"\u2717 task {index} crashed on {worker}: not acked, the broker will "
+                 "redeliver it")
+        self._refresh()
+
+    def completed(self, index: int, worker: str, redeliveries: int) -> None:
+        state = self.progress.task(index)
+        if redeliveries and not state.redelivered_to:
+            state.redelivered_to = worker
+            self.say(f"\u21bb task {index} redelivered to {worker}")
+        state.status, state.worker = "done", worker
+        self._refresh()
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def make_view(plain: bool) -> View:
+    """Rich on a terminal when rich is installed (the ``examples`` extra); else plain."""
+    if not plain and sys.stdout.isatty():
+        try:
+            return RichView()
+        except ImportError:
+            pass
+    return PlainView()
+
+
+# --- the agents ---------------------------------------------------------------------------
+
+
+async def supervise(event: Event, ctx: Context) -> None:
+    """Split a question into tasks. ``ctx.emit`` gives every task the request's
+    correlationid, and ids derived from the request, so a redelivered request re-emits
+    the same tasks and they are deduplicated instead of doubled."""
+    question = str(event.data["question"])
+    for index, angle in enumerate(ANGLES, start=1):
+        await ctx.emit("research.task.created",
+                       {"question": question, "index": index, "total": len(ANGLES),
+                        "title": angle}, subject=f"task-{index}")
+
+
+class Researcher:
+    """The researcher agent. One instance; its `handle` is registered on every worker's
+    Mesh, so the workers really are identical members of one consumer group.
+
+    ``crash_run`` is the correlationid of the run whose task `CRASH_TASK` simulates a
+    crash (None: no crash); it is consumed by the first crash, so it happens once.
+    """
+
+    def __init__(self, view: View, crash_run: str | None) -> None:
+        self.view = view
+        self.crash_run = crash_run
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        task: dict[str, Any] = dict(event.data)
+        worker = worker_name(ctx.mesh)
+        # A progress notice is about this attempt, not a consequence of the task, so it
+        # gets a fresh id: a ctx.emit id would equal the crashed attempt's notice, and a
+        # broker's duplicate window would swallow the redelivered one.
+        await ctx.mesh.emit("research.task.started",
+                            {**task, "worker": worker, "redeliveries": ctx.redeliveries},
+                            correlationid=ctx.correlationid, causationid=event.id)
+        prompt = f"{task['title']}: {task['question']}"
+        if task["index"] == CRASH_TASK and ctx.correlationid == self.crash_run:
+            self.crash_run = None
+            await asyncio.sleep(0.05)          # half-way through the "LLM call"...
+            await self._crash(ctx)
+        summary = await fake_llm(prompt)
+        await ctx.emit("research.task.completed",
+                       {**task, "worker": worker, "summary": summary,
+                        "redeliveries": ctx.redeliveries})
+
+    async def _crash(self, ctx: Context) -> None:
+        """Kill this worker's Mesh under the running handler: stop with no grace period
+        cancels the handler, so its delivery is neither acked nor dead-lettered, and the
+        broker redelivers it to another member of the group."""
+        self.view.crashed(int(ctx.event.data["index"]), worker_name(ctx.mesh))
+        stopping = asyncio.create_task(ctx.mesh.stop(timeout=0))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        await asyncio.Event().wait()           # never returns: cancelled by the stop
+
+
+@dataclass
+class Synthesizer:
+    """Collects completed tasks per correlationid and emits the report when all are in.
+
+    State is keyed by correlationid, so several questions (or leftovers of an earlier
+    run on a persistent broker) never mix; a redelivered result overwrites itself.
+    """
+
+    results: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
+
+    async def collect(self, event: Event, ctx: Context) -> None:
+        result: dict[str, Any] = dict(event.data)
+        run = ctx.correlationid
+        collected = self.results.setdefault(run, {})
+        collected[int(result["index"])] = result
+        if len(collected) < int(result["total"]) or run in self.reported:
+            return
+        self.reported.add(run)     # before awaiting: a concurrent result must not report too
+        sections = [collected[index] for index in sorted(collected)]
+        await ctx.emit("research.report.ready",
+                       {"question": result["question"], "sections": sections})
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+def resolve_transport(url: str | None) -> str:
+    """``--transport``, else ``MESH_TRANSPORT``, else memory. A bare ``memory://`` is one
+    private broker per Mesh, so it becomes a named one every agent here shares."""
+    url = url or os.environ.get("MESH_TRANSPORT") or "memory://"
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() == "memory" and not rest.strip("/"):
+        return "memory://research-swarm"
+    return url
+
+
+class Swarm:
+    """Every agent of the example as its own Mesh, plus the client that asks and watches."""
+
+    def __init__(self, url: str, workers: int, view: View) -> None:
+        self.view = view
+        self.run_id = str(uuid.uuid4())      # the request's id = the run's correlationid
+        crash = self.run_id if workers >= 2 else None
+        self.researcher = Researcher(view, crash)
+        self.synthesizer = Synthesizer()
+        self.report: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def mesh(name: str) -> Mesh:
+            return Mesh(url, source=f"/research-swarm/{name}")
+
+        self.supervisor = mesh("supervisor")
+        self.supervisor.on("research.requested", group="supervisor")(supervise)
+        self.workers = [mesh(f"worker-{n}") for n in range(1, workers + 1)]
+        for worker in self.workers:
+            worker.on("research.task.created", group="researchers", name="research",
+                      max_in_flight=1)(self.researcher.handle)
+        self.synth = mesh("synthesizer")
+        self.synth.on("research.task.completed", group="synthesizer")(
+            self.synthesizer.collect)
+        self.client = mesh("client")
+        # Broadcast (no group): the client watches every event of its own run only.
+        self.client.on("research.>", filter={"exact": {"correlationid": self.run_id}},
+                       name="watch", max_in_flight=1)(self.watch)
+
+    @property
+    def meshes(self) -> list[Mesh]:
+        return [self.client, self.supervisor, *self.workers, self.synth]
+
+    async def watch(self, event: Event) -> None:
+        data: dict[str, Any] = event.data if isinstance(event.data, dict) else {}
+        kind = event.type.removeprefix("research.")
+        if kind == "task.created":
+            self.view.created(data["index"], data["title"])
+        elif kind == "task.started":
+            self.view.started(data["index"], data["worker"], data["redeliveries"])
+        elif kind == "task.completed":
+            self.view.completed(data["index"], data["worker"], data["redeliveries"])
+        elif kind == "report.ready" and not self.report.done():
+            self.report.set_result(data)
+
+    async def ask(self, question: str) -> dict[str, Any]:
+        """Start every agent, publish the question, and wait for this run's report."""
+        for mesh in self.meshes:     # all subscribed before the question goes out
+            await mesh.start()
+        await self.client.publish(Event(
+            "research.requested", "/research-swarm/client", {"question": question},
+            id=self.run_id, extensions={"correlationid": self.run_id}))
+        return await self.report
+
+    async def close(self) -> None:
+        await asyncio.gather(*(mesh.stop(timeout=2.0) for mesh in self.meshes),
+                             return_exceptions=True)
+
+
+def format_report(report: dict[str, Any], progress: Progress) -> str:
+    lines = ["", f"REPORT: {report['question']}", ""]
+    for section in report["sections"]:
+        lines.append(f"  {section['index']}. {section['title']}: {section['summary']} "
+                     f"[{section['worker']}]")
+    per_worker: dict[str, int] = {}
+    for section in report["sections"]:
+        per_worker[section["worker"]] = per_worker.get(section["worker"], 0) + 1
+    lines += ["", "tasks per worker: " + ", ".join(
+        f"{worker} {count}" for worker, count in sorted(per_worker.items()))]
+    recoveries = progress.recoveries()
+    lines += [f"recovered: {line}" for line in recoveries] or ["no crash this run"]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def closing_view(view: View) -> Iterator[View]:
+    try:
+        yield view
+    finally:
+        view.close()
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    url = resolve_transport(args.transport)
+    view = make_view(args.plain)
+    with closing_view(view):
+        try:
+            swarm = Swarm(url, args.workers, view)
+        except MeshError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        view.say(f"research swarm on {swarm.client.config.redacted_transport}: "
+                 f"{args.workers} researcher(s), question: {args.question}")
+        if args.workers < 2:
+            view.say("only one researcher: no crash is simulated (nobody could take over)")
+        try:
+            report = await asyncio.wait_for(swarm.ask(args.question), args.timeout)
+        except TimeoutError:
+            done = sum(t.status == "done" for t in view_progress(view).tasks.values())
+            print(f"error: no report within {args.timeout:g}s ({done}/{len(ANGLES)} tasks "
+                  "done); is the broker reachable and are all agents running?",
+                  file=sys.stderr)
+            return 1
+        except MeshError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await swarm.close()
+    print(format_report(report, view_progress(view)), flush=True)
+    return 0
+
+
+def view_progress(view: View) -> Progress:
+    progress = getattr(view, "progress", None)
+    return progress if isinstance(progress, Progress) else Progress()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--transport", metavar="URL",
+                        help="broker URL (default: MESH_TRANSPORT, else memory://)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument("--workers", type=int, default=3, help="researchers (default 3)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="give up after this many seconds (default 60)")
+    parser.add_argument("--plain", action="store_true",
+                        help="plain lines even on a terminal (default when piped)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return asyncio.run(main_async(parse_args(argv)))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

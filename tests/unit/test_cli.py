@@ -1,0 +1,469 @@
+"""The ``mesh`` command: argument handling in-process, ``run`` and ``--help`` in a
+subprocess, and the async command bodies on a shared named memory broker.
+
+On ``memory://`` every CLI process has its own private broker, so publish/tail/dlq
+are exercised through the async helpers the CLI is built on, with the app and the
+"CLI" as two Mesh instances on one ``memory://<name>`` broker of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from mesh import Context, DeadLetter, Event, Mesh, codec
+from mesh.cli import (
+    UsageError,
+    format_event_line,
+    list_dead_letters,
+    main,
+    parse_filter,
+    publish_event,
+    replay_dead_letters,
+    split_target,
+    tail_events,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_url() -> str:
+    """A broker name of its own per test: named memory brokers live as long as the process."""
+    return f"memory://clitest-{uuid.uuid4().hex[:8]}"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+# --- argument handling, in-process --------------------------------------------------------
+
+
+def test_help_runs_as_python_dash_m() -> None:
+    proc = subprocess.run([sys.executable, "-m", "mesh", "--help"], capture_output=True,
+                          text=True, timeout=60, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    for command in ("run", "publish", "tail", "dlq", "transports"):
+        assert command in proc.stdout
+
+
+def test_subcommand_help_explains_private_memory_broker(capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    assert main(["tail", "--help"]) == 0
+    assert "private in-process broker" in capsys.readouterr().out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["publish", "a.b", "--nope"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_transports_lists_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["transports"]) == 0
+    out = capsys.readouterr().out
+    assert "memory://" in out and "in-process" in out
+
+
+def test_publish_invalid_json_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["publish", "orders.created", "--data", "{id: 7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data is not valid JSON")
+    assert "--data '{\"id\": 7}'" in err
+
+
+def test_publish_bad_extension_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["publish", "a.b", "--ext", "novalue"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert main(["publish", "a.b", "--ext", "Bad_Name=1"]) == 2
+    assert "extension name" in capsys.readouterr().err
+
+
+def test_publish_prints_the_event_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["publish", "orders.created", "--data", '{"id": 7}',
+                 "--transport", "memory://"]) == 0
+    captured = capsys.readouterr()
+    uuid.UUID(captured.out.strip())
+    assert "private in-process broker" in captured.err
+
+
+def test_unknown_scheme_exits_1_with_suggestion_and_no_password(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["publish", "a.b", "--transport", "memry://user:hunter2@host:1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown transport scheme")
+    assert "Did you mean 'memory://'?" in err
+    assert "hunter2" not in err
+
+
+def test_transport_option_is_accepted_before_the_command(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--transport", "memry://", "publish", "a.b"]) == 1
+    assert "Did you mean" in capsys.readouterr().err
+
+
+def test_bad_config_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text("transport: memory://\nretries: 3\n")
+    assert main(["publish", "a.b", "--config", str(config)]) == 1
+    assert "retries: unknown field" in capsys.readouterr().err
+
+
+def test_dlq_replay_needs_ids_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "replay"]) == 2
+    err = capsys.readouterr().err
+    assert "--id" in err and "--all" in err
+    assert main(["dlq", "replay", "--all", "--id", "x"]) == 2
+
+
+def test_dlq_without_action_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq"]) == 2
+    assert "replay" in capsys.readouterr().err
+
+
+def test_tail_bad_filter_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tail", "{not json", "--count", "1"]) == 2
+    assert "FILTER is not valid JSON" in capsys.readouterr().err
+    assert main(["tail", '{"nodialect": {}}', "--count", "1"]) == 2
+    assert "unknown filter dialect" in capsys.readouterr().err
+    assert main(["tail", "orders..x", "--count", "1"]) == 2
+    assert "empty token" in capsys.readouterr().err
+
+
+def test_parse_filter() -> None:
+    assert parse_filter(None) == (">", None)
+    assert parse_filter("orders.*") == ("orders.*", None)
+    assert parse_filter('{"prefix": {"type": "orders."}}') == (
+        None, {"prefix": {"type": "orders."}})
+    assert parse_filter('[{"exact": {"type": "a"}}]') == (None, [{"exact": {"type": "a"}}])
+    with pytest.raises(UsageError, match="FILTER is not valid JSON"):
+        parse_filter("[1")
+
+
+def test_split_target() -> None:
+    assert split_target("app") == ("app", "mesh")
+    assert split_target("pkg.app:agents") == ("pkg.app", "agents")
+    assert split_target("src/app.py") == ("src/app.py", "mesh")
+    assert split_target("src/app.py:app.mesh") == ("src/app.py", "app.mesh")
+    assert split_target("C:\\apps\\app.py") == ("C:\\apps\\app.py", "mesh")
+    with pytest.raises(UsageError, match="ends with ':'"):
+        split_target("app:")
+
+
+def test_format_event_line_is_one_compact_line() -> None:
+    event = Event("orders.created", "/shop", {"id": 7, "text": "x\ny" * 200}, id="e1",
+                  time="2024-01-02T03:04:05Z")
+    line = format_event_line(event)
+    assert "\n" not in line
+    assert line.startswith("2024-01-02T03:04:05Z  orders.created  /shop  e1  {\"id\":7")
+    assert line.endswith("\u2026")
+
+
+# --- mesh run, in a subprocess ------------------------------------------------------------
+
+APP = '''\
+import os
+from mesh import Event, Mesh
+
+
+mesh = Mesh()
+not_a_mesh = 42
+
+
+@mesh.on_start
+async def ping_once() -> None:
+    """Publish one ping once started, so the test can see a handler run."""
+    await mesh.publish(Event("demo.ping", "/test", {"n": 1}))
+
+
+@mesh.on("demo.ping")
+async def ping(event: Event) -> None:
+    with open(os.environ["APP_OUT"], "a") as out:
+        out.write(f"handled {event.data['n']} on {mesh.config.redacted_transport} "
+                  f"max_attempts={mesh.config.retry.max_attempts}\\n")
+'''
+
+
+def _run_until_handled(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
+    out = tmp_path / "handled.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "mesh", "run", *args], cwd=tmp_path,
+                            env=cli_env(APP_OUT=str(out)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (out.exists() and out.read_text()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out.read_text() if out.exists() else "", stderr
+
+
+def test_run_app_file_until_sigint(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    code, handled, stderr = _run_until_handled(["app.py", "--transport",
+                                                "memory://runtest"], tmp_path)
+    assert code == 0, stderr
+    assert handled == "handled 1 on memory://runtest max_attempts=3\n"
+    assert "press Ctrl-C to stop" in stderr
+    assert "mesh: stopped" in stderr
+
+
+def test_run_module_attr_with_config_file(tmp_path: Path) -> None:
+    (tmp_path / "demoapp.py").write_text(APP)
+    (tmp_path / "mesh.yaml").write_text("transport: memory://fromconfig\n"
+                                        "retry:\n  max_attempts: 5\n")
+    code, handled, stderr = _run_until_handled(["demoapp:mesh", "--config", "mesh.yaml"],
+                                               tmp_path)
+    assert code == 0, stderr
+    assert handled == "handled 1 on memory://fromconfig max_attempts=5\n"
+
+
+def test_run_missing_module_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "no_such_module_here:mesh"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import app module 'no_such_module_here'" in err
+    assert "PYTHONPATH" in err
+
+
+def test_run_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "nope.py")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_run_missing_attr_names_the_meshes_found(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "app_attr.py").write_text(APP)
+    assert main(["run", f"{tmp_path / 'app_attr.py'}:agents"]) == 2
+    err = capsys.readouterr().err
+    assert "has no attribute 'agents'" in err and "app_attr.py:mesh" in err
+
+
+def test_run_attr_that_is_not_a_mesh_exits_2(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "app_notmesh.py").write_text(APP)
+    assert main(["run", f"{tmp_path / 'app_notmesh.py'}:not_a_mesh"]) == 2
+    assert "is a int, not a mesh.Mesh" in capsys.readouterr().err
+
+
+def test_run_app_that_fails_to_import_exits_1(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "app_broken.py").write_text("raise RuntimeError('boom at import')\n")
+    assert main(["run", str(tmp_path / "app_broken.py")]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom at import" in err and "traceback above" in err
+
+
+def test_run_refuses_transport_the_app_hardcodes(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MESH_TRANSPORT", "memory://")   # restored after the test
+    (tmp_path / "app_fixed.py").write_text(
+        "from mesh import Mesh\nmesh = Mesh('memory://hardcoded')\n")
+    assert main(["run", str(tmp_path / "app_fixed.py"), "--transport", "memory://other"]) == 2
+    assert "explicit transport (memory://hardcoded)" in capsys.readouterr().err
+
+
+# --- the async command bodies on a shared memory broker -----------------------------------
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    yield shared_url()
+
+
+async def test_publish_event_reaches_a_subscriber(url: str) -> None:
+    app = Mesh(url)
+    got: list[Event] = []
+
+    @app.on("orders.created")
+    async def handle(event: Event) -> None:
+        got.append(event)
+
+    async with app, Mesh(url) as cli:
+        event = Event("orders.created", "/cli", {"id": 7}, subject="o-7",
+                      extensions={"partitionkey": "o-7"})
+        assert await publish_event(cli, event) == event.id
+        await wait_for(lambda: len(got) == 1)
+    assert got[0].id == event.id and got[0].data == {"id": 7}
+    assert got[0].partitionkey == "o-7"
+
+
+async def test_tail_prints_count_events_then_returns(url: str) -> None:
+    out, ready = io.StringIO(), asyncio.Event()
+    tail = asyncio.create_task(tail_events(Mesh(url), pattern="orders.>", count=2, out=out,
+                                           ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    async with Mesh(url) as publisher:
+        for n in range(3):
+            await publisher.publish(Event("orders.created", "/shop", {"n": n}, id=f"e{n}"))
+        await publisher.publish(Event("users.created", "/shop", {"n": 9}))
+        assert await asyncio.wait_for(tail, 5) == 2
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "orders.created  /shop  e0  {\"n\":0}" in lines[0]
+    assert "e1" in lines[1]
+
+
+async def test_tail_json_filter_and_json_output(url: str) -> None:
+    out, ready = io.StringIO(), asyncio.Event()
+    _, spec = parse_filter('{"all": [{"prefix": {"type": "orders."}}, '
+                           '{"sql": "subject = \'vip\'"}]}')
+    tail = asyncio.create_task(tail_events(Mesh(url), filter=spec, count=1, as_json=True,
+                                           out=out, ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    async with Mesh(url) as publisher:
+        await publisher.publish(Event("users.created", "/shop", {}, subject="vip"))
+        await publisher.publish(Event("orders.created", "/shop", {"n": 1}))
+        wanted = Event("orders.paid", "/shop", {"n": 2}, subject="vip")
+        await publisher.publish(wanted)
+        await asyncio.wait_for(tail, 5)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == \
+        [codec.to_dict(wanted)]
+
+
+async def test_tail_stops_when_told(url: str) -> None:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    tail = asyncio.create_task(tail_events(Mesh(url), out=io.StringIO(), ready=ready,
+                                           stop=stop))
+    await asyncio.wait_for(ready.wait(), 5)
+    stop.set()
+    assert await asyncio.wait_for(tail, 5) == 0
+
+
+async def test_tail_in_a_group_hands_back_what_it_did_not_show(url: str) -> None:
+    out, ready = io.StringIO(), asyncio.Event()
+    tail = asyncio.create_task(tail_events(Mesh(url), pattern="jobs.created", group="workers",
+                                           count=1, out=out, ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    async with Mesh(url) as publisher:
+        await publisher.publish(Event("jobs.created", "/q", {"n": 1}, id="job-1"))
+        await publisher.publish(Event("jobs.created", "/q", {"n": 2}, id="job-2"))
+        await asyncio.wait_for(tail, 5)
+    assert "job-1" in out.getvalue() and "job-2" not in out.getvalue()
+
+    worker = Mesh(url)
+    got: list[str] = []
+
+    @worker.on("jobs.created", group="workers")
+    async def work(event: Event) -> None:
+        got.append(event.id)
+
+    async with worker:
+        await wait_for(lambda: got == ["job-2"])
+
+
+async def _app_with_a_dead_letter(url: str, got: list[Event]) -> tuple[Mesh, Event]:
+    app = Mesh(url)
+
+    @app.on("orders.created", group="billing")
+    async def bill(event: Event, ctx: Context) -> None:
+        got.append(event)
+        raise DeadLetter("customer 42 is unknown")
+
+    await app.start()
+    event = Event("orders.created", "/shop", {"customer": 42})
+    await app.publish(event)
+    await wait_for(lambda: app.stats("bill").dead_lettered == 1)
+    return app, event
+
+
+async def test_dlq_list_shows_why_and_leaves_copies(url: str) -> None:
+    got: list[Event] = []
+    app, original = await _app_with_a_dead_letter(url, got)
+    try:
+        async with Mesh(url) as cli:
+            out = io.StringIO()
+            copies = await list_dead_letters(cli, out=out, idle=0.3)
+            assert len(copies) == 1
+            header, row = out.getvalue().splitlines()
+            assert header.split() == ["ID", "TYPE", "CHANNEL", "GROUP", "ATTEMPTS", "ERROR",
+                                      "REASON"]
+            assert row.split()[:6] == [copies[0].id, "orders.created", "orders.created",
+                                       "billing", "1", "DeadLetter"]
+            assert row.endswith("customer 42 is unknown")
+
+            out = io.StringIO()
+            await list_dead_letters(cli, out=out, as_json=True, idle=0.3)
+            (listed,) = json.loads(out.getvalue())
+            assert listed["meshdlid"] == original.id
+            assert listed["meshdlreason"] == "customer 42 is unknown"
+            assert listed["data"] == {"customer": 42}
+    finally:
+        await app.stop()
+
+
+async def test_dlq_list_when_empty(url: str) -> None:
+    async with Mesh(url) as cli:
+        out = io.StringIO()
+        assert await list_dead_letters(cli, out=out, idle=0.1) == []
+    assert out.getvalue() == "no dead letters on mesh.deadletter\n"
+
+
+async def test_dlq_replay_by_id_republishes_to_the_original_channel(url: str) -> None:
+    got: list[Event] = []
+    app, original = await _app_with_a_dead_letter(url, got)
+    try:
+        async with Mesh(url) as cli:
+            out = io.StringIO()
+            replayed, missing = await replay_dead_letters(
+                cli, ids=[original.id, "no-such-id"], out=out, idle=0.3)
+            assert missing == ["no-such-id"]
+            assert [e.extensions["meshreplayof"] for e in replayed] == [original.id]
+            assert out.getvalue() == (f"replayed orders.created {original.id} as "
+                                      f"{replayed[0].id}\n")
+            await wait_for(lambda: len(got) == 2)
+            assert got[1].extensions["meshreplayof"] == original.id
+
+            # the replay failed again: one new copy, found by its copy id this time
+            await wait_for(lambda: app.stats("bill").dead_lettered == 2)
+            (copy,) = await list_dead_letters(cli, out=io.StringIO(), idle=0.3)
+            replayed, missing = await replay_dead_letters(cli, ids=[copy.id],
+                                                          out=io.StringIO(), idle=0.3)
+            assert len(replayed) == 1 and missing == []
+    finally:
+        await app.stop()
+
+
+async def test_dlq_replay_all(url: str) -> None:
+    got: list[Event] = []
+    app, _ = await _app_with_a_dead_letter(url, got)
+    try:
+        async with Mesh(url) as cli:
+            replayed, missing = await replay_dead_letters(cli, out=io.StringIO(), idle=0.3)
+            assert len(replayed) == 1 and missing == []
+            await wait_for(lambda: len(got) == 2)
+    finally:
+        await app.stop()
