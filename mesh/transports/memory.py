@@ -155,7 +155,8 @@ class _MemorySubscription(Subscription):
         self._broker, self._queue, self._handler = broker, queue, handler
         self._exclusive = exclusive
         self._idle: set[asyncio.Task[None]] = set()
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(workers)]
+        self._max = workers   # workers start on demand: an idle subscription costs one task
+        self._tasks = [asyncio.create_task(self._work())]
         self._closed = False
 
     async def _work(self) -> None:
@@ -165,6 +166,8 @@ class _MemorySubscription(Subscription):
             self._idle.add(task)
             msg = await self._queue.take()
             self._idle.discard(task)
+            if not self._idle and self._queue.pending and len(self._tasks) < self._max:
+                self._tasks.append(asyncio.create_task(self._work()))
             delivery = _MemoryDelivery(self._queue, msg)
             try:
                 await self._handler(delivery)
