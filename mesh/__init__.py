@@ -8,93 +8,40 @@ should be imported from deeper paths. ``__all__`` is exactly the public surface
 
 from mesh import codec
 from mesh.app import HandlerSpec, Mesh
-from mesh.config import IdempotencyConfig, MeshConfig, RetryConfig, RouteConfig
+from mesh.capabilities import (Capability, from_a2a_skill, from_mcp_tool, to_a2a_skill,
+                               to_mcp_tool)
+from mesh.config import (CapabilitiesConfig, IdempotencyConfig, MeshConfig, RetryConfig,
+                         RouteConfig)
 from mesh.context import Context, derive_id
+from mesh.contracts import Contract, ContractRegistry, compatibility_problems
 from mesh.delivery import ConsumerStats, RetryPolicy
 from mesh.dlq import DeadLetters
-from mesh.errors import (
-                         ConfigError,
-                         ConnectError,
-                         DataValidationError,
-                         DeadLetter,
-                         DecodeError,
-                         DeliveryError,
-                         HandlerError,
-                         HopLimitExceeded,
-                         InvalidEvent,
-                         MeshError,
-                         PublishError,
-                         RetryLater,
-                         TransportClosed,
-                         TransportError,
-)
+from mesh.errors import (ConfigError, ConnectError, ContractViolation, DataValidationError,
+                         DeadLetter, DecodeError, DeliveryError, HandlerError,
+                         HopLimitExceeded, InvalidEvent, MeshError, NoProvider, PublishError,
+                         RemoteError, RequestError, RequestTimeout, RetryLater,
+                         TransportClosed, TransportError)
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
-from mesh.stores import (
-                         IdempotencyStore,
-                         MemoryIdempotencyStore,
-                         SQLiteIdempotencyStore,
-                         StoreRegistry,
-)
-from mesh.transport import (
-                         Delivery,
-                         DeliveryHandler,
-                         Subscription,
-                         Transport,
-                         TransportFeatures,
-                         TransportRegistry,
-                         is_wildcard,
-                         pattern_list,
-                         pattern_matcher,
-                         redact_url,
-                         validate_pattern,
-)
+from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
+                         StoreRegistry)
+from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
+                            TransportFeatures, TransportRegistry, is_wildcard, pattern_list,
+                            pattern_matcher, redact_url, validate_pattern)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError",
-    "ConnectError",
-    "ConsumerStats",
-    "Context",
-    "DataValidationError",
-    "DeadLetter",
-    "DeadLetters",
-    "DecodeError",
-    "Delivery",
-    "DeliveryError",
-    "DeliveryHandler",
-    "Event",
-    "HandlerError",
-    "HandlerSpec",
-    "HopLimitExceeded",
-    "IdempotencyConfig",
-    "IdempotencyStore",
-    "InvalidEvent",
-    "MemoryIdempotencyStore",
-    "Mesh",
-    "MeshConfig",
-    "MeshError",
-    "PublishError",
-    "RetryConfig",
-    "RetryLater",
-    "RetryPolicy",
-    "RouteConfig",
-    "SQLiteIdempotencyStore",
-    "StoreRegistry",
-    "Subscription",
-    "Transport",
-    "TransportClosed",
-    "TransportError",
-    "TransportFeatures",
-    "TransportRegistry",
-    "__version__",
-    "codec",
-    "derive_id",
-    "hookimpl",
-    "is_wildcard",
-    "pattern_list",
-    "pattern_matcher",
-    "redact_url",
-    "validate_pattern",
+    "CapabilitiesConfig", "Capability", "ConfigError", "ConnectError", "ConsumerStats",
+    "Context", "Contract", "ContractRegistry", "ContractViolation", "DataValidationError",
+    "DeadLetter", "DeadLetters", "DecodeError", "Delivery", "DeliveryError",
+    "DeliveryHandler", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
+    "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
+    "MeshConfig", "MeshError", "NoProvider", "PublishError", "RemoteError", "RequestError",
+    "RequestTimeout", "RetryConfig", "RetryLater", "RetryPolicy", "RouteConfig",
+    "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "Transport", "TransportClosed",
+    "TransportError", "TransportFeatures", "TransportRegistry", "__version__", "codec",
+    "compatibility_problems", "derive_id", "from_a2a_skill", "from_mcp_tool", "hookimpl",
+    "is_wildcard", "pattern_list", "pattern_matcher", "redact_url", "to_a2a_skill",
+    "to_mcp_tool", "validate_pattern",
 ]

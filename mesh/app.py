@@ -32,13 +32,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
 from mesh import plugins
+from mesh.capabilities import Capabilities, Capability
 from mesh.config import MeshConfig, RouteConfig
 from mesh.context import Context, child_extensions, derive_id
+from mesh.contracts import Contract, ContractRegistry, SchemaSource
 from mesh.delivery import Consumer, ConsumerStats, RetryPolicy
 from mesh.dlq import DeadLetters
 from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
@@ -134,6 +136,8 @@ class Mesh:
         self._on_start: list[Callable[[], Awaitable[Any]]] = []
         self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self.dead_letters = DeadLetters(self)
+        self.contracts = ContractRegistry()
+        self._capabilities = Capabilities(self)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
@@ -224,6 +228,68 @@ class Mesh:
         _invoker(spec.func)
         self._handlers.append(spec)
 
+    def contract(self, event_type: str, schema: SchemaSource, *, version: int = 1,
+                 compatible: bool = True) -> Contract:
+        """Give ``event_type`` a data contract (pydantic model, JSON Schema dict or file).
+
+        Published events are validated (`ContractViolation` at the publisher) and get
+        ``dataschema``; consumed ones are validated and dead-lettered when they do not
+        fit. A newer version must be backward compatible unless ``compatible=False``.
+        See docs/contracts.md.
+        """
+        return self.contracts.register(event_type, schema, version=version,
+                                       compatible=compatible)
+
+    @overload
+    def capability(self, name: str, handler: None = None, *,
+                   input: SchemaSource | None = None, group: str | None = None,
+                   version: str = "1.0.0", description: str | None = None,
+                   output: Sequence[str] = (), tags: Sequence[str] = ()) -> Callable[[F], F]: ...
+
+    @overload
+    def capability(self, name: str, handler: F, *, input: SchemaSource | None = None,
+                   group: str | None = None, version: str = "1.0.0",
+                   description: str | None = None, output: Sequence[str] = (),
+                   tags: Sequence[str] = ()) -> F: ...
+
+    def capability(self, name: str, handler: F | None = None, *,
+                   input: SchemaSource | None = None, group: str | None = None,
+                   version: str = "1.0.0", description: str | None = None,
+                   output: Sequence[str] = (), tags: Sequence[str] = ()) -> Any:
+        """Serve requests addressed to capability ``name`` (also usable as a decorator).
+
+        ``handler(request, ctx)`` gets the validated model when ``input`` is a pydantic
+        model, else the request `Event`; what it returns (a dict, a model, any JSON value)
+        is the reply's data. ``group`` (default ``cap.<name>``) is the consumer group
+        whose members share the requests. See docs/capabilities.md.
+        """
+        def register(func: F) -> F:
+            self._capabilities.register(name, func, input=input, group=group, version=version,
+                                        description=description, output=output, tags=tags)
+            return func
+        return register if handler is None else register(handler)
+
+    def capabilities(self) -> list[Capability]:
+        """The live registry: every capability announced by a live instance."""
+        return self._capabilities.directory.live()
+
+    async def request(self, capability: str, data: Any = None, *,
+                      timeout: float = 30.0) -> Event:
+        """Ask capability ``capability`` and wait for its reply event.
+
+        The data is validated against the capability's input schema first
+        (`ContractViolation`, nothing sent). Raises `NoProvider` (with similar names)
+        when no live instance serves it, `RequestTimeout` after ``timeout`` seconds, and
+        `RemoteError` when the provider's handler failed for good. Inside a handler the
+        request inherits the conversation (correlation, trace, hops).
+        """
+        if not self._started:
+            raise TransportClosed("start the mesh before mesh.request()")
+        if not self.config.capabilities.enabled:
+            raise ConfigError("capabilities are disabled in the config "
+                              "(capabilities.enabled: false)")
+        return await self._capabilities.request(capability, data, timeout)
+
     def on_start(self, func: G) -> G:
         """Register ``async def func()`` to run after ``start()`` subscribed every handler
         (publish a first event, warm a cache). An exception stops the mesh again."""
@@ -266,8 +332,9 @@ class Mesh:
                 if self.config.idempotency.enabled and any(h.idempotent for h in self._handlers):
                     self._store = plugins.store_registry().create(self.config.idempotency.store)
                 await self.dead_letters.declare()
-                for spec in routed:
-                    await self._subscribe(spec)
+                await asyncio.gather(*(self._subscribe(spec) for spec in routed))
+                if self.config.capabilities.enabled:
+                    self._subscriptions.extend(await self._capabilities.start())
                 self._started = True
                 for hook in self._on_start:
                     await hook()
@@ -336,6 +403,7 @@ class Mesh:
             self, invoke=_invoker(spec.func), scope=scope, group=spec.group,
             predicate=spec.residual,
             policy=self._policy, store=self._store if spec.idempotent else None,
+            contracts=self.contracts,
             accepts_dead_letters=spec.dead_letters)
         self._consumers[spec.name] = consumer
         for pattern in spec.patterns:
@@ -346,13 +414,16 @@ class Mesh:
             spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,
             consumer, group=spec.group, max_in_flight=spec.max_in_flight))
 
-    async def stop(self, timeout: float | None = None) -> None:
+    async def stop(self, timeout: float | None = None, *, deregister: bool = True) -> None:
         """Stop taking events, let in-flight handlers finish within ``timeout`` seconds
         (default ``shutdown_timeout``), then close. Handlers still running are cancelled
-        and their events redelivered, not acked. Idempotent."""
+        and their events redelivered, not acked. ``deregister=False`` skips the registry
+        leave notice (the instance's capabilities then expire after their TTL, as after
+        a crash). Idempotent."""
         async with self._lock:
             if not self._started:
                 return
+            await self._capabilities.stop(deregister=deregister)
             for hook in self._on_stop:
                 try:
                     await hook()
@@ -401,6 +472,7 @@ class Mesh:
         and return when the transport confirmed it."""
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes a mesh.Event, got {type(event).__name__}")
+        event = self._under_contract(event)
         try:
             await self.transport.publish(channel or self.channel_for(event.type), event)
         except TransportClosed:
@@ -410,7 +482,17 @@ class Mesh:
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish several events; returns when all are confirmed (pipelined where the
         transport can)."""
-        await self.transport.publish_batch([(self.channel_for(e.type), e) for e in events])
+        checked = [self._under_contract(e) for e in events]
+        await self.transport.publish_batch([(self.channel_for(e.type), e) for e in checked])
+
+    def _under_contract(self, event: Event) -> Event:
+        """Validate against the type's contract (`ContractViolation`, nothing sent) and
+        point ``dataschema`` at it."""
+        contract = self.contracts.get(event.type)
+        if contract is None:
+            return event
+        contract.check(event)
+        return event if event.dataschema else event.replace(dataschema=contract.uri)
 
     async def emit(self, type: str, data: Any = None, **attributes: Any) -> Event:
         """Create and publish a new event from this app (``source`` = the app's source)."""

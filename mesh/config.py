@@ -50,6 +50,18 @@ class IdempotencyConfig(BaseModel):
     store: str = Field("memory://", description="memory:// or sqlite:///path.db")
 
 
+class CapabilitiesConfig(BaseModel):
+    """The capability registry: heartbeats, expiry, and how long a newcomer waits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    heartbeat: float = Field(5.0, gt=0, description="seconds between announcements")
+    ttl: float | None = Field(None, gt=0, description="expiry; default 3 heartbeats")
+    resync_wait: float = Field(1.0, ge=0, description="a newcomer waits this long for "
+                                                     "announcements before NoProvider")
+
+
 class RouteConfig(BaseModel):
     """A route in config: a filter and either a handler group or a channel to republish to."""
 
@@ -77,6 +89,8 @@ class MeshConfig(BaseModel):
     retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
     idempotency: IdempotencyConfig = Field(
         default_factory=IdempotencyConfig)  # type: ignore[arg-type]
+    capabilities: CapabilitiesConfig = Field(
+        default_factory=CapabilitiesConfig)  # type: ignore[arg-type]
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @field_validator("transport")

@@ -13,6 +13,7 @@ then is the input acked.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
 from collections.abc import Mapping
@@ -28,6 +29,22 @@ if TYPE_CHECKING:
 ID_NAMESPACE = uuid.UUID("6f1d1d1e-5b7c-4a53-9a57-0c9a3e0d4c11")
 
 _INHERITED = ("traceparent", "tracestate")
+_CURRENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar("mesh_current_event",
+                                                                       default=None)
+
+
+def current_event() -> Event | None:
+    """The event whose handler is running in this task (None outside handlers); lets
+    ``mesh.request`` inside a handler inherit the conversation."""
+    return _CURRENT.get()
+
+
+def set_current_event(event: Event | None) -> contextvars.Token[Event | None]:
+    return _CURRENT.set(event)
+
+
+def reset_current_event(token: contextvars.Token[Event | None]) -> None:
+    _CURRENT.reset(token)
 
 
 def derive_id(parent: Event, scope: str, position: int) -> str:

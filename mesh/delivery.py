@@ -7,13 +7,14 @@ docs/delivery-semantics.md:
 1. Undecodable message -> dead-letter (reason: the decode error), ack.
 2. Residual filter rejects the event -> ack, counted in ``stats.filtered``.
 3. ``meshhops`` past the hop limit -> dead-letter, publish ``mesh.loop.detected``, ack.
-4. Already handled by this group (idempotency store) -> ack, ``stats.duplicates``.
-5. Run the handler. Success -> record in the store, ack. ``RetryLater`` -> nack with
+4. Data violates the type's contract -> dead-letter with the errors (never retried).
+5. Already handled by this group (idempotency store) -> ack, ``stats.duplicates``.
+6. Run the handler. Success -> record in the store, ack. ``RetryLater`` -> nack with
    its delay (not a failed attempt). ``DeadLetter``/``DataValidationError`` ->
    dead-letter now. Other exceptions -> retry with backoff up to ``max_attempts``,
    then dead-letter. Dead-lettering acks the original only after the dead-letter
    copy was confirmed; if that publish fails the original is nacked, never lost.
-6. Cancelled (shutdown) -> neither acked nor dead-lettered: the broker redelivers.
+7. Cancelled (shutdown) -> neither acked nor dead-lettered: the broker redelivers.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mesh.config import RetryConfig
-from mesh.context import ID_NAMESPACE, Context
+from mesh.context import ID_NAMESPACE, Context, reset_current_event, set_current_event
 from mesh.errors import (
+    ContractViolation,
     DataValidationError,
     DeadLetter,
     DecodeError,
@@ -43,6 +45,7 @@ from mesh.transport import Delivery
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
+    from mesh.contracts import ContractRegistry
     from mesh.stores import IdempotencyStore
 
 log = logging.getLogger("mesh.delivery")
@@ -131,7 +134,8 @@ class Consumer:
 
     def __init__(self, mesh: Mesh, *, invoke: Invoker, scope: str, group: str | None,
                  predicate: Callable[[Event], bool] | None, policy: RetryPolicy,
-                 store: IdempotencyStore | None, accepts_dead_letters: bool) -> None:
+                 store: IdempotencyStore | None, accepts_dead_letters: bool,
+                 contracts: ContractRegistry | None = None) -> None:
         self.mesh = mesh
         self.invoke = invoke
         self.scope = scope
@@ -140,6 +144,7 @@ class Consumer:
         self.policy = policy
         self.store = store
         self.accepts_dead_letters = accepts_dead_letters
+        self.contracts = contracts
         self.stats = ConsumerStats()
         self._dlq_channel = mesh.config.dead_letter_channel
         self._hop_limit = mesh.config.hop_limit
@@ -162,6 +167,16 @@ class Consumer:
         if event.meshhops > self._hop_limit and not self.accepts_dead_letters:
             await self._hop_limit_exceeded(delivery, event)
             return
+        contract = None
+        if self.contracts is not None and not self.accepts_dead_letters:
+            contract = self.contracts.get(event.type)
+        if contract is not None:
+            try:
+                contract.check(event)
+            except ContractViolation as exc:
+                await self._dead_letter(delivery, dead_letter_event(
+                    event, exc, attempts=0, group=self.group, channel=delivery.channel))
+                return
         key = None
         if self.store is not None:
             key = f"{self.scope}\x1f{event.source}\x1f{event.id}"
@@ -178,6 +193,7 @@ class Consumer:
             ctx = Context(self.mesh, event, channel=delivery.channel, group=self.group,
                           scope=self.scope, attempt=attempt,
                           redeliveries=delivery.redeliveries, delivery=delivery)
+            token = set_current_event(event)
             try:
                 await self.invoke(event, ctx)
             except RetryLater as exc:
@@ -201,6 +217,8 @@ class Consumer:
                          event.id, attempt, self.policy.max_attempts, type(exc).__name__, exc)
                 await asyncio.sleep(self.policy.backoff(attempt))
                 continue
+            finally:
+                reset_current_event(token)
             if key is not None and self.store is not None:
                 await self.store.mark(key)
             self.stats.handled += 1
@@ -208,8 +226,8 @@ class Consumer:
             return
 
     async def _dead_letter(self, delivery: Delivery, copy: Event) -> None:
-        try:
-            await self.mesh.publish(copy, channel=self._dlq_channel)
+        try:  # straight to the transport: a copy of a contract violation must still get there
+            await self.mesh.transport.publish(self._dlq_channel, copy)
         except MeshError as exc:
             log.error("could not dead-letter %s (%s); redelivering instead", copy.id, exc)
             await delivery.nack(self.policy.backoff(1))

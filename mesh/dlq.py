@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import uuid
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from mesh.context import ID_NAMESPACE
 from mesh.delivery import DL_CHANNEL, DL_EXTENSIONS, DL_ID, UNDECODABLE_TYPE
-from mesh.errors import DecodeError
+from mesh.errors import DecodeError, MeshError
 from mesh.event import Event
 from mesh.transport import Delivery
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from mesh.app import Mesh
 
 GROUP = "mesh.dlq"
+log = logging.getLogger("mesh.dlq")
 
 
 def original_of(copy: Event) -> tuple[str, Event]:
@@ -92,12 +94,16 @@ class DeadLetters:
             if replay is not None and event.extensions.get(DL_ID) not in produced \
                     and replay(event):
                 channel, original = original_of(event)
-                produced.add(original.id)
-                await mesh.publish(original, channel=channel)
-                await delivery.ack()
-                seen[event.id] = (original, delivery)
-                arrived.set()
-                return
+                try:
+                    await mesh.publish(original, channel=channel)
+                except MeshError as exc:   # e.g. still violates its contract: leave it
+                    log.warning("cannot replay %s: %s", event.id, exc)
+                else:
+                    produced.add(original.id)
+                    await delivery.ack()
+                    seen[event.id] = (original, delivery)
+                    arrived.set()
+                    return
             if replay is None:
                 seen[event.id] = (event, delivery)
             arrived.set()

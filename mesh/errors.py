@@ -19,7 +19,12 @@ mesh itself raises. Messages say what to do next and never contain credentials.
     │   ├── RetryLater               redeliver after ``after`` seconds; not a failed attempt
     │   └── DeadLetter               do not retry: dead-letter this event now
     ├── DataValidationError          event data failed the handler's model (never retried)
-    └── HopLimitExceeded             an event went round more hops than ``hop_limit`` (a loop)
+    │   └── ContractViolation        event data failed the event type's contract (JSON Schema)
+    ├── HopLimitExceeded             an event went round more hops than ``hop_limit`` (a loop)
+    └── RequestError                 ``mesh.request`` did not get a successful reply
+        ├── NoProvider               no live instance serves the capability
+        ├── RequestTimeout           no reply within the timeout
+        └── RemoteError              the provider failed; carries the remote error type
 
 Routing errors (``mesh.routing.cesql.CESQLError`` and ``ParseError``) are also
 ``MeshError`` subclasses.
@@ -94,13 +99,51 @@ class DataValidationError(MeshError):
     """The event's data does not validate against the handler's model. Never retried."""
 
 
+class ContractViolation(DataValidationError):
+    """Event data does not satisfy its contract; ``errors`` lists each problem."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
+
+
 class HopLimitExceeded(MeshError):
     """The event passed the hop limit: agents are probably emitting in a loop."""
+
+
+class RequestError(MeshError):
+    """Base of the errors of ``mesh.request``."""
+
+
+class NoProvider(RequestError):
+    """No live instance serves the requested capability; ``similar`` names near misses."""
+
+    def __init__(self, capability: str, similar: list[str] | None = None) -> None:
+        self.capability = capability
+        self.similar = list(similar or [])
+        hint = f" Did you mean: {', '.join(self.similar)}?" if self.similar else ""
+        super().__init__(f"no live provider for capability {capability!r}.{hint} "
+                         "Check that an instance serving it is running (mesh agents).")
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """No reply arrived within the timeout. The request may still be handled later."""
+
+
+class RemoteError(RequestError):
+    """The capability's handler failed; ``error_type`` and ``remote_message`` say how."""
+
+    def __init__(self, capability: str, error_type: str, message: str) -> None:
+        self.capability = capability
+        self.error_type = error_type
+        self.remote_message = message
+        super().__init__(f"capability {capability!r} failed remotely: {error_type}: {message}")
 
 
 __all__ = [
     "ConfigError",
     "ConnectError",
+    "ContractViolation",
     "DataValidationError",
     "DeadLetter",
     "DecodeError",
@@ -109,7 +152,11 @@ __all__ = [
     "HopLimitExceeded",
     "InvalidEvent",
     "MeshError",
+    "NoProvider",
     "PublishError",
+    "RemoteError",
+    "RequestError",
+    "RequestTimeout",
     "RetryLater",
     "TransportClosed",
     "TransportError",

@@ -169,6 +169,13 @@ class Transport(ABC):
         """Start calling ``handler`` for messages on channels matching ``pattern``
         (or any of several patterns)."""
 
+    def reply_channel(self, instance_id: str) -> str:
+        """The channel replies to instance ``instance_id`` are published on (and that the
+        instance subscribes to, without a group). One channel per instance by default;
+        a broker where per-instance channels are costly (Kafka topics) returns one
+        shared channel instead; the mesh then ignores replies meant for others."""
+        return f"mesh.reply.{instance_id}"
+
     async def ensure_group(self, pattern: str | Sequence[str], group: str) -> None:
         """Create consumer group ``group`` on ``pattern`` without consuming, so the broker
         retains what is published from now on (the mesh does this for the dead-letter

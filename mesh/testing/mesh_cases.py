@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from mesh.app import Mesh
 from mesh.context import Context
 from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_ID, DL_REASON
-from mesh.errors import MeshError, RetryLater
+from mesh.errors import ContractViolation, MeshError, NoProvider, RemoteError, RetryLater
 from mesh.event import Event
 from mesh.testing.util import scaled, wait_until
 
@@ -32,6 +32,11 @@ MeshFactory = Callable[..., Awaitable[Mesh]]
 class _Task(BaseModel):
     title: str
     priority: int
+
+
+class _Route(BaseModel):
+    order: str
+    stops: int = 1
 
 
 class MeshCases:
@@ -60,6 +65,9 @@ class MeshCases:
             config.setdefault("retry", {"max_attempts": 3, "initial_backoff": 0.01,
                                         "max_backoff": 0.05})
             config.setdefault("shutdown_timeout", 5)
+            # the registry costs two broadcast subscriptions per mesh; cases that need
+            # capabilities turn it on
+            config.setdefault("capabilities", {"enabled": False})
             mesh = Mesh(await self.make_transport(), **config)
             made.append(mesh)
             return mesh
@@ -354,3 +362,81 @@ class MeshCases:
         await wait_until(lambda: len(handled) == 1, self.timeout, "the replayed event handled")
         assert handled[0].data == sent.data
         assert await mesh.dead_letters.list(idle=0.5 + self.settle_time) == []
+
+    # --- capabilities and contracts -------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_mesh_capability_requests_spread_and_survive_a_crash(
+            self, meshes: MeshFactory) -> None:
+        caps = {"enabled": True, "heartbeat": 0.3, "resync_wait": 2.0 + self.settle_time}
+        group = f"{self.prefix}-optimizers"
+        name = f"{self.prefix}.optimize.route"
+        providers = [await meshes(capabilities=caps) for _ in range(2)]
+        caller = await meshes(capabilities=caps)
+        served: Counter[str] = Counter()
+        for index, provider in enumerate(providers):
+            def serve(tag: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+                async def optimize(request: _Route, ctx: Context) -> dict[str, Any]:
+                    served[tag] += 1
+                    if request.order == "explode":
+                        raise ValueError("no route exists")
+                    return {"route": f"R-{request.order}", "by": tag}
+                return optimize
+            provider.capability(name, serve(f"p{index}"), input=_Route, group=group,
+                                description="route optimizer", tags=["logistics"])
+        await self.started(*providers, caller)
+        await wait_until(lambda: len(caller.capabilities()) == 2, self.timeout,
+                         "both providers in the caller's registry")
+        record = caller.capabilities()[0]
+        assert record.name == name and record.group == group and record.tags == ("logistics",)
+        assert record.input_schema["properties"]["order"]["type"] == "string"
+        for i in range(scaled(20, 8)):
+            reply = await caller.request(name, {"order": str(i)}, timeout=self.timeout)
+            assert reply.data["route"] == f"R-{i}"
+        assert len(served) == 2, f"requests were not spread: {dict(served)}"
+        with pytest.raises(ContractViolation, match="order"):
+            await caller.request(name, {"order": 42}, timeout=self.timeout)
+        with pytest.raises(NoProvider, match="Did you mean"):
+            await caller.request(name + "s", {"order": "1"}, timeout=self.timeout)
+        with pytest.raises(RemoteError, match="no route exists") as failure:
+            await caller.request(name, {"order": "explode"}, timeout=self.timeout)
+        assert failure.value.error_type == "ValueError"
+        crashed = providers[0]
+        await crashed.stop(timeout=0, deregister=False)       # a crash: no leave notice
+        await wait_until(lambda: [c.instance for c in caller.capabilities()]
+                         == [providers[1].instance_id], self.timeout,
+                         "the crashed provider expiring after its TTL")
+        for i in range(3):
+            reply = await caller.request(name, {"order": f"after-{i}"}, timeout=self.timeout)
+            assert reply.data["by"] == "p1"
+
+    @pytest.mark.asyncio
+    async def test_mesh_contracts_on_publish_and_consume(self, meshes: MeshFactory) -> None:
+        strict, lax = await meshes(), await meshes()
+        event_type = self.t("shipment.delayed")
+        schema = {"type": "object", "required": ["order", "hours"],
+                  "properties": {"order": {"type": "string"}, "hours": {"type": "integer"}}}
+        strict.contract(event_type, schema)
+        handled: list[Event] = []
+        dead: list[Event] = []
+
+        @strict.on(event_type, group=f"{self.prefix}-delays")
+        async def delays(event: Event) -> None:
+            handled.append(event)
+
+        @strict.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(strict, lax)
+        with pytest.raises(ContractViolation, match="hours"):
+            await strict.publish(Event(event_type, "/t", {"order": "o-1"}))
+        await strict.publish(Event(event_type, "/t", {"order": "o-2", "hours": 30}))
+        await lax.publish(Event(event_type, "/t", {"order": "o-3", "hours": "many"}))
+        await wait_until(lambda: len(handled) == 1 and len(dead) == 1, self.timeout,
+                         "one valid event handled, one violation dead-lettered")
+        assert handled[0].data["order"] == "o-2"
+        assert handled[0].dataschema == f"urn:mesh:schema:{event_type}:v1"
+        assert dead[0].extensions[DL_ERROR] == "ContractViolation"
+        assert "hours" in str(dead[0].extensions[DL_REASON])
+        assert str(dead[0].extensions[DL_ATTEMPTS]) == "0"

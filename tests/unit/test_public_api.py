@@ -17,6 +17,9 @@ PUBLIC = {
     "TransportClosed", "TransportError", "TransportFeatures", "TransportRegistry",
     "__version__", "codec", "derive_id", "hookimpl", "is_wildcard", "pattern_list",
     "pattern_matcher", "redact_url", "validate_pattern",
+    "Capability", "from_a2a_skill", "from_mcp_tool", "to_a2a_skill", "to_mcp_tool",
+    "CapabilitiesConfig", "Contract", "ContractRegistry", "compatibility_problems",
+    "ContractViolation", "NoProvider", "RemoteError", "RequestError", "RequestTimeout",
 }
 
 
