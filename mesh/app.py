@@ -403,7 +403,7 @@ class Mesh:
             self, invoke=_invoker(spec.func), scope=scope, group=spec.group,
             predicate=spec.residual,
             policy=self._policy, store=self._store if spec.idempotent else None,
-            contracts=self.contracts,
+            contracts=self.contracts, patterns=spec.patterns,
             accepts_dead_letters=spec.dead_letters)
         self._consumers[spec.name] = consumer
         for pattern in spec.patterns:

@@ -5,7 +5,10 @@ subscription. The order of checks is the contract documented in
 docs/delivery-semantics.md:
 
 1. Undecodable message -> dead-letter (reason: the decode error), ack.
-2. Residual filter rejects the event -> ack, counted in ``stats.filtered``.
+2. A dead-letter copy reaching a normal handler, or a mesh-internal channel (``mesh.*``:
+   registry, replies) reaching a wildcard subscription that does not name ``mesh.`` ->
+   ack (not counted). Residual filter rejects the event -> ack, counted in
+   ``stats.filtered``.
 3. ``meshhops`` past the hop limit -> dead-letter, publish ``mesh.loop.detected``, ack.
 4. Data violates the type's contract -> dead-letter with the errors (never retried).
 5. Already handled by this group (idempotency store) -> ack, ``stats.duplicates``.
@@ -25,7 +28,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +138,8 @@ class Consumer:
     def __init__(self, mesh: Mesh, *, invoke: Invoker, scope: str, group: str | None,
                  predicate: Callable[[Event], bool] | None, policy: RetryPolicy,
                  store: IdempotencyStore | None, accepts_dead_letters: bool,
-                 contracts: ContractRegistry | None = None) -> None:
+                 contracts: ContractRegistry | None = None,
+                 patterns: Sequence[str] = ()) -> None:
         self.mesh = mesh
         self.invoke = invoke
         self.scope = scope
@@ -145,6 +149,8 @@ class Consumer:
         self.store = store
         self.accepts_dead_letters = accepts_dead_letters
         self.contracts = contracts
+        # the mesh's own channels (mesh.*) reach only subscriptions that name them
+        self._skip_internal = bool(patterns) and not any(p.startswith("mesh.") for p in patterns)
         self.stats = ConsumerStats()
         self._dlq_channel = mesh.config.dead_letter_channel
         self._hop_limit = mesh.config.hop_limit
@@ -157,7 +163,8 @@ class Consumer:
             await self._dead_letter(delivery, undecodable_event(
                 delivery, exc, source=self.mesh.source, group=self.group))
             return
-        if (delivery.channel == self._dlq_channel) != self.accepts_dead_letters:
+        if (delivery.channel == self._dlq_channel) != self.accepts_dead_letters or \
+                (self._skip_internal and delivery.channel.startswith("mesh.")):
             await delivery.ack()  # dead-letter copies only reach dead-letter handlers
             return
         if self.predicate is not None and not self.predicate(event):
