@@ -41,7 +41,7 @@ from mesh.capabilities import Capabilities, Capability
 from mesh.config import MeshConfig, RouteConfig
 from mesh.context import Context, child_extensions, derive_id
 from mesh.contracts import Contract, ContractRegistry, SchemaSource
-from mesh.delivery import Consumer, ConsumerStats, RetryPolicy
+from mesh.delivery import Consumer, ConsumerStats, Invoker, RetryPolicy
 from mesh.dlq import DeadLetters
 from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
 from mesh.event import Event
@@ -71,8 +71,11 @@ class HandlerSpec:
     dead_letters: bool = False
 
 
-def _invoker(func: Callable[..., Awaitable[Any]]) -> Callable[[Event, Context], Awaitable[Any]]:
-    """Adapt a handler's signature once, at registration: (event|model[, ctx])."""
+def _invoker(func: Callable[..., Awaitable[Any]]) -> tuple[Invoker, bool]:
+    """Adapt a handler's signature once, at registration: (event|model[, ctx]).
+
+    Returns the adapted callable and whether the handler takes a Context (the mesh
+    builds one per delivery only then)."""
     if not inspect.iscoroutinefunction(func):
         raise ConfigError(f"handler {func.__qualname__} must be 'async def' "
                           "(run blocking work with asyncio.to_thread inside it)")
@@ -93,7 +96,7 @@ def _invoker(func: Callable[..., Awaitable[Any]]) -> Callable[[Event, Context], 
     if isinstance(model, type) and issubclass(model, BaseModel):
         validate = model.model_validate
 
-        async def call_model(event: Event, ctx: Context) -> Any:
+        async def call_model(event: Event, ctx: Context | None) -> Any:
             try:
                 value = validate(event.data)
             except ValidationError as exc:
@@ -101,10 +104,10 @@ def _invoker(func: Callable[..., Awaitable[Any]]) -> Callable[[Event, Context], 
                     f"data of {event.type} does not match {model.__name__}: "
                     f"{exc.error_count()} error(s): {exc.errors(include_url=False)}") from None
             return await (func(value, ctx) if with_ctx else func(value))
-        return call_model
+        return call_model, with_ctx
     if with_ctx:
-        return func
-    return lambda event, ctx: func(event)
+        return func, True
+    return (lambda event, ctx: func(event)), False
 
 
 class Mesh:
@@ -399,8 +402,9 @@ class Mesh:
 
     async def _subscribe(self, spec: HandlerSpec) -> None:
         scope = spec.group or f"{spec.name}@{self.instance_id}"
+        invoke, wants_ctx = _invoker(spec.func)
         consumer = Consumer(
-            self, invoke=_invoker(spec.func), scope=scope, group=spec.group,
+            self, invoke=invoke, wants_ctx=wants_ctx, scope=scope, group=spec.group,
             predicate=spec.residual,
             policy=self._policy, store=self._store if spec.idempotent else None,
             contracts=self.contracts, patterns=spec.patterns,

@@ -129,19 +129,21 @@ def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
                     "meshdlheaders": json.dumps(dict(headers), default=str)[:_MAX_REASON]})
 
 
-Invoker = Callable[[Event, Context], Awaitable[Any]]
+Invoker = Callable[[Event, Context | None], Awaitable[Any]]
 
 
 class Consumer:
     """Runs one subscription's handler under the mesh's delivery semantics."""
 
     def __init__(self, mesh: Mesh, *, invoke: Invoker, scope: str, group: str | None,
+                 wants_ctx: bool = True,
                  predicate: Callable[[Event], bool] | None, policy: RetryPolicy,
                  store: IdempotencyStore | None, accepts_dead_letters: bool,
                  contracts: ContractRegistry | None = None,
                  patterns: Sequence[str] = ()) -> None:
         self.mesh = mesh
         self.invoke = invoke
+        self.wants_ctx = wants_ctx
         self.scope = scope
         self.group = group
         self.predicate = predicate
@@ -199,7 +201,8 @@ class Consumer:
             attempt += 1
             ctx = Context(self.mesh, event, channel=delivery.channel, group=self.group,
                           scope=self.scope, attempt=attempt,
-                          redeliveries=delivery.redeliveries, delivery=delivery)
+                          redeliveries=delivery.redeliveries, delivery=delivery) \
+                if self.wants_ctx else None
             token = set_current_event(event)
             try:
                 await self.invoke(event, ctx)

@@ -162,6 +162,7 @@ class _MemorySubscription(Subscription):
     async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        handled = 0
         while not self._closed:
             self._idle.add(task)
             msg = await self._queue.take()
@@ -178,7 +179,9 @@ class _MemorySubscription(Subscription):
                 log.exception("handler failed on channel %s; redelivering", msg.channel)
             if not delivery.settled:
                 await delivery.nack()
-            await asyncio.sleep(0)  # let other members (and the publisher) run: fairness
+            handled += 1
+            if handled % 16 == 0:  # let other members (and the publisher) run: fairness
+                await asyncio.sleep(0)
 
     async def close(self, timeout: float = 0.0) -> None:
         if self._closed:
