@@ -35,8 +35,14 @@ def nats_subject(pattern: str, prefix: str = "") -> str:
 
 
 def amqp_binding_key(pattern: str) -> str:
-    """AMQP topic-exchange binding key. ``>`` (one or more) becomes ``*.#``."""
+    """AMQP topic-exchange binding key. ``>`` (one or more) becomes ``*.#`` ("one word,
+    then zero or more"; a bare ``#`` would also match the parent channel). A literal
+    ``#`` token cannot be expressed in AMQP and raises `ConfigError`."""
     tokens = validate_pattern(pattern).split(".")
+    if "#" in tokens:
+        raise ConfigError(f"channel pattern {pattern!r}: '#' is not a mesh wildcard and "
+                          "cannot be a channel token on AMQP; use '>' for one or more "
+                          "trailing tokens")
     if tokens[-1] == ">":
         tokens[-1:] = ["*", "#"]
     return ".".join(tokens)
