@@ -1,7 +1,7 @@
 """The dead-letter channel as an API: list and replay what landed there.
 
-Dead-letter copies are kept by a durable consumer group (``mesh.dlq``) that every
-mesh declares at start, so copies are retained by the broker even when no
+Dead-letter copies are kept by a durable consumer group (``mesh.dlq:<channel>``) that
+every mesh declares at start, so copies are retained by the broker even when no
 dead-letter handler runs. `DeadLetters.list` peeks (reads, then gives every copy
 back); `DeadLetters.replay` republishes copies to their original channel and
 removes them. ``mesh dlq list|replay`` in the CLI calls these.
@@ -32,7 +32,7 @@ from mesh.transport import Delivery
 if TYPE_CHECKING:
     from mesh.app import Mesh
 
-GROUP = "mesh.dlq"
+GROUP_PREFIX = "mesh.dlq"
 log = logging.getLogger("mesh.dlq")
 
 
@@ -55,9 +55,15 @@ class DeadLetters:
     def channel(self) -> str:
         return self._mesh.config.dead_letter_channel
 
+    @property
+    def group(self) -> str:
+        """The retaining group: one per dead-letter channel, so apps with their own
+        dead-letter channels on one broker never share (or see) each other's copies."""
+        return f"{GROUP_PREFIX}:{self.channel}"
+
     async def declare(self) -> None:
         """Make sure the retaining group exists (called by ``Mesh.start``)."""
-        await self._mesh.transport.ensure_group(self.channel, GROUP)
+        await self._mesh.transport.ensure_group(self.channel, self.group)
 
     async def list(self, limit: int = 100, idle: float = 1.0) -> builtins.list[Event]:
         """Up to ``limit`` dead-letter copies, left in place. Stops when none arrived for
@@ -110,7 +116,7 @@ class DeadLetters:
             await done.wait()   # hold it unsettled until the end, then give it back
             await delivery.nack()
 
-        sub = await mesh.transport.subscribe(self.channel, collect, group=GROUP,
+        sub = await mesh.transport.subscribe(self.channel, collect, group=self.group,
                                              max_in_flight=max(1, limit))
         try:
             while len(seen) < limit:
