@@ -276,6 +276,10 @@ class Mesh:
         """The live registry: every capability announced by a live instance."""
         return self._capabilities.directory.live()
 
+    def served_capabilities(self) -> list[Capability]:
+        """The capabilities this app serves (registered with `capability`), started or not."""
+        return list(self._capabilities.local.values())
+
     async def request(self, capability: str, data: Any = None, *,
                       timeout: float = 30.0) -> Event:
         """Ask capability ``capability`` and wait for its reply event.

@@ -6,6 +6,10 @@
     mesh publish orders.created --data '{"id": 7}'
     mesh tail 'orders.>'                     # or '{"prefix": {"type": "orders."}}'
     mesh dlq list          mesh dlq replay --all
+    mesh agents --watch                      # the live capability registry
+    mesh docs app.py -o asyncapi.yaml        # AsyncAPI 3.0 document of an app
+    mesh contracts check app.py --against contracts.json     # in CI
+    mesh contracts snapshot app.py -o contracts.json
     mesh transports
 
 Every command reads its configuration the way an app does (``--config
@@ -16,10 +20,12 @@ It is built on argparse rather than click so the core distribution gains no
 dependency for it. The command bodies are async functions that take a `Mesh`
 (`publish_event`, `tail_events`, `list_dead_letters`, `replay_dead_letters`):
 the argparse layer only builds the mesh, so tests (and scripts) can drive the
-same code on a shared ``memory://name`` broker.
+same code on a shared ``memory://name`` broker (`list_agents` too). The commands that
+take an APP (``run``, ``docs``, ``contracts``) load it the same way (`load_app`).
 
-Exit codes: 0 success; 1 a `MeshError` (printed as ``error: ...``); 2 a command
-line the CLI cannot act on (bad JSON, unknown app, ...); 130 interrupted.
+Exit codes: 0 success; 1 a `MeshError` (printed as ``error: ...``), an app that
+fails to import, or ``mesh contracts check`` finding problems; 2 a command line the
+CLI cannot act on (bad JSON, unknown app, ...); 130 interrupted.
 Transport URLs are only ever shown redacted, since they may carry passwords.
 """
 
@@ -35,19 +41,22 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, TextIO
 
 from mesh import __version__, codec, plugins
 from mesh.app import Mesh
+from mesh.asyncapi import asyncapi_document
+from mesh.capabilities import ANNOUNCE_TYPE, LEAVE_TYPE, REGISTRY_CHANNEL, Capability
 from mesh.config import MeshConfig
 from mesh.context import ID_NAMESPACE
 from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_REASON
-from mesh.errors import ConfigError, InvalidEvent, MeshError
+from mesh.errors import ConfigError, ContractViolation, InvalidEvent, MeshError
 from mesh.event import Event, format_time
 from mesh.routing.filters import FilterSpec
 
@@ -60,6 +69,11 @@ EXIT_INTERRUPTED = 130
 DATA_WIDTH = 200
 #: Longest reason shown in the ``mesh dlq list`` table (``--json`` shows all).
 REASON_WIDTH = 60
+#: Longest description shown in the ``mesh agents`` table (``--json`` shows all).
+DESCRIPTION_WIDTH = 50
+#: Added to ``capabilities.resync_wait`` before ``mesh agents`` reads the registry: the
+#: resync answers are on their way when the wait ends, this lets them land.
+AGENTS_GRACE = 0.5
 
 _PRIVATE_MEMORY_NOTE = (
     "On memory:// the command runs its own private in-process broker, so it only "
@@ -217,7 +231,237 @@ async def replay_dead_letters(mesh: Mesh, *, ids: Sequence[str] | None = None,
     return replayed, missing
 
 
-# --- loading an app for `mesh run` ------------------------------------------------------
+# --- mesh agents: the live capability registry ------------------------------------------
+
+_AGENT_COLUMNS = ("name", "version", "group", "instance", "source", "tags", "expires",
+                  "description")
+
+
+def agent_row(capability: Capability, expires_in: float | None) -> dict[str, str]:
+    """The fields ``mesh agents`` shows of one announced capability."""
+    description = " ".join(capability.description.split())
+    if len(description) > DESCRIPTION_WIDTH:
+        description = description[:DESCRIPTION_WIDTH - 1] + "\u2026"
+    return {"name": capability.name, "version": capability.version,
+            "group": capability.group, "instance": capability.instance,
+            "source": capability.source, "tags": ",".join(capability.tags) or "-",
+            "expires": "?" if expires_in is None else f"{expires_in:.0f}s",
+            "description": description or "-"}
+
+
+def format_agents(rows: Sequence[Mapping[str, str]]) -> str:
+    """A plain-text table of `agent_row` rows (no rich needed, stable for scripts)."""
+    widths = {col: max([len(col)] + [len(row[col]) for row in rows]) for col in _AGENT_COLUMNS}
+    lines = ["  ".join(col.upper().ljust(widths[col]) for col in _AGENT_COLUMNS).rstrip()]
+    lines += ["  ".join(row[col].ljust(widths[col]) for col in _AGENT_COLUMNS).rstrip()
+              for row in rows]
+    return "\n".join(lines)
+
+
+def _rich_agents(rows: Sequence[Mapping[str, str]], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    keep = ("name", "version", "instance", "expires")   # never cut what identifies an entry
+    for col in _AGENT_COLUMNS:
+        width = max([len(col)] + [len(row[col]) for row in rows])
+        table.add_column(col, overflow="fold" if col == "description" else "ellipsis",
+                         justify="right" if col == "expires" else "left",
+                         no_wrap=col in keep, min_width=width if col in keep else None)
+    for row in rows:
+        table.add_row(*(row[col] for col in _AGENT_COLUMNS))
+    return table
+
+
+class _Expiry:
+    """When each instance's registry entry expires, as this process last heard it.
+
+    `Mesh.capabilities()` lists what is live but not for how long; the time left tells an
+    operator whether an agent is healthy (it resets every heartbeat) or about to drop
+    out (its heartbeats stopped). It is rebuilt from the registry channel itself, the
+    same announcements the directory is built from, so only public API is needed.
+    """
+
+    def __init__(self, default_ttl: float) -> None:
+        self.default_ttl = default_ttl
+        self.until: dict[str, float] = {}
+
+    async def observe(self, event: Event) -> None:
+        data = event.data if isinstance(event.data, dict) else {}
+        instance = str(data.get("instance") or "")
+        if not instance:
+            return
+        if event.type == ANNOUNCE_TYPE:
+            try:
+                ttl = float(data.get("ttl") or self.default_ttl)
+            except (TypeError, ValueError):
+                ttl = self.default_ttl
+            self.until[instance] = time.monotonic() + ttl
+        elif event.type == LEAVE_TYPE:
+            self.until.pop(instance, None)
+
+    def expires_in(self, instance: str) -> float | None:
+        until = self.until.get(instance)
+        return None if until is None else max(0.0, until - time.monotonic())
+
+
+async def list_agents(mesh: Mesh, *, as_json: bool = False, out: TextIO | None = None,
+                      wait: float | None = None, interval: float | None = None,
+                      count: int | None = 1, stop: asyncio.Event | None = None,
+                      use_rich: bool | None = None) -> list[Capability]:
+    """Print the live capability registry seen by an unstarted ``mesh``, ``count`` times
+    (None: until ``stop`` is set) every ``interval`` seconds; return the last listing.
+
+    The mesh serves nothing; starting it asks every live instance for a resync, and
+    ``wait`` (default ``capabilities.resync_wait`` plus `AGENTS_GRACE`) gives the answers
+    time to arrive. ``interval`` defaults to the heartbeat, the rate at which the
+    registry can change. Rich renders the table on a terminal when it is installed
+    (``use_rich`` forces it either way); ``--json`` prints one JSON array per listing,
+    indented for a single listing, one line each when watching (JSON Lines).
+    """
+    stream = out if out is not None else sys.stdout
+    stop = stop if stop is not None else asyncio.Event()
+    settings = mesh.config.capabilities
+    if not settings.enabled:
+        raise ConfigError("capabilities are disabled in the config (capabilities.enabled: "
+                          "false), so there is no registry to list")
+    wait = settings.resync_wait + AGENTS_GRACE if wait is None else wait
+    interval = settings.heartbeat if interval is None else interval
+    if use_rich is None:
+        use_rich = not as_json and stream.isatty() and _has_rich()
+    expiry = _Expiry(settings.ttl or 3 * settings.heartbeat)
+    mesh.on(REGISTRY_CHANNEL, name="mesh-agents", max_in_flight=1,
+            idempotent=False)(expiry.observe)
+    listing: list[Capability] = []
+    shown = 0
+    async with mesh:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+        while not stop.is_set():
+            listing = mesh.capabilities()
+            rows = [agent_row(cap, expiry.expires_in(cap.instance)) for cap in listing]
+            shown += 1
+            _print_agents(mesh, listing, rows, expiry, stream, as_json=as_json,
+                          watching=count != 1, use_rich=use_rich)
+            if count is not None and shown >= count:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    return listing
+
+
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _print_agents(mesh: Mesh, listing: Sequence[Capability], rows: Sequence[dict[str, str]],
+                  expiry: _Expiry, stream: TextIO, *, as_json: bool, watching: bool,
+                  use_rich: bool) -> None:
+    where = mesh.config.redacted_transport
+    if as_json:
+        records = []
+        for cap in listing:
+            left = expiry.expires_in(cap.instance)
+            records.append(dict(cap.to_dict(),
+                                expires_in=None if left is None else round(left, 1)))
+        print(json.dumps(records, ensure_ascii=False, indent=None if watching else 2),
+              file=stream, flush=True)
+        return
+    instances = len({cap.instance for cap in listing})
+    title = (f"{len(listing)} capability(ies) on {instances} instance(s) at {where}"
+             + (f" ({time.strftime('%H:%M:%S')})" if watching else ""))
+    if use_rich:
+        from rich.console import Console
+
+        console = Console(file=stream)
+        if watching and stream.isatty():
+            console.clear()
+        if rows:
+            console.print(_rich_agents(rows, title))
+        else:
+            console.print(f"no capabilities announced on {where}")
+        return
+    if watching:
+        print(f"# {title}" if rows else f"# no capabilities announced on {where} "
+              f"({time.strftime('%H:%M:%S')})", file=stream)
+    if rows:
+        print(format_agents(rows), file=stream, flush=True)
+    elif not watching:
+        print(f"no capabilities announced on {where}", file=stream, flush=True)
+    if watching:
+        print(file=stream, flush=True)
+
+
+# --- mesh docs and mesh contracts: about an app, without running it ---------------------
+
+
+def render_asyncapi(app: Mesh, *, fmt: str = "json", title: str | None = None,
+                    version: str = "1.0.0") -> str:
+    """The AsyncAPI document of ``app`` as JSON or YAML text (ending in a newline)."""
+    document = asyncapi_document(app, title=title, version=version)
+    if fmt == "yaml":
+        import yaml
+
+        text: str = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+        return text
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def contract_report(app: Mesh, snapshot: Mapping[str, Any] | None = None
+                    ) -> dict[str, list[str]]:
+    """Every contract problem of ``app``: incompatible consecutive versions, and with
+    ``snapshot`` incompatibilities with it (keys say which versions are compared)."""
+    report = dict(app.contracts.problems())
+    if snapshot is not None:
+        for key, problems in app.contracts.problems_against(snapshot).items():
+            report.setdefault(key if key not in report else f"{key} (snapshot)", problems)
+    return report
+
+
+def print_contract_report(app: Mesh, report: Mapping[str, Sequence[str]], *,
+                          against: str | None = None, out: TextIO | None = None) -> int:
+    """Print ``report`` (one line per problem) and return the exit code: 1 if any."""
+    stream = out if out is not None else sys.stdout
+    for key, problems in report.items():
+        for problem in problems:
+            print(f"{key}: {problem}", file=stream)
+    count = sum(len(problems) for problems in report.values())
+    checked = f"{len(app.contracts)} contract(s)" + (f" against {against}" if against else "")
+    if count:
+        print(f"contracts check failed: {count} problem(s) in {checked}", file=stream,
+              flush=True)
+        return EXIT_ERROR
+    print(f"contracts ok: {checked}", file=stream, flush=True)
+    return EXIT_OK
+
+
+def snapshot_json(app: Mesh) -> str:
+    """``app.contracts.snapshot()`` as stable JSON (sorted keys) for committing."""
+    return json.dumps(app.contracts.snapshot(), ensure_ascii=False, indent=2,
+                      sort_keys=True) + "\n"
+
+
+def read_snapshot(path: str) -> dict[str, Any]:
+    """Load a ``mesh contracts snapshot`` file; `UsageError` says what is wrong with it."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read snapshot {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"snapshot {path} is not valid JSON: {exc}") from None
+    if not isinstance(loaded, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("schema"), dict)
+            and "version" in entry for entry in loaded.values()):
+        raise UsageError(f"snapshot {path} is not a contracts snapshot (an object of "
+                         "{type: {version, schema}}); write one with mesh contracts snapshot")
+    return loaded
+
+
+# --- loading an app (run, docs, contracts) ----------------------------------------------
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -393,15 +637,23 @@ def _signals_set(event: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    expected = _prepare_run_environment(args)
+def _import_app(args: argparse.Namespace) -> Mesh | None:
+    """`load_app` for a command: None (after printing the traceback) when the app's own
+    code failed at import, so the command exits 1 rather than showing a CLI crash."""
     try:
-        app = load_app(args.app)
+        return load_app(args.app)
     except (UsageError, MeshError):
         raise
     except Exception:
         traceback.print_exc()
         print(f"error: importing {args.app} failed (traceback above)", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    expected = _prepare_run_environment(args)
+    app = _import_app(args)
+    if app is None:
         return EXIT_ERROR
     if (args.transport or args.config) and app.config.transport != expected.transport:
         raise UsageError(
@@ -489,6 +741,83 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
         print(f"error: no replayable dead-letter copy with id {', '.join(missing)} "
               "(mesh dlq list shows what is there)", file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_OK
+
+
+def _write_output(text: str, path: str | None) -> None:
+    if path is None or path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _cmd_docs(args: argparse.Namespace) -> int:
+    fmt = args.format or ("yaml" if str(args.output or "").endswith((".yaml", ".yml"))
+                          else "json")
+    _prepare_run_environment(args)
+    app = _import_app(args)
+    if app is None:
+        return EXIT_ERROR
+    _write_output(render_asyncapi(app, fmt=fmt, title=args.title, version=args.api_version),
+                  args.output)
+    return EXIT_OK
+
+
+def _cmd_agents(args: argparse.Namespace) -> int:
+    for name in ("interval", "wait"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UsageError(f"--{name} must be at least 0 seconds")
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    config = _load_config(args)
+    _note_private_memory(config)
+    count = args.count if args.count is not None else (None if args.watch else 1)
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        with _signals_set(stop):
+            await list_agents(Mesh(config=config), as_json=args.json, wait=args.wait,
+                              interval=args.interval, count=count, stop=stop)
+
+    asyncio.run(body())
+    return EXIT_OK
+
+
+def _load_contract_app(args: argparse.Namespace) -> Mesh | int:
+    """The app, or the exit code when it cannot be checked: an incompatible contract
+    version raises `ContractViolation` while the module registers it, and that is the
+    finding a CI job wants reported, not a traceback."""
+    _prepare_run_environment(args)
+    try:
+        app = _import_app(args)
+    except ContractViolation as exc:
+        print(f"{args.app}: {exc}", file=sys.stdout)
+        print("contracts check failed: the app refused to load (register the new version "
+              "with compatible=False only if breaking consumers is intended)",
+              file=sys.stdout, flush=True)
+        return EXIT_ERROR
+    return EXIT_ERROR if app is None else app
+
+
+def _cmd_contracts_check(args: argparse.Namespace) -> int:
+    snapshot = read_snapshot(args.against) if args.against else None
+    app = _load_contract_app(args)
+    if isinstance(app, int):
+        return app
+    return print_contract_report(app, contract_report(app, snapshot), against=args.against)
+
+
+def _cmd_contracts_snapshot(args: argparse.Namespace) -> int:
+    app = _load_contract_app(args)
+    if isinstance(app, int):
+        return app
+    _write_output(snapshot_json(app), args.output)
     return EXIT_OK
 
 
@@ -607,6 +936,78 @@ def build_parser() -> argparse.ArgumentParser:
                             help="stop after no copy arrived for this long (default 1)")
     dlq_replay.set_defaults(func=_cmd_dlq_replay)
     dlq.set_defaults(func=lambda args: _missing_subcommand(dlq))
+
+    agents = sub.add_parser(
+        "agents", parents=common, formatter_class=formatter,
+        help="list the live capability registry",
+        description="List the capabilities live instances announce on the registry "
+                    "channel: name, version, group, instance, source, tags, the time left "
+                    "before the entry expires (it resets every heartbeat: an entry running "
+                    "down means that instance stopped beating) and the description.\n\n"
+                    "The command joins the registry without serving anything, asks for a "
+                    "resync and waits capabilities.resync_wait (plus a little) for the "
+                    "answers.\n\n" + _PRIVATE_MEMORY_NOTE)
+    agents.add_argument("--watch", action="store_true",
+                        help="refresh until Ctrl-C (every --interval seconds)")
+    agents.add_argument("--interval", type=float, metavar="SECONDS",
+                        help="seconds between refreshes (default: the heartbeat)")
+    agents.add_argument("--count", type=int, metavar="N",
+                        help="stop after N listings (implies --watch)")
+    agents.add_argument("--wait", type=float, metavar="SECONDS",
+                        help="wait this long for announcements before the first listing "
+                             "(default: capabilities.resync_wait + 0.5)")
+    agents.add_argument("--json", action="store_true",
+                        help="print JSON (one array per listing; one line each with --watch)")
+    agents.set_defaults(func=_cmd_agents)
+
+    docs = sub.add_parser(
+        "docs", parents=common, formatter_class=formatter,
+        help="write the AsyncAPI 3.0 document of an app",
+        description="Import an app (without starting it) and write the AsyncAPI 3.0.0 "
+                    "document of its handlers, capabilities and contracts (see "
+                    "docs/asyncapi.md). The server comes from the app's transport URL, "
+                    "without credentials; --transport/--config reach the app like in "
+                    "mesh run.")
+    docs.add_argument("app", metavar="APP",
+                      help="module:attr or path/to/app.py[:attr]; attr defaults to 'mesh'")
+    docs.add_argument("-o", "--output", metavar="FILE",
+                      help="write to FILE instead of stdout")
+    docs.add_argument("--format", choices=["json", "yaml"],
+                      help="json or yaml (default: yaml for a .yaml/.yml FILE, else json)")
+    docs.add_argument("--title", help="info.title (default: the app's source)")
+    docs.add_argument("--api-version", default="1.0.0", metavar="VERSION",
+                      help="info.version, the version of your API (default 1.0.0)")
+    docs.set_defaults(func=_cmd_docs)
+
+    contracts = sub.add_parser(
+        "contracts", formatter_class=formatter, help="check data contracts (for CI)",
+        description="Check an app's data contracts for backward compatibility, and keep a "
+                    "snapshot to check future builds against.")
+    contracts_sub = contracts.add_subparsers(dest="contracts_command", metavar="ACTION")
+    check = contracts_sub.add_parser(
+        "check", parents=common, formatter_class=formatter,
+        help="report incompatible contract versions",
+        description="Import an app and report every incompatibility between consecutive "
+                    "registered versions of a contract and, with --against, between the "
+                    "snapshot and the current contracts (a contract removed from the app is "
+                    "a problem too). Exits 1 when there is any problem, 0 otherwise. An app "
+                    "that refuses to load because it registers an incompatible version "
+                    "counts as a failed check.")
+    check.add_argument("app", metavar="APP", help="module:attr or path/to/app.py[:attr]")
+    check.add_argument("--against", metavar="SNAPSHOT",
+                       help="a JSON file written by mesh contracts snapshot")
+    check.set_defaults(func=_cmd_contracts_check)
+    snapshot = contracts_sub.add_parser(
+        "snapshot", parents=common, formatter_class=formatter,
+        help="write the app's latest contracts as JSON",
+        description="Write {type: {version, schema}} of the app's latest contracts as JSON "
+                    "(sorted, stable): commit it, and let CI run mesh contracts check "
+                    "--against it.")
+    snapshot.add_argument("app", metavar="APP", help="module:attr or path/to/app.py[:attr]")
+    snapshot.add_argument("-o", "--output", metavar="FILE",
+                          help="write to FILE instead of stdout")
+    snapshot.set_defaults(func=_cmd_contracts_snapshot)
+    contracts.set_defaults(func=lambda args: _missing_subcommand(contracts))
 
     transports = sub.add_parser("transports", parents=common, help="list installed transports",
                                 description="List the installed transport URL schemes.")

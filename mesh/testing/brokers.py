@@ -96,7 +96,8 @@ def is_local(name: str) -> bool:
     return not os.environ.get(BROKERS[name].env_var)
 
 
-def _wait(url: str, seconds: float) -> bool:
+def wait_reachable(url: str, seconds: float) -> bool:
+    """Poll until ``url``'s host and port accept connections; False after ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if reachable(url, 0.5):
@@ -146,7 +147,7 @@ def ensure(name: str, start_timeout: float = 60.0) -> str:
     if is_local(name):
         with contextlib.suppress(OSError, BrokerUnavailable):
             _start(name)
-        if _wait(url, start_timeout):
+        if wait_reachable(url, start_timeout):
             if name == "rabbitmq":
                 _wait_rabbitmq_app()
             return url
@@ -186,7 +187,7 @@ def restart(name: str) -> None:
         subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True)
     else:
         raise BrokerUnavailable(f"restart is not supported for {name}; use mesh.testing.proxy")
-    if not _wait(url, 60.0):
+    if not wait_reachable(url, 60.0):
         raise BrokerUnavailable(f"{name} did not come back after a restart")
     if name == "rabbitmq":
         _wait_rabbitmq_app()

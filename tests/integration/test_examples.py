@@ -55,3 +55,55 @@ def test_research_swarm_reports_a_bad_transport() -> None:
     assert proc.returncode == 1
     assert "Did you mean 'memory://'?" in proc.stderr
     assert "secret" not in proc.stdout + proc.stderr
+
+
+def test_supply_chain_fans_out_requests_a_capability_and_enforces_the_contract() -> None:
+    proc = run_example("supply_chain.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "\x1b[" not in out, "piped output must be plain lines, not terminal codes"
+
+    run = re.search(r"dispatch: publishing shipment.delayed (\S+) \(correlationid (\S+)\)", out)
+    assert run is not None, out
+    event_id, correlation = run.groups()
+    assert event_id == correlation
+    # one event, every consumer group
+    for group in ("route-optimizer", "customer-service", "inventory", "supervisor"):
+        assert (f"fan-out: {group} [group {group}] got shipment.delayed SHP-1042 "
+                f"(event {event_id})") in out
+    # the capability found through the registry, and its request/reply correlated
+    assert re.search(r"^registry: optimize.route v1.2.0 served by "
+                     r"/supply-chain/route-optimizer .*group route-optimizers", out, re.M)
+    served = re.search(rf"route-optimizer: serving optimize.route request (\S+) "
+                       rf"\(correlationid {correlation}, reply to instance (\w+)\)", out)
+    assert served is not None, out
+    request_id = served.group(1)
+    assert re.search(rf"supervisor: reply mesh.reply.optimize.route \S+ to request "
+                     rf"{request_id} \(correlationid {correlation}\): via Lyon", out), out
+    # the outcomes, and the contract refusing the bad event before the broker saw it
+    assert "supervisor: emitted shipment.decision" in out
+    assert re.search(r"customer-service: emitted customer.notified \S+ "
+                     rf"\(causationid {event_id}\)", out)
+    assert "inventory: emitted inventory.rebalanced" in out
+    assert re.search(r"dispatch: refused an invalid shipment.delayed at the publisher, nothing "
+                     r"was sent: ContractViolation: .*delay_hours: -3 is less than the "
+                     r"minimum of 0", out)
+    assert out.count("got shipment.delayed") == 4, "the refused event reached nobody"
+    summary = out[out.index("SUMMARY for SHP-1042"):]
+    assert f"request {request_id} -> reply" in summary
+    assert "decision: reroute via Lyon (shipment.decision)" in summary
+    assert "inventory: 40 x SKU-7 from Turin to Milan" in summary
+    assert "contract: 1 invalid shipment.delayed refused at the publisher" in summary
+
+
+def test_supply_chain_times_out_with_a_message() -> None:
+    proc = run_example("supply_chain.py", "--timeout", "0.001")
+    assert proc.returncode == 1
+    assert "error: the supply chain did not finish within 0.001s (missing: " in proc.stderr
+
+
+def test_supply_chain_refuses_an_invalid_shipment_it_was_asked_to_send() -> None:
+    proc = run_example("supply_chain.py", "--shipment", "not-an-id")
+    assert proc.returncode == 1
+    assert "error: data of shipment.delayed" in proc.stderr
+    assert "shipment_id: 'not-an-id' does not match" in proc.stderr

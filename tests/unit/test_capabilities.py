@@ -56,7 +56,7 @@ async def test_request_edge_cases() -> None:
     async with mesh:
         assert [c.name for c in mesh.capabilities()] == ["slow.answer"]
         assert mesh.capabilities()[0].description == ""
-        with pytest.raises(RequestTimeout, match="within 0.2s"):
+        with pytest.raises(RequestTimeout, match=r"within 0\.2s"):
             await mesh.request("slow.answer", {}, timeout=0.2)
         release.set()
         reply = await mesh.request("slow.answer", {}, timeout=5)

@@ -22,11 +22,17 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+from pydantic import BaseModel
+
 from mesh import Context, DeadLetter, Event, Mesh, codec
 from mesh.cli import (
     UsageError,
+    contract_report,
     format_event_line,
+    list_agents,
     list_dead_letters,
+    load_app,
     main,
     parse_filter,
     publish_event,
@@ -65,7 +71,8 @@ def test_help_runs_as_python_dash_m() -> None:
     proc = subprocess.run([sys.executable, "-m", "mesh", "--help"], capture_output=True,
                           text=True, timeout=60, env=cli_env())
     assert proc.returncode == 0, proc.stderr
-    for command in ("run", "publish", "tail", "dlq", "transports"):
+    for command in ("run", "publish", "tail", "dlq", "transports", "agents", "docs",
+                    "contracts"):
         assert command in proc.stdout
 
 
@@ -467,3 +474,301 @@ async def test_dlq_replay_all(url: str) -> None:
             await wait_for(lambda: len(got) == 2)
     finally:
         await app.stop()
+
+
+# --- mesh agents: the live registry, on a shared memory broker ----------------------------
+
+
+class Summarize(BaseModel):
+    text: str
+
+
+def _provider(url: str, name: str, *, tags: tuple[str, ...] = ()) -> Mesh:
+    app = Mesh(url, source=f"/agents/{name}")
+
+    @app.capability(name, input=Summarize, tags=tags, version="1.2.0",
+                    group=f"{name}-workers")
+    async def serve(request: Summarize, ctx: Context) -> dict[str, str]:
+        """Serve the test capability, one line of docs."""
+        return {"ok": request.text}
+
+    return app
+
+
+async def test_agents_lists_capabilities_of_other_instances(url: str) -> None:
+    one, two = _provider(url, "summarize", tags=("nlp", "text")), _provider(url, "translate")
+    async with one, two:
+        out = io.StringIO()
+        listing = await list_agents(Mesh(url), out=out, wait=0.3)
+    assert [(c.name, c.instance) for c in listing] == [("summarize", one.instance_id),
+                                                       ("translate", two.instance_id)]
+    header, *rows = out.getvalue().splitlines()
+    assert header.split() == ["NAME", "VERSION", "GROUP", "INSTANCE", "SOURCE", "TAGS",
+                              "EXPIRES", "DESCRIPTION"]
+    first = rows[0].split()
+    assert first[:6] == ["summarize", "1.2.0", "summarize-workers", one.instance_id,
+                         "/agents/summarize", "nlp,text"]
+    ttl = 3 * one.config.capabilities.heartbeat
+    assert first[6].endswith("s") and 0 < int(first[6][:-1]) <= ttl
+    assert rows[0].endswith("Serve the test capability, one line of docs.")
+    assert rows[1].split()[5] == "-"      # no tags
+
+
+async def test_agents_json_has_expiry_and_schema(url: str) -> None:
+    async with _provider(url, "summarize") as one:
+        out = io.StringIO()
+        await list_agents(Mesh(url), out=out, wait=0.3, as_json=True)
+    (record,) = json.loads(out.getvalue())
+    assert record["instance"] == one.instance_id and record["group"] == "summarize-workers"
+    assert record["input_schema"]["required"] == ["text"]
+    assert 0 < record["expires_in"] <= 3 * one.config.capabilities.heartbeat
+
+
+async def test_agents_watch_refreshes_and_sees_a_leave(url: str) -> None:
+    one, two = _provider(url, "summarize"), _provider(url, "translate")
+    await one.start()
+    await two.start()
+    out, stop = io.StringIO(), asyncio.Event()
+    watching = asyncio.create_task(list_agents(Mesh(url), out=out, wait=0.3, interval=0.2,
+                                               count=None, as_json=True, stop=stop))
+    try:
+        await wait_for(lambda: len(out.getvalue().splitlines()) >= 1)
+        await two.stop()                      # a graceful stop announces the leave
+        await wait_for(lambda: len(json.loads(out.getvalue().splitlines()[-1])) == 1)
+        stop.set()
+        last = await asyncio.wait_for(watching, 5)
+    finally:
+        stop.set()
+        await one.stop()
+        await two.stop()
+    assert [c.name for c in last] == ["summarize"]
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("[") for line in lines)  # JSON Lines
+    assert {r["name"] for r in json.loads(lines[0])} == {"summarize", "translate"}
+
+
+async def test_agents_watch_stops_after_count_plain(url: str) -> None:
+    async with _provider(url, "summarize"):
+        out = io.StringIO()
+        await list_agents(Mesh(url), out=out, wait=0.2, interval=0.05, count=3)
+    text = out.getvalue()
+    assert text.count("# 1 capability(ies) on 1 instance(s) at " + url) == 3
+    assert text.count("NAME ") == 3
+
+
+async def test_agents_when_nothing_is_announced(url: str) -> None:
+    out = io.StringIO()
+    assert await list_agents(Mesh(url), out=out, wait=0.1) == []
+    assert out.getvalue() == f"no capabilities announced on {url}\n"
+
+
+def test_agents_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agents", "--count", "0"]) == 2
+    assert "--count must be at least 1" in capsys.readouterr().err
+    assert main(["agents", "--interval", "-1"]) == 2
+
+
+def test_agents_help_explains_private_memory_broker(capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    assert main(["agents", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "private in-process broker" in out and "--watch" in out
+
+
+def test_agents_command_on_private_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agents", "--transport", "memory://", "--wait", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert "private in-process broker" in captured.err
+
+
+# --- mesh docs ----------------------------------------------------------------------------
+
+DOCS_APP = """\
+from pydantic import BaseModel
+from mesh import Context, Event, Mesh, MeshConfig
+from mesh.transports.memory import MemoryTransport
+
+
+class Order(BaseModel):
+    id: int
+
+
+# the documented URL is a RabbitMQ one; the transport object keeps the test plugin-free
+mesh = Mesh(MemoryTransport(), config=MeshConfig.load(
+    transport="amqp://guest:hunter2@rabbit.internal:5672/shop"))
+mesh.contract("orders.created", Order)
+
+
+@mesh.on("orders.created", group="billing")
+async def bill(order: Order, ctx: Context) -> None: ...
+
+
+@mesh.capability("refund", input=Order)
+async def refund(order: Order, ctx: Context) -> dict:
+    return {}
+"""
+
+
+def _write_app(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / f"app_{uuid.uuid4().hex[:8]}.py"
+    path.write_text(text)
+    return path
+
+
+def test_docs_writes_asyncapi_json_to_stdout(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, DOCS_APP)
+    assert main(["docs", str(app), "--title", "Shop", "--api-version", "2.0.0"]) == 0
+    out = capsys.readouterr().out
+    document = json.loads(out)
+    assert document["asyncapi"] == "3.0.0"
+    assert document["info"]["title"] == "Shop" and document["info"]["version"] == "2.0.0"
+    assert document["servers"] == {"amqp": {
+        "host": "rabbit.internal:5672", "protocol": "amqp", "title": "RabbitMQ",
+        "protocolVersion": "0.9.1", "pathname": "/shop"}}
+    assert "hunter2" not in out
+    assert {"receive.billing.bill", "capability.refund", "send.orders.created"} <= set(
+        document["operations"])
+
+
+def test_docs_yaml_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, DOCS_APP)
+    target = tmp_path / "asyncapi.yaml"
+    assert main(["docs", f"{app}:mesh", "-o", str(target)]) == 0
+    assert capsys.readouterr().out == ""
+    document = yaml.safe_load(target.read_text())
+    assert document["asyncapi"] == "3.0.0" and "orders.created" in document["channels"]
+    explicit = tmp_path / "asyncapi.out"
+    assert main(["docs", str(app), "-o", str(explicit), "--format", "yaml"]) == 0
+    assert yaml.safe_load(explicit.read_text()) == document
+
+
+def test_docs_app_that_fails_to_import_exits_1(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, "raise RuntimeError('boom at import')\n")
+    assert main(["docs", str(app)]) == 1
+    assert "RuntimeError: boom at import" in capsys.readouterr().err
+
+
+def test_docs_missing_app_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["docs", str(tmp_path / "nope.py")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- mesh contracts -----------------------------------------------------------------------
+
+CONTRACTS_APP = """\
+from mesh import Mesh
+
+mesh = Mesh()
+mesh.contract("orders.created", {"type": "object", "required": ["id"],
+                                 "properties": {"id": {"type": "integer"},
+                                                "note": {"type": "string"}}})
+mesh.contract("orders.created", {"type": "object", "required": ["id"],
+                                 "properties": {"id": {"type": "integer"},
+                                                "note": {"type": "string"},
+                                                "tags": {"type": "array"}}}, version=2)
+"""
+
+BROKEN_ON_PURPOSE = CONTRACTS_APP + """\
+mesh.contract("orders.created", {"type": "object", "required": ["id", "customer"],
+                                 "properties": {"id": {"type": "string"},
+                                                "customer": {"type": "string"}}},
+              version=3, compatible=False)
+"""
+
+REFUSED_AT_IMPORT = CONTRACTS_APP + """\
+mesh.contract("orders.created", {"type": "object", "required": ["id"],
+                                 "properties": {"id": {"type": "integer"}}}, version=3)
+"""
+
+
+def test_contracts_check_passes_a_compatible_history(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, CONTRACTS_APP)
+    assert main(["contracts", "check", str(app)]) == 0
+    assert capsys.readouterr().out == "contracts ok: 1 contract(s)\n"
+
+
+def test_contracts_check_reports_versions_registered_incompatible(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, BROKEN_ON_PURPOSE)
+    assert main(["contracts", "check", str(app)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "orders.created v2 -> v3: (root): new required field 'customer'" in lines
+    assert "orders.created v2 -> v3: (root): property 'note' removed" in lines
+    assert any(line.startswith("orders.created v2 -> v3: id: type changed") for line in lines)
+    assert lines[-1] == "contracts check failed: 4 problem(s) in 1 contract(s)"
+
+
+def test_contracts_check_reports_an_app_refused_at_import(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, REFUSED_AT_IMPORT)
+    assert main(["contracts", "check", str(app)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "contract orders.created v3 is not backward compatible with v2" in captured.out
+    assert "property 'note' removed" in captured.out
+    assert captured.out.splitlines()[-1].startswith("contracts check failed: the app refused")
+
+
+def test_contracts_snapshot_then_check_against_it(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, CONTRACTS_APP)
+    snapshot = tmp_path / "contracts.json"
+    assert main(["contracts", "snapshot", str(app), "-o", str(snapshot)]) == 0
+    stored = json.loads(snapshot.read_text())
+    assert list(stored) == ["orders.created"] and stored["orders.created"]["version"] == 2
+    assert main(["contracts", "check", str(app), "--against", str(snapshot)]) == 0
+    assert f"against {snapshot}" in capsys.readouterr().out
+
+    # the next build narrows the contract (in one step, so it imports) and drops none
+    changed = _write_app(tmp_path, CONTRACTS_APP.replace(
+        '"tags": {"type": "array"}}}, version=2)',
+        '"tags": {"type": "array", "maxItems": 3}}}, version=2)'))
+    assert main(["contracts", "check", str(changed), "--against", str(snapshot)]) == 1
+    out = capsys.readouterr().out
+    assert "orders.created v2 -> v2: tags: maxItems 3 added (narrowed)" in out
+
+    # a contract the snapshot has and the app lost is a problem too
+    empty = _write_app(tmp_path, "from mesh import Mesh\nmesh = Mesh()\n")
+    assert main(["contracts", "check", str(empty), "--against", str(snapshot)]) == 1
+    assert "orders.created: contract removed" in capsys.readouterr().out
+
+
+def test_contracts_snapshot_to_stdout_is_stable(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, CONTRACTS_APP)
+    assert main(["contracts", "snapshot", str(app)]) == 0
+    first = capsys.readouterr().out
+    assert main(["contracts", "snapshot", str(app)]) == 0
+    assert capsys.readouterr().out == first
+    assert json.loads(first)["orders.created"]["schema"]["required"] == ["id"]
+
+
+def test_contracts_check_bad_snapshot_exits_2(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    app = _write_app(tmp_path, CONTRACTS_APP)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["contracts", "check", str(app), "--against", str(bad)]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    bad.write_text('{"orders.created": 1}')
+    assert main(["contracts", "check", str(app), "--against", str(bad)]) == 2
+    assert "not a contracts snapshot" in capsys.readouterr().err
+    assert main(["contracts", "check", str(app), "--against", str(tmp_path / "no.json")]) == 2
+
+
+def test_contracts_without_action_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["contracts"]) == 2
+    assert "snapshot" in capsys.readouterr().err
+
+
+def test_contract_report_merges_history_and_snapshot(tmp_path: Path) -> None:
+    app = load_app(str(_write_app(tmp_path, CONTRACTS_APP)))
+    snapshot = {"orders.created": {"version": 1, "schema": {
+        "type": "object", "properties": {"id": {"type": "integer"}, "gone": {}}}}}
+    assert contract_report(app, snapshot) == {
+        "orders.created v1 -> v2": ["(root): property 'gone' removed",
+                                    "(root): new required field 'id'"]}
