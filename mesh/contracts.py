@@ -191,8 +191,27 @@ def _bound_change(key: str, old: Any, new: Any) -> str:
     return "narrowed" if tighter else "widened"
 
 
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any],
+             seen: frozenset[str]) -> tuple[Mapping[str, Any], frozenset[str]]:
+    """Follow a local ``$ref`` (``#/$defs/..``, ``#/definitions/..``, ``#``) within ``root``."""
+    ref = schema.get("$ref")
+    while isinstance(ref, str) and ref.startswith("#") and ref not in seen:
+        seen = seen | {ref}
+        target: Any = root
+        for part in ref[1:].strip("/").split("/") if ref != "#" else []:
+            target = target.get(part.replace("~1", "/").replace("~0", "~")) \
+                if isinstance(target, Mapping) else None
+        if not isinstance(target, Mapping):
+            break
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        ref = target.get("$ref")
+    return schema, seen
+
+
 def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
-                           path: str = "") -> list[str]:
+                           path: str = "", *, _roots: tuple[Mapping[str, Any],
+                                                             Mapping[str, Any]] | None = None,
+                           _seen: frozenset[str] = frozenset()) -> list[str]:
     """Why consumers written against ``old`` could not rely on events valid under ``new``.
 
     The rules (the project's contract policy): no type changes, no removed properties,
@@ -202,8 +221,29 @@ def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
     would meet values they reject. Adding an optional property, or changing titles,
     descriptions and defaults, is compatible. Empty list: compatible.
     """
+    old_root, new_root = _roots or (old, new)
+    old, seen_old = _resolve(old, old_root, _seen)
+    new, seen_new = _resolve(new, new_root, _seen)
+    seen = seen_old | seen_new
+    if len(seen) > 64:          # a recursive schema: stop descending
+        return []
+
+    def deeper(a: Mapping[str, Any], b: Mapping[str, Any], at: str) -> list[str]:
+        return compatibility_problems(a, b, at, _roots=(old_root, new_root), _seen=seen)
+
     where = path or "(root)"
     problems: list[str] = []
+    for union in ("anyOf", "oneOf"):
+        old_branches, new_branches = old.get(union), new.get(union)
+        if old_branches is None and new_branches is None:
+            continue
+        if not isinstance(old_branches, list) or not isinstance(new_branches, list) \
+                or len(old_branches) != len(new_branches):
+            problems.append(f"{where}: {union} changed")
+            continue
+        for index, (a, b) in enumerate(zip(old_branches, new_branches, strict=True)):
+            if isinstance(a, Mapping) and isinstance(b, Mapping):
+                problems.extend(deeper(a, b, f"{path}<{union}[{index}]>"))
     old_types, new_types = _types(old), _types(new)
     if old_types != new_types:
         problems.append(f"{where}: type changed from {sorted(old_types or ['any'])} to "
@@ -233,12 +273,11 @@ def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
         if name not in new_props:
             problems.append(f"{where}: property {name!r} removed")
         elif isinstance(old_prop, Mapping) and isinstance(new_props[name], Mapping):
-            problems.extend(compatibility_problems(old_prop, new_props[name],
-                                                   f"{path}/{name}" if path else name))
+            problems.extend(deeper(old_prop, new_props[name], f"{path}/{name}" if path else name))
     added_required = set(new.get("required") or ()) - set(old.get("required") or ())
     for name in sorted(added_required):
         problems.append(f"{where}: new required field {name!r}")
     old_items, new_items = old.get("items"), new.get("items")
     if isinstance(old_items, Mapping) and isinstance(new_items, Mapping):
-        problems.extend(compatibility_problems(old_items, new_items, f"{path}[]"))
+        problems.extend(deeper(old_items, new_items, f"{path}[]"))
     return problems

@@ -104,3 +104,42 @@ def test_bad_schemas_are_config_errors(tmp_path: Path) -> None:
     registry.register("t", {"type": "object"})
     with pytest.raises(ConfigError, match="bump the version"):
         registry.register("t", {"type": "string"})
+
+
+class _Address(BaseModel):
+    zip: str
+
+
+class _AddressV2(BaseModel):
+    zip: int
+
+
+class _Customer(BaseModel):
+    address: _Address
+    note: str | None = None
+
+
+class _CustomerV2(BaseModel):
+    address: _AddressV2
+    note: str | None = None
+
+
+class _CustomerV3(BaseModel):
+    address: _Address
+    note: int | None = None
+
+
+def test_nested_models_and_optionals_are_compared_through_refs() -> None:
+    v1 = _Customer.model_json_schema()
+    assert compatibility_problems(v1, v1) == []
+    nested = compatibility_problems(v1, _CustomerV2.model_json_schema())
+    assert any("address/zip: type changed" in p for p in nested), nested
+    optional = compatibility_problems(v1, _CustomerV3.model_json_schema())
+    assert any("note<anyOf[0]>: type changed" in p for p in optional), optional
+
+
+def test_recursive_schemas_terminate() -> None:
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+        "$ref": "#/$defs/node"}
+    assert compatibility_problems(tree, tree) == []
