@@ -26,7 +26,8 @@ from mesh.hookspecs import hookimpl
 from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
                          StoreRegistry)
 from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
-                            TransportFeatures, TransportRegistry, is_wildcard, pattern_list,
+                            TransportFeatures, TransportRegistry, deliver, is_wildcard,
+                            pattern_list,
                             pattern_matcher, redact_url, validate_pattern)
 
 __version__ = "0.1.0"
@@ -41,7 +42,7 @@ __all__ = [
     "RequestTimeout", "RetryConfig", "RetryLater", "RetryPolicy", "RouteConfig",
     "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "Transport", "TransportClosed",
     "TransportError", "TransportFeatures", "TransportRegistry", "__version__", "codec",
-    "compatibility_problems", "derive_id", "from_a2a_skill", "from_mcp_tool", "hookimpl",
+    "compatibility_problems", "deliver", "derive_id", "from_a2a_skill", "from_mcp_tool", "hookimpl",
     "is_wildcard", "pattern_list", "pattern_matcher", "redact_url", "to_a2a_skill",
     "to_mcp_tool", "validate_pattern",
 ]

@@ -30,6 +30,9 @@ Only `mesh.errors` exceptions may escape a transport's public methods.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,8 +41,10 @@ from functools import lru_cache
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from mesh.errors import ConfigError, DecodeError
+from mesh.errors import ConfigError, DecodeError, MeshError
 from mesh.event import Event
+
+log = logging.getLogger("mesh.transport")
 
 PatternSyntax = Literal["mesh", "nats", "amqp", "kafka-regex"]
 
@@ -112,6 +117,14 @@ class Delivery(ABC):
     async def in_progress(self) -> None:
         """Tell the broker the handler is still working (extends an ack deadline)."""
 
+    async def _unhandled(self, cancelled: bool) -> None:
+        """Give back a delivery its handler left unsettled (returned, raised, or was
+        ``cancelled`` by a closing subscription). Default: ``nack()`` now; transports
+        override it where the two cases differ on the broker."""
+        if not self._settled:
+            with contextlib.suppress(MeshError):
+                await self.nack()
+
     @abstractmethod
     async def _ack(self) -> None: ...
 
@@ -120,6 +133,21 @@ class Delivery(ABC):
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+async def deliver(handler: DeliveryHandler, delivery: Delivery) -> None:
+    """Call ``handler`` under the contract every transport keeps: an exception is logged
+    and the delivery redelivered; one left unsettled is redelivered; a call cancelled by
+    ``Subscription.close`` is never acked (the cancellation propagates)."""
+    try:
+        await handler(delivery)
+    except asyncio.CancelledError:
+        await delivery._unhandled(cancelled=True)
+        raise
+    except Exception:
+        log.exception("handler failed on channel %s; redelivering", delivery.channel)
+    if not delivery.settled:
+        await delivery._unhandled(cancelled=False)
 
 
 class Subscription(ABC):

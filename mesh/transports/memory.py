@@ -15,7 +15,6 @@ Events are shared, not copied (they are immutable; do not mutate ``data``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,14 +27,13 @@ from mesh.transport import (
     Delivery,
     DeliveryHandler,
     Subscription,
+    deliver,
     Transport,
     TransportFeatures,
     TransportRegistry,
     pattern_list,
     pattern_matcher,
 )
-
-log = logging.getLogger("mesh.transports.memory")
 
 
 class _Msg:
@@ -169,16 +167,7 @@ class _MemorySubscription(Subscription):
             self._idle.discard(task)
             if not self._idle and self._queue.pending and len(self._tasks) < self._max:
                 self._tasks.append(asyncio.create_task(self._work()))
-            delivery = _MemoryDelivery(self._queue, msg)
-            try:
-                await self._handler(delivery)
-            except asyncio.CancelledError:   # cancelled mid-handling: redeliver, don't ack
-                await delivery.nack()
-                raise
-            except Exception:
-                log.exception("handler failed on channel %s; redelivering", msg.channel)
-            if not delivery.settled:
-                await delivery.nack()
+            await deliver(self._handler, _MemoryDelivery(self._queue, msg))
             handled += 1
             if handled % 16 == 0:  # let other members (and the publisher) run: fairness
                 await asyncio.sleep(0)

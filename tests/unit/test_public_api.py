@@ -15,7 +15,7 @@ PUBLIC = {
     "MeshConfig", "MeshError", "PublishError", "RetryConfig", "RetryLater", "RetryPolicy",
     "RouteConfig", "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "Transport",
     "TransportClosed", "TransportError", "TransportFeatures", "TransportRegistry",
-    "__version__", "codec", "derive_id", "hookimpl", "is_wildcard", "pattern_list",
+    "__version__", "codec", "deliver", "derive_id", "hookimpl", "is_wildcard", "pattern_list",
     "pattern_matcher", "redact_url", "validate_pattern",
     "Capability", "from_a2a_skill", "from_mcp_tool", "to_a2a_skill", "to_mcp_tool",
     "CapabilitiesConfig", "Contract", "ContractRegistry", "compatibility_problems",

@@ -57,7 +57,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from mesh import ConfigError, ConnectError, Delivery, DeliveryHandler, Event, Subscription
+from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, Subscription,
+                  deliver)
 from mesh_kafka.wire import from_record, raw_headers
 
 log = logging.getLogger("mesh_kafka")
@@ -119,6 +120,13 @@ class KafkaDelivery(Delivery):
 
     async def _ack(self) -> None:
         self._sub.finish(self._record, acked=True)
+
+    async def _unhandled(self, cancelled: bool) -> None:
+        if cancelled:  # cancelled by close: not acked, the group's next owner gets it
+            self._settled = True
+            self._sub._drop(self._record)
+        else:
+            await super()._unhandled(cancelled)
 
     async def _nack(self, delay: float) -> None:
         self._sub.redeliver(self._record, delay)
@@ -248,15 +256,7 @@ class KafkaSubscription(Subscription):
         self._dispatch()
 
     async def _run(self, delivery: KafkaDelivery) -> None:
-        try:
-            await self._handler(delivery)
-        except asyncio.CancelledError:
-            self._drop(delivery._record)   # cancelled by close: not acked, redelivered
-            raise
-        except Exception:
-            log.exception("handler failed on %s; redelivering", delivery.channel)
-        if not delivery.settled:
-            await delivery.nack()
+        await deliver(self._handler, delivery)
 
     def finish(self, record: _Record, acked: bool) -> None:
         self._settle(record, acked)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from cloudevents.core.bindings import rabbitmq
 
-from mesh import Delivery, DeliveryHandler, Event, Subscription, codec
+from mesh import Delivery, DeliveryHandler, Event, Subscription, codec, deliver
 
 log = logging.getLogger("mesh_rabbitmq")
 
@@ -106,10 +106,12 @@ class RabbitMQDelivery(Delivery):
         else:
             await settle(self._message, "nack")
 
-    async def _settle_unhandled(self, how: Settle) -> None:
+    async def _unhandled(self, cancelled: bool) -> None:
+        """Cancelled: nack (redeliver, never ack). A handler that failed or forgot to
+        settle: reject, which RabbitMQ 4.3+ counts toward the delivery limit."""
         if not self._settled:
             self._settled = True
-            await settle(self._message, how)
+            await settle(self._message, "nack" if cancelled else "reject")
 
 
 class RabbitMQSubscription(Subscription):
@@ -154,14 +156,7 @@ class RabbitMQSubscription(Subscription):
             self._slots.release()
 
     async def _handle(self, delivery: RabbitMQDelivery) -> None:
-        try:
-            await self._handler(delivery)
-        except asyncio.CancelledError:
-            await delivery._settle_unhandled("nack")    # cancelled: redeliver, never ack
-            raise
-        except Exception:
-            log.exception("handler failed on channel %s; redelivering", delivery.channel)
-        await delivery._settle_unhandled("reject")
+        await deliver(self._handler, delivery)
 
     def requeue_later(self, message: AbstractIncomingMessage, delay: float) -> None:
         """Hold ``message`` unacked for ``delay`` seconds, then give it back."""
