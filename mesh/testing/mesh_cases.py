@@ -338,6 +338,25 @@ class MeshCases:
         assert sorted(got) == ["a.pdf", "c.pdf"]
 
     @pytest.mark.asyncio
+    async def test_mesh_cesql_filter_with_data_access(self, meshes: MeshFactory) -> None:
+        mesh = await meshes()
+        got: list[int] = []
+
+        @mesh.on(filter={"sql": f"type LIKE '{self.prefix}.alert.%' AND data.severity > 3 "
+                                "AND EXISTS subject"}, group=f"{self.prefix}-escalation")
+        async def escalate(event: Event) -> None:
+            got.append(event.data["severity"])
+
+        await self.started(mesh)
+        for severity in (1, 5, 9):
+            await mesh.publish(Event(self.t("alert.disk"), "/t", {"severity": severity},
+                                     subject="host-1"))
+        await mesh.publish(Event(self.t("alert.cpu"), "/t", {"severity": 7}))   # no subject
+        await wait_until(lambda: len(got) == 2 and mesh.stats("escalate").filtered == 2,
+                         self.timeout, "two escalations and two filtered")
+        assert sorted(got) == [5, 9]
+
+    @pytest.mark.asyncio
     async def test_mesh_dead_letters_can_be_listed_and_replayed(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         broken = True

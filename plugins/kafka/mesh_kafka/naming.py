@@ -13,6 +13,7 @@ import hashlib
 import re
 
 from mesh import ConfigError, is_wildcard, validate_pattern
+from mesh.routing.patterns import kafka_topic_regex
 
 _LEGAL = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_TOPIC = 249
@@ -28,20 +29,15 @@ def topic_for(channel: str) -> str:
 
 
 def subscription_for(pattern: str) -> str:
-    """A topic name, or a ``^``-anchored regex for wildcard patterns.
-
-    ``*`` -> ``[^.]+`` (one token), ``>`` -> ``.+`` (one or more trailing tokens).
-    Literal tokens hold only ``[A-Za-z0-9_-]``, so they need no escaping.
-    """
+    """A topic name, or a ``^``-anchored regex for wildcard patterns (the routing
+    planner's Kafka translation: ``*`` -> ``[^.]+``, ``>`` -> ``.+``)."""
     validate_pattern(pattern)
     if not is_wildcard(pattern):
         return topic_for(pattern)
-    parts = []
     for token in pattern.split("."):
         if token not in ("*", ">"):
             _check_name(token)
-        parts.append("[^.]+" if token == "*" else ".+" if token == ">" else token)
-    return "^" + r"\.".join(parts) + "$"
+    return kafka_topic_regex(pattern)
 
 
 def group_id_for(group: str) -> str:
