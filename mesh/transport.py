@@ -266,13 +266,17 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    """``url`` with any password replaced by ``***`` (safe for logs and errors). User
+    info without a password is masked whole: it may be a token (``nats://TOKEN@host``)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
     if parts.password is None:
-        return url
+        if parts.username is None:
+            return url
+        netloc = "***@" + parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"

@@ -165,8 +165,8 @@ class MeshCases:
             hops.append(event.meshhops)
             await ctx.emit(self.t("ping"), {"again": True})
 
-        @mesh.on("mesh.loop.detected", group=f"{self.prefix}-alerts",
-                 filter={"prefix": {"source": "/"}})
+        @mesh.on("mesh.loop.detected", filter={"prefix": {"source": "/"}})  # broadcast:
+        # leaves no durable group behind on the shared mesh.loop.detected channel
         async def alert(event: Event) -> None:
             if event.data.get("type") == self.t("ping"):
                 alerts.append(event)

@@ -82,3 +82,9 @@ def test_mesh_config_variable_names_the_file(tmp_path: Path) -> None:
     path.write_text("hop_limit: 3\n")
     config = MeshConfig.load(env={"MESH_CONFIG": str(path), "MESH_SOURCE": "/x"})
     assert config.hop_limit == 3 and config.source == "/x"
+
+
+def test_token_user_info_is_masked() -> None:
+    from mesh import redact_url
+    assert redact_url("nats://s3cr3ttoken@host:4222") == "nats://***@host:4222"
+    assert redact_url("nats://host:4222") == "nats://host:4222"

@@ -1,0 +1,347 @@
+"""Pulling JetStream consumers into a handler with ``max_in_flight`` as a hard bound.
+
+nats-py's ``PullSubscription.fetch`` is not used: its pending pull requests are
+lost on a server restart and never re-sent (nats.py#504), and a fetch that
+timed out client-side can leave a request on the server whose messages arrive
+later, in excess of the batch asked for. Instead each consumer gets its own
+inbox and a pump keeps one pull request open on it:
+
+* the request asks for at most the free slots (``max_in_flight`` minus running
+  handlers, held-back messages and what other open requests may still bring),
+  so while handlers are busy nothing is fetched and the rest waits in the stream;
+* it ends when its batch arrived, on a status message sent to its reply subject
+  ``<inbox>.<n>`` (408 expired, 409 conflict, 503 no responders), or a second
+  after its ``pull_expires``: a request lost in an outage is replaced within
+  that time, and after a reconnect at once (`reset`).
+
+With several patterns (one consumer each) every consumer keeps at least one
+request open, so up to ``patterns - 1`` messages may wait client-side for a
+slot; they are held back, never run beyond ``max_in_flight``. A message that
+matches an earlier pattern of the same subscription is acked and skipped: the
+earlier pattern's consumer delivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSub
+
+from mesh import (Delivery, DeliveryError, DeliveryHandler, Event, MeshError, Subscription, codec,
+                  pattern_matcher)
+from mesh_nats import binding
+from mesh_nats.config import NatsConfig
+
+log = logging.getLogger("mesh_nats")
+
+
+class NatsDelivery(Delivery):
+    """A JetStream message; settling publishes ``+ACK`` / ``-NAK {"delay": ns}``."""
+
+    __slots__ = ("_gate", "_msg", "progressed")
+
+    def __init__(self, msg: Msg, channel: str, gate: asyncio.Event) -> None:
+        super().__init__(channel, max(0, msg.metadata.num_delivered - 1))
+        self._msg, self._gate = msg, gate
+        self.progressed = time.monotonic()
+
+    def _decode(self) -> Event:
+        return codec.decode(binding.from_nats,
+                            binding.NATSMessage(dict(self._msg.headers or {}), self._msg.data))
+
+    def raw(self) -> tuple[dict[str, str], bytes]:
+        return dict(self._msg.headers or {}), bytes(self._msg.data)
+
+    async def _settle(self, what: str, action: Awaitable[None]) -> None:
+        try:
+            await action
+        except Exception as exc:  # nats-py raises assorted types once the connection is gone
+            raise DeliveryError(f"could not {what} a message on {self.channel!r}: "
+                                f"{type(exc).__name__}: {exc}; the broker redelivers it "
+                                "after ack_wait") from None
+
+    async def _ack(self) -> None:
+        await self._settle("ack", self._msg.ack())
+
+    async def _nack(self, delay: float) -> None:
+        await self._gate.wait()  # see NatsSubscription.close
+        await self._settle("nack", self._msg.nak(delay=delay or None))
+
+    async def in_progress(self) -> None:
+        """Reset the ack_wait timer (``+WPI``); the subscription also does this by itself
+        for handlers running longer than half of ``ack_wait``."""
+        if not self.settled:
+            self.progressed = time.monotonic()
+            await self._settle("extend", self._msg.in_progress())
+
+
+@dataclass
+class _Pull:
+    """One JetStream consumer: its inbox and the pull requests open on it."""
+
+    consumer: str
+    pattern: str
+    skip: Sequence[Callable[[str], bool]]
+    inbox: str = ""
+    sub: NatsSub | None = None
+    token: str = ""  # reply token of the open request; "" when none is open
+    left: int = 0  # messages the open request may still bring
+    deadline: float = 0.0
+    resume: float = 0.0  # no new request before this (after a 409/503)
+    serial: int = 0
+
+    def end(self) -> None:
+        self.token, self.left = "", 0
+
+
+class NatsSubscription(Subscription):
+    """The pump, the handler tasks and the clean shutdown of one ``subscribe`` call."""
+
+    def __init__(self, nc: Client, config: NatsConfig, consumers: Sequence[tuple[str, str]],
+                 handler: DeliveryHandler, max_in_flight: int,
+                 on_close: Callable[[NatsSubscription], Awaitable[None]],
+                 recreate: Callable[[str, str], Awaitable[None]] | None) -> None:
+        self._nc, self._cfg, self._handler = nc, config, handler
+        self._max = max_in_flight
+        self._on_close, self._recreate = on_close, recreate
+        self.consumers = [name for name, _ in consumers]
+        self._pulls = [_Pull(name, pattern, [pattern_matcher(p) for _, p in consumers[:i]])
+                       for i, (name, pattern) in enumerate(consumers)]
+        self._running: dict[asyncio.Task[None], NatsDelivery] = {}
+        self._backlog: deque[NatsDelivery] = deque()
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._gate = asyncio.Event()  # cleared while closing: nacks wait for the unsubscribe
+        self._gate.set()
+        self._returned: list[Msg] = []  # arrived while closing, given back after it
+        self._tick = min(1.0, config.ack_wait / 4)
+        self._noted: dict[str, float] = {}  # consumer -> when last found missing
+
+    async def start(self) -> None:
+        for pull in self._pulls:
+            pull.inbox = self._nc.new_inbox()
+            pull.sub = await self._nc.subscribe(f"{pull.inbox}.*", cb=self._receiver(pull))
+        self._pump_task = asyncio.create_task(self._pump(), name="mesh-nats-pump")
+
+    def reset(self) -> None:
+        """Forget every open pull request (after a reconnect they may be gone)."""
+        for pull in self._pulls:
+            pull.end()
+        self._wake.set()
+
+    # --- receiving ------------------------------------------------------------------
+
+    def _receiver(self, pull: _Pull) -> Callable[[Msg], Awaitable[None]]:
+        async def receive(msg: Msg) -> None:
+            if not msg.reply:  # status of a request (sent to its reply subject), not a message
+                status = (msg.headers or {}).get("Status", "")
+                if status != "100" and msg.subject == f"{pull.inbox}.{pull.token}":
+                    pull.end()  # 100 is an idle heartbeat; other statuses end the request
+                    if status in ("409", "503"):
+                        await self._lost(pull, status, (msg.headers or {}).get("Description", ""))
+                    self._wake.set()
+                return
+            # Stream messages keep their own subject, so they count against the open request.
+            pull.left -= 1
+            if pull.left <= 0:
+                pull.end()
+                self._wake.set()
+            await self._accept(pull, msg)
+        return receive
+
+    async def _lost(self, pull: _Pull, status: str, description: str) -> None:
+        """A 409 or 503 ended the request: pause this consumer's requests for a second
+        (no tight loop while JetStream restarts), and act on a deleted consumer."""
+        now = time.monotonic()
+        pull.resume = now + 1.0
+        gone = status == "503" or "deleted" in description.lower()
+        if not gone or self._closing or now - self._noted.get(pull.consumer, -1e9) < 10:
+            return
+        self._noted[pull.consumer] = now
+        if self._recreate is not None:
+            with contextlib.suppress(MeshError):
+                await self._recreate(pull.consumer, pull.pattern)
+        else:
+            log.warning("consumer %s on stream %s answers %s %s; if it was deleted, "
+                        "resubscribe to recreate it", pull.consumer, self._cfg.stream,
+                        status, description)
+
+    async def _accept(self, pull: _Pull, msg: Msg) -> None:
+        channel = self._cfg.channel(msg.subject)
+        try:
+            if self._closing:
+                self._returned.append(msg)
+                return
+            if any(match(channel) for match in pull.skip):
+                await msg.ack()
+                return
+        except Exception as exc:
+            log.warning("could not settle a message on %s: %s", channel, exc)
+            return
+        try:
+            delivery = NatsDelivery(msg, channel, self._gate)
+        except Exception as exc:  # reply is not a JetStream ack subject: not ours to handle
+            log.warning("ignoring a non-JetStream message on %s: %s", msg.subject, exc)
+            return
+        if len(self._running) < self._max:
+            self._start(delivery)
+        else:
+            self._backlog.append(delivery)
+
+    # --- handling -------------------------------------------------------------------
+
+    def _start(self, delivery: NatsDelivery) -> None:
+        task = asyncio.create_task(self._run(delivery))
+        self._running[task] = delivery
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        if self._backlog and not self._closing:
+            self._start(self._backlog.popleft())
+        self._wake.set()
+
+    async def _run(self, delivery: NatsDelivery) -> None:
+        try:
+            await self._handler(delivery)
+        except asyncio.CancelledError:
+            if not delivery.settled:  # cancelled by close(): give it back, never ack
+                with contextlib.suppress(MeshError):
+                    await delivery.nack()
+            raise
+        except Exception:
+            log.exception("handler failed on channel %s; redelivering", delivery.channel)
+        if not delivery.settled:
+            with contextlib.suppress(MeshError):
+                await delivery.nack()
+
+    # --- the pump -------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        expires_ns = int(self._cfg.pull_expires * 1e9)
+        while not self._closing:
+            self._wake.clear()
+            now = time.monotonic()
+            try:
+                await self._heartbeat(now)
+                await self._refill(now, expires_ns)
+            except Exception as exc:  # disconnected or closing: retry on the next tick
+                log.debug("pull request failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._tick)
+
+    async def _refill(self, now: float, expires_ns: int) -> None:
+        for pull in self._pulls:
+            if pull.token and pull.deadline < now:
+                pull.end()
+        free = self._max - len(self._running) - len(self._backlog)
+        if free <= 0:
+            return
+        idle = [pull for pull in self._pulls if not pull.token and pull.resume <= now]
+        available = free - sum(pull.left for pull in self._pulls)
+        for pull in idle:
+            if available > 0:
+                batch = max(1, available // len(idle))
+            elif len(self._pulls) > 1:
+                batch = 1  # every pattern keeps a request open, even with the budget taken
+            else:
+                return
+            pull.serial += 1
+            pull.token, pull.left = str(pull.serial), batch
+            pull.deadline = now + self._cfg.pull_expires + 1.0
+            available -= batch
+            request = json.dumps({"batch": batch, "expires": expires_ns}).encode()
+            await self._nc.publish(self._next_subject(pull), request,
+                                   reply=f"{pull.inbox}.{pull.token}")
+
+    async def _heartbeat(self, now: float) -> None:
+        """Keep long handlers' messages from redelivery: ``+WPI`` past half of ack_wait."""
+        for delivery in [*self._running.values(), *self._backlog]:
+            if not delivery.settled and now - delivery.progressed > self._cfg.ack_wait / 2:
+                with contextlib.suppress(MeshError):
+                    await delivery.in_progress()
+
+    # --- closing --------------------------------------------------------------------
+
+    async def _sweep(self, pull: _Pull) -> None:
+        """Have the server sweep our dead pull requests before anything is nacked.
+
+        A 2.9 server whose waiting list holds only requests without interest pops a
+        nacked message for them, finds no taker and loses it until ``ack_wait``. A 50 ms
+        probe request answered (408 or a message) proves the list was swept: requests
+        are served and expired in order, and the uninterested ones are dropped on the way.
+        """
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def probe(msg: Msg) -> None:
+            if msg.reply:
+                self._returned.append(msg)
+            if not answered.done():
+                answered.set_result(None)
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, cb=probe)
+        try:
+            await self._nc.publish(self._next_subject(pull), b'{"batch":1,"expires":50000000}',
+                                   reply=inbox)
+            await asyncio.wait_for(answered, 2.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _next_subject(self, pull: _Pull) -> str:
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self._cfg.stream}.{pull.consumer}"
+
+    async def close(self, timeout: float = 0.0) -> None:
+        """Stop pulling, give back what is not running, let handlers finish for ``timeout``
+        seconds, then cancel them (their messages are nacked, never acked).
+
+        Nacks (ours and handlers') wait behind a gate until the inboxes are drained
+        (unsubscribed, with a round trip) and `_sweep` saw the server drop our open pull
+        requests: a nack sent earlier would be redelivered straight back to one of them.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._gate.clear()
+        try:
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+                await asyncio.gather(self._pump_task, return_exceptions=True)
+            for pull in self._pulls:
+                if pull.sub is not None:
+                    try:
+                        await asyncio.wait_for(pull.sub.drain(), 5.0)  # type: ignore[no-untyped-call]
+                    except Exception:  # disconnected: drop the interest without the round trip
+                        with contextlib.suppress(Exception):
+                            await pull.sub.unsubscribe()
+            await asyncio.gather(*(self._sweep(pull) for pull in self._pulls),
+                                 return_exceptions=True)
+            self._gate.set()
+            for msg in self._returned:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            while self._backlog:
+                with contextlib.suppress(MeshError):
+                    await self._backlog.popleft().nack()
+            tasks = list(self._running)
+            if tasks and timeout > 0:
+                await asyncio.wait(tasks, timeout=timeout)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._on_close(self)
+        finally:
+            self._gate.set()
+            self._closed.set()
