@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 
 from mesh import ConfigError, is_wildcard, validate_pattern
 from mesh.routing.patterns import kafka_topic_regex
@@ -19,6 +20,7 @@ _LEGAL = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_TOPIC = 249
 
 
+@lru_cache(maxsize=4096)
 def topic_for(channel: str) -> str:
     """The topic of ``channel`` (the same name); `ConfigError` when Kafka cannot hold it."""
     if is_wildcard(channel):

@@ -162,13 +162,39 @@ class KafkaTransport(Transport):
         await (await self._send(channel, event))
 
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
-        await self._ensure_topics({topic_for(channel) for channel, _ in items}, PublishError)
-        futures = [await self._send(channel, event) for channel, event in items]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise PublishError(f"{len(errors)} of {len(items)} events were not confirmed; "
-                               f"first error: {errors[0]}")
+        """Produce every record, then wait once for the whole batch: one delivery-report
+        counter per batch and one wake-up of the loop when the last report came back
+        (not a future and a ``call_soon_threadsafe`` per record)."""
+        if not items:
+            return
+        topics = [topic_for(channel) for channel, _ in items]
+        await self._ensure_topics(set(topics), PublishError)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        batch = _Batch(loop, done, len(items))
+        for topic, (_, event) in zip(topics, items, strict=True):
+            producer = await self._replace_producer() if self._fatal else self._clients()[0]
+            try:
+                record = to_record(event)
+            except MeshError:
+                raise
+            except Exception as exc:
+                raise PublishError(f"cannot encode event {event.id}: {exc}") from None
+            headers: list[tuple[str, str | bytes | None]] = list(record.headers.items())
+            while True:
+                try:
+                    producer.produce(topic, value=record.value, key=record.key,
+                                     headers=headers, on_delivery=batch.report)
+                    break
+                except BufferError:   # local queue full: let the poll thread drain it
+                    await asyncio.sleep(0.005)
+                except KafkaException as exc:   # records produced so far still report
+                    raise PublishError(f"cannot publish to {topic}: "
+                                       f"{self._scrub(exc)}") from None
+        await done
+        if batch.errors:
+            raise PublishError(f"{len(batch.errors)} of {len(items)} events were not "
+                               f"confirmed; first error: {batch.errors[0]}")
 
     async def _send(self, channel: str, event: Event) -> asyncio.Future[None]:
         """Hand one record to librdkafka; the future resolves with its delivery report."""
@@ -317,6 +343,36 @@ class KafkaTransport(Transport):
             raise TransportError(f"cannot delete topics matching {pattern}: "
                                  f"{self._scrub(exc)}") from None
         self._topics -= set(doomed)
+
+
+class _Batch:
+    """Delivery reports of one publish_batch, counted where librdkafka serves them (the
+    poll thread; a flush thread for a replaced producer, hence the lock)."""
+
+    __slots__ = ("_done", "_left", "_lock", "_loop", "errors")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None],
+                 size: int) -> None:
+        self._loop, self._done, self._left = loop, done, size
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+
+    def report(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.errors.append(f"{message.topic()}: {error.str()}")
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            try:
+                self._loop.call_soon_threadsafe(_finish, self._done)
+            except RuntimeError:   # the loop is gone
+                pass
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _resolve(future: asyncio.Future[None], topic: str, error: KafkaError | None) -> None:

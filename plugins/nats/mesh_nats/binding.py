@@ -33,6 +33,8 @@ CE_PREFIX: Final[str] = "ce-"
 CONTENT_TYPE_HEADER: Final[str] = "content-type"
 STRUCTURED_CONTENT_TYPE: Final[str] = "application/cloudevents"
 _SAFE: Final[frozenset[int]] = frozenset(c for c in range(0x21, 0x7F) if c not in (0x22, 0x25))
+#: a character outside _SAFE (the complement, for a fast "nothing to encode" check)
+_UNSAFE: Final[re.Pattern[str]] = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _PERCENT = re.compile(r"(%[0-9A-Fa-f]{2})+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
@@ -60,8 +62,10 @@ def canonical(value: Any) -> str:
 
 def encode_header_value(value: Any) -> str:
     """Percent-encode an attribute's canonical string for a NATS header value."""
-    return "".join(chr(b) if b in _SAFE else f"%{b:02X}"
-                   for b in canonical(value).encode("utf-8"))
+    text = canonical(value)
+    if _UNSAFE.search(text) is None:   # the common case: nothing to encode
+        return text
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in text.encode("utf-8"))
 
 
 def decode_header_value(value: str) -> str:
