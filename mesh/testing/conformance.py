@@ -87,15 +87,8 @@ class TransportConformance(MeshCases):
 
         yield new
         await asyncio.gather(*(t.close() for t in made), return_exceptions=True)
-        if made:  # with a fresh transport: some clients crash when a topic vanishes under them
-            cleaner = await self.make_transport()
-            try:
-                await cleaner.connect()
-                await cleaner.delete_channels(f"{self.prefix}.>")
-            except MeshError:
-                pass
-            finally:
-                await cleaner.close()
+        if made:
+            await self.delete_case_channels()
 
     @pytest.fixture(autouse=True)
     def _names(self) -> None:

@@ -76,14 +76,19 @@ class MeshCases:
         for mesh in made:
             await mesh.stop(timeout=1)
         if made:
-            transport = await self.make_transport()
-            try:
-                await transport.connect()
-                await transport.delete_channels(f"{self.prefix}.>")
-            except MeshError:
-                pass
-            finally:
-                await transport.close()
+            await self.delete_case_channels()
+
+    async def delete_case_channels(self) -> None:
+        """Delete this case's channels through a fresh transport, after every other one
+        closed (some clients crash when a topic vanishes under a live consumer)."""
+        cleaner = await self.make_transport()
+        try:
+            await cleaner.connect()
+            await cleaner.delete_channels(f"{self.prefix}.>")
+        except MeshError:
+            pass
+        finally:
+            await cleaner.close()
 
     async def started(self, *meshes: Mesh) -> None:
         for mesh in meshes:
