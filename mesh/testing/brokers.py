@@ -191,6 +191,42 @@ def restart(name: str) -> None:
         raise BrokerUnavailable(f"{name} did not come back after a restart")
     if name == "rabbitmq":
         _wait_rabbitmq_app()
+        _wait_rabbitmq_quorum(url)
+
+
+def _wait_rabbitmq_quorum(url: str, seconds: float = 60.0) -> None:
+    """Wait until a quorum queue can be declared: right after ``start_app`` RabbitMQ
+    accepts connections while its quorum-queue subsystem is still recovering, and a
+    declaration then fails with INTERNAL_ERROR (541)."""
+    import asyncio
+
+    try:
+        import aio_pika
+    except ImportError:   # only the RabbitMQ plugin's tests restart RabbitMQ
+        return
+
+    async def probe() -> bool:
+        try:
+            connection = await aio_pika.connect(url.split("?")[0], timeout=5)
+        except Exception:
+            return False
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(
+                f"mesh.readiness-probe.{os.getpid()}", durable=True,
+                arguments={"x-queue-type": "quorum"})
+            await queue.delete(if_unused=False, if_empty=False)
+            return True
+        except Exception:
+            return False
+        finally:
+            await connection.close()
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if asyncio.run(probe()):
+            return
+        time.sleep(0.5)
 
 
 @atexit.register
