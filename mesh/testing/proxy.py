@@ -78,6 +78,10 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         await self._drop_all()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:   # connection pumps: end them before the loop stops
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _drop_all(self) -> None:
         for writer in list(self._conns):
