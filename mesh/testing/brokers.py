@@ -157,6 +157,19 @@ def ensure(name: str, start_timeout: float = 60.0) -> str:
         f"loopback default). Start it with: {broker.how_to_start}")
 
 
+def ensure_or_skip(name: str) -> str:
+    """`ensure` for tests: an unreachable broker skips the test with how to start it,
+    or fails it under ``CI=true`` (CI must never silently skip a broker)."""
+    import pytest
+
+    try:
+        return ensure(name)
+    except BrokerUnavailable as exc:
+        if in_ci():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
 def _wait_rabbitmq_app(seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

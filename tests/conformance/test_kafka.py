@@ -52,12 +52,7 @@ RECONNECT_OPTIONS: dict[str, Any] = {
 
 
 def kafka_url() -> str:
-    try:
-        return brokers.ensure("kafka")
-    except brokers.BrokerUnavailable as exc:
-        if brokers.in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    return brokers.ensure_or_skip("kafka")
 
 
 def _free_port() -> int:

@@ -42,12 +42,7 @@ TEST_OPTIONS: dict[str, Any] = {
 
 
 def broker_url_or_skip() -> str:
-    try:
-        return brokers.ensure("nats")
-    except brokers.BrokerUnavailable as exc:
-        if brokers.in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    return brokers.ensure_or_skip("nats")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ TEST_OPTIONS = {"reconnect_interval": 0.3, "publish_timeout": 5.0}
 
 
 def broker_url_or_skip() -> str:
-    try:
-        return brokers.ensure("rabbitmq")
-    except brokers.BrokerUnavailable as exc:
-        if brokers.in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    return brokers.ensure_or_skip("rabbitmq")
 
 
 @pytest.fixture(scope="module")

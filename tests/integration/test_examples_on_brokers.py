@@ -27,12 +27,8 @@ KAFKA_TEST_TUNING = {"consumer.session.timeout.ms": 2000,
 
 
 def _url(name: str, private_kafka: str | None = None) -> str:
-    try:
-        url = private_kafka if name == "kafka" and private_kafka else brokers.ensure(name)
-    except brokers.BrokerUnavailable as exc:
-        if brokers.in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    url = private_kafka if name == "kafka" and private_kafka \
+        else brokers.ensure_or_skip(name)
     if name == "kafka":
         url += ("&" if "?" in url else "?") + urlencode(KAFKA_TEST_TUNING)
     return url

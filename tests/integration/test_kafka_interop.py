@@ -36,12 +36,7 @@ SENT_TIME = datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC)
 
 @pytest.fixture
 def url() -> str:
-    try:
-        return brokers.ensure("kafka")
-    except brokers.BrokerUnavailable as exc:
-        if brokers.in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    return brokers.ensure_or_skip("kafka")
 
 
 @pytest.fixture

@@ -29,12 +29,7 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture(scope="module")
 def url() -> str:
-    try:
-        return brokers.ensure("rabbitmq")
-    except brokers.BrokerUnavailable as exc:
-        if brokers.in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    return brokers.ensure_or_skip("rabbitmq")
 
 
 @pytest_asyncio.fixture
