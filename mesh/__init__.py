@@ -15,6 +15,7 @@ from mesh.config import (CapabilitiesConfig, IdempotencyConfig, MeshConfig, Retr
 from mesh.context import Context, derive_id
 from mesh.contracts import Contract, ContractRegistry, compatibility_problems
 from mesh.delivery import ConsumerStats, RetryPolicy
+from mesh.dispatch import Dispatcher
 from mesh.dlq import DeadLetters
 from mesh.errors import (ConfigError, ConnectError, ContractViolation, DataValidationError,
                          DeadLetter, DecodeError, DeliveryError, HandlerError,
@@ -23,12 +24,12 @@ from mesh.errors import (ConfigError, ConnectError, ContractViolation, DataValid
                          TransportClosed, TransportError)
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
+from mesh.options import TransportURL, build_options, parse_url, scrub, tls_context
 from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
                          StoreRegistry)
 from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
                             TransportFeatures, TransportRegistry, deliver, is_wildcard,
-                            pattern_list,
-                            pattern_matcher, redact_url, validate_pattern)
+                            pattern_list, pattern_matcher, redact_url, validate_pattern)
 
 __version__ = "0.1.0"
 
@@ -36,13 +37,14 @@ __all__ = [
     "CapabilitiesConfig", "Capability", "ConfigError", "ConnectError", "ConsumerStats",
     "Context", "Contract", "ContractRegistry", "ContractViolation", "DataValidationError",
     "DeadLetter", "DeadLetters", "DecodeError", "Delivery", "DeliveryError",
-    "DeliveryHandler", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
+    "DeliveryHandler", "Dispatcher", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
     "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
     "MeshConfig", "MeshError", "NoProvider", "PublishError", "RemoteError", "RequestError",
     "RequestTimeout", "RetryConfig", "RetryLater", "RetryPolicy", "RouteConfig",
     "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "Transport", "TransportClosed",
-    "TransportError", "TransportFeatures", "TransportRegistry", "__version__", "codec",
-    "compatibility_problems", "deliver", "derive_id", "from_a2a_skill", "from_mcp_tool", "hookimpl",
-    "is_wildcard", "pattern_list", "pattern_matcher", "redact_url", "to_a2a_skill",
-    "to_mcp_tool", "validate_pattern",
+    "TransportError", "TransportFeatures", "TransportRegistry", "TransportURL", "__version__",
+    "build_options", "codec", "compatibility_problems", "deliver", "derive_id",
+    "from_a2a_skill", "from_mcp_tool", "hookimpl", "is_wildcard", "parse_url", "pattern_list",
+    "pattern_matcher", "redact_url", "scrub", "tls_context", "to_a2a_skill", "to_mcp_tool",
+    "validate_pattern",
 ]

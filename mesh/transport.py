@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from mesh.errors import ConfigError, DecodeError, MeshError
 from mesh.event import Event
@@ -265,23 +264,27 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
 # --- URLs and the transport registry ------------------------------------------------------
 
 
+_SECRET_PARAM = re.compile(r"(?i)(pass|secret|token|key|cred)")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and errors). User
-    info without a password is masked whole: it may be a token (``nats://TOKEN@host``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        if parts.username is None:
-            return url
-        netloc = "***@" + parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """``url`` safe for logs and errors: the password is replaced by ``***``, user info
+    without a password is masked whole (it may be a token: ``nats://TOKEN@host``), and
+    so are query values whose name looks secret (``?password=``, ``?token=``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable url>" if "@" in url else url
+    rest, qmark, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if colon and user else f"***@{hosts}"
+    if query:
+        query = "&".join(
+            f"{name}=***" if _SECRET_PARAM.search(name) and value else part
+            for part in query.split("&") for name, _, value in [part.partition("=")])
+    return f"{scheme}{sep}{netloc}{slash}{path}{qmark}{query}"
 
 
 TransportFactory = Callable[[str, Mapping[str, Any]], Transport]

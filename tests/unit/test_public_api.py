@@ -20,6 +20,9 @@ PUBLIC = {
     "Capability", "from_a2a_skill", "from_mcp_tool", "to_a2a_skill", "to_mcp_tool",
     "CapabilitiesConfig", "Contract", "ContractRegistry", "compatibility_problems",
     "ContractViolation", "NoProvider", "RemoteError", "RequestError", "RequestTimeout",
+    *(PLUGIN_HELPERS := (
+        "Dispatcher", "TransportURL", "build_options", "deliver", "parse_url", "redact_url",
+        "scrub", "tls_context")),
 }
 
 
@@ -28,6 +31,15 @@ def test_all_is_exactly_the_public_api() -> None:
     assert len(mesh.__all__) == len(set(mesh.__all__))
     for name in mesh.__all__:
         assert hasattr(mesh, name), name
+
+
+def test_every_plugin_helper_is_documented_for_plugin_authors() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    missing = [name for name in PLUGIN_HELPERS if f"mesh.{name}" not in text
+               and f"`{name}`" not in text]
+    assert not missing, f"document {missing} in docs/plugins.md"
 
 
 def test_no_other_public_names_leak() -> None:

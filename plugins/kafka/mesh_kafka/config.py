@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from mesh import ConfigError, redact_url
+from mesh import build_options, parse_url
 
 ClientValue = str | int | float | bool
 _CLIENT_PREFIXES = {"client.": "client_config", "producer.": "producer_config",
@@ -96,21 +95,11 @@ class KafkaConfig(BaseModel):
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> KafkaConfig:
         """Parse ``url`` and ``options``; raise `ConfigError` naming what is wrong."""
-        scheme, sep, rest = url.partition("://")
-        if scheme.lower() != "kafka" or not sep:
-            raise ConfigError(f"{redact_url(url)!r} is not a kafka:// URL; write it as "
-                              "kafka://host:9092[,host2:9092]")
-        rest, _, query = rest.partition("?")
-        netloc = rest.split("/", 1)[0]
-        userinfo, at, hosts = netloc.rpartition("@")
-        data: dict[str, Any] = {"bootstrap_servers": hosts}
-        if at:
-            user, colon, password = userinfo.partition(":")
-            data["sasl_username"] = unquote(user)
-            if colon:
-                data["sasl_password"] = unquote(password)
-        for key, value in [*parse_qsl(query, keep_blank_values=True),
-                           *dict(options or {}).items()]:
+        parts = parse_url(url, ("kafka",), "kafka://host:9092[,host2:9092]")
+        data: dict[str, Any] = {"bootstrap_servers": ",".join(parts.addresses())}
+        if parts.username is not None:
+            data.update(sasl_username=parts.username, sasl_password=parts.password)
+        for key, value in [*parts.query.items(), *dict(options or {}).items()]:
             prefix = next((p for p in _CLIENT_PREFIXES if key.startswith(p)), None)
             if prefix is not None:
                 data.setdefault(_CLIENT_PREFIXES[prefix], {})[key[len(prefix):]] = value
@@ -118,15 +107,7 @@ class KafkaConfig(BaseModel):
                 data.setdefault(key, {}).update(value)
             else:
                 data[key] = value
-        if not hosts or any(not h.rpartition(":")[2].isdigit() for h in hosts.split(",")):
-            raise ConfigError(f"{redact_url(url)!r}: list brokers as host:port[,host:port]")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in err['loc']) or 'kafka'}: {err['msg']}"
-                        for err in exc.errors(include_input=False, include_url=False)]
-            raise ConfigError(f"invalid kafka transport options for {redact_url(url)!r}: "
-                              + "; ".join(problems)) from None
+        return build_options(cls, data, transport="kafka", url=url)
 
     # --- librdkafka dicts -------------------------------------------------------------
 

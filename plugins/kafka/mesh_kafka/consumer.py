@@ -1,38 +1,29 @@
 """One subscription: a consumer-group member polled on its own thread, handlers on the loop.
 
 Threads. librdkafka's consumer calls block, so each subscription owns a thread that
-is the only caller of the consumer: it keeps polling whatever the handlers do
-(rebalance and commit callbacks are served there, and a slow handler can never
-exceed ``max.poll.interval.ms`` and drop the member from its group), pauses and
-resumes partitions, and commits. Handlers run as tasks on the event loop. The per-partition
-offset bookkeeping is shared and guarded by one lock.
+is the only caller of the consumer: it keeps polling whatever the handlers do (so a
+slow handler never exceeds ``max.poll.interval.ms``), serves rebalance and commit
+callbacks, pauses and resumes partitions, and commits. Handlers run on the event
+loop through a `mesh.Dispatcher` (``max_in_flight``, per-key order, in-client
+retries). Offset bookkeeping is shared and guarded by one lock.
 
 Commits. Handlers finish out of order, so each partition commits the lowest offset
 not yet acked (the *watermark*): a failed or running offset N is never skipped by
 committing N+1. Commits run every ``commit_interval`` and on revocation and close.
 
-Nack. ``nack(delay)`` redelivers the record *in the client* after ``delay`` (it is
-not re-fetched); its offset stays uncommitted meanwhile, so a crash still makes
-the broker redeliver it. Later records of other keys go on; records with the same
-key wait behind it, which keeps per-key order.
+Nack. ``nack(delay)`` runs the record again *in the client* after ``delay`` (it is
+not re-fetched); its offset stays uncommitted, so a crash still makes the broker
+redeliver it. Records with the same key wait behind it (per-key order).
 
-Per-key order. Records with a key run one at a time per (topic, key), in offset
-order; records without a key run concurrently. Same key -> same partition is the
-producer's job (``partitionkey`` is the record key).
+Flow control. At most ``max_in_flight`` records are handled or waiting, and at most
+as many more wait out a nack delay; when full the thread stops taking records from
+librdkafka's bounded prefetch queue, and after a second of being full it pauses
+every assigned partition (a resumed partition is fetched again only ~1 s later).
 
-Flow control. At most ``max_in_flight`` records are handled or waiting to be, and
-at most ``max_in_flight`` more wait out a nack delay. When full, the thread stops
-taking records out of librdkafka, whose prefetch queue is bounded
-(``queued.min.messages``); full for over a second, every assigned partition is
-paused (librdkafka drops its prefetched records, stops fetching, and later resumes
-from the last record handed out), so a sustained backlog stays in the broker. The
-delay exists because a resumed partition is fetched again only about a second later.
-
-Redelivery marks. Kafka keeps no delivery count. When a member gives up partitions
-with records still unacked (close, revocation), it records "delivered below offset
-X" as the committed offsets of a companion group ``<group>.mesh-delivered``; the
-next owner reports those records with ``redeliveries >= 1``. In-client nacks count
-exactly.
+Redelivery marks. Kafka keeps no delivery count. A member giving up partitions with
+records unacked records "delivered below offset X" as committed offsets of a
+companion group ``<group>.mesh-delivered``; the next owner reports those records
+with ``redeliveries >= 1``.
 """
 
 from __future__ import annotations
@@ -43,7 +34,6 @@ import re
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,8 +47,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, Subscription,
-                  deliver)
+from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Dispatcher, Event,
+                  Subscription)
 from mesh_kafka.wire import from_record, raw_headers
 
 log = logging.getLogger("mesh_kafka")
@@ -91,10 +81,10 @@ class _Partition:
 class _Record:
     """A fetched record and its in-client delivery attempts."""
 
-    __slots__ = ("attempts", "done", "key", "message", "part")
+    __slots__ = ("attempts", "key", "message", "part")
 
     def __init__(self, part: _Partition, message: Message) -> None:
-        self.part, self.message, self.attempts, self.done = part, message, 0, False
+        self.part, self.message, self.attempts = part, message, 0
         key = message.key()
         self.key = None if key is None else (part.key[0], key)
 
@@ -119,17 +109,17 @@ class KafkaDelivery(Delivery):
         return raw_headers(message.headers()), message.value() or b""
 
     async def _ack(self) -> None:
-        self._sub.finish(self._record, acked=True)
+        self._sub.acked(self._record)
 
     async def _unhandled(self, cancelled: bool) -> None:
         if cancelled:  # cancelled by close: not acked, the group's next owner gets it
             self._settled = True
-            self._sub._drop(self._record)
         else:
             await super()._unhandled(cancelled)
 
     async def _nack(self, delay: float) -> None:
-        self._sub.redeliver(self._record, delay)
+        if not self._record.part.revoked:   # else dropped: its next owner redelivers it
+            self._sub.pool.retry(self._record, delay)
 
 
 class KafkaSubscription(Subscription):
@@ -153,16 +143,11 @@ class KafkaSubscription(Subscription):
                                         name=f"mesh-kafka-{self._group}")
         self._received = 0          # written by the thread only
         self._finished = 0          # written by the loop only
-        self._delayed = 0           # written by the loop only
         self._paused = False        # thread only
         self._full_since: float | None = None   # thread only
         self._assigned_once = False  # set before the thread starts, then thread only
-        # loop only
-        self._ready: deque[_Record] = deque()
-        self._behind: dict[Any, deque[_Record]] = {}   # busy key -> records waiting for it
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: dict[_Record, asyncio.TimerHandle] = {}
-        self._closing = False
+        self.pool: Dispatcher[_Record] = Dispatcher(handler, self._max, self._attempt,
+                                                    on_done=self._done)
         self._closed: asyncio.Task[None] | None = None
         self._assigned: asyncio.Future[None] = self._loop.create_future()
 
@@ -197,20 +182,8 @@ class KafkaSubscription(Subscription):
         await asyncio.shield(self._closed)
 
     async def _shutdown(self, timeout: float) -> None:
-        self._closing = True
-        for record in [*self._ready, *(r for q in self._behind.values() for r in q)]:
-            self._drop(record)
-        for record, timer in list(self._timers.items()):
-            timer.cancel()
-            self._drop(record)
-        self._ready.clear()
-        self._behind.clear()
-        self._timers.clear()
-        if self._tasks and timeout > 0:
-            await asyncio.wait(self._tasks, timeout=timeout)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pool.stop()   # records not running stay uncommitted: the next owner gets them
+        await self.pool.drain(timeout)
         self._stop.set()
         await asyncio.to_thread(self._thread.join)
         if self._broadcast:   # a broadcast group is this subscriber's alone
@@ -229,75 +202,21 @@ class KafkaSubscription(Subscription):
 
     def _arrive(self, records: list[_Record]) -> None:
         for record in records:
-            if record.key is None:
-                self._ready.append(record)
-            elif record.key in self._behind:
-                self._behind[record.key].append(record)
-            else:
-                self._behind[record.key] = deque()
-                self._ready.append(record)
-        self._dispatch()
+            self.pool.submit(record, record.key)
 
-    def _dispatch(self) -> None:
-        while self._ready and len(self._tasks) < self._max and not self._closing:
-            record = self._ready.popleft()
-            if record.part.revoked:    # the partition moved on: its next owner has it
-                self._settle(record, acked=False)
-                continue
-            record.attempts += 1
-            offset = record.message.offset() or 0
-            record.part.handed = max(record.part.handed, offset + 1)
-            task = asyncio.create_task(self._run(KafkaDelivery(self, record)))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+    def _attempt(self, record: _Record) -> KafkaDelivery | None:
+        if record.part.revoked:    # the partition moved on: its next owner has it
+            return None
+        record.attempts += 1
+        record.part.handed = max(record.part.handed, (record.message.offset() or 0) + 1)
+        return KafkaDelivery(self, record)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._dispatch()
+    def acked(self, record: _Record) -> None:
+        with self._lock:
+            record.part.pending.discard(record.message.offset() or 0)
 
-    async def _run(self, delivery: KafkaDelivery) -> None:
-        await deliver(self._handler, delivery)
-
-    def finish(self, record: _Record, acked: bool) -> None:
-        self._settle(record, acked)
-        self._dispatch()
-
-    def _settle(self, record: _Record, acked: bool) -> None:
-        """The record is done here: acked (committable) or dropped (left uncommitted)."""
-        if record.done:
-            return
-        record.done = True
-        if acked:
-            with self._lock:
-                record.part.pending.discard(record.message.offset() or 0)
+    def _done(self, record: _Record) -> None:
         self._finished += 1
-        if record.key is not None:
-            behind = self._behind.get(record.key)
-            if behind:
-                self._ready.append(behind.popleft())
-            else:
-                self._behind.pop(record.key, None)
-
-    def _drop(self, record: _Record) -> None:
-        self.finish(record, acked=False)
-
-    def redeliver(self, record: _Record, delay: float) -> None:
-        if record.done:
-            return
-        if self._closing or record.part.revoked:
-            self._drop(record)
-        elif delay <= 0:
-            self._ready.appendleft(record)
-            self._dispatch()
-        else:
-            self._delayed += 1
-            self._timers[record] = self._loop.call_later(delay, self._due, record)
-
-    def _due(self, record: _Record) -> None:
-        del self._timers[record]
-        self._delayed -= 1
-        self._ready.appendleft(record)
-        self._dispatch()
 
     # --- the poll thread ----------------------------------------------------------------
 
@@ -360,8 +279,9 @@ class KafkaSubscription(Subscription):
 
     def _flow(self, consumer: Consumer) -> int:
         """Pause after being full for `_PAUSE_AFTER` s, resume when not full; return room."""
-        room = self._max - (self._received - self._finished - self._delayed)
-        full = room <= 0 or self._delayed >= self._max
+        delayed = self.pool.delayed
+        room = self._max - (self._received - self._finished - delayed)
+        full = room <= 0 or delayed >= self._max
         now = time.monotonic()
         self._full_since = (self._full_since or now) if full else None
         pause = self._full_since is not None and now - self._full_since >= _PAUSE_AFTER
@@ -409,8 +329,6 @@ class KafkaSubscription(Subscription):
             self._admin_call(self._admin.alter_consumer_group_offsets,
                              [ConsumerGroupTopicPartitions(self._marks_group, marks)],
                              request_timeout=_ADMIN_TIMEOUT)
-        if parts:
-            self._call(self._dispatch)   # drop queued records of the revoked partitions
 
     def _commit(self, consumer: Consumer, parts: list[_Partition], wait: bool = False) -> None:
         with self._lock:

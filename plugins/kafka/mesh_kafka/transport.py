@@ -26,22 +26,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports
 
-from mesh import (
-    ConfigError,
-    ConnectError,
-    DeliveryHandler,
-    Event,
-    MeshError,
-    PublishError,
-    Subscription,
-    Transport,
-    TransportClosed,
-    TransportError,
-    TransportFeatures,
-    pattern_list,
-    pattern_matcher,
-    redact_url,
-)
+from mesh import (ConfigError, ConnectError, DeliveryHandler, Event, MeshError, PublishError,
+                  Subscription, Transport, TransportClosed, TransportError, TransportFeatures,
+                  pattern_list, pattern_matcher, redact_url, scrub)
 from mesh_kafka.config import KafkaConfig
 from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on
 from mesh_kafka.naming import group_id_for, subscription_for, topic_for
@@ -72,7 +59,7 @@ class KafkaTransport(Transport):
         self._poller: threading.Thread | None = None
         self._polling = self._fatal = False
         self._topics: set[str] = set()
-        self._creating: dict[str, asyncio.Future[None]] = {}
+        self._creating = asyncio.Lock()
         self._subs: set[KafkaSubscription] = set()
         self._closing: asyncio.Task[None] | None = None
 
@@ -151,15 +138,12 @@ class KafkaTransport(Transport):
     def _scrub(self, exc: BaseException) -> str:
         err = exc.args[0] if exc.args else None
         text = err.str() if isinstance(err, KafkaError) else str(exc)
-        for secret in (self.config.sasl_password, self.config.ssl_key_password):
-            if secret is not None and secret.get_secret_value():
-                text = text.replace(secret.get_secret_value(), "***")
-        return text
+        return scrub(text, self.config.sasl_password, self.config.ssl_key_password)
 
     # --- publishing ------------------------------------------------------------------------
 
     async def publish(self, channel: str, event: Event) -> None:
-        await (await self._send(channel, event))
+        await self.publish_batch([(channel, event)])
 
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
         """Produce every record, then wait once for the whole batch: one delivery-report
@@ -167,13 +151,16 @@ class KafkaTransport(Transport):
         (not a future and a ``call_soon_threadsafe`` per record)."""
         if not items:
             return
+        producer = self._clients()[0]
         topics = [topic_for(channel) for channel, _ in items]
-        await self._ensure_topics(set(topics), PublishError)
+        if not self._topics.issuperset(topics):
+            await self._ensure_topics(set(topics), PublishError)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         batch = _Batch(loop, done, len(items))
         for topic, (_, event) in zip(topics, items, strict=True):
-            producer = await self._replace_producer() if self._fatal else self._clients()[0]
+            if self._fatal:
+                producer = await self._replace_producer()
             try:
                 record = to_record(event)
             except MeshError:
@@ -193,75 +180,28 @@ class KafkaTransport(Transport):
                                        f"{self._scrub(exc)}") from None
         await done
         if batch.errors:
-            raise PublishError(f"{len(batch.errors)} of {len(items)} events were not "
+            raise PublishError(batch.errors[0] if len(items) == 1 else
+                               f"{len(batch.errors)} of {len(items)} events were not "
                                f"confirmed; first error: {batch.errors[0]}")
-
-    async def _send(self, channel: str, event: Event) -> asyncio.Future[None]:
-        """Hand one record to librdkafka; the future resolves with its delivery report."""
-        self._clients()
-        topic = topic_for(channel)
-        if topic not in self._topics:
-            await self._ensure_topics({topic}, PublishError)
-        producer = await self._replace_producer() if self._fatal else self._clients()[0]
-        try:
-            record = to_record(event)
-        except MeshError:
-            raise
-        except Exception as exc:
-            raise PublishError(f"cannot encode event {event.id}: {exc}") from None
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def report(error: KafkaError | None, _: Message) -> None:
-            try:
-                loop.call_soon_threadsafe(_resolve, future, topic, error)
-            except RuntimeError:
-                pass
-        headers: list[tuple[str, str | bytes | None]] = list(record.headers.items())
-        while True:
-            try:
-                producer.produce(topic, value=record.value, key=record.key, headers=headers,
-                                 on_delivery=report)
-                return future
-            except BufferError:   # local queue full: let the poll thread drain it
-                await asyncio.sleep(0.005)
-            except KafkaException as exc:
-                raise PublishError(f"cannot publish to {topic}: {self._scrub(exc)}") from None
 
     # --- topics --------------------------------------------------------------------------
 
     async def _ensure_topics(self, topics: set[str], error: type[TransportError]) -> None:
-        """Create missing topics (``partitions``, ``replication_factor``) once per transport."""
+        """Create missing topics (``partitions``, ``replication_factor``) once per transport;
+        one creation at a time (it is rare), so concurrent callers never race on a topic."""
         _, admin = self._clients()
-        missing = topics - self._topics
-        if not missing:
-            return
-        if not self.config.create_topics:
-            self._topics |= missing
-            return
-        loop = asyncio.get_running_loop()
-        new = sorted(t for t in missing if t not in self._creating)
-        waits = [self._creating[t] for t in missing if t in self._creating]
-        for topic in new:
-            self._creating[topic] = loop.create_future()
-        if new:
-            try:
-                failures = await asyncio.to_thread(self._create, admin, new)
-            except KafkaException as exc:
-                failures = dict.fromkeys(new, self._scrub(exc))
-            for topic in new:
-                future = self._creating.pop(topic)
-                if topic in failures:
-                    future.set_exception(error(f"cannot create topic {topic}: "
-                                               f"{failures[topic]}"))
-                    future.exception()   # retrieved: concurrent waiters still see it
-                else:
-                    self._topics.add(topic)
-                    future.set_result(None)
-            if failures:
-                topic = sorted(failures)[0]
-                raise error(f"cannot create topic {topic}: {failures[topic]}")
-        await asyncio.gather(*waits)
+        async with self._creating:
+            missing = sorted(topics - self._topics)
+            failures: dict[str, str] = {}
+            if missing and self.config.create_topics:
+                try:
+                    failures = await asyncio.to_thread(self._create, admin, missing)
+                except KafkaException as exc:
+                    failures = dict.fromkeys(missing, self._scrub(exc))
+            self._topics.update(t for t in missing if t not in failures)
+        if failures:
+            topic = min(failures)
+            raise error(f"cannot create topic {topic}: {failures[topic]}")
 
     def _create(self, admin: AdminClient, topics: list[str]) -> dict[str, str]:
         futures = admin.create_topics(
@@ -359,7 +299,8 @@ class _Batch:
 
     def report(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
-            self.errors.append(f"{message.topic()}: {error.str()}")
+            self.errors.append(f"Kafka did not confirm the event on {message.topic()}: "
+                               f"{error.str()}")
         with self._lock:
             self._left -= 1
             last = self._left == 0
@@ -373,16 +314,6 @@ class _Batch:
 def _finish(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _resolve(future: asyncio.Future[None], topic: str, error: KafkaError | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(PublishError(f"Kafka did not confirm the event on {topic}: "
-                                          f"{error.str()}"))
 
 
 def _delete_topics(admin: AdminClient, topics: list[str], timeout: float) -> None:

@@ -2,9 +2,9 @@
 
 ``nats://[user:password@|token@]host[:port][,host[:port]...][?option=value&...]``;
 ``options`` (the mapping given next to the URL in the mesh config) override query
-parameters. Credentials are `SecretStr` and the parsed server list carries none,
-so nothing secret reaches a repr, a log line or an error. Every bad value raises
-`mesh.ConfigError` naming the option and the fix (never echoing the value).
+parameters. Credentials are `SecretStr` and the parsed server list carries none;
+parsing and validation use `mesh.parse_url` and `mesh.build_options`, so no
+secret reaches a repr, a log line or an error.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from mesh import ConfigError
+from mesh import ConfigError, build_options, parse_url, redact_url
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TOKEN = re.compile(r"[^\s.*>]+")
@@ -80,59 +79,18 @@ class NatsConfig(BaseModel):
         return subject[len(self.subject_prefix) + 1:]
 
 
-_FIELDS = set(NatsConfig.model_fields) - {"servers"}
-
-
-def safe_url(url: str) -> str:
-    """``scheme://host,...`` of ``url`` with user info masked and the query dropped:
-    NATS puts tokens before '@' without a ':' (which `mesh.redact_url` would show),
-    and the query may hold ``password=``."""
-    scheme, sep, rest = url.partition("://")
-    netloc = re.split(r"[/?]", rest, maxsplit=1)[0]
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{scheme}{sep}{netloc}"
-
-
 def parse(url: str, options: Mapping[str, Any] | None = None) -> NatsConfig:
-    """Build a `NatsConfig` from a ``nats://`` URL and an options mapping."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("nats", "tls"):
-        raise ConfigError(f"NATS transport URL {safe_url(url)!r} must look like "
-                          "nats://host:4222[,host2:4222][?stream=MESH]")
-    values: dict[str, Any] = {"tls": True} if "tls://" in url.lower() else {}
-    rest = re.sub(r"(?<=,)(nats|tls)://", "", rest, flags=re.IGNORECASE)  # nats://a,nats://b
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    if path.strip("/"):
-        raise ConfigError(f"NATS URL {safe_url(url)!r} has a path; NATS URLs have none, "
+    """Build a `NatsConfig` from a ``nats://`` (or ``tls://``) URL and an options mapping."""
+    parts = parse_url(url, ("nats", "tls"), "nats://host:4222[,host2:4222][?stream=MESH]")
+    if parts.path.strip("/"):
+        raise ConfigError(f"NATS URL {redact_url(url)!r} has a path; NATS URLs have none, "
                           "put settings in the query: nats://host:4222?stream=MESH")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and userinfo:
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            values.update(user=unquote(user), password=unquote(password))
-        else:
-            values["token"] = unquote(user)
-    servers = []
-    for host in hosts.split(","):
-        host = host.strip()
-        if not host:
-            raise ConfigError(f"NATS URL {safe_url(url)!r} has an empty host; "
-                              "write nats://host:4222 or nats://a:4222,b:4222")
-        if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/@\[\]]+)(:\d{1,5})?", host):
-            raise ConfigError(f"NATS URL host {host!r} is not host or host:port")
-        servers.append("nats://" + (host if re.search(r":\d+$", host) else host + ":4222"))
-    values.update(parse_qsl(query, keep_blank_values=True))
+    values: dict[str, Any] = {"tls": True} if parts.scheme == "tls" else {}
+    if parts.password is not None:
+        values.update(user=parts.username, password=parts.password)
+    elif parts.username:
+        values["token"] = parts.username
+    values.update(parts.query)
     values.update(options or {})
-    unknown = sorted(set(values) - _FIELDS - {"servers"})
-    if unknown:
-        raise ConfigError(f"unknown NATS transport option(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(sorted(_FIELDS))}")
-    try:
-        return NatsConfig(servers=servers, **values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                             for err in exc.errors(include_input=False, include_url=False))
-        raise ConfigError(f"invalid NATS transport option(s) for {safe_url(url)}: "
-                          f"{problems} (see docs/transports/nats.md)") from None
+    values["servers"] = ["nats://" + address for address in parts.addresses(4222)]
+    return build_options(NatsConfig, values, transport="NATS", url=url)

@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,8 +35,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
 
-from mesh import (Delivery, DeliveryError, DeliveryHandler, Event, MeshError, Subscription, codec,
-                  pattern_matcher)
+from mesh import (Delivery, DeliveryError, DeliveryHandler, Dispatcher, Event, MeshError,
+                  Subscription, codec, pattern_matcher)
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig
 
@@ -110,15 +109,15 @@ class NatsSubscription(Subscription):
                  handler: DeliveryHandler, max_in_flight: int,
                  on_close: Callable[[NatsSubscription], Awaitable[None]],
                  recreate: Callable[[str, str], Awaitable[None]] | None) -> None:
-        self._nc, self._cfg, self._handler = nc, config, handler
+        self._nc, self._cfg = nc, config
         self._max = max_in_flight
         self._on_close, self._recreate = on_close, recreate
         self.consumers = [name for name, _ in consumers]
         self._pulls = [_Pull(name, pattern, [pattern_matcher(p) for _, p in consumers[:i]])
                        for i, (name, pattern) in enumerate(consumers)]
-        self._running: dict[asyncio.Task[None], NatsDelivery] = {}
-        self._backlog: deque[NatsDelivery] = deque()
         self._wake = asyncio.Event()
+        self._pool: Dispatcher[NatsDelivery] = Dispatcher(
+            handler, max_in_flight, lambda delivery: delivery, on_done=lambda _: self._wake.set())
         self._pump_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -194,37 +193,7 @@ class NatsSubscription(Subscription):
         except Exception as exc:  # reply is not a JetStream ack subject: not ours to handle
             log.warning("ignoring a non-JetStream message on %s: %s", msg.subject, exc)
             return
-        if len(self._running) < self._max:
-            self._start(delivery)
-        else:
-            self._backlog.append(delivery)
-
-    # --- handling -------------------------------------------------------------------
-
-    def _start(self, delivery: NatsDelivery) -> None:
-        task = asyncio.create_task(self._run(delivery))
-        self._running[task] = delivery
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        if self._backlog and not self._closing:
-            self._start(self._backlog.popleft())
-        self._wake.set()
-
-    async def _run(self, delivery: NatsDelivery) -> None:
-        try:
-            await self._handler(delivery)
-        except asyncio.CancelledError:
-            if not delivery.settled:  # cancelled by close(): give it back, never ack
-                with contextlib.suppress(MeshError):
-                    await delivery.nack()
-            raise
-        except Exception:
-            log.exception("handler failed on channel %s; redelivering", delivery.channel)
-        if not delivery.settled:
-            with contextlib.suppress(MeshError):
-                await delivery.nack()
+        self._pool.submit(delivery)
 
     # --- the pump -------------------------------------------------------------------
 
@@ -245,7 +214,7 @@ class NatsSubscription(Subscription):
         for pull in self._pulls:
             if pull.token and pull.deadline < now:
                 pull.end()
-        free = self._max - len(self._running) - len(self._backlog)
+        free = self._max - self._pool.load
         if free <= 0:
             return
         idle = [pull for pull in self._pulls if not pull.token and pull.resume <= now]
@@ -267,7 +236,7 @@ class NatsSubscription(Subscription):
 
     async def _heartbeat(self, now: float) -> None:
         """Keep long handlers' messages from redelivery: ``+WPI`` past half of ack_wait."""
-        for delivery in [*self._running.values(), *self._backlog]:
+        for delivery in self._pool.items():
             if not delivery.settled and now - delivery.progressed > self._cfg.ack_wait / 2:
                 with contextlib.suppress(MeshError):
                     await delivery.in_progress()
@@ -315,6 +284,7 @@ class NatsSubscription(Subscription):
             return
         self._closing = True
         self._gate.clear()
+        backlog = self._pool.stop()
         try:
             if self._pump_task is not None:
                 self._pump_task.cancel()
@@ -332,15 +302,10 @@ class NatsSubscription(Subscription):
             for msg in self._returned:
                 with contextlib.suppress(Exception):
                     await msg.nak()
-            while self._backlog:
+            for delivery in backlog:
                 with contextlib.suppress(MeshError):
-                    await self._backlog.popleft().nack()
-            tasks = list(self._running)
-            if tasks and timeout > 0:
-                await asyncio.wait(tasks, timeout=timeout)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                    await delivery.nack()
+            await self._pool.drain(timeout)
             await self._on_close(self)
         finally:
             self._gate.set()

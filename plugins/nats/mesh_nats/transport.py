@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -34,11 +33,11 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
                          StorageType, StreamConfig)
 from nats.js.errors import NotFoundError
 
-from mesh import (ConfigError, ConnectError, DeliveryHandler, Event, PublishError, Subscription,
-                  Transport, TransportClosed, TransportError, TransportFeatures, codec,
-                  pattern_list, validate_pattern)
+from mesh import (ConnectError, DeliveryHandler, Event, PublishError, Subscription, Transport,
+                  TransportClosed, TransportError, TransportFeatures, codec, pattern_list,
+                  redact_url, tls_context, validate_pattern)
 from mesh_nats import binding
-from mesh_nats.config import NatsConfig, parse, safe_url
+from mesh_nats.config import NatsConfig, parse
 from mesh_nats.consumer import NatsSubscription
 from mesh_nats.naming import check_channel, consumer_name, covers, msg_id
 
@@ -57,7 +56,7 @@ class NatsTransport(Transport):
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config: NatsConfig = parse(url, options)
-        self._where = safe_url(url)
+        self._where = redact_url(url).partition("?")[0]
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._subs: set[NatsSubscription] = set()
@@ -88,14 +87,7 @@ class NatsTransport(Transport):
         if cfg.nkey is not None:
             opts["nkeys_seed"] = cfg.nkey
         if cfg.tls or cfg.tls_ca_file or cfg.tls_cert_file:
-            try:
-                context = ssl.create_default_context(cafile=cfg.tls_ca_file)
-                if cfg.tls_cert_file:
-                    context.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"NATS TLS files (tls_ca_file/tls_cert_file/tls_key_file) "
-                                  f"could not be loaded: {exc}") from None
-            opts["tls"] = context
+            opts["tls"] = tls_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
             if cfg.tls_hostname:
                 opts["tls_hostname"] = cfg.tls_hostname
         return opts

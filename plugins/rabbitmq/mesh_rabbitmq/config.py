@@ -12,11 +12,10 @@ import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from mesh import ConfigError, redact_url
+from mesh import ConfigError, build_options, parse_url, redact_url, tls_context
 
 #: Names pamqp accepts for exchanges and queues (RabbitMQ itself is more lenient).
 AMQP_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]{1,200}")
@@ -68,40 +67,25 @@ class RabbitMQConfig(BaseModel):
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> RabbitMQConfig:
         """Parse ``url`` and ``options``; raises `ConfigError` naming the bad option."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            raise ConfigError(f"RabbitMQ URL {redact_url(url)!r} is malformed; write it as "
-                              "amqp://user:password@host:5672/vhost") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("amqp", "amqps"):
-            raise ConfigError(f"RabbitMQ URL scheme must be amqp:// or amqps://, got {scheme!r}")
-        values: dict[str, Any] = {"tls": scheme == "amqps",
-                                  "port": port or (5671 if scheme == "amqps" else 5672)}
-        if parts.hostname:
-            values["host"] = parts.hostname
+        parts = parse_url(url, ("amqp", "amqps"), "amqp://user:password@host:5672/vhost")
+        if len(parts.hosts) > 1:
+            raise ConfigError(f"RabbitMQ URL {redact_url(url)!r} names several hosts; give "
+                              "one (put a load balancer in front of a cluster)")
+        host, port = parts.hosts[0] if parts.hosts else ("", None)
+        tls = parts.scheme == "amqps"
+        values: dict[str, Any] = {"tls": tls, "port": port or (5671 if tls else 5672)}
+        if host:
+            values["host"] = host
         if parts.username is not None:
-            values["username"] = unquote(parts.username)
+            values["username"] = parts.username
         if parts.password is not None:
-            values["password"] = unquote(parts.password)
-        if parts.path not in ("", "/"):
-            values["vhost"] = unquote(parts.path[1:])
-        given = {**dict(parse_qsl(parts.query, keep_blank_values=True)), **options}
+            values["password"] = parts.password
+        if parts.path:
+            values["vhost"] = parts.path
+        given = {**parts.query, **options}
         if "tls" in given:
             raise ConfigError("TLS is chosen by the URL scheme: use amqps:// (not tls=...)")
-        values.update(given)
-        unknown = sorted(set(values) - set(cls.model_fields))
-        if unknown:
-            raise ConfigError(f"unknown RabbitMQ transport option(s) {', '.join(unknown)}; "
-                              f"known options: {', '.join(sorted(cls.model_fields))}")
-        try:
-            config = cls(**values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                                 for err in exc.errors())
-            raise ConfigError(f"invalid RabbitMQ transport option(s) for "
-                              f"{redact_url(url)}: {problems}") from None
+        config = build_options(cls, {**values, **given}, transport="RabbitMQ", url=url)
         config._check()
         return config
 
@@ -121,18 +105,5 @@ class RabbitMQConfig(BaseModel):
 
 def ssl_context(config: RabbitMQConfig) -> ssl.SSLContext:
     """The TLS context for amqps (reads files: call it off the event loop)."""
-    try:
-        context = ssl.create_default_context(cafile=config.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls_ca_file {config.tls_ca_file!r} is not a readable PEM CA "
-                          f"bundle: {exc}") from None
-    if config.tls_cert_file:
-        try:
-            context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"tls_cert_file/tls_key_file could not be loaded (PEM "
-                              f"certificate and unencrypted key expected): {exc}") from None
-    if not config.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return tls_context(config.tls_ca_file, config.tls_cert_file, config.tls_key_file,
+                       verify=config.tls_verify)

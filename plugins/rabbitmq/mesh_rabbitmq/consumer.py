@@ -2,8 +2,8 @@
 
 Flow control is the channel's prefetch (``basic.qos`` = ``max_in_flight``): the
 broker stops sending while that many messages are unacked, so events wait in
-RabbitMQ, not in memory. A semaphore bounds concurrent handler calls to the same
-number even across a reconnect, when handlers of the old channel may still run.
+RabbitMQ, not in memory. A `mesh.Dispatcher` bounds concurrent handler calls to the
+same number even across a reconnect, when handlers of the old channel may still run.
 
 Settling maps onto AMQP 0-9-1 like this (RabbitMQ >= 4.3 counts only *failed*
 deliveries in ``x-delivery-count`` and against ``x-delivery-limit``):
@@ -32,7 +32,7 @@ from typing import Any, Literal
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from cloudevents.core.bindings import rabbitmq
 
-from mesh import Delivery, DeliveryHandler, Event, Subscription, codec, deliver
+from mesh import Delivery, DeliveryHandler, Dispatcher, Event, Subscription, codec
 
 log = logging.getLogger("mesh_rabbitmq")
 
@@ -120,13 +120,10 @@ class RabbitMQSubscription(Subscription):
     def __init__(self, channel: AbstractRobustChannel, queue: AbstractQueue,
                  handler: DeliveryHandler, max_in_flight: int, *, exclusive: bool) -> None:
         self.channel, self.queue, self.exclusive = channel, queue, exclusive
-        self._handler = handler
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._waiting: set[asyncio.Task[Any]] = set()
-        self._running: set[asyncio.Task[Any]] = set()
+        self._pool: Dispatcher[AbstractIncomingMessage] = Dispatcher(
+            handler, max_in_flight, lambda message: RabbitMQDelivery(message, self))
         self._timers: set[asyncio.Task[None]] = set()
         self._tag: str | None = None
-        self._closed = False
         self._closing: asyncio.Task[None] | None = None
         self.on_closed: Callable[[RabbitMQSubscription], None] | None = None
 
@@ -135,28 +132,10 @@ class RabbitMQSubscription(Subscription):
         self._tag = await self.queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closed:
+        if self._pool.stopped:
             await settle(message, "nack")
-            return
-        self._waiting.add(task)
-        try:
-            await self._slots.acquire()
-        except asyncio.CancelledError:
-            await settle(message, "nack")
-            raise
-        finally:
-            self._waiting.discard(task)
-        self._running.add(task)
-        try:
-            await self._handle(RabbitMQDelivery(message, self))
-        finally:
-            self._running.discard(task)
-            self._slots.release()
-
-    async def _handle(self, delivery: RabbitMQDelivery) -> None:
-        await deliver(self._handler, delivery)
+        else:
+            self._pool.submit(message)
 
     def requeue_later(self, message: AbstractIncomingMessage, delay: float) -> None:
         """Hold ``message`` unacked for ``delay`` seconds, then give it back."""
@@ -175,7 +154,7 @@ class RabbitMQSubscription(Subscription):
         await asyncio.shield(self._closing)
 
     async def _close(self, timeout: float) -> None:
-        self._closed = True
+        waiting = self._pool.stop()
         # cancelling also stops aio-pika restoring the consumer after a reconnect; while
         # the connection is down it cannot reach the broker, so do not wait for that
         wait = 0.05 if self.channel.is_closed else OP_TIMEOUT
@@ -183,15 +162,12 @@ class RabbitMQSubscription(Subscription):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(wait):
                     await self.queue.cancel(self._tag)
-        waiting, running = list(self._waiting), list(self._running)
-        for task in waiting:
-            task.cancel()
-        if running and timeout > 0:
-            await asyncio.wait(running, timeout=timeout)
+        await asyncio.gather(*(settle(message, "nack") for message in waiting))
+        await self._pool.drain(timeout)
         timers = list(self._timers)
-        for task in (*running, *timers):
+        for task in timers:
             task.cancel()
-        await asyncio.gather(*waiting, *running, *timers, return_exceptions=True)
+        await asyncio.gather(*timers, return_exceptions=True)
         wait = 0.05 if self.channel.is_closed else OP_TIMEOUT
         if self.exclusive:
             with contextlib.suppress(Exception):

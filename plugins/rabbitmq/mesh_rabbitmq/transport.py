@@ -28,9 +28,9 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed, DeliveryError
 from cloudevents.core.bindings import rabbitmq
 
-from mesh import DeliveryHandler, Event, Subscription, Transport, TransportFeatures, codec
-from mesh import pattern_list
-from mesh.errors import ConfigError, ConnectError, MeshError, PublishError, TransportClosed
+from mesh import (ConfigError, ConnectError, DeliveryHandler, Event, MeshError, PublishError,
+                  Subscription, Transport, TransportClosed, TransportFeatures, codec,
+                  pattern_list, scrub)
 from mesh_rabbitmq import topology
 from mesh_rabbitmq.config import RabbitMQConfig, ssl_context
 from mesh_rabbitmq.consumer import OP_TIMEOUT, RabbitMQSubscription
@@ -70,9 +70,7 @@ class RabbitMQTransport(Transport):
         return f"RabbitMQTransport({self.config.redacted!r}, exchange={self.config.exchange!r})"
 
     def _scrub(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
-        secret = self.config.password.get_secret_value()
-        return text.replace(secret, "***") if secret else text
+        return scrub(f"{type(exc).__name__}: {exc}", self.config.password)
 
     # --- lifecycle --------------------------------------------------------------------
 
