@@ -110,22 +110,21 @@ class Dispatcher(Generic[T]):
 
     def retry(self, item: T, delay: float = 0.0) -> bool:
         """Run ``item`` again after ``delay`` seconds, before items that never ran; it
-        keeps its key. Call it while the item's attempt runs (from its delivery's nack).
-        Returns False after `stop`: the item then finishes when its attempt ends."""
+        keeps its key. Call it while the item's attempt runs (from its delivery's nack):
+        the next attempt never starts before this one ended. Returns False after
+        `stop`: the item then finishes when its attempt ends."""
         if self._stopped:
             return False
         self._again.add(item)
         if delay > 0:
             self._timers[item] = asyncio.get_running_loop().call_later(delay, self._due, item)
-        else:
-            self._queue.appendleft(item)
-            self._fill()
         return True
 
     def _due(self, item: T) -> None:
         del self._timers[item]
-        self._queue.appendleft(item)
-        self._fill()
+        if item not in self._again:   # else its attempt still runs: `_ended` queues it
+            self._queue.appendleft(item)
+            self._fill()
 
     def _fill(self) -> None:
         queue, running = self._queue, self._running
@@ -143,6 +142,10 @@ class Dispatcher(Generic[T]):
         item, _ = self._running.pop(task)
         if item in self._again:
             self._again.discard(item)
+            if self._stopped:
+                self._finish(item)
+            elif item not in self._timers:   # due already (or no delay): next in line
+                self._queue.appendleft(item)
         else:
             self._finish(item)
         self._fill()
@@ -165,10 +168,11 @@ class Dispatcher(Generic[T]):
 
     def stop(self) -> list[T]:
         """Start nothing more; return the items that are not running (queued, behind a
-        key, waiting out a retry delay) and forget them. Idempotent (later calls return
-        what arrived since)."""
+        key, waiting out a retry delay) and forget them. An item whose attempt still
+        runs is not returned, even with a retry scheduled: it finishes when the attempt
+        ends. Idempotent (later calls return what arrived since)."""
         self._stopped = True
-        left = self.waiting()
+        left = [item for item in self.waiting() if item not in self._again]
         for timer in self._timers.values():
             timer.cancel()
         self._queue.clear()

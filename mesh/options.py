@@ -42,7 +42,7 @@ class TransportURL:
 
     scheme: str
     hosts: tuple[tuple[str, int | None], ...]
-    username: str | None = None
+    username: str | None = field(default=None, repr=False)   # may be a token
     password: SecretStr | None = field(default=None, repr=False)
     path: str = ""
     query: dict[str, str] = field(default_factory=dict)
@@ -85,8 +85,9 @@ def parse_url(url: str, schemes: tuple[str, ...], example: str) -> TransportURL:
         if not raw:
             raise ConfigError(f"{shown!r} has an empty host; write the URL as {example}")
         match = _HOST.fullmatch(raw)
-        if not match:
-            raise ConfigError(f"{shown!r}: host {raw!r} is not host or host:port; write the "
+        if not match:   # name the host only when no user info could have leaked into it
+            host = "a host" if "@" in url else f"host {raw!r}"
+            raise ConfigError(f"{shown!r}: {host} is not host or host:port; write the "
                               f"URL as {example}")
         port = int(match.group(2)) if match.group(2) else None
         if port is not None and not 0 < port < 65536:

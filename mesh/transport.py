@@ -270,16 +270,20 @@ _SECRET_PARAM = re.compile(r"(?i)(pass|secret|token|key|cred)")
 def redact_url(url: str) -> str:
     """``url`` safe for logs and errors: the password is replaced by ``***``, user info
     without a password is masked whole (it may be a token: ``nats://TOKEN@host``), and
-    so are query values whose name looks secret (``?password=``, ``?token=``)."""
+    so are query values whose name looks secret (``?password=``, ``?token=``). Everything
+    before the last ``@`` counts as user info, so an unencoded ``/``, ``?`` or ``@`` in a
+    password is masked too (at worst more is masked than needed)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return "<unparseable url>" if "@" in url else url
-    rest, qmark, query = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
+        return "<unparseable url>" if "@" in url else redact_url("x://" + url)[4:]
+    userinfo, at, rest = rest.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hosts}" if colon and user else f"***@{hosts}"
+        scheme += sep + (f"{user}:***@" if colon and user and "/" not in user
+                         and "?" not in user else "***@")
+        sep = ""
+    rest, qmark, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
     if query:
         query = "&".join(
             f"{name}=***" if _SECRET_PARAM.search(name) and value else part
