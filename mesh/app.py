@@ -71,11 +71,13 @@ class HandlerSpec:
     dead_letters: bool = False
 
 
-def _invoker(func: Callable[..., Awaitable[Any]]) -> tuple[Invoker, bool]:
+def _adapt(func: Callable[..., Awaitable[Any]]
+           ) -> tuple[Invoker, bool, Callable[[Event], Awaitable[Any]] | None]:
     """Adapt a handler's signature once, at registration: (event|model[, ctx]).
 
-    Returns the adapted callable and whether the handler takes a Context (the mesh
-    builds one per delivery only then)."""
+    Returns the adapted callable, whether the handler takes a Context (the mesh
+    builds one per delivery only then), and ``func`` itself when it takes just the
+    `Event` (the consumer then calls it without the adapter), else None."""
     if not inspect.iscoroutinefunction(func):
         raise ConfigError(f"handler {func.__qualname__} must be 'async def' "
                           "(run blocking work with asyncio.to_thread inside it)")
@@ -104,10 +106,10 @@ def _invoker(func: Callable[..., Awaitable[Any]]) -> tuple[Invoker, bool]:
                     f"data of {event.type} does not match {model.__name__}: "
                     f"{exc.error_count()} error(s): {exc.errors(include_url=False)}") from None
             return await (func(value, ctx) if with_ctx else func(value))
-        return call_model, with_ctx
+        return call_model, with_ctx, None
     if with_ctx:
-        return func, True
-    return (lambda event, ctx: func(event)), False
+        return func, True, None
+    return (lambda event, ctx: func(event)), False, func
 
 
 class Mesh:
@@ -228,7 +230,7 @@ class Mesh:
                 "one broker-side consumer group, so give each handler its own group")
         if any(h.name == spec.name and h.group == spec.group for h in self._handlers):
             raise ConfigError(f"handler name {spec.name!r} is registered twice; pass name=...")
-        _invoker(spec.func)
+        _adapt(spec.func)
         self._handlers.append(spec)
 
     def contract(self, event_type: str, schema: SchemaSource, *, version: int = 1,
@@ -406,9 +408,10 @@ class Mesh:
 
     async def _subscribe(self, spec: HandlerSpec) -> None:
         scope = spec.group or f"{spec.name}@{self.instance_id}"
-        invoke, wants_ctx = _invoker(spec.func)
+        invoke, wants_ctx, call_event = _adapt(spec.func)
         consumer = Consumer(
             self, invoke=invoke, wants_ctx=wants_ctx, scope=scope, group=spec.group,
+            call_event=call_event,
             predicate=spec.residual,
             policy=self._policy, store=self._store if spec.idempotent else None,
             contracts=self.contracts, patterns=spec.patterns,
@@ -490,8 +493,14 @@ class Mesh:
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish several events; returns when all are confirmed (pipelined where the
         transport can)."""
-        checked = [self._under_contract(e) for e in events]
-        await self.transport.publish_batch([(self.channel_for(e.type), e) for e in checked])
+        if len(self.contracts):
+            events = [self._under_contract(e) for e in events]
+        if type(self).channel_for is Mesh.channel_for:   # the channel is the type
+            items = [(e.type, e) for e in events]
+        else:
+            channel_for = self.channel_for
+            items = [(channel_for(e.type), e) for e in events]
+        await self.transport.publish_batch(items)
 
     def _under_contract(self, event: Event) -> Event:
         """Validate against the type's contract (`ContractViolation`, nothing sent) and

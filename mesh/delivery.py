@@ -44,6 +44,7 @@ from mesh.errors import (
     RetryLater,
 )
 from mesh.event import Event
+from mesh.stores import SyncIdempotencyStore
 from mesh.transport import Delivery
 
 if TYPE_CHECKING:
@@ -133,14 +134,22 @@ Invoker = Callable[[Event, Context | None], Awaitable[Any]]
 
 
 class Consumer:
-    """Runs one subscription's handler under the mesh's delivery semantics."""
+    """Runs one subscription's handler under the mesh's delivery semantics.
+
+    Everything a delivery needs that does not change per event (the store's sync
+    methods, the contract lookup, how to call the handler) is resolved here, once, so
+    that a delivery costs one coroutine of its own plus the handler's: the checks, the
+    attempts and the idempotency store (when it offers ``seen_nowait``/``mark_nowait``,
+    as the in-memory one does) run inline.
+    """
 
     def __init__(self, mesh: Mesh, *, invoke: Invoker, scope: str, group: str | None,
                  wants_ctx: bool = True,
                  predicate: Callable[[Event], bool] | None, policy: RetryPolicy,
                  store: IdempotencyStore | None, accepts_dead_letters: bool,
                  contracts: ContractRegistry | None = None,
-                 patterns: Sequence[str] = ()) -> None:
+                 patterns: Sequence[str] = (),
+                 call_event: Callable[[Event], Awaitable[Any]] | None = None) -> None:
         self.mesh = mesh
         self.invoke = invoke
         self.wants_ctx = wants_ctx
@@ -156,6 +165,15 @@ class Consumer:
         self.stats = ConsumerStats()
         self._dlq_channel = mesh.config.dead_letter_channel
         self._hop_limit = mesh.config.hop_limit
+        # resolved once, not per delivery
+        self._call_event = None if wants_ctx else call_event   # the handler, unadapted
+        self._contract_for = contracts.get if contracts is not None \
+            and not accepts_dead_letters else None
+        self._check_hops = not accepts_dead_letters
+        self._skip_channel: dict[str, bool] = {}
+        sync = store if isinstance(store, SyncIdempotencyStore) else None
+        self._seen_now = sync.seen_nowait if sync is not None else None
+        self._mark_now = sync.mark_nowait if sync is not None else None
 
     async def __call__(self, delivery: Delivery) -> None:
         try:
@@ -165,54 +183,56 @@ class Consumer:
             await self._dead_letter(delivery, undecodable_event(
                 delivery, exc, source=self.mesh.source, group=self.group))
             return
-        if (delivery.channel == self._dlq_channel) != self.accepts_dead_letters or \
-                (self._skip_internal and delivery.channel.startswith("mesh.")):
+        channel = delivery.channel
+        skip = self._skip_channel.get(channel)
+        if skip is None:
+            skip = self._skips(channel)
+        if skip:
             await delivery.ack()  # dead-letter copies only reach dead-letter handlers
             return
         if self.predicate is not None and not self.predicate(event):
             self.stats.filtered += 1
             await delivery.ack()
             return
-        if event.meshhops > self._hop_limit and not self.accepts_dead_letters:
+        if self._check_hops and event.extensions and event.meshhops > self._hop_limit:
             await self._hop_limit_exceeded(delivery, event)
             return
-        contract = None
-        if self.contracts is not None and not self.accepts_dead_letters:
-            contract = self.contracts.get(event.type)
-        if contract is not None:
-            try:
-                contract.check(event)
-            except ContractViolation as exc:
-                await self._dead_letter(delivery, dead_letter_event(
-                    event, exc, attempts=0, group=self.group, channel=delivery.channel))
-                return
+        if self._contract_for is not None:
+            contract = self._contract_for(event.type)
+            if contract is not None:
+                try:
+                    contract.check(event)
+                except ContractViolation as exc:
+                    await self._dead_letter(delivery, dead_letter_event(
+                        event, exc, attempts=0, group=self.group, channel=channel))
+                    return
         key = None
-        if self.store is not None:
+        store = self.store
+        if store is not None:
             key = f"{self.scope}\x1f{event.source}\x1f{event.id}"
-            if await self.store.seen(key):
+            if self._seen_now(key) if self._seen_now is not None else await store.seen(key):
                 self.stats.duplicates += 1
                 await delivery.ack()
                 return
-        await self._run(delivery, event, key)
-
-    async def _run(self, delivery: Delivery, event: Event, key: str | None) -> None:
         attempt = 0
-        while True:
+        while True:  # the attempts, inline (no coroutine per attempt)
             attempt += 1
-            ctx = Context(self.mesh, event, channel=delivery.channel, group=self.group,
-                          scope=self.scope, attempt=attempt,
-                          redeliveries=delivery.redeliveries, delivery=delivery) \
-                if self.wants_ctx else None
             token = set_current_event(event)
             try:
-                await self.invoke(event, ctx)
+                if self._call_event is not None:
+                    await self._call_event(event)
+                else:
+                    await self.invoke(event, Context(
+                        self.mesh, event, channel=channel, group=self.group, scope=self.scope,
+                        attempt=attempt, redeliveries=delivery.redeliveries,
+                        delivery=delivery) if self.wants_ctx else None)
             except RetryLater as exc:
                 self.stats.retry_later += 1
                 await delivery.nack(exc.after)
                 return
             except (DeadLetter, DataValidationError) as exc:
                 await self._dead_letter(delivery, dead_letter_event(
-                    event, exc, attempts=attempt, group=self.group, channel=delivery.channel))
+                    event, exc, attempts=attempt, group=self.group, channel=channel))
                 return
             except Exception as exc:
                 self.stats.failed_attempts += 1
@@ -220,8 +240,7 @@ class Consumer:
                     log.error("handler %s failed %d times on %s (%s); dead-lettering",
                               self.scope, attempt, event.id, type(exc).__name__)
                     await self._dead_letter(delivery, dead_letter_event(
-                        event, exc, attempts=attempt, group=self.group,
-                        channel=delivery.channel))
+                        event, exc, attempts=attempt, group=self.group, channel=channel))
                     return
                 log.info("handler %s failed on %s (attempt %d/%d): %s: %s", self.scope,
                          event.id, attempt, self.policy.max_attempts, type(exc).__name__, exc)
@@ -229,11 +248,25 @@ class Consumer:
                 continue
             finally:
                 reset_current_event(token)
-            if key is not None and self.store is not None:
-                await self.store.mark(key)
+            # success: recorded before the ack, so a redelivery racing the ack is a duplicate
+            if key is not None and store is not None:
+                if self._mark_now is not None:
+                    self._mark_now(key)
+                else:
+                    await store.mark(key)
             self.stats.handled += 1
             await delivery.ack()
             return
+
+    def _skips(self, channel: str) -> bool:
+        """Whether deliveries from ``channel`` are acked unseen: a dead-letter copy
+        reaching a normal handler (or the reverse), or a mesh-internal channel reaching
+        a subscription that does not name ``mesh.``. Remembered per channel."""
+        skip = (channel == self._dlq_channel) != self.accepts_dead_letters or \
+            (self._skip_internal and channel.startswith("mesh."))
+        if len(self._skip_channel) < 4096:   # bounded: wildcard subscriptions see any name
+            self._skip_channel[channel] = skip
+        return skip
 
     async def _dead_letter(self, delivery: Delivery, copy: Event) -> None:
         try:  # straight to the transport: a copy of a contract violation must still get there

@@ -23,6 +23,8 @@ from typing import Protocol, runtime_checkable
 from mesh.errors import ConfigError
 from mesh.hookspecs import hookimpl
 
+_monotonic = time.monotonic
+
 
 @runtime_checkable
 class IdempotencyStore(Protocol):
@@ -35,28 +37,48 @@ class IdempotencyStore(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class SyncIdempotencyStore(IdempotencyStore, Protocol):
+    """A store whose checks need no I/O (in-process) may also offer them synchronously;
+    the mesh then calls ``seen_nowait``/``mark_nowait`` instead of awaiting
+    ``seen``/``mark`` (no coroutine per delivery). Both pairs must behave the same."""
+
+    def seen_nowait(self, key: str) -> bool: ...
+
+    def mark_nowait(self, key: str) -> None: ...
+
+
 class MemoryIdempotencyStore:
-    """Bounded in-process store: the newest ``max_entries`` keys, each for ``ttl`` seconds."""
+    """Bounded in-process store: the newest ``max_entries`` keys, each for ``ttl`` seconds.
+    A `SyncIdempotencyStore`: the mesh uses ``seen_nowait``/``mark_nowait``."""
 
     def __init__(self, max_entries: int = 100_000, ttl: float = 24 * 3600) -> None:
         self._keys: OrderedDict[str, float] = OrderedDict()
         self._max = max_entries
         self._ttl = ttl
 
-    async def seen(self, key: str) -> bool:
+    def seen_nowait(self, key: str) -> bool:
         stamp = self._keys.get(key)
         if stamp is None:
             return False
-        if time.monotonic() - stamp > self._ttl:
+        if _monotonic() - stamp > self._ttl:
             del self._keys[key]
             return False
         return True
 
+    def mark_nowait(self, key: str) -> None:
+        keys = self._keys
+        if key in keys:
+            keys.move_to_end(key)
+        keys[key] = _monotonic()
+        if len(keys) > self._max:
+            keys.popitem(last=False)
+
+    async def seen(self, key: str) -> bool:
+        return self.seen_nowait(key)
+
     async def mark(self, key: str) -> None:
-        self._keys[key] = time.monotonic()
-        self._keys.move_to_end(key)
-        if len(self._keys) > self._max:
-            self._keys.popitem(last=False)
+        self.mark_nowait(key)
 
     async def close(self) -> None:
         self._keys.clear()

@@ -15,6 +15,7 @@ Events are shared, not copied (they are immutable; do not mutate ``data``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,44 +24,36 @@ from mesh import codec
 from mesh.errors import TransportClosed
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
-from mesh.transport import (
-    Delivery,
-    DeliveryHandler,
-    Subscription,
-    deliver,
-    Transport,
-    TransportFeatures,
-    TransportRegistry,
-    pattern_list,
-    pattern_matcher,
-)
+from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
+                            TransportFeatures, TransportRegistry, pattern_list, pattern_matcher)
 
-
-class _Msg:
-    __slots__ = ("channel", "deliveries", "event", "key", "raw")
-
-    def __init__(self, channel: str, event: Event | None, raw: bytes = b"") -> None:
-        self.channel, self.event, self.raw, self.deliveries = channel, event, raw, 0
-        self.key = event.extensions.get("partitionkey") if event is not None else None
+log = logging.getLogger("mesh.transport")
 
 
 class _Queue:
-    """One broker queue: a group's shared queue, or a broadcast subscriber's own."""
+    """One broker queue: a group's shared queue, or a broadcast subscriber's own.
+
+    ``pending`` holds each waiting message as its next `_MemoryDelivery`, or, in the
+    common case (an `Event` on the channel named after its type, no partition key, not
+    delivered before), as the bare event: its delivery is made when it is taken."""
 
     def __init__(self, patterns: set[str]) -> None:
         self.patterns = patterns
-        self.pending: deque[_Msg] = deque()
+        self.pending: deque[_MemoryDelivery | Event] = deque()
         self.busy: set[Any] = set()        # partition keys with a message in flight
         self.waiters: deque[asyncio.Future[None]] = deque()
 
-    def put(self, msg: _Msg) -> None:
-        self.pending.append(msg)
-        self.wake()
+    def put(self, entry: _MemoryDelivery | Event) -> None:
+        self.pending.append(entry)
+        if self.waiters:
+            self.wake()
 
-    def requeue(self, msg: _Msg) -> None:
-        """A delivery came back unsettled: first in line again, its key free."""
-        self.busy.discard(msg.key)
-        self.pending.appendleft(msg)
+    def requeue(self, delivery: _MemoryDelivery) -> None:
+        """A delivery came back unsettled: its message is first in line again (as a new
+        delivery), its key free."""
+        self.busy.discard(delivery.key)
+        self.pending.appendleft(_MemoryDelivery(self, delivery.channel, delivery.message,
+                                                delivery.key, delivery.redeliveries + 1))
         self.wake()
 
     def release(self, key: Any) -> None:
@@ -74,22 +67,24 @@ class _Queue:
                 waiter.set_result(None)
                 return
 
-    def _take_nowait(self) -> _Msg | None:
+    def take_nowait(self) -> _MemoryDelivery | None:
         pending = self.pending
-        for index, msg in enumerate(pending):
-            if msg.key is None or msg.key not in self.busy:
-                if index == 0:
-                    pending.popleft()
-                else:
-                    del pending[index]
-                if msg.key is not None:
-                    self.busy.add(msg.key)
-                msg.deliveries += 1
-                return msg
+        if pending and isinstance(entry := pending[0], Event):   # the common case
+            pending.popleft()
+            return _MemoryDelivery(self, entry.type, entry, None)
+        for index, entry in enumerate(pending):   # the first message whose key is free
+            if isinstance(entry, Event):
+                del pending[index]
+                return _MemoryDelivery(self, entry.type, entry, None)
+            if entry.key is None or entry.key not in self.busy:
+                del pending[index]
+                if entry.key is not None:
+                    self.busy.add(entry.key)
+                return entry
         return None
 
-    async def take(self) -> _Msg:
-        while (msg := self._take_nowait()) is None:
+    async def take(self) -> _MemoryDelivery:
+        while (delivery := self.take_nowait()) is None:
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
@@ -98,7 +93,7 @@ class _Queue:
                 if waiter.done() and not waiter.cancelled():
                     self.wake()  # we were woken but leave: pass the wake-up on
                 raise
-        return msg
+        return delivery
 
 
 class _Broker:
@@ -121,30 +116,44 @@ class _Broker:
 
 
 _NAMED: dict[str, _Broker] = {}
+_init_delivery = Delivery.__init__
 
 
 class _MemoryDelivery(Delivery):
-    __slots__ = ("_msg", "_queue")
+    """One delivery of a message (an `Event`, or raw bytes from `publish_raw`) from one
+    queue; a redelivery is a new `_MemoryDelivery` of the same message."""
 
-    def __init__(self, queue: _Queue, msg: _Msg) -> None:
-        super().__init__(msg.channel, msg.deliveries - 1, msg.event)
-        self._queue, self._msg = queue, msg
+    __slots__ = ("_queue", "key", "message")
+
+    def __init__(self, queue: _Queue, channel: str, message: Event | bytes, key: Any,
+                 redeliveries: int = 0) -> None:
+        _init_delivery(self, channel, redeliveries,  # not super(): no proxy object per event
+                       message if isinstance(message, Event) else None)
+        self._queue, self.message, self.key = queue, message, key
 
     def _decode(self) -> Event:
-        return codec.from_json(self._msg.raw)
+        assert isinstance(self.message, bytes)
+        return codec.from_json(self.message)
 
     def raw(self) -> tuple[Mapping[str, str], bytes]:
-        return {"content-type": "application/cloudevents+json"}, self._msg.raw
+        body = self.message if isinstance(self.message, bytes) else b""
+        return {"content-type": "application/cloudevents+json"}, body
+
+    async def ack(self) -> None:  # Delivery.ack without its second coroutine (hot path)
+        if not self._settled:
+            self._settled = True
+            if self.key is not None:
+                self._queue.release(self.key)
 
     async def _ack(self) -> None:
-        if self._msg.key is not None:
-            self._queue.release(self._msg.key)
+        if self.key is not None:
+            self._queue.release(self.key)
 
     async def _nack(self, delay: float) -> None:
         if delay:  # the key stays busy meanwhile, so later events of the key wait
-            asyncio.get_running_loop().call_later(delay, self._queue.requeue, self._msg)
+            asyncio.get_running_loop().call_later(delay, self._queue.requeue, self)
         else:
-            self._queue.requeue(self._msg)
+            self._queue.requeue(self)
 
 
 class _MemorySubscription(Subscription):
@@ -160,14 +169,25 @@ class _MemorySubscription(Subscription):
     async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        queue, handler, idle, tasks = self._queue, self._handler, self._idle, self._tasks
         handled = 0
         while not self._closed:
-            self._idle.add(task)
-            msg = await self._queue.take()
-            self._idle.discard(task)
-            if not self._idle and self._queue.pending and len(self._tasks) < self._max:
-                self._tasks.append(asyncio.create_task(self._work()))
-            await deliver(self._handler, _MemoryDelivery(self._queue, msg))
+            delivery = queue.take_nowait()
+            if delivery is None:
+                idle.add(task)   # not handling anything: close() cancels it at once
+                delivery = await queue.take()
+                idle.discard(task)
+            if not idle and queue.pending and len(tasks) < self._max:
+                tasks.append(asyncio.create_task(self._work()))
+            try:  # transport.deliver(handler, delivery), inline: one coroutine less per event
+                await handler(delivery)
+            except asyncio.CancelledError:     # cancelled by close(): never acked
+                await delivery._unhandled(cancelled=True)
+                raise
+            except Exception:
+                log.exception("handler failed on channel %s; redelivering", delivery.channel)
+            if not delivery._settled:           # returned or raised without settling
+                await delivery._unhandled(cancelled=False)
             handled += 1
             if handled % 16 == 0:  # let other members (and the publisher) run: fairness
                 await asyncio.sleep(0)
@@ -217,14 +237,38 @@ class MemoryTransport(Transport):
 
     async def publish(self, channel: str, event: Event) -> None:
         self._check()
-        for queue in self._broker.route(channel):
-            queue.put(_Msg(channel, event))
+        self._put(channel, event)
+
+    async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
+        self._check()
+        route, last, queues = self._broker.route, None, []
+        for channel, event in items:   # nothing to wait for: no await per event
+            if channel != event.type or "partitionkey" in event.extensions:
+                self._put(channel, event)
+                continue
+            if channel != last:
+                last, queues = channel, route(channel)
+            for queue in queues:           # _put's common case, inline
+                queue.pending.append(event)
+                if queue.waiters:
+                    queue.wake()
 
     async def publish_raw(self, channel: str, body: bytes) -> None:
         """Put raw bytes (structured-mode JSON, or garbage in tests) on ``channel``."""
         self._check()
+        self._put(channel, bytes(body))
+
+    def _put(self, channel: str, message: Event | bytes) -> None:
+        if isinstance(message, Event):
+            key = message.extensions.get("partitionkey")
+            if key is None and channel == message.type:   # the bare event will do
+                for queue in self._broker.route(channel):
+                    queue.put(message)
+                return
+        else:
+            key = None
         for queue in self._broker.route(channel):
-            queue.put(_Msg(channel, None, body))
+            queue.put(_MemoryDelivery(queue, channel, message, key))
 
     async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
                         group: str | None = None, max_in_flight: int = 1) -> Subscription:
@@ -240,7 +284,6 @@ class MemoryTransport(Transport):
                                   exclusive=group is None)
         self._subs.append(sub)
         return sub
-
 
 
 @hookimpl
