@@ -26,7 +26,7 @@ from mesh.event import Event
 from mesh.hookspecs import hookimpl
 from mesh.options import TransportURL, build_options, parse_url, scrub, tls_context
 from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
-                         StoreRegistry)
+                         StoreRegistry, SyncIdempotencyStore)
 from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
                             TransportFeatures, TransportRegistry, deliver, is_wildcard,
                             pattern_list, pattern_matcher, redact_url, validate_pattern)
@@ -41,7 +41,8 @@ __all__ = [
     "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
     "MeshConfig", "MeshError", "NoProvider", "PublishError", "RemoteError", "RequestError",
     "RequestTimeout", "RetryConfig", "RetryLater", "RetryPolicy", "RouteConfig",
-    "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "Transport", "TransportClosed",
+    "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "SyncIdempotencyStore",
+    "Transport", "TransportClosed",
     "TransportError", "TransportFeatures", "TransportRegistry", "TransportURL", "__version__",
     "build_options", "codec", "compatibility_problems", "deliver", "derive_id",
     "from_a2a_skill", "from_mcp_tool", "hookimpl", "is_wildcard", "parse_url", "pattern_list",
