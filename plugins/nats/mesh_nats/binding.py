@@ -77,7 +77,7 @@ def decode_header_value(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
     return _PERCENT.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8"),
-                        value)
+                        value) if "%" in value else value  # usually nothing to decode
 
 
 def _content_type(headers: dict[str, str]) -> str | None:
@@ -101,8 +101,9 @@ def to_binary(event: BaseCloudEvent, event_format: Format) -> NATSMessage:
     headers: dict[str, str] = {}
     attributes = event.get_attributes()
     for name, value in attributes.items():
-        if value is not None:
-            headers[CE_PREFIX + name] = encode_header_value(value)
+        if value is not None:  # a str with nothing to encode (the common case) as it is
+            headers[CE_PREFIX + name] = value if value.__class__ is str and \
+                _UNSAFE.search(value) is None else encode_header_value(value)
     content_type = attributes.get("datacontenttype")
     if (isinstance(content_type, str) and _PRINTABLE.fullmatch(content_type)
             and not content_type.lower().startswith(STRUCTURED_CONTENT_TYPE)):

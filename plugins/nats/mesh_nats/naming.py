@@ -9,6 +9,7 @@ dead-letter channels without one filter overwriting another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -38,6 +39,7 @@ def msg_id(channel: str, event: Event) -> str:
     return _digest(channel, event.source, event.id, size=16)
 
 
+@functools.lru_cache(maxsize=1024)  # publishing checks the same few channels
 def check_channel(channel: str) -> str:
     """Reject channel names that are not NATS subject tokens (``ConfigError``)."""
     tokens = channel.split(".")

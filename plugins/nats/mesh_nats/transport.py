@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,10 +30,12 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy,
                          StorageType, StreamConfig)
 from nats.js.errors import NotFoundError
+from pydantic import SecretStr
 
 from mesh import (ConnectError, DeliveryHandler, Event, PublishError, Subscription, Transport,
                   TransportClosed, TransportError, TransportFeatures, codec, pattern_list,
@@ -62,6 +66,8 @@ class NatsTransport(Transport):
         self._subs: set[NatsSubscription] = set()
         self._last_error = ""
         self._lock = asyncio.Lock()
+        self._acks: dict[str, asyncio.Future[Msg]] = {}  # reply subject -> PubAck waiter
+        self._inbox, self._serial = "", itertools.count()
 
     def __repr__(self) -> str:
         return f"NatsTransport({self._where!r}, stream={self.config.stream!r})"
@@ -76,16 +82,10 @@ class NatsTransport(Transport):
             "connect_timeout": min(cfg.connect_timeout, 5.0),
             "error_cb": self._on_error, "disconnected_cb": self._on_disconnect,
             "reconnected_cb": self._on_reconnect}
-        if cfg.user is not None:
-            opts["user"] = cfg.user
-        if cfg.password is not None:
-            opts["password"] = cfg.password.get_secret_value()
-        if cfg.token is not None:
-            opts["token"] = cfg.token.get_secret_value()
-        if cfg.creds is not None:
-            opts["user_credentials"] = cfg.creds
-        if cfg.nkey is not None:
-            opts["nkeys_seed"] = cfg.nkey
+        for key, value in (("user", cfg.user), ("password", cfg.password), ("token", cfg.token),
+                           ("user_credentials", cfg.creds), ("nkeys_seed", cfg.nkey)):
+            if value is not None:
+                opts[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
         if cfg.tls or cfg.tls_ca_file or cfg.tls_cert_file:
             opts["tls"] = tls_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
             if cfg.tls_hostname:
@@ -113,7 +113,9 @@ class NatsTransport(Transport):
             js = nc.jetstream(timeout=self.config.request_timeout)
             try:
                 await self._ensure_stream(js)
-            except TransportError as exc:
+                self._inbox = f"{nc.new_inbox()}."  # PubAcks of publish_batch come here
+                await nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
+            except (TransportError, nats.errors.Error) as exc:
                 await nc.close()
                 raise ConnectError(str(exc)) from None
             self._nc, self._js = nc, js
@@ -140,12 +142,11 @@ class NatsTransport(Transport):
                     raise TransportError(f"stream {cfg.stream} does not capture {wanted}; "
                                          "add it to the stream's subjects")
                 return
-            changes: dict[str, Any] = {}
+            changes: dict[str, Any] = {
+                name: getattr(cfg, name) for name in ("max_age", "max_bytes", "duplicate_window")
+                if getattr(current, name) != getattr(cfg, name)}
             if wanted not in subjects:
                 changes["subjects"] = [*subjects, wanted]
-            for name in ("max_age", "max_bytes", "duplicate_window"):
-                if getattr(current, name) != getattr(cfg, name):
-                    changes[name] = getattr(cfg, name)
             if changes:
                 await js.update_stream(current.evolve(**changes))
         except TransportError:
@@ -191,51 +192,78 @@ class NatsTransport(Transport):
     # --- publishing -----------------------------------------------------------------
 
     async def publish(self, channel: str, event: Event) -> None:
-        _, js = self._client()
-        subject = self.config.subject(check_channel(channel))
-        message = binding.to_binary(event, codec.FORMAT)
-        headers = dict(message.headers)
-        if self.config.dedup:
-            headers["Nats-Msg-Id"] = msg_id(channel, event)
-        try:
-            await js.publish(subject, message.data,
-                             timeout=self.config.publish_timeout, stream=self.config.stream,
-                             headers=headers)
-        except Exception as exc:
-            if self._nc is None or self._nc.is_closed:
-                raise TransportClosed("NATS transport was closed during publish") from None
-            raise PublishError(
-                f"NATS did not confirm event {event.id} on {channel!r} within "
-                f"{self.config.publish_timeout:g}s ({type(exc).__name__}: {exc}); it may still "
-                "be written: retry with the same event (deduplicated by Nats-Msg-Id)") from None
+        await self.publish_batch([(channel, event)])
 
     async def publish_raw(self, channel: str, data: bytes,
                           headers: Mapping[str, str] | None = None) -> None:
         """Write any payload (structured-mode JSON, a foreign message) to ``channel`` and
         wait for the stream's ack; no ``Nats-Msg-Id`` is added."""
-        _, js = self._client()
-        try:
-            await js.publish(self.config.subject(check_channel(channel)), data,
-                             timeout=self.config.publish_timeout, stream=self.config.stream,
-                             headers=dict(headers or {}))
-        except Exception as exc:
-            raise PublishError(f"NATS did not confirm a raw message on {channel!r}: "
-                               f"{type(exc).__name__}: {exc}") from None
+        await self._confirm([(check_channel(channel), data, dict(headers or {}), None)])
 
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
-        """Pipelined: up to 256 publishes await their acks at once."""
-        failures: list[BaseException] = []
-        for start in range(0, len(items), _BATCH):
-            results = await asyncio.gather(
-                *(self.publish(c, e) for c, e in items[start:start + _BATCH]),
-                return_exceptions=True)
-            failures.extend(r for r in results if isinstance(r, BaseException))
+        messages = []
+        for channel, event in items:
+            message = binding.to_binary(event, codec.FORMAT)
+            if self.config.dedup:
+                message.headers["Nats-Msg-Id"] = msg_id(channel, event)
+            messages.append((check_channel(channel), message.data, message.headers, event))
+        await self._confirm(messages)
+
+    async def _confirm(self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]]
+                       ) -> None:
+        """Publish windows of 256 (channels checked before) with replies to our ack inbox,
+        then await their PubAcks together (no task or request per message, unlike js.publish)."""
+        nc, _ = self._client()
+        failures: list[str] = []
+        for start in range(0, len(messages), _BATCH):
+            sent: list[tuple[str, str, Event | None, asyncio.Future[Msg]]] = []
+            try:
+                for channel, data, headers, event in messages[start:start + _BATCH]:
+                    headers["Nats-Expected-Stream"] = self.config.stream
+                    reply = f"{self._inbox}{next(self._serial)}"
+                    self._acks[reply] = waiter = asyncio.get_running_loop().create_future()
+                    sent.append((reply, channel, event, waiter))
+                    await nc.publish(self.config.subject(channel), data, reply=reply,
+                                     headers=headers)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.publish_timeout):
+                        for *_, waiter in sent:
+                            await waiter
+            except Exception as exc:  # nats-py: closed, draining, reconnect buffer full
+                failures.append(f"a publish ({type(exc).__name__}: {exc})")
+                break
+            finally:
+                for reply, *_, waiter in sent:
+                    self._acks.pop(reply, None)
+                    waiter.cancel()  # no-op once done
+            failures += [f"{f'event {event.id}' if event else 'a raw message'} on {channel!r} "
+                         f"({why}); it may still be stored: publish it again (an event is "
+                         "deduplicated by its Nats-Msg-Id)"
+                         for _, channel, event, waiter in sent if (why := self._failure(waiter))]
+        if failures and (self._nc is None or self._nc.is_closed):
+            raise TransportClosed("NATS transport was closed during publish")
         if failures:
-            first = failures[0]
-            if len(failures) == len(items) or not isinstance(first, PublishError):
-                raise first
-            raise PublishError(f"{len(failures)} of {len(items)} events were not confirmed; "
-                               f"first: {first}")
+            raise PublishError(f"NATS did not confirm {failures[0]}" if len(messages) == 1 else
+                               f"NATS did not confirm {len(failures)} of {len(messages)} "
+                               f"messages; first: {failures[0]}")
+
+    def _failure(self, waiter: asyncio.Future[Msg]) -> str | None:
+        """None when the stream stored (or deduplicated) the message, else why not."""
+        ack: Msg | None = None if waiter.cancelled() else waiter.result()
+        if ack is None or ack.headers:  # no PubAck in time, or a status instead of one
+            return f"status {(ack.headers or {}).get('Status')}; 503: no stream captures the " \
+                "subject" if ack else f"no PubAck within {self.config.publish_timeout:g}s"
+        if ack.data[:10] == b'{"stream":' and b'"error"' not in ack.data:
+            return None  # the common case, without parsing the PubAck
+        try:
+            error = json.loads(ack.data).get("error")
+        except (ValueError, AttributeError):
+            error = ack.data[:80]
+        return None if error is None else f"APIError: {error}"
+
+    async def _on_ack(self, msg: Msg) -> None:
+        if (waiter := self._acks.pop(msg.subject, None)) is not None and not waiter.done():
+            waiter.set_result(msg)
 
     # --- consuming ------------------------------------------------------------------
 

@@ -22,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractMessage, AbstractRobustChannel, HeadersType
-from aio_pika.abc import AbstractRobustConnection, AbstractRobustQueue
+import aiormq
+from aio_pika.abc import AbstractMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustQueue, HeadersType
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed, DeliveryError
 from cloudevents.core.bindings import rabbitmq
@@ -36,6 +37,7 @@ from mesh_rabbitmq.config import RabbitMQConfig, ssl_context
 from mesh_rabbitmq.consumer import OP_TIMEOUT, RabbitMQSubscription
 
 log = logging.getLogger("mesh_rabbitmq")
+Properties = aiormq.spec.Basic.Properties
 
 #: publishes in flight at once in publish_batch (their confirms are awaited together)
 BATCH_WINDOW = 1000
@@ -60,7 +62,7 @@ class RabbitMQTransport(Transport):
         self.config = RabbitMQConfig.from_url(url, options or {})
         self.unroutable = 0  #: confirmed publishes no queue was bound for (dropped)
         self._conn: AbstractRobustConnection | None = None
-        self._exchange: AbstractExchange | None = None
+        self._publisher: AbstractRobustChannel | None = None
         self._subs: set[RabbitMQSubscription] = set()
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
@@ -117,12 +119,12 @@ class RabbitMQTransport(Transport):
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 publisher = await conn.channel(publisher_confirms=True, on_return_raises=False)
-                self._exchange = await publisher.declare_exchange(cfg.exchange, "topic",
-                                                                  durable=True)
+                await publisher.declare_exchange(cfg.exchange, "topic", durable=True)
                 await publisher.declare_exchange(cfg.dlx, "fanout", durable=True)
                 dead = await publisher.declare_queue(cfg.dlx, durable=True,
                                                      arguments={"x-queue-type": "quorum"})
                 await dead.bind(cfg.dlx, "")
+                self._publisher = publisher
         except Exception as exc:
             raise self._declare_error(exc, f"exchange {cfg.exchange!r}") from None
 
@@ -151,7 +153,7 @@ class RabbitMQTransport(Transport):
             self._closed = True
         subs, self._subs = list(self._subs), set()
         await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
-        conn, self._conn, self._exchange = self._conn, None, None
+        conn, self._conn, self._publisher = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(OP_TIMEOUT):
@@ -166,31 +168,33 @@ class RabbitMQTransport(Transport):
     # --- publishing -------------------------------------------------------------------
 
     @staticmethod
-    def _message(event: Event) -> AbstractMessage:
+    def _message(event: Event) -> tuple[bytes, Properties]:
+        """Body and properties as ``aio_pika.Message`` makes them (persistent, priority 0),
+        without building one: publishing goes straight to aiormq, see `_send`."""
         wire = rabbitmq.to_binary(event, codec.FORMAT)
         headers: HeadersType = dict(wire.headers)
-        return aio_pika.Message(wire.body, headers=headers, content_type=wire.content_type,
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        return wire.body, Properties(headers=headers, content_type=wire.content_type,
+                                     delivery_mode=2, priority=0)
 
     async def publish(self, channel: str, event: Event) -> None:
         self._open()
-        await self._confirmed([(channel, self._message(event))])
+        await self._confirmed([(channel, *self._message(event))])
 
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
         """Pipelined: up to BATCH_WINDOW publishes go out before their confirms are
         awaited together. Raises `PublishError` if any was not confirmed (some others
         may have been: publishing the batch again is safe with idempotent consumers)."""
         self._open()
-        messages = [(channel, self._message(event)) for channel, event in items]
+        messages = [(channel, *self._message(event)) for channel, event in items]
         for start in range(0, len(messages), BATCH_WINDOW):
             await self._confirmed(messages[start:start + BATCH_WINDOW])
 
     async def send_raw(self, channel: str, message: AbstractMessage) -> None:
         """Publish an arbitrary AMQP message to ``channel`` (tests, bridges)."""
         self._open()
-        await self._confirmed([(channel, message)])
+        await self._confirmed([(channel, message.body, message.properties)])
 
-    async def _confirmed(self, window: Sequence[tuple[str, AbstractMessage]]) -> None:
+    async def _confirmed(self, window: Sequence[tuple[str, bytes, Properties]]) -> None:
         """Publish ``window`` and wait (at most ``publish_timeout``) for every confirm."""
         timeout = self.config.publish_timeout
         try:
@@ -198,7 +202,7 @@ class RabbitMQTransport(Transport):
                 if len(window) == 1:
                     results: Sequence[BaseException | None] = [await self._send(*window[0])]
                 else:
-                    results = await asyncio.gather(*(self._send(c, m) for c, m in window),
+                    results = await asyncio.gather(*(self._send(*item) for item in window),
                                                    return_exceptions=True)
         except TimeoutError:
             raise PublishError(f"RabbitMQ did not confirm {len(window)} publish(es) within "
@@ -213,13 +217,17 @@ class RabbitMQTransport(Transport):
                 f"{len(failed)} of {len(window)} events were not confirmed by RabbitMQ "
                 f"(first: {first})")
 
-    async def _send(self, routing_key: str, message: AbstractMessage) -> PublishError | None:
-        """One publish; returns (not raises) its error so a window can gather them."""
-        exchange = self._exchange
-        if exchange is None:
+    async def _send(self, routing_key: str, body: bytes,
+                    properties: Properties) -> PublishError | None:
+        """One publish; returns (not raises) its error so a window can gather them. What
+        ``Exchange.publish`` does, on the robust channel's current aiormq channel."""
+        if self._publisher is None:
             return PublishError("RabbitMQ transport is closed")
         try:
-            result = await exchange.publish(message, routing_key, mandatory=True)
+            channel = await self._publisher.get_underlay_channel()  # waits out a reconnect
+            result = await channel.basic_publish(body, exchange=self.config.exchange,
+                                                 routing_key=routing_key,
+                                                 properties=properties, mandatory=True)
         except DeliveryError:
             return PublishError(f"RabbitMQ refused (nacked) a publish to {routing_key!r}; a "
                                 "queue may be full or unavailable: retry later")
