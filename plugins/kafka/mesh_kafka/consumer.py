@@ -17,8 +17,9 @@ redeliver it. Records with the same key wait behind it (per-key order).
 
 Flow control. At most ``max_in_flight`` records are handled or waiting, and at most
 as many more wait out a nack delay; when full the thread stops taking records from
-librdkafka's bounded prefetch queue, and after a second of being full it pauses
-every assigned partition (a resumed partition is fetched again only ~1 s later).
+librdkafka's bounded prefetch queue until the loop has freed half the room, and
+after a second of being full it pauses every assigned partition (a resumed
+partition is fetched again only ~1 s later).
 
 Redelivery marks. Kafka keeps no delivery count. A member giving up partitions with
 records unacked records "delivered below offset X" as committed offsets of a
@@ -95,8 +96,7 @@ class KafkaDelivery(Delivery):
     __slots__ = ("_record", "_sub")
 
     def __init__(self, sub: KafkaSubscription, record: _Record) -> None:
-        offset = record.message.offset() or 0
-        earlier = 1 if offset < record.part.marked_below else 0
+        earlier = (record.message.offset() or 0) < record.part.marked_below   # 1 or 0
         super().__init__(record.part.key[0], record.attempts - 1 + earlier)
         self._sub, self._record = sub, record
 
@@ -139,6 +139,7 @@ class KafkaSubscription(Subscription):
         self._lock = threading.Lock()
         self._parts: dict[PartKey, _Partition] = {}
         self._stop = threading.Event()
+        self._room = threading.Event()   # set by the loop when half the room is free
         self._thread = threading.Thread(target=self._pump, daemon=True,
                                         name=f"mesh-kafka-{self._group}")
         self._received = 0          # written by the thread only
@@ -185,6 +186,7 @@ class KafkaSubscription(Subscription):
         self.pool.stop()   # records not running stay uncommitted: the next owner gets them
         await self.pool.drain(timeout)
         self._stop.set()
+        self._room.set()
         await asyncio.to_thread(self._thread.join)
         if self._broadcast:   # a broadcast group is this subscriber's alone
             await asyncio.to_thread(self._admin_call, self._admin.delete_consumer_groups,
@@ -217,6 +219,8 @@ class KafkaSubscription(Subscription):
 
     def _done(self, record: _Record) -> None:
         self._finished += 1
+        if (self._received - self._finished) * 2 <= self._max and not self._room.is_set():
+            self._room.set()
 
     # --- the poll thread ----------------------------------------------------------------
 
@@ -231,27 +235,31 @@ class KafkaSubscription(Subscription):
             consumer = Consumer({**self._conf, "on_commit": self._on_commit,
                                  "error_cb": _log_error, "logger": log})
             consumer.subscribe(self._topics, on_assign=self._on_assign,
-                               on_revoke=self._on_revoke, on_lost=self._on_lost)
+                               on_revoke=self._revoke,
+                               on_lost=lambda c, lost: self._revoke(c, lost, commit=False))
         except (KafkaException, ValueError, TypeError) as exc:
-            self._call(_fail, self._assigned, ConfigError(
+            self._call(resolve, self._assigned, ConfigError(
                 f"librdkafka rejected the consumer configuration: {_describe(exc)}"))
             return
         next_commit = time.monotonic() + self._commit_interval
         try:
             while not self._stop.is_set():
                 room = self._flow(consumer)
-                if room > 0 or self._paused:   # take what is there, else wait for one
-                    ready = consumer.consume(min(room, 1000), 0) if room > 0 else []
-                    self._take(ready or consumer.consume(1, 0.1))
+                if room > 0 or self._paused:   # wait for one, then take what else is there
+                    ready = consumer.consume(1, 0.1)   # (one hand-off to the loop for both)
+                    if ready and room > 1:
+                        ready += consumer.consume(min(room - 1, 1000), 0)
+                    self._take(ready)
                 else:   # full, not yet paused: leave records in librdkafka's queue
-                    time.sleep(0.005)
+                    self._room.wait(0.05)   # until half the room is free
+                    self._room.clear()
                 if time.monotonic() >= next_commit:
                     self._commit(consumer, list(self._parts.values()))
                     next_commit = time.monotonic() + self._commit_interval
         except Exception:   # never expected; the subscription stops, loudly
             log.exception("kafka consumer of group %s failed", self._group)
         finally:
-            self._revoke(consumer, list(self._parts), commit=True)
+            self._revoke(consumer, [TopicPartition(*key) for key in self._parts])
             try:
                 consumer.close()
             except (KafkaException, RuntimeError) as exc:
@@ -307,18 +315,15 @@ class KafkaSubscription(Subscription):
                          if (tp.topic, tp.partition) in start else tp for tp in partitions])
         self._set_paused(consumer, partitions)   # pause flags survive reassignment
         self._assigned_once = True
-        self._call(_succeed, self._assigned)
+        self._call(resolve, self._assigned)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._revoke(consumer, [(tp.topic, tp.partition) for tp in partitions], commit=True)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._revoke(consumer, [(tp.topic, tp.partition) for tp in partitions], commit=False)
-
-    def _revoke(self, consumer: Consumer, keys: list[PartKey], commit: bool) -> None:
-        """Commit what is acked, mark what is still in flight, and let the records go."""
+    def _revoke(self, consumer: Consumer, partitions: list[TopicPartition],
+                commit: bool = True) -> None:
+        """Commit what is acked (not when ``partitions`` were lost), mark what is still in
+        flight, and let the records go."""
         with self._lock:
-            parts = [part for key in keys if (part := self._parts.pop(key, None)) is not None]
+            parts = [part for tp in partitions
+                     if (part := self._parts.pop((tp.topic, tp.partition), None)) is not None]
             for part in parts:
                 part.revoked = True
             marks = [TopicPartition(*part.key, part.handed) for part in parts
@@ -401,14 +406,9 @@ async def close_subscriptions_on(servers: str, topics: list[str]) -> None:
     await asyncio.gather(*(sub.close() for sub in doomed))
 
 
-def _succeed(future: asyncio.Future[None]) -> None:
+def resolve(future: asyncio.Future[None], error: BaseException | None = None) -> None:
     if not future.done():
-        future.set_result(None)
-
-
-def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+        future.set_result(None) if error is None else future.set_exception(error)
 
 
 def _describe(exc: BaseException) -> str:

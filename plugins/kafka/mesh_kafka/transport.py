@@ -15,6 +15,8 @@ consumer group of its own starting at the end of every partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -30,7 +32,7 @@ from mesh import (ConfigError, ConnectError, DeliveryHandler, Event, MeshError, 
                   Subscription, Transport, TransportClosed, TransportError, TransportFeatures,
                   pattern_list, pattern_matcher, redact_url, scrub)
 from mesh_kafka.config import KafkaConfig
-from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on
+from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on, resolve
 from mesh_kafka.naming import group_id_for, subscription_for, topic_for
 from mesh_kafka.wire import to_record
 
@@ -157,7 +159,18 @@ class KafkaTransport(Transport):
             await self._ensure_topics(set(topics), PublishError)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        batch = _Batch(loop, done, len(items))
+        reports, size = itertools.count(1), len(items)
+        errors: list[str] = []
+
+        def report(error: KafkaError | None, message: Message) -> None:
+            # where librdkafka serves reports: the poll thread (or a replaced producer's
+            # flush thread: next() on a count is atomic)
+            if error is not None:
+                errors.append(f"Kafka did not confirm the event on {message.topic()}: "
+                              f"{error.str()}")
+            if next(reports) == size:
+                with contextlib.suppress(RuntimeError):   # the loop is gone
+                    loop.call_soon_threadsafe(resolve, done)
         for topic, (_, event) in zip(topics, items, strict=True):
             if self._fatal:
                 producer = await self._replace_producer()
@@ -167,11 +180,11 @@ class KafkaTransport(Transport):
                 raise
             except Exception as exc:
                 raise PublishError(f"cannot encode event {event.id}: {exc}") from None
-            headers: list[tuple[str, str | bytes | None]] = list(record.headers.items())
             while True:
                 try:
                     producer.produce(topic, value=record.value, key=record.key,
-                                     headers=headers, on_delivery=batch.report)
+                                     headers=record.headers,  # type: ignore[arg-type]
+                                     on_delivery=report)
                     break
                 except BufferError:   # local queue full: let the poll thread drain it
                     await asyncio.sleep(0.005)
@@ -179,10 +192,9 @@ class KafkaTransport(Transport):
                     raise PublishError(f"cannot publish to {topic}: "
                                        f"{self._scrub(exc)}") from None
         await done
-        if batch.errors:
-            raise PublishError(batch.errors[0] if len(items) == 1 else
-                               f"{len(batch.errors)} of {len(items)} events were not "
-                               f"confirmed; first error: {batch.errors[0]}")
+        if errors:
+            raise PublishError(errors[0] if size == 1 else f"{len(errors)} of {size} events "
+                               f"were not confirmed; first error: {errors[0]}")
 
     # --- topics --------------------------------------------------------------------------
 
@@ -194,27 +206,19 @@ class KafkaTransport(Transport):
             missing = sorted(topics - self._topics)
             failures: dict[str, str] = {}
             if missing and self.config.create_topics:
+                new = [NewTopic(t, self.config.partitions, self.config.replication_factor)
+                       for t in missing]
                 try:
-                    failures = await asyncio.to_thread(self._create, admin, missing)
+                    futures = admin.create_topics(new, request_timeout=self.config.connect_timeout)
+                    errors = await asyncio.to_thread(_wait, futures,
+                                                     KafkaError.TOPIC_ALREADY_EXISTS)
+                    failures = {topic: self._scrub(exc) for topic, exc in errors.items()}
                 except KafkaException as exc:
                     failures = dict.fromkeys(missing, self._scrub(exc))
             self._topics.update(t for t in missing if t not in failures)
         if failures:
             topic = min(failures)
             raise error(f"cannot create topic {topic}: {failures[topic]}")
-
-    def _create(self, admin: AdminClient, topics: list[str]) -> dict[str, str]:
-        futures = admin.create_topics(
-            [NewTopic(t, self.config.partitions, self.config.replication_factor) for t in topics],
-            request_timeout=self.config.connect_timeout)
-        failures = {}
-        for topic, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    failures[topic] = self._scrub(exc)
-        return failures
 
     # --- subscribing ---------------------------------------------------------------------
 
@@ -277,49 +281,24 @@ class KafkaTransport(Transport):
             doomed = [t for t in metadata.topics if matches(t) and not t.startswith("__")]
             if doomed:
                 await close_subscriptions_on(self.config.bootstrap_servers, doomed)
-                await asyncio.to_thread(_delete_topics, admin, doomed,
-                                        self.config.connect_timeout)
+                futures = admin.delete_topics(doomed,
+                                              operation_timeout=self.config.connect_timeout)
+                errors = await asyncio.to_thread(_wait, futures, KafkaError.UNKNOWN_TOPIC_OR_PART)
+                if errors:
+                    raise min(errors.items())[1]
         except KafkaException as exc:
             raise TransportError(f"cannot delete topics matching {pattern}: "
                                  f"{self._scrub(exc)}") from None
         self._topics -= set(doomed)
 
 
-class _Batch:
-    """Delivery reports of one publish_batch, counted where librdkafka serves them (the
-    poll thread; a flush thread for a replaced producer, hence the lock)."""
-
-    __slots__ = ("_done", "_left", "_lock", "_loop", "errors")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None],
-                 size: int) -> None:
-        self._loop, self._done, self._left = loop, done, size
-        self._lock = threading.Lock()
-        self.errors: list[str] = []
-
-    def report(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self.errors.append(f"Kafka did not confirm the event on {message.topic()}: "
-                               f"{error.str()}")
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            try:
-                self._loop.call_soon_threadsafe(_finish, self._done)
-            except RuntimeError:   # the loop is gone
-                pass
-
-
-def _finish(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _delete_topics(admin: AdminClient, topics: list[str], timeout: float) -> None:
-    for future in admin.delete_topics(topics, operation_timeout=timeout).values():
+def _wait(futures: dict[str, Any], ignore: int) -> dict[str, KafkaException]:
+    """Wait for an admin request's futures; their errors by topic, except ``ignore``."""
+    errors = {}
+    for topic, future in futures.items():
         try:
             future.result()
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise
+            if exc.args[0].code() != ignore:
+                errors[topic] = exc
+    return errors
