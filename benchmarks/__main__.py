@@ -93,6 +93,7 @@ def notes(transport: str, settings: Settings, private_tansu: bool) -> list[str]:
         fmt = {"fetch": settings.kafka_fetch_wait_ms,
                "session": settings.kafka_session_timeout_ms,
                "heartbeat": settings.kafka_heartbeat_ms, "linger": settings.kafka_linger_ms,
+               "backoff": settings.kafka_fetch_backoff_ms,
                "partitions": settings.kafka_partitions, "chunk": settings.publish_chunk}
         kafka = [n.format(**fmt) for n in report.KAFKA_NOTES]
         if not private_tansu:

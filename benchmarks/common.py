@@ -59,6 +59,9 @@ class Settings:
     kafka_fetch_wait_ms: int = 10
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_ms: int = 1000
+    #: librdkafka's pause before refetching a partition whose local queue is full: the
+    #: mesh's default (20 ms); librdkafka's own 1 s default starves a busy consumer
+    kafka_fetch_backoff_ms: int = 20
 
 
 @dataclass

@@ -108,7 +108,8 @@ class KafkaSession(_Brokers):
         s = self.settings
         return _quiet(KafkaBroker, cleanup.kafka_bootstrap(self.target.url),
                       enable_idempotence=True, acks="all", linger_ms=s.kafka_linger_ms,
-                      config={"queued.min.messages": 1000})
+                      config={"queued.min.messages": 1000,
+                              "fetch.queue.backoff.ms": s.kafka_fetch_backoff_ms})
 
     async def open(self) -> None:
         await asyncio.to_thread(cleanup.create_kafka_topics, self.target.url,

@@ -108,6 +108,7 @@ class KafkaSession(Session):
         return {"bootstrap.servers": self.bootstrap, "group.id": self.target.group,
                 "enable.auto.commit": False, "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest", "queued.min.messages": 1000,
+                "fetch.queue.backoff.ms": s.kafka_fetch_backoff_ms,
                 "fetch.wait.max.ms": s.kafka_fetch_wait_ms,
                 "session.timeout.ms": s.kafka_session_timeout_ms,
                 "heartbeat.interval.ms": s.kafka_heartbeat_ms}

@@ -31,8 +31,10 @@ KAFKA_NOTES = [
     "run's topic is deleted instead.",
     "Every side gets the same client settings: `fetch.wait.max.ms={fetch}` (Tansu answers "
     "a fetch only after about half of it), `session.timeout.ms={session}`, "
-    "`heartbeat.interval.ms={heartbeat}`, producer `linger.ms={linger}`, idempotent, "
-    "`acks=all`; the topic is created with {partitions} partitions before the run.",
+    "`heartbeat.interval.ms={heartbeat}`, `fetch.queue.backoff.ms={backoff}` (the mesh's "
+    "default; librdkafka's 1 s default starves a busy consumer), producer "
+    "`linger.ms={linger}`, idempotent, `acks=all`; the topic is created with "
+    "{partitions} partitions before the run.",
     "Group joins are outside the timing: consumers start together and the clock starts "
     "once each has partitions assigned (Tansu completes a join after about half the "
     "session timeout).",
