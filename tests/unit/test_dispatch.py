@@ -235,6 +235,16 @@ async def test_different_keys_and_keyless_items_run_concurrently() -> None:
 # --- retries ---------------------------------------------------------------------------------
 
 
+async def finish_first_then_second(h: Harness) -> None:
+    """End the retried attempt of "first"; only then may "second" (same key) run."""
+    h.release("first", 2)
+    await h.wait_started("second")
+    h.release("second")
+    await h.wait_done("second")
+    assert h.started == [("first", 1), ("first", 2), ("second", 1)]
+    assert h.done == ["first", "second"]
+
+
 @pytest.mark.parametrize("action", ["nack", "raise", "return"])
 async def test_immediate_retry_keeps_the_key_and_is_not_overtaken(action: str) -> None:
     h = Harness(3)
@@ -250,12 +260,7 @@ async def test_immediate_retry_keeps_the_key_and_is_not_overtaken(action: str) -
     assert attempt.unhandled == ([] if action == "nack" else [False])
     assert h.done == []                          # not finished while retried
     assert (h.pool.running, h.pool.load) == (1, 2)
-    h.release("first", 2)
-    await h.wait_started("second")
-    h.release("second")
-    await h.wait_done("second")
-    assert h.started == [("first", 1), ("first", 2), ("second", 1)]
-    assert h.done == ["first", "second"]
+    await finish_first_then_second(h)
     assert h.made["first"][1].acks == 1 and len(h.made["first"]) == 2
     assert not h.same_item_overlap
 
@@ -276,12 +281,7 @@ async def test_delayed_retry_keeps_the_key_and_counts_as_delayed() -> None:
     assert h.made["first"][0].nacks == [0.3]
     await settle()
     assert h.starts() == ["first", "first"]       # second still waits for the key
-    h.release("first", 2)
-    await h.wait_started("second")
-    h.release("second")
-    await h.wait_done("second")
-    assert h.started == [("first", 1), ("first", 2), ("second", 1)]
-    assert h.done == ["first", "second"]
+    await finish_first_then_second(h)
 
 
 async def test_immediate_retry_runs_ahead_of_items_that_never_ran() -> None:
