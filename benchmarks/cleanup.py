@@ -60,18 +60,13 @@ async def delete_rabbitmq(url: str, queues: Iterable[str] = (),
 
     conn = await aio_pika.connect(url, timeout=10)
     try:
-        for name in queues:
+        deletions = [("queue_delete", name) for name in queues]
+        deletions += [("exchange_delete", name) for name in exchanges]
+        for method, name in deletions:   # a channel each: a failed delete closes it
             channel = await conn.channel()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10):
-                    await channel.queue_delete(name)
-            with contextlib.suppress(Exception):
-                await channel.close()
-        for name in exchanges:
-            channel = await conn.channel()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):
-                    await channel.exchange_delete(name)
+                    await getattr(channel, method)(name)
             with contextlib.suppress(Exception):
                 await channel.close()
     finally:

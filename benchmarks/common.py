@@ -14,9 +14,11 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 TRANSPORTS = ("memory", "kafka", "nats", "rabbitmq")
 PAYLOAD_BYTES = 256
@@ -233,3 +235,11 @@ class Side(ABC):
 
     @abstractmethod
     def session(self, target: Target, settings: Settings) -> Session: ...
+
+
+async def in_windows(send: Callable[[T], Awaitable[Any]], items: Sequence[T],
+                     window: int) -> None:
+    """Send ``items`` ``window`` at a time, awaiting each window's confirmations together
+    (how every pipelining side publishes a batch)."""
+    for start in range(0, len(items), window):
+        await asyncio.gather(*(send(item) for item in items[start:start + window]))

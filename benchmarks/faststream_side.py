@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import cleanup
-from benchmarks.common import Handler, Session, Settings, Side, Target
+from benchmarks.common import Handler, Session, Settings, Side, Target, in_windows
 
 
 def _quiet(broker_cls: Any, *args: Any, **kwargs: Any) -> Any:
@@ -225,9 +225,7 @@ class NatsSession(_Brokers):
                                       timeout=5.0, headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
     async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(items), self.WINDOW):
-            await asyncio.gather(*(self._send(item)
-                                   for item in items[start:start + self.WINDOW]))
+        await in_windows(self._send, items, self.WINDOW)
 
     async def publish(self, item: dict[str, Any]) -> None:
         await self._send(item)
@@ -298,9 +296,7 @@ class RabbitSession(_Brokers):
                                       mandatory=True)
 
     async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(items), self.WINDOW):
-            await asyncio.gather(*(self._send(item)
-                                   for item in items[start:start + self.WINDOW]))
+        await in_windows(self._send, items, self.WINDOW)
 
     async def publish(self, item: dict[str, Any]) -> None:
         await self._send(item)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import cleanup
-from benchmarks.common import Handler, Session, Settings, Side, Target
+from benchmarks.common import Handler, Session, Settings, Side, Target, in_windows
 
 _dumps = json.dumps
 _loads = json.loads
@@ -267,9 +267,7 @@ class NatsSession(Session):
                                headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
     async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(items), self.WINDOW):
-            await asyncio.gather(*(self._send(item)
-                                   for item in items[start:start + self.WINDOW]))
+        await in_windows(self._send, items, self.WINDOW)
 
     async def publish(self, item: dict[str, Any]) -> None:
         await self._send(item)
@@ -341,14 +339,14 @@ class RabbitSession(Session):
         return aio_pika.Message(_dumps(item).encode(), content_type="application/json",
                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
+    def _send(self, item: dict[str, Any]) -> Any:
+        return self.exchange.publish(self._message(item), self.target.channel, mandatory=True)
+
     async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        publish, key = self.exchange.publish, self.target.channel
-        for start in range(0, len(items), self.WINDOW):
-            await asyncio.gather(*(publish(self._message(item), key, mandatory=True)
-                                   for item in items[start:start + self.WINDOW]))
+        await in_windows(self._send, items, self.WINDOW)
 
     async def publish(self, item: dict[str, Any]) -> None:
-        await self.exchange.publish(self._message(item), self.target.channel, mandatory=True)
+        await self._send(item)
 
     async def close(self) -> None:
         for conn in self.members:

@@ -166,14 +166,12 @@ class Consumer:
         self._dlq_channel = mesh.config.dead_letter_channel
         self._hop_limit = mesh.config.hop_limit
         # resolved once, not per delivery
-        self._call_event = None if wants_ctx else call_event   # the handler, unadapted
+        self._call_event = call_event   # the handler itself when it takes just the event
         self._contract_for = contracts.get if contracts is not None \
             and not accepts_dead_letters else None
         self._check_hops = not accepts_dead_letters
         self._skip_channel: dict[str, bool] = {}
-        sync = store if isinstance(store, SyncIdempotencyStore) else None
-        self._seen_now = sync.seen_nowait if sync is not None else None
-        self._mark_now = sync.mark_nowait if sync is not None else None
+        self._sync = store if isinstance(store, SyncIdempotencyStore) else None
 
     async def __call__(self, delivery: Delivery) -> None:
         try:
@@ -210,7 +208,7 @@ class Consumer:
         store = self.store
         if store is not None:
             key = f"{self.scope}\x1f{event.source}\x1f{event.id}"
-            if self._seen_now(key) if self._seen_now is not None else await store.seen(key):
+            if self._sync.seen_nowait(key) if self._sync is not None else await store.seen(key):
                 self.stats.duplicates += 1
                 await delivery.ack()
                 return
@@ -250,8 +248,8 @@ class Consumer:
                 reset_current_event(token)
             # success: recorded before the ack, so a redelivery racing the ack is a duplicate
             if key is not None and store is not None:
-                if self._mark_now is not None:
-                    self._mark_now(key)
+                if self._sync is not None:
+                    self._sync.mark_nowait(key)
                 else:
                     await store.mark(key)
             self.stats.handled += 1

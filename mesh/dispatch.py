@@ -53,7 +53,7 @@ class Dispatcher(Generic[T]):
         self._queue: deque[T] = deque()               # ready to start, in order
         self._parked: dict[Hashable, deque[T]] = {}   # busy key -> items waiting for it
         self._keys: dict[T, Hashable] = {}            # item -> the key it holds
-        self._running: dict[asyncio.Task[None], tuple[T, Delivery]] = {}
+        self._running: dict[asyncio.Task[None], T] = {}
         self._again: set[T] = set()                   # running items with a retry scheduled
         self._timers: dict[T, asyncio.TimerHandle] = {}
         self._open = 0                                # submitted, not finished nor returned
@@ -80,13 +80,10 @@ class Dispatcher(Generic[T]):
     def stopped(self) -> bool:
         return self._stopped
 
-    def deliveries(self) -> list[Delivery]:
-        """The deliveries of the running handler calls (to extend their ack deadlines)."""
-        return [delivery for _, delivery in self._running.values()]
-
     def items(self) -> list[T]:
-        """Every item not finished: running ones first, then `waiting` ones."""
-        return [item for item, _ in self._running.values()] + self.waiting()
+        """Every item not finished: running ones first, then `waiting` ones (e.g. to
+        extend their ack deadlines)."""
+        return [*self._running.values(), *self.waiting()]
 
     def waiting(self) -> list[T]:
         """Items not running yet: queued, behind a busy key, or waiting out a delay."""
@@ -135,11 +132,11 @@ class Dispatcher(Generic[T]):
                 self._finish(item)
                 continue
             task = asyncio.get_running_loop().create_task(deliver(self._handler, delivery))
-            running[task] = (item, delivery)
+            running[task] = item
             task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        item, _ = self._running.pop(task)
+        item = self._running.pop(task)
         if item in self._again:
             self._again.discard(item)
             if self._stopped:

@@ -15,7 +15,6 @@ Events are shared, not copied (they are immutable; do not mutate ``data``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,9 +24,8 @@ from mesh.errors import TransportClosed
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
 from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
-                            TransportFeatures, TransportRegistry, pattern_list, pattern_matcher)
-
-log = logging.getLogger("mesh.transport")
+                            TransportFeatures, TransportRegistry, deliver, pattern_list,
+                            pattern_matcher)
 
 
 class _Queue:
@@ -179,15 +177,7 @@ class _MemorySubscription(Subscription):
                 idle.discard(task)
             if not idle and queue.pending and len(tasks) < self._max:
                 tasks.append(asyncio.create_task(self._work()))
-            try:  # transport.deliver(handler, delivery), inline: one coroutine less per event
-                await handler(delivery)
-            except asyncio.CancelledError:     # cancelled by close(): never acked
-                await delivery._unhandled(cancelled=True)
-                raise
-            except Exception:
-                log.exception("handler failed on channel %s; redelivering", delivery.channel)
-            if not delivery._settled:           # returned or raised without settling
-                await delivery._unhandled(cancelled=False)
+            await deliver(handler, delivery)
             handled += 1
             if handled % 16 == 0:  # let other members (and the publisher) run: fairness
                 await asyncio.sleep(0)

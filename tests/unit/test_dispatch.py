@@ -166,8 +166,7 @@ async def test_waiting_items_start_in_arrival_order_as_slots_free() -> None:
     assert h.starts() == ["a", "b"]
     assert (h.pool.running, h.pool.load, h.pool.delayed) == (2, 5, 0)
     assert h.pool.waiting() == ["c", "d", "e"]
-    running = {d.item for d in h.pool.deliveries()}
-    assert running == {"a", "b"}
+    assert h.pool.items() == ["a", "b", "c", "d", "e"]   # running first
     h.release("b")
     await h.wait_started("c")
     assert h.starts() == ["a", "b", "c"]
@@ -541,7 +540,7 @@ async def test_drain_cancels_a_handler_past_the_timeout_without_acking() -> None
     assert h.attempts["slow"] == 1 and "queued" not in h.starts()
     assert sorted(h.done) == ["quick", "slow"]
     assert (h.pool.running, h.pool.load, h.pool.delayed) == (0, 0, 0)
-    assert h.pool.deliveries() == []
+    assert h.pool.items() == []
 
 
 async def test_drain_with_zero_timeout_cancels_at_once() -> None:

@@ -359,7 +359,8 @@ async def test_bare_and_wrapped_queue_entries_deliver_alike() -> None:
                                   ("other", "t", 1), ("t", "t", 0), ("t", "t", 1)])
 
 
-async def test_the_inlined_deliver_contract(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_memory_worker_keeps_the_deliver_contract(
+        caplog: pytest.LogCaptureFixture) -> None:
     transport = MemoryTransport("memory://")
     await transport.connect()
     deliveries: list[Delivery] = []

@@ -183,8 +183,7 @@ class KafkaSubscription(Subscription):
         await asyncio.shield(self._closed)
 
     async def _shutdown(self, timeout: float) -> None:
-        self.pool.stop()   # records not running stay uncommitted: the next owner gets them
-        await self.pool.drain(timeout)
+        await self.pool.drain(timeout)   # records not run stay uncommitted: the next owner's
         self._stop.set()
         self._room.set()
         await asyncio.to_thread(self._thread.join)
