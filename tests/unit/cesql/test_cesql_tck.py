@@ -1,6 +1,8 @@
 """The official CESQL 1.0 TCK: every case of shared/conformance/cesql_tck/*.yaml.
 
-The TCK directory is ``$MESH_CESQL_TCK`` or ``<repo>/../shared/conformance/cesql_tck``.
+The TCK directory is ``$MESH_CESQL_TCK``, else ``<repo>/../shared/conformance/cesql_tck``,
+else ``/work/shared/conformance/cesql_tck`` (where the workspace keeps it, for a clone
+made anywhere else, such as a temporary directory).
 Missing TCK: the tests skip, except under CI (``CI=true``) where they fail.
 
 Scalars are read as the raw YAML text where YAML would retype them: expressions
@@ -22,9 +24,10 @@ import yaml
 from mesh.routing import cesql
 
 EXPECTED_CASES = 275
+_BESIDE = Path(__file__).resolve().parents[3] / ".." / "shared" / "conformance" / "cesql_tck"
+_WORKSPACE = Path("/work/shared/conformance/cesql_tck")
 TCK_DIR = Path(os.environ.get("MESH_CESQL_TCK")
-               or Path(__file__).resolve().parents[3] / ".." / "shared" / "conformance"
-               / "cesql_tck")
+               or (_WORKSPACE if not _BESIDE.is_dir() and _WORKSPACE.is_dir() else _BESIDE))
 BASE_EVENT: dict[str, Any] = {
     "specversion": "1.0",
     "id": "tck-event-id",
