@@ -16,9 +16,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 TRANSPORTS = ("memory", "kafka", "nats", "rabbitmq")
 PAYLOAD_BYTES = 256
@@ -237,9 +235,20 @@ class Side(ABC):
     def session(self, target: Target, settings: Settings) -> Session: ...
 
 
-async def in_windows(send: Callable[[T], Awaitable[Any]], items: Sequence[T],
-                     window: int) -> None:
-    """Send ``items`` ``window`` at a time, awaiting each window's confirmations together
-    (how every pipelining side publishes a batch)."""
-    for start in range(0, len(items), window):
-        await asyncio.gather(*(send(item) for item in items[start:start + window]))
+class WindowedPublish:
+    """``publish``/``publish_batch`` of a session whose client pipelines confirmations:
+    ``_send(item)`` returns the confirmation to await; a batch goes ``WINDOW`` at a
+    time, each window's confirmations awaited together. Mix in before `Session`."""
+
+    WINDOW = 256
+
+    def _send(self, item: dict[str, Any]) -> Awaitable[Any]:
+        raise NotImplementedError
+
+    async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(items), self.WINDOW):
+            await asyncio.gather(*(self._send(item)
+                                   for item in items[start:start + self.WINDOW]))
+
+    async def publish(self, item: dict[str, Any]) -> None:
+        await self._send(item)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import cleanup
-from benchmarks.common import Handler, Session, Settings, Side, Target, in_windows
+from benchmarks.common import Handler, Session, Settings, Side, Target, WindowedPublish
 
 
 def _quiet(broker_cls: Any, *args: Any, **kwargs: Any) -> Any:
@@ -163,7 +163,7 @@ class KafkaSession(_Brokers):
 # --- NATS JetStream -----------------------------------------------------------------------
 
 
-class NatsSession(_Brokers):
+class NatsSession(WindowedPublish, _Brokers):
     """The same stream as the other sides (created here); ``publish(..., stream=...)``
     awaits the PubAck, 256 in flight, with ``Nats-Msg-Id``. Subscribers: a durable
     pull consumer (``PullSub(batch_size=max_in_flight)``), ``ack_policy=ACK``."""
@@ -224,12 +224,6 @@ class NatsSession(_Brokers):
         return self.publisher.publish(item, self.target.subject, stream=self.target.stream,
                                       timeout=5.0, headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
-    async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        await in_windows(self._send, items, self.WINDOW)
-
-    async def publish(self, item: dict[str, Any]) -> None:
-        await self._send(item)
-
     async def close(self) -> None:
         await super().close()
         with contextlib.suppress(Exception):
@@ -240,7 +234,7 @@ class NatsSession(_Brokers):
 # --- RabbitMQ ---------------------------------------------------------------------------
 
 
-class RabbitSession(_Brokers):
+class RabbitSession(WindowedPublish, _Brokers):
     """Publisher confirms (FastStream's default channel), ``persist=True``,
     ``mandatory=True``, 1000 in flight; a durable quorum queue bound to a topic
     exchange; ``Channel(prefetch_count=max_in_flight)``, ``ack_policy=ACK``."""
@@ -294,12 +288,6 @@ class RabbitSession(_Brokers):
         return self.publisher.publish(item, exchange=self.exchange,
                                       routing_key=self.target.channel, persist=True,
                                       mandatory=True)
-
-    async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        await in_windows(self._send, items, self.WINDOW)
-
-    async def publish(self, item: dict[str, Any]) -> None:
-        await self._send(item)
 
     async def close(self) -> None:
         await super().close()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import cleanup
-from benchmarks.common import Handler, Session, Settings, Side, Target, in_windows
+from benchmarks.common import Handler, Session, Settings, Side, Target, WindowedPublish
 
 _dumps = json.dumps
 _loads = json.loads
@@ -200,7 +200,7 @@ class KafkaSession(Session):
 # --- NATS JetStream: nats-py ---------------------------------------------------------------
 
 
-class NatsSession(Session):
+class NatsSession(WindowedPublish, Session):
     """The same stream settings as the mesh's (file storage, ``Nats-Msg-Id`` dedup).
     Publish: ``js.publish`` awaiting the PubAck, 256 in flight. Consumers: one durable
     pull consumer (``ack_policy=explicit``, ``max_ack_pending`` as the mesh), each
@@ -266,12 +266,6 @@ class NatsSession(Session):
                                stream=self.target.stream, timeout=5,
                                headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
-    async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        await in_windows(self._send, items, self.WINDOW)
-
-    async def publish(self, item: dict[str, Any]) -> None:
-        await self._send(item)
-
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -287,7 +281,7 @@ class NatsSession(Session):
 # --- RabbitMQ: aio-pika --------------------------------------------------------------------
 
 
-class RabbitSession(Session):
+class RabbitSession(WindowedPublish, Session):
     """Publisher confirms on a topic exchange (persistent, mandatory, 1000 in flight);
     a durable quorum queue bound to the channel; each member its own connection and
     channel with ``prefetch_count = max_in_flight``, ``ack()`` after the handler."""
@@ -341,12 +335,6 @@ class RabbitSession(Session):
 
     def _send(self, item: dict[str, Any]) -> Any:
         return self.exchange.publish(self._message(item), self.target.channel, mandatory=True)
-
-    async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
-        await in_windows(self._send, items, self.WINDOW)
-
-    async def publish(self, item: dict[str, Any]) -> None:
-        await self._send(item)
 
     async def close(self) -> None:
         for conn in self.members:
