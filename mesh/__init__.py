@@ -19,12 +19,14 @@ from mesh.dispatch import Dispatcher
 from mesh.dlq import DeadLetters
 from mesh.errors import (ConfigError, ConnectError, ContractViolation, DataValidationError,
                          DeadLetter, DecodeError, DeliveryError, HandlerError,
-                         HopLimitExceeded, InvalidEvent, MeshError, NoProvider, PublishError,
+                         HopLimitExceeded, InvalidEvent, MeshError, MessageTooLarge, NoProvider,
+                         PublishError,
                          RemoteError, RequestError, RequestTimeout, RetryLater,
                          TransportClosed, TransportError)
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
-from mesh.options import TransportURL, build_options, parse_url, scrub, tls_context
+from mesh.options import (TransportURL, build_options, ensure_listening, parse_url, scrub,
+                          tls_context)
 from mesh.stores import (IdempotencyStore, MemoryIdempotencyStore, SQLiteIdempotencyStore,
                          StoreRegistry, SyncIdempotencyStore)
 from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
@@ -34,18 +36,17 @@ from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
 __version__ = "0.1.0"
 
 __all__ = [
-    "CapabilitiesConfig", "Capability", "ConfigError", "ConnectError", "ConsumerStats",
-    "Context", "Contract", "ContractRegistry", "ContractViolation", "DataValidationError",
-    "DeadLetter", "DeadLetters", "DecodeError", "Delivery", "DeliveryError",
-    "DeliveryHandler", "Dispatcher", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
-    "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
-    "MeshConfig", "MeshError", "NoProvider", "PublishError", "RemoteError", "RequestError",
+    "CapabilitiesConfig", "Capability", "ConfigError", "ConnectError", "ConsumerStats", "Context",
+    "Contract", "ContractRegistry", "ContractViolation", "DataValidationError", "DeadLetter",
+    "DeadLetters", "DecodeError", "Delivery", "DeliveryError", "DeliveryHandler", "Dispatcher",
+    "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded", "IdempotencyConfig",
+    "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh", "MeshConfig",
+    "MeshError", "MessageTooLarge", "NoProvider", "PublishError", "RemoteError", "RequestError",
     "RequestTimeout", "RetryConfig", "RetryLater", "RetryPolicy", "RouteConfig",
-    "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "SyncIdempotencyStore",
-    "Transport", "TransportClosed",
-    "TransportError", "TransportFeatures", "TransportRegistry", "TransportURL", "__version__",
-    "build_options", "codec", "compatibility_problems", "deliver", "derive_id",
-    "from_a2a_skill", "from_mcp_tool", "hookimpl", "is_wildcard", "parse_url", "pattern_list",
-    "pattern_matcher", "redact_url", "scrub", "tls_context", "to_a2a_skill", "to_mcp_tool",
-    "validate_pattern",
+    "SQLiteIdempotencyStore", "StoreRegistry", "Subscription", "SyncIdempotencyStore", "Transport",
+    "TransportClosed", "TransportError", "TransportFeatures", "TransportRegistry", "TransportURL",
+    "__version__", "build_options", "codec", "compatibility_problems", "deliver", "derive_id",
+    "ensure_listening", "from_a2a_skill", "from_mcp_tool", "hookimpl", "is_wildcard", "parse_url",
+    "pattern_list", "pattern_matcher", "redact_url", "scrub", "tls_context", "to_a2a_skill",
+    "to_mcp_tool", "validate_pattern",
 ]

@@ -12,6 +12,7 @@ mesh itself raises. Messages say what to do next and never contain credentials.
     ├── TransportError               the broker or its client failed
     │   ├── ConnectError             could not connect (or reconnect) to the broker
     │   ├── PublishError             the broker did not confirm a publish
+    │   │   └── MessageTooLarge      the message exceeds the broker's size limit (never sent)
     │   └── TransportClosed          the transport is closed (or was never connected)
     ├── DecodeError                  a wire message is not a CloudEvent (it is dead-lettered)
     ├── DeliveryError                a delivery could not be settled (ack/nack failed)
@@ -55,6 +56,18 @@ class ConnectError(TransportError):
 
 class PublishError(TransportError):
     """The broker did not confirm a publish; the event may not have been written."""
+
+
+class MessageTooLarge(PublishError):
+    """The message (headers and body together) exceeds the broker's size limit, so it was
+    not sent. ``size`` and ``limit`` are in bytes. Retrying the same message cannot
+    succeed: make it smaller (store big payloads elsewhere and send a reference).
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class TransportClosed(TransportError):
@@ -152,6 +165,7 @@ __all__ = [
     "HopLimitExceeded",
     "InvalidEvent",
     "MeshError",
+    "MessageTooLarge",
     "NoProvider",
     "PublishError",
     "RemoteError",

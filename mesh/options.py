@@ -13,21 +13,27 @@ ever echoing a secret. These helpers do that once, the same way for every plugin
   values; `scrub` removes known secret values from a client's error text.
 * `tls_context` builds an `ssl.SSLContext` from PEM files (reads files: call it
   off the event loop, e.g. ``await asyncio.to_thread(tls_context, ...)``).
+* `ensure_listening` fails at once when nothing listens at any broker address, so
+  a refused connection is reported in milliseconds while a slow network still gets
+  the client's whole connect timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
+import socket
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, ConnectError
 from mesh.transport import redact_url
 
 M = TypeVar("M", bound=BaseModel)
@@ -158,3 +164,46 @@ def tls_context(ca_file: str | None = None, cert_file: str | None = None,
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+async def ensure_listening(addresses: Sequence[tuple[str, int]], *, timeout: float,
+                           broker: str) -> None:
+    """Raise `ConnectError` at once when every ``(host, port)`` refuses a TCP connection
+    or does not resolve; return as soon as one accepts, or when an attempt is still
+    pending after ``timeout`` seconds (a slow network: the client's own connect timeout
+    then decides). ``broker`` names the broker in the message. Opens and closes plain
+    TCP connections only: no protocol bytes are sent.
+
+    Broker clients retry a refused connection until their connect timeout (10 s
+    and more), which makes "the broker is not running" the slowest error to see."""
+    if not addresses:
+        return
+    failures: list[str] = []
+
+    async def attempt(host: str, port: int) -> bool:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except (OSError, socket.gaierror) as exc:
+            reason = "connection refused" if isinstance(exc, ConnectionRefusedError) \
+                else (exc.strerror or type(exc).__name__)
+            shown = f"[{host}]" if ":" in host else host
+            failures.append(f"{shown}:{port} ({reason})")
+            return False
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return True
+
+    tasks = [asyncio.ensure_future(attempt(host, port)) for host, port in addresses]
+    try:
+        for next_done in asyncio.as_completed(tasks, timeout=timeout):
+            if await next_done:
+                return
+    except TimeoutError:
+        return   # still trying somewhere: not a refusal, leave it to the client
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    raise ConnectError(f"nothing accepts connections for {broker} at {', '.join(failures)}; "
+                       "check that the broker runs there and the host and port are right")

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
@@ -54,7 +54,9 @@ class TransportFeatures:
 
     ``pattern_syntax`` tells the routing planner how to push a channel pattern
     down to the broker (NATS subject wildcards, AMQP binding keys, Kafka topic
-    regex, or the neutral mesh syntax).
+    regex, or the neutral mesh syntax). ``retained_reads`` says `Transport.retain`
+    and `Transport.read` work: a channel can be read without consuming it (the
+    dead-letter tools need this).
     """
 
     consumer_groups: bool = True
@@ -65,6 +67,7 @@ class TransportFeatures:
     native_dedup: bool = False
     wildcard_patterns: bool = True
     pattern_syntax: PatternSyntax = "mesh"
+    retained_reads: bool = False
 
 
 class Delivery(ABC):
@@ -95,6 +98,14 @@ class Delivery(ABC):
 
     def raw(self) -> tuple[Mapping[str, str], bytes] | None:
         """Headers and body as received, for dead-lettering an undecodable message."""
+        return None
+
+    @property
+    def position(self) -> str | None:
+        """Where the broker keeps this message, stable across its redeliveries and unique
+        among the channel's messages (Kafka ``topic/partition/offset``, a JetStream stream
+        sequence), or None when the broker assigns no such identity. The mesh uses it to
+        give each undecodable message its own dead-letter entry."""
         return None
 
     @property
@@ -212,6 +223,26 @@ class Transport(ABC):
             await delivery.nack()
         sub = await self.subscribe(pattern, give_back, group=group)
         await sub.close()
+
+    async def retain(self, channel: str) -> None:
+        """Keep what is published to ``channel`` from now on, for `read` (the mesh calls
+        this for its dead-letter channel at start). Where channels are logs already
+        (JetStream streams, Kafka topics) this only checks the log exists; other brokers
+        declare something that retains (a RabbitMQ stream queue). Idempotent; it never
+        redeclares anything with other settings. Transports that cannot do this keep the
+        default, which raises `ConfigError`."""
+        raise ConfigError(f"{type(self).__name__} cannot retain channels for reading; "
+                          "the dead-letter tools need a transport with retained_reads")
+
+    def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
+        """The messages retained on ``channel`` (see `retain`), oldest first, up to the
+        last one published before the call, read without consuming: nothing is removed,
+        hidden or reordered for any consumer or other reader. The deliveries yielded
+        cannot be settled (ack and nack do nothing) and count no redeliveries. ``idle``
+        bounds the wait for more on brokers that cannot tell where a channel ends.
+        The default raises `ConfigError` (see `retain`)."""
+        raise ConfigError(f"{type(self).__name__} cannot read channels without consuming; "
+                          "the dead-letter tools need a transport with retained_reads")
 
     async def delete_channels(self, pattern: str) -> None:
         """Remove broker-side state for channels matching ``pattern`` (test clean-up).

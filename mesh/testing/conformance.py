@@ -47,6 +47,14 @@ from mesh.transport import Delivery, Subscription, Transport, TransportFeatures
 
 __all__ = ["Collector", "TransportConformance", "scaled"]
 
+def _undecodable(delivery: Delivery) -> bool:
+    try:
+        _ = delivery.event
+    except DecodeError:
+        return True
+    return False
+
+
 class TransportConformance(MeshCases):
     """Universal transport test cases (and, inherited, the mesh-level cases run through
     the `Mesh` API); see the module docstring."""
@@ -474,6 +482,55 @@ class TransportConformance(MeshCases):
         assert errors, "delivery.event must raise DecodeError for a non-CloudEvent"
         raw = got[0].raw()
         assert raw is not None and isinstance(raw[1], bytes)
+
+    # --- retained channels (the dead-letter tools read them) ------------------------------
+
+    @pytest.mark.asyncio
+    async def test_retained_channel_is_read_without_consuming(self, transports: Any) -> None:
+        """`retain` + `read`: every reader sees every retained message, while a group on
+        the same channel still gets each one exactly once; settling what `read` yields
+        does nothing; a second transport (another process, like the CLI) reads the same."""
+        self._require("retained_reads")
+        t, other = await transports(), await transports()
+        channel, n = self.channel("kept"), 20
+        await t.retain(channel)
+        await t.retain(channel)   # idempotent
+        group = Collector()
+        await self.subscribe(t, channel, group, group=self.group())
+        sent = [self.event(i, type=channel) for i in range(n)]
+        await t.publish_batch([(channel, event) for event in sent])
+        await group.wait_for(n, self.timeout)
+
+        async def read_all(transport: Transport) -> list[Delivery]:
+            return [delivery async for delivery in transport.read(channel, idle=2.0)]
+        first, second, third = await asyncio.gather(read_all(t), read_all(t), read_all(other))
+        for reading in (first, second, third):
+            ids = [delivery.event.id for delivery in reading]
+            assert sorted(ids) == sorted(e.id for e in sent), "a reader missed messages"
+        for delivery in first:
+            await delivery.nack()
+            await delivery.ack()
+        assert [d.event.id for d in await read_all(t)] == [d.event.id for d in first], \
+            "settling a read delivery changed the retained channel"
+        await asyncio.sleep(0.5)
+        assert sorted(group.ids) == sorted(e.id for e in sent), \
+            "reading the channel took events from (or redelivered them to) a group"
+
+    @pytest.mark.asyncio
+    async def test_retained_channel_keeps_undecodable_messages(self, transports: Any) -> None:
+        self._require("retained_reads")
+        t = await transports()
+        channel = self.channel("keptraw")
+        await t.retain(channel)
+        await self.publish_undecodable(t, channel)
+        good = self.event(1, type=channel)
+        await t.publish(channel, good)
+        reading = [delivery async for delivery in t.read(channel, idle=2.0)]
+        assert len(reading) == 2, f"expected the bad and the good message, got {len(reading)}"
+        bad = [d for d in reading if d.raw() is not None and _undecodable(d)]
+        raw = bad[0].raw() if bad else None
+        assert len(bad) == 1 and raw is not None and isinstance(raw[1], bytes)
+        assert [d.event.id for d in reading if d not in bad] == [good.id]
 
     # --- reconnect ------------------------------------------------------------------------
 

@@ -10,13 +10,16 @@ broadcast subscriber is an exclusive queue deleted when it closes.
 ``memory://`` is a private broker per transport; ``memory://name`` is shared by
 every transport in the process that uses the same name (two apps in one test).
 Events are shared, not copied (they are immutable; do not mutate ``data``).
+
+A retained channel (`MemoryTransport.retain`) is a queue nobody consumes (so it
+costs publishing nothing extra); `MemoryTransport.read` walks a snapshot of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from mesh import codec
@@ -97,6 +100,7 @@ class _Queue:
 class _Broker:
     def __init__(self) -> None:
         self.groups: dict[str, _Queue] = {}
+        self.retained: dict[str, _Queue] = {}   # channel -> its never-consumed log
         self.queues: list[_Queue] = []
         self.routes: dict[str, list[_Queue]] = {}   # channel -> queues, cached
 
@@ -205,7 +209,7 @@ class MemoryTransport(Transport):
     features = TransportFeatures(consumer_groups=True, broadcast=True, per_key_ordering=True,
                                  persistence=False, replay_for_new_groups=False,
                                  native_dedup=False, wildcard_patterns=True,
-                                 pattern_syntax="mesh")
+                                 pattern_syntax="mesh", retained_reads=True)
 
     def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
         name = url.partition("://")[2].strip("/")
@@ -259,6 +263,20 @@ class MemoryTransport(Transport):
             key = None
         for queue in self._broker.route(channel):
             queue.put(_MemoryDelivery(queue, channel, message, key))
+
+    async def retain(self, channel: str) -> None:
+        self._check()
+        if channel not in self._broker.retained:   # a queue on exactly this channel
+            self._broker.bind(self._broker.retained.setdefault(channel, _Queue({channel})))
+
+    async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
+        self._check()
+        log = self._broker.retained.get(channel, _Queue(set()))
+        for entry in list(log.pending):   # settled from the start: ack and nack do nothing
+            message = entry if isinstance(entry, Event) else entry.message
+            delivery = _MemoryDelivery(log, channel, message, None)
+            delivery._settled = True
+            yield delivery
 
     async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
                         group: str | None = None, max_in_flight: int = 1) -> Subscription:

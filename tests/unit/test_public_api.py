@@ -12,7 +12,7 @@ PUBLIC = {
     "DeadLetter", "DeadLetters", "DecodeError", "Delivery", "DeliveryError",
     "DeliveryHandler", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
     "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
-    "MeshConfig", "MeshError", "PublishError", "RetryConfig", "RetryLater", "RetryPolicy",
+    "MeshConfig", "MeshError", "MessageTooLarge", "PublishError", "RetryConfig", "RetryLater", "RetryPolicy",
     "RouteConfig", "SQLiteIdempotencyStore", "StoreRegistry", "Subscription",
     "SyncIdempotencyStore", "Transport",
     "TransportClosed", "TransportError", "TransportFeatures", "TransportRegistry",
@@ -22,8 +22,8 @@ PUBLIC = {
     "CapabilitiesConfig", "Contract", "ContractRegistry", "compatibility_problems",
     "ContractViolation", "NoProvider", "RemoteError", "RequestError", "RequestTimeout",
     *(PLUGIN_HELPERS := (
-        "Dispatcher", "TransportURL", "build_options", "deliver", "parse_url", "redact_url",
-        "scrub", "tls_context")),
+        "Dispatcher", "TransportURL", "build_options", "deliver", "ensure_listening",
+        "parse_url", "redact_url", "scrub", "tls_context")),
 }
 
 
