@@ -411,7 +411,7 @@ class Mesh:
         invoke, wants_ctx, call_event = _adapt(spec.func)
         consumer = Consumer(
             self, invoke=invoke, wants_ctx=wants_ctx, scope=scope, group=spec.group,
-            call_event=call_event,
+            call_event=call_event, name=spec.name,
             predicate=spec.residual,
             policy=self._policy, store=self._store if spec.idempotent else None,
             contracts=self.contracts, patterns=spec.patterns,

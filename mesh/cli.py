@@ -44,7 +44,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, TextIO
@@ -568,6 +568,28 @@ async def run_app(app: Mesh, on_ready: Callable[[], None] | None = None) -> None
         await app.stop()
 
 
+def run_bounded(main: Coroutine[Any, Any, Any], grace: float = 2.0) -> Any:
+    """``asyncio.run(main)``, except that tasks still alive when ``main`` returned get
+    ``grace`` seconds after their cancellation instead of forever: `Mesh.stop` abandons
+    a handler that ignores cancellation (and says so), and ``asyncio.run`` would then
+    wait for it at exit, so ``mesh run`` would never end."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=grace))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 # --- the argparse layer -----------------------------------------------------------------
 
 
@@ -666,7 +688,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{len(app.handlers)} handler(s); press Ctrl-C to stop", file=sys.stderr,
               flush=True)
 
-    asyncio.run(run_app(app, ready))
+    run_bounded(run_app(app, ready))
     print("mesh: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
 

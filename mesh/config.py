@@ -39,6 +39,8 @@ class RetryConfig(BaseModel):
     max_backoff: float = Field(30.0, ge=0, description="cap on one backoff, seconds")
     multiplier: float = Field(2.0, ge=1)
     jitter: float = Field(0.2, ge=0, le=1, description="+/- fraction of random spread")
+    max_deliveries: int = Field(10, ge=0, description="deliveries of one message (by the "
+                                "broker's count) before it is dead-lettered unrun; 0: no limit")
 
 
 class IdempotencyConfig(BaseModel):

@@ -4,20 +4,30 @@
 subscription. The order of checks is the contract documented in
 docs/delivery-semantics.md:
 
-1. Undecodable message -> dead-letter (reason: the decode error), ack.
+1. Undecodable message -> dead-letter (reason: the decode error), ack. Each such
+   message gets its own entry (its id follows headers, body and broker position).
 2. A dead-letter copy reaching a normal handler, or a mesh-internal channel (``mesh.*``:
    registry, replies) reaching a wildcard subscription that does not name ``mesh.`` ->
-   ack (not counted). Residual filter rejects the event -> ack, counted in
-   ``stats.filtered``.
-3. ``meshhops`` past the hop limit -> dead-letter, publish ``mesh.loop.detected``, ack.
-4. Data violates the type's contract -> dead-letter with the errors (never retried).
-5. Already handled by this group (idempotency store) -> ack, ``stats.duplicates``.
-6. Run the handler. Success -> record in the store, ack. ``RetryLater`` -> nack with
-   its delay (not a failed attempt). ``DeadLetter``/``DataValidationError`` ->
-   dead-letter now. Other exceptions -> retry with backoff up to ``max_attempts``,
+   ack (not counted); so is a replayed event meant for another group (``meshreplayto``).
+3. Residual filter rejects the event -> ack, counted in ``stats.filtered``.
+4. ``meshhops`` past the hop limit -> dead-letter, publish ``mesh.loop.detected``, ack.
+5. Data violates the type's contract -> dead-letter with the errors (never retried).
+6. Already handled by this group (idempotency store) -> ack, ``stats.duplicates``.
+7. Delivered ``max_deliveries`` times already (the broker's count: a handler that kills
+   its process never reaches ``max_attempts``) -> dead-letter unrun, ack.
+8. Run the handler. Success -> record in the store, ack. ``RetryLater`` -> nack with
+   its delay (not a failed attempt, but a delivery). ``DeadLetter``/``DataValidationError``
+   -> dead-letter now. Other exceptions -> retry with backoff up to ``max_attempts``,
    then dead-letter. Dead-lettering acks the original only after the dead-letter
-   copy was confirmed; if that publish fails the original is nacked, never lost.
-7. Cancelled (shutdown) -> neither acked nor dead-lettered: the broker redelivers.
+   copy was confirmed; a copy too large for the broker is written reduced (attributes,
+   reason, size and SHA-256 of the body); if the write fails the original is nacked
+   with a backoff that grows with its deliveries, never lost, never in a tight loop.
+9. Cancelled (shutdown) -> neither acked nor dead-lettered: the broker redelivers.
+
+A dead-letter handler (``on_dead_letter``) never dead-letters: whatever it cannot handle
+(failure after its retries, an undecodable copy, the delivery limit) is logged, counted
+in ``stats.dropped`` and acked; the copy stays in the channel's retained log
+(``mesh dlq list``).
 """
 
 from __future__ import annotations
@@ -39,10 +49,13 @@ from mesh.errors import (
     DataValidationError,
     DeadLetter,
     DecodeError,
+    DeliveryLimitExceeded,
     HopLimitExceeded,
     MeshError,
+    MessageTooLarge,
     RetryLater,
 )
+from mesh import codec
 from mesh.event import Event
 from mesh.stores import SyncIdempotencyStore
 from mesh.transport import Delivery
@@ -61,10 +74,15 @@ DL_ATTEMPTS = "meshdlattempts"  # handler attempts made
 DL_GROUP = "meshdlgroup"        # consumer group ('' for broadcast)
 DL_CHANNEL = "meshdlchannel"    # channel the event was consumed from
 DL_ID = "meshdlid"              # the original event id (the copy gets a fresh id)
+DL_HEADERS = "meshdlheaders"    # an undecodable message's headers, as JSON
+DL_REDUCED = "meshdlreduced"    # true: the body was too large to keep (size + digest only)
 DL_EXTENSIONS = (DL_ERROR, DL_REASON, DL_ATTEMPTS, DL_GROUP, DL_CHANNEL, DL_ID)
+#: Set on a replayed event: only the named group (``""``: broadcast subscribers) runs it.
+REPLAY_TO = "meshreplayto"
 UNDECODABLE_TYPE = "mesh.undecodable"
 LOOP_DETECTED_TYPE = "mesh.loop.detected"
 _MAX_REASON = 2000
+_REDUCED_TEXT = 256    # reason and headers kept in a reduced copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +94,7 @@ class RetryPolicy:
     max_backoff: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.2
+    max_deliveries: int = 10
 
     @classmethod
     def from_config(cls, config: RetryConfig) -> RetryPolicy:
@@ -98,6 +117,7 @@ class ConsumerStats:
     filtered: int = 0
     duplicates: int = 0
     retry_later: int = 0
+    dropped: int = 0          # what a dead-letter handler could not handle (logged, acked)
     errors: list[str] = field(default_factory=list)
 
 
@@ -119,15 +139,53 @@ def dead_letter_event(event: Event, error: BaseException, *, attempts: int, grou
 
 def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
                       group: str | None) -> Event:
-    """Wrap a message that is not a CloudEvent so it can travel to the dead-letter channel."""
+    """Wrap a message that is not a CloudEvent so it can travel to the dead-letter channel.
+
+    Its id is derived from everything that tells messages apart (body, headers, channel,
+    group and the broker's `Delivery.position`), so a redelivery of the same message
+    gets the same id while two different ones never share it. Without a position two
+    byte-identical messages cannot be told from a redelivery, so the id is random then:
+    a redelivery may leave a second entry, but no message is ever merged into another.
+    """
     raw = delivery.raw()
     headers, body = raw if raw is not None else ({}, b"")
-    digest = hashlib.sha256(body + delivery.channel.encode() + (group or "").encode()).hexdigest()
+    position = delivery.position
+    if position is None:
+        event_id = str(uuid.uuid4())
+    else:
+        digest = hashlib.sha256()
+        for part in (delivery.channel, group or "", position,
+                     json.dumps(sorted(headers.items()), default=str)):
+            digest.update(part.encode("utf-8", "surrogatepass") + b"\x1f")
+        digest.update(body)
+        event_id = str(uuid.uuid5(ID_NAMESPACE, digest.hexdigest()))
     return Event(
-        UNDECODABLE_TYPE, source, bytes(body), id=str(uuid.uuid5(ID_NAMESPACE, digest)),
+        UNDECODABLE_TYPE, source, bytes(body), id=event_id,
         extensions={DL_ERROR: "DecodeError", DL_REASON: str(error)[:_MAX_REASON],
                     DL_ATTEMPTS: 0, DL_GROUP: group or "", DL_CHANNEL: delivery.channel,
-                    "meshdlheaders": json.dumps(dict(headers), default=str)[:_MAX_REASON]})
+                    DL_HEADERS: json.dumps(dict(headers), default=str)[:_MAX_REASON]})
+
+
+def reduced_copy(copy: Event) -> Event:
+    """A dead-letter copy the broker can hold: the original's context attributes, the
+    correlation and the ``meshdl*`` extensions (reason and headers shortened), and as
+    data only the size and SHA-256 of the body it could not hold (``meshdlreduced``)."""
+    try:
+        body = copy.data if isinstance(copy.data, bytes) else \
+            codec.encode_data(copy.data, copy.datacontenttype)
+    except MeshError:
+        body = repr(copy.data).encode("utf-8", "replace")
+    keep = (*DL_EXTENSIONS, DL_HEADERS, "correlationid", "causationid", "traceparent",
+            "tracestate")
+    ext: dict[str, object] = {k: copy.extensions[k] for k in keep if k in copy.extensions}
+    for name in (DL_REASON, DL_HEADERS):
+        if isinstance(ext.get(name), str):
+            ext[name] = str(ext[name])[:_REDUCED_TEXT]
+    ext[DL_REDUCED] = True
+    return Event(copy.type, copy.source, {"size": len(body),
+                                          "sha256": hashlib.sha256(body).hexdigest(),
+                                          "datacontenttype": copy.datacontenttype},
+                 id=copy.id, subject=copy.subject, time=copy.time, extensions=ext)
 
 
 Invoker = Callable[[Event, Context | None], Awaitable[Any]]
@@ -140,7 +198,8 @@ class Consumer:
     methods, the contract lookup, how to call the handler) is resolved here, once, so
     that a delivery costs one coroutine of its own plus the handler's: the checks, the
     attempts and the idempotency store (when it offers ``seen_nowait``/``mark_nowait``,
-    as the in-memory one does) run inline.
+    as the in-memory one does) run inline. ``name`` is the handler's name, for log lines
+    of the transport (a handler that ignores cancellation, say).
     """
 
     def __init__(self, mesh: Mesh, *, invoke: Invoker, scope: str, group: str | None,
@@ -149,11 +208,13 @@ class Consumer:
                  store: IdempotencyStore | None, accepts_dead_letters: bool,
                  contracts: ContractRegistry | None = None,
                  patterns: Sequence[str] = (),
-                 call_event: Callable[[Event], Awaitable[Any]] | None = None) -> None:
+                 call_event: Callable[[Event], Awaitable[Any]] | None = None,
+                 name: str = "") -> None:
         self.mesh = mesh
         self.invoke = invoke
         self.wants_ctx = wants_ctx
         self.scope = scope
+        self.name = name or scope
         self.group = group
         self.predicate = predicate
         self.policy = policy
@@ -165,6 +226,8 @@ class Consumer:
         self.stats = ConsumerStats()
         self._dlq_channel = mesh.config.dead_letter_channel
         self._hop_limit = mesh.config.hop_limit
+        self._max_deliveries = policy.max_deliveries or 0
+        self._replay_target = group or ""
         # resolved once, not per delivery
         self._call_event = call_event   # the handler itself when it takes just the event
         self._contract_for = contracts.get if contracts is not None \
@@ -173,11 +236,17 @@ class Consumer:
         self._skip_channel: dict[str, bool] = {}
         self._sync = store if isinstance(store, SyncIdempotencyStore) else None
 
+    def __repr__(self) -> str:
+        return f"<handler {self.name}>"
+
     async def __call__(self, delivery: Delivery) -> None:
         try:
             event = delivery.event
         except DecodeError as exc:
             log.warning("undecodable message on %s: %s", delivery.channel, exc)
+            if self.accepts_dead_letters:
+                await self._drop(delivery, f"an undecodable message ({exc})")
+                return
             await self._dead_letter(delivery, undecodable_event(
                 delivery, exc, source=self.mesh.source, group=self.group))
             return
@@ -188,11 +257,15 @@ class Consumer:
         if skip:
             await delivery.ack()  # dead-letter copies only reach dead-letter handlers
             return
+        ext = event.extensions
+        if ext and REPLAY_TO in ext and ext[REPLAY_TO] != self._replay_target:
+            await delivery.ack()  # a replay meant for another group
+            return
         if self.predicate is not None and not self.predicate(event):
             self.stats.filtered += 1
             await delivery.ack()
             return
-        if self._check_hops and event.extensions and event.meshhops > self._hop_limit:
+        if self._check_hops and ext and event.meshhops > self._hop_limit:
             await self._hop_limit_exceeded(delivery, event)
             return
         if self._contract_for is not None:
@@ -201,8 +274,7 @@ class Consumer:
                 try:
                     contract.check(event)
                 except ContractViolation as exc:
-                    await self._dead_letter(delivery, dead_letter_event(
-                        event, exc, attempts=0, group=self.group, channel=channel))
+                    await self._fail(delivery, event, exc, attempts=0)
                     return
         key = None
         store = self.store
@@ -212,6 +284,9 @@ class Consumer:
                 self.stats.duplicates += 1
                 await delivery.ack()
                 return
+        if self._max_deliveries and delivery.redeliveries >= self._max_deliveries:
+            await self._delivery_limit(delivery, event)
+            return
         attempt = 0
         while True:  # the attempts, inline (no coroutine per attempt)
             attempt += 1
@@ -229,18 +304,16 @@ class Consumer:
                 await delivery.nack(exc.after)
                 return
             except (DeadLetter, DataValidationError) as exc:
-                await self._dead_letter(delivery, dead_letter_event(
-                    event, exc, attempts=attempt, group=self.group, channel=channel))
+                await self._fail(delivery, event, exc, attempts=attempt)
                 return
             except Exception as exc:
                 self.stats.failed_attempts += 1
                 if attempt >= self.policy.max_attempts:
-                    log.error("handler %s failed %d times on %s (%s); dead-lettering",
-                              self.scope, attempt, event.id, type(exc).__name__)
-                    await self._dead_letter(delivery, dead_letter_event(
-                        event, exc, attempts=attempt, group=self.group, channel=channel))
+                    log.error("handler %s failed %d times on %s (%s)", self.name, attempt,
+                              event.id, type(exc).__name__)
+                    await self._fail(delivery, event, exc, attempts=attempt)
                     return
-                log.info("handler %s failed on %s (attempt %d/%d): %s: %s", self.scope,
+                log.info("handler %s failed on %s (attempt %d/%d): %s: %s", self.name,
                          event.id, attempt, self.policy.max_attempts, type(exc).__name__, exc)
                 await asyncio.sleep(self.policy.backoff(attempt))
                 continue
@@ -266,12 +339,47 @@ class Consumer:
             self._skip_channel[channel] = skip
         return skip
 
+    async def _fail(self, delivery: Delivery, event: Event, error: BaseException, *,
+                    attempts: int) -> None:
+        """The event cannot be handled: dead-letter it (a dead-letter handler drops it)."""
+        if self.accepts_dead_letters:
+            await self._drop(delivery, f"{event.id} ({type(error).__name__}: {error})")
+            return
+        await self._dead_letter(delivery, dead_letter_event(
+            event, error, attempts=attempts, group=self.group, channel=delivery.channel))
+
+    async def _drop(self, delivery: Delivery, what: str) -> None:
+        log.error("dead-letter handler %s could not handle %s; dropped (dead-letter copies are "
+                  "never dead-lettered again; the copy stays listed by mesh dlq list)",
+                  self.name, what)
+        self.stats.dropped += 1
+        await delivery.ack()
+
+    async def _delivery_limit(self, delivery: Delivery, event: Event) -> None:
+        error = DeliveryLimitExceeded(
+            f"delivered {delivery.redeliveries} times without being settled (max_deliveries="
+            f"{self._max_deliveries}): its handler probably crashes the process or gives it "
+            "back every time; fix the handler and replay it, or raise retry.max_deliveries")
+        log.error("handler %s: event %s %s", self.name, event.id, error)
+        await self._fail(delivery, event, error, attempts=0)
+
     async def _dead_letter(self, delivery: Delivery, copy: Event) -> None:
-        try:  # straight to the transport: a copy of a contract violation must still get there
-            await self.mesh.transport.publish(self._dlq_channel, copy)
+        """Write ``copy`` (straight to the transport: a copy of a contract violation must
+        still get there), reduced when it is too large; ack only once it is written."""
+        publish = self.mesh.transport.publish
+        try:
+            try:
+                await publish(self._dlq_channel, copy)
+            except MessageTooLarge as exc:
+                log.warning("dead-letter copy %s is too large for the broker (%d > %d bytes); "
+                            "writing it reduced (size and digest instead of the body)",
+                            copy.id, exc.size, exc.limit)
+                await publish(self._dlq_channel, reduced_copy(copy))
         except MeshError as exc:
-            log.error("could not dead-letter %s (%s); redelivering instead", copy.id, exc)
-            await delivery.nack(self.policy.backoff(1))
+            delay = self.policy.backoff(delivery.redeliveries + 1)
+            log.error("could not dead-letter %s (%s); redelivering it in %.2gs", copy.id,
+                      exc, delay)
+            await delivery.nack(delay)
             return
         self.stats.dead_lettered += 1
         await delivery.ack()

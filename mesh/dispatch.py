@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from mesh.transport import Delivery, DeliveryHandler, deliver
+from mesh.transport import Delivery, DeliveryHandler, cancel_calls, deliver
 
 T = TypeVar("T", bound=Hashable)
 
@@ -181,14 +181,17 @@ class Dispatcher(Generic[T]):
         self._open -= len(left)
         return left
 
-    async def drain(self, timeout: float = 0.0) -> None:
+    async def drain(self, timeout: float = 0.0) -> list[T]:
         """`stop`, let running calls finish within ``timeout`` seconds, then cancel
         them. Items the earlier `stop` did not return are dropped here: call `stop`
-        first to give them back."""
+        first to give them back. A call that ignores its cancellation is abandoned after
+        a short grace (`mesh.transport.cancel_calls`, logged with the handler's name);
+        the items of abandoned calls are returned, so the transport can give them back
+        to the broker (closing the connection does that on most brokers)."""
         self.stop()
         tasks = list(self._running)
         if tasks and timeout > 0:
             await asyncio.wait(tasks, timeout=timeout)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        running = self._running
+        return [running[task] for task in await cancel_calls(tasks, self._handler)
+                if task in running]

@@ -22,6 +22,7 @@ mesh itself raises. Messages say what to do next and never contain credentials.
     ├── DataValidationError          event data failed the handler's model (never retried)
     │   └── ContractViolation        event data failed the event type's contract (JSON Schema)
     ├── HopLimitExceeded             an event went round more hops than ``hop_limit`` (a loop)
+    ├── DeliveryLimitExceeded        a message was delivered ``max_deliveries`` times unsettled
     └── RequestError                 ``mesh.request`` did not get a successful reply
         ├── NoProvider               no live instance serves the capability
         ├── RequestTimeout           no reply within the timeout
@@ -124,6 +125,12 @@ class HopLimitExceeded(MeshError):
     """The event passed the hop limit: agents are probably emitting in a loop."""
 
 
+class DeliveryLimitExceeded(MeshError):
+    """A message came back ``retry.max_deliveries`` times without being settled: its
+    handler probably crashes the process (or gives it back) every time. It is
+    dead-lettered without running the handler again."""
+
+
 class RequestError(MeshError):
     """Base of the errors of ``mesh.request``."""
 
@@ -161,6 +168,7 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "DeliveryError",
+    "DeliveryLimitExceeded",
     "HandlerError",
     "HopLimitExceeded",
     "InvalidEvent",

@@ -39,6 +39,11 @@ _INT32 = (-(2**31), 2**31 - 1)
 MESH_EXTENSIONS = ("correlationid", "causationid", "traceparent", "tracestate", "partitionkey",
                    "meshhops")
 
+#: Mesh extensions that are counters: a non-negative integer on every transport (binary
+#: modes carry them as strings; decoding turns them back into ints, strictly).
+COUNTER_EXTENSIONS = frozenset({"meshhops", "meshdlattempts"})
+_COUNTER_TEXT = re.compile(r"[0-9]{1,10}")
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -123,8 +128,23 @@ def _check_str(name: str, value: Any, *, required: bool) -> str | None:
     return value
 
 
+def _counter(name: str, value: Any) -> int:
+    """A mesh counter extension as an int; `InvalidEvent` unless it is a non-negative
+    integer (or its decimal digits, as binary content modes carry it). A forged negative
+    or garbled ``meshhops`` would otherwise defeat loop protection."""
+    if isinstance(value, str) and _COUNTER_TEXT.fullmatch(value):
+        value = int(value)
+    if value.__class__ is not int or not 0 <= value <= _INT32[1]:
+        raise InvalidEvent(f"extension {name!r} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def _check_extensions(extensions: Mapping[str, Any]) -> Mapping[str, Any]:
-    for name, value in extensions.items():
+    checked = dict(extensions)
+    for name, value in checked.items():
+        if name in COUNTER_EXTENSIONS:
+            checked[name] = _counter(name, value)   # same keys: safe while iterating
+            continue
         if name in _RESERVED or not _EXT_NAME.fullmatch(name):
             raise InvalidEvent(
                 f"extension name {name!r} is invalid: CloudEvents extension names are 1-20 "
@@ -143,7 +163,7 @@ def _check_extensions(extensions: Mapping[str, Any]) -> Mapping[str, Any]:
             f"extension {name!r} has type {type(value).__name__}; use str, int, bool or "
             "datetime (encode Binary values as base64 strings)"
         )
-    return MappingProxyType(dict(extensions))
+    return MappingProxyType(checked)
 
 
 class Event:
@@ -274,13 +294,8 @@ class Event:
         specversion = attrs.pop("specversion", None)
         if specversion is None:
             raise InvalidEvent("attribute 'specversion' is required")
-        hops = attrs.get("meshhops")
-        if isinstance(hops, str):
-            try:
-                attrs["meshhops"] = int(hops)
-            except ValueError:
-                raise InvalidEvent(f"extension 'meshhops' must be an integer, got {hops!r}") \
-                    from None
+        for name in COUNTER_EXTENSIONS.intersection(attrs):
+            attrs[name] = _counter(name, attrs[name])
         event = cls(etype, source, data, id=event_id, specversion=specversion,
                     datacontenttype=attrs.pop("datacontenttype", None),
                     dataschema=attrs.pop("dataschema", None),

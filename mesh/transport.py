@@ -35,7 +35,7 @@ import contextlib
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
@@ -158,6 +158,34 @@ async def deliver(handler: DeliveryHandler, delivery: Delivery) -> None:
         log.exception("handler failed on channel %s; redelivering", delivery.channel)
     if not delivery.settled:
         await delivery._unhandled(cancelled=False)
+
+
+#: Seconds a cancelled handler call gets to end before it is abandoned (see `cancel_calls`).
+ABANDON_GRACE = 1.0
+
+
+async def cancel_calls(tasks: Collection[asyncio.Task[Any]], handler: object,
+                       grace: float = ABANDON_GRACE) -> list[asyncio.Task[Any]]:
+    """Cancel running handler calls and wait at most ``grace`` seconds for them to end.
+
+    A handler that swallows `CancelledError` would otherwise make ``close()`` (and so
+    ``Mesh.stop``) wait for as long as it likes. The calls still running after the
+    grace are abandoned with a log line naming the handler, and returned, so the
+    caller can give their deliveries back; their later settling must not count."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in done:
+        if not task.cancelled():
+            task.exception()   # retrieved: deliver() already logged what failed
+    if pending:
+        name = getattr(handler, "name", None) or getattr(handler, "__qualname__", repr(handler))
+        log.warning("handler %s ignored cancellation for %gs after the shutdown timeout; "
+                    "abandoned %d call(s) (their deliveries are not acked: the broker "
+                    "redelivers them)", name, grace, len(pending))
+    return list(pending)
 
 
 class Subscription(ABC):

@@ -27,8 +27,8 @@ from mesh.errors import TransportClosed
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
 from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
-                            TransportFeatures, TransportRegistry, deliver, pattern_list,
-                            pattern_matcher)
+                            TransportFeatures, TransportRegistry, cancel_calls, deliver,
+                            pattern_list, pattern_matcher)
 
 
 class _Queue:
@@ -164,6 +164,7 @@ class _MemorySubscription(Subscription):
         self._broker, self._queue, self._handler = broker, queue, handler
         self._exclusive = exclusive
         self._idle: set[asyncio.Task[None]] = set()
+        self._current: dict[asyncio.Task[None], _MemoryDelivery] = {}   # worker -> delivery
         self._max = workers   # workers start on demand: an idle subscription costs one task
         self._tasks = [asyncio.create_task(self._work())]
         self._closed = False
@@ -172,7 +173,7 @@ class _MemorySubscription(Subscription):
         task = asyncio.current_task()
         assert task is not None
         queue, handler, idle, tasks = self._queue, self._handler, self._idle, self._tasks
-        handled = 0
+        current, handled = self._current, 0
         while not self._closed:
             delivery = queue.take_nowait()
             if delivery is None:
@@ -181,6 +182,7 @@ class _MemorySubscription(Subscription):
                 idle.discard(task)
             if not idle and queue.pending and len(tasks) < self._max:
                 tasks.append(asyncio.create_task(self._work()))
+            current[task] = delivery
             await deliver(handler, delivery)
             handled += 1
             if handled % 16 == 0:  # let other members (and the publisher) run: fairness
@@ -194,9 +196,10 @@ class _MemorySubscription(Subscription):
             task.cancel()
         if timeout > 0:
             await asyncio.wait(self._tasks, timeout=timeout)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in await cancel_calls(self._tasks, self._handler):   # abandoned: give back
+            if (delivery := self._current.get(task)) and not delivery.settled:
+                delivery._settled = True   # what the abandoned call does later is void
+                self._queue.requeue(delivery)
         if self._exclusive:  # a broadcast subscriber's queue goes with it
             self._broker.queues.remove(self._queue)
             self._broker.routes.clear()

