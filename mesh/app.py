@@ -487,6 +487,8 @@ class Mesh:
         try:
             await self.transport.publish(channel or self.channel_for(event.type), event)
         except TransportClosed:
+            if self._started:   # the transport's own reason; never "not started" here
+                raise
             raise TransportClosed("the mesh is not started; use 'async with mesh:' or "
                                   "await mesh.start() before publishing") from None
 

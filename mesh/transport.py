@@ -289,6 +289,10 @@ def validate_pattern(pattern: str) -> str:
     for index, token in enumerate(tokens):
         if token == ">" and index != len(tokens) - 1:
             raise ConfigError(f"channel pattern {pattern!r}: '>' may only be the last token")
+        if "#" in token:   # AMQP's "zero or more" would otherwise silently match nothing
+            raise ConfigError(f"channel pattern {pattern!r}: '#' is not a mesh wildcard; use "
+                              "'>' for one or more trailing tokens ('orders.>') or '*' for "
+                              "exactly one ('orders.*')")
         if token not in ("*", ">") and ("*" in token or ">" in token):
             raise ConfigError(f"channel pattern {pattern!r}: wildcards must be whole tokens")
     return pattern

@@ -7,6 +7,7 @@ conformance suite (every transport) and the plugins' own tests.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -224,10 +225,9 @@ async def test_failing_dead_letter_writes_back_off() -> None:
         await mesh.publish(Event("job", "/t", {}))
         await wait_until(lambda: any(c == "mesh.deadletter" for c, _ in transport.sent), 10,
                          "the copy after the broker came back")
-    gaps = [b - a for (_, a), (_, b) in zip(transport.refused, transport.refused[1:],
-                                             strict=False)]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(transport.refused)]
     assert len(transport.refused) == 4
-    assert all(later > earlier * 1.3 for earlier, later in zip(gaps, gaps[1:], strict=False)), \
+    assert all(later > earlier * 1.3 for earlier, later in itertools.pairwise(gaps)), \
         f"dead-letter retries must back off, gaps were {gaps}"
 
 
@@ -288,3 +288,45 @@ async def test_stop_abandons_handlers_that_ignore_cancellation(
         if task and task[0] is not None:
             task[0].cancel()
             await asyncio.wait([task[0]], timeout=5)
+
+
+# --- item 25: '#' is rejected everywhere with one message -------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["orders.#", "#", "a.b#", "#.x"])
+def test_hash_in_a_pattern_is_rejected_on_every_transport(pattern: str) -> None:
+    from mesh import ConfigError, validate_pattern
+
+    with pytest.raises(ConfigError, match="'#' is not a mesh wildcard"):
+        validate_pattern(pattern)
+    mesh = Mesh("memory://")
+    with pytest.raises(ConfigError, match="'#' is not a mesh wildcard"):
+        mesh.on(pattern)
+
+
+async def test_subscribe_with_hash_fails_on_memory() -> None:
+    from mesh import ConfigError
+
+    transport = MemoryTransport()
+    await transport.connect()
+    with pytest.raises(ConfigError, match="'#' is not a mesh wildcard"):
+        await transport.subscribe("orders.#", lambda d: d.ack())
+
+
+# --- item 1 (core): a started mesh never says "not started" ----------------------------------
+
+
+async def test_started_mesh_never_reports_not_started() -> None:
+    from mesh import TransportClosed
+
+    class Dying(MemoryTransport):
+        async def publish(self, channel: str, event: Event) -> None:
+            if channel != "t":
+                return await super().publish(channel, event)
+            raise TransportClosed("the broker closed the connection (injected)")
+
+    mesh = fast_mesh(Dying())
+    async with mesh:
+        with pytest.raises(TransportClosed) as info:
+            await mesh.publish(Event("t", "/s"))
+    assert "not started" not in str(info.value) and "injected" in str(info.value)

@@ -84,3 +84,33 @@ def test_registry_errors() -> None:
     with pytest.raises(ConfigError, match="sqlite:///"):
         stores.create("redis://")
     assert isinstance(stores.create("sqlite:///tmp/x.db"), SQLiteIdempotencyStore)
+
+
+def test_pytest_plugin_works_without_pytest_asyncio(tmp_path: Path) -> None:
+    """Issue 10 item 26: the ``pytest11`` entry point is loaded in every project that has
+    event-mesh installed; without pytest-asyncio their pytest must still pass (it exited
+    with status 3), and asking for the async fixture says what to install. A package
+    that fails to import, first on PYTHONPATH, stands in for a missing pytest-asyncio."""
+    import os
+    import subprocess
+    import sys
+
+    shadow = tmp_path / "shadow" / "pytest_asyncio"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named pytest_asyncio')\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "test_theirs.py").write_text(
+        "def test_plain():\n    assert 1 + 1 == 2\n\n"
+        "def test_wants_memory_mesh(memory_mesh):\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+
+    def pytest_run(selected: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:asyncio", "-p",
+                               "no:cacheprovider", "-k", selected], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120)
+    plain = pytest_run("plain")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    wanted = pytest_run("memory_mesh")
+    assert wanted.returncode == 1 and "pip install pytest-asyncio" in wanted.stdout
