@@ -134,17 +134,20 @@ class MeshConfig(BaseModel):
 
     @classmethod
     def build(cls, data: Mapping[str, Any], origin: str = "configuration") -> MeshConfig:
+        # The ConfigError is raised after the except block, not in it: pydantic's error
+        # holds the input values (a URL with its password), and an exception raised
+        # inside the block would keep it as __context__, where error reporters find it.
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
             problems = []
-            for err in exc.errors():
+            for err in exc.errors(include_input=False, include_url=False):
                 field = ".".join(str(p) for p in err["loc"]) or "(root)"
                 msg = err["msg"]
                 if err["type"] == "extra_forbidden":
                     msg = f"unknown field; known fields: {', '.join(_known(cls, err['loc']))}"
                 problems.append(f"{field}: {msg}")
-            raise ConfigError(f"invalid {origin}: " + "; ".join(problems)) from None
+        raise ConfigError(f"invalid {origin}: " + "; ".join(problems))
 
     def __repr__(self) -> str:
         return (f"MeshConfig(transport={self.redacted_transport!r}, source={self.source!r}, "
@@ -168,8 +171,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:   # its message quotes the file (a password, maybe): not kept
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+    else:
+        problem = None
+    if problem is not None:
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

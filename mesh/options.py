@@ -124,12 +124,12 @@ def build_options(model: type[M], values: Mapping[str, Any], *, transport: str,
                           f"known options: {', '.join(known)}")
     try:
         return model.model_validate(dict(values))
-    except ValidationError as exc:
+    except ValidationError as exc:   # raised below, outside: the error holds the inputs
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or transport}: "
                              f"{err['msg']}"
                              for err in exc.errors(include_input=False, include_url=False))
-        raise ConfigError(f"invalid {transport} transport option(s) for {redact_url(url)}: "
-                          f"{problems}") from None
+    raise ConfigError(f"invalid {transport} transport option(s) for {redact_url(url)}: "
+                      f"{problems}")
 
 
 def scrub(text: str, *secrets: SecretStr | str | None) -> str:

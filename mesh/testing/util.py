@@ -13,7 +13,7 @@ import pytest
 from mesh.event import Event
 from mesh.transport import Delivery
 
-__all__ = ["SHORT", "Collector", "scaled", "uid", "wait_until"]
+__all__ = ["SHORT", "Collector", "chain_text", "scaled", "uid", "wait_until"]
 
 SHORT = os.environ.get("MESH_TEST_SHORT", "").lower() in ("1", "true", "yes")
 
@@ -70,3 +70,25 @@ async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.02)
 
 
+
+
+def chain_text(exc: BaseException) -> str:
+    """Everything an error reporter may print of ``exc``: the str, repr and args of it
+    and of every exception in its ``__cause__``/``__context__`` chain (and in exception
+    groups), even where ``__suppress_context__`` hides them from a plain traceback.
+    Search it for a secret canary."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        parts += [str(current), repr(current), *(repr(arg) for arg in current.args)]
+        parts += [repr(value) for value in vars(current).values()] \
+            if hasattr(current, "__dict__") else []
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        if isinstance(current, BaseExceptionGroup):
+            pending += list(current.exceptions)
+    return "\n".join(parts)
