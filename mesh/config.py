@@ -14,6 +14,7 @@ Every validation problem raises `ConfigError` naming the field and the fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from mesh.errors import ConfigError
 from mesh.transport import redact_url
 
 ENV_PREFIX = "MESH_"
+log = logging.getLogger("mesh.config")
 
 
 class RetryConfig(BaseModel):
@@ -128,8 +130,11 @@ class MeshConfig(BaseModel):
             path = environ.get("MESH_CONFIG") or None
         if path is not None:
             data = _read_yaml(Path(path))
-        _merge(data, env_overrides(environ))
-        _merge(data, {k: v for k, v in overrides.items() if v is not None})
+        from_env = env_overrides(environ)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _warn_overridden(from_env, given)
+        _merge(data, from_env)
+        _merge(data, given)
         return cls.build(data, origin=str(path) if path else "configuration")
 
     @classmethod
@@ -207,6 +212,29 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
     return result
+
+
+def _warn_overridden(from_env: Mapping[str, Any], given: Mapping[str, Any],
+                     prefix: tuple[str, ...] = ()) -> None:
+    """Say (once per variable, without its value: it may be a secret) when an explicit
+    argument outranks a ``MESH_*`` variable, so a variable never seems silently ignored."""
+    for key, value in given.items():
+        if key not in from_env:
+            continue
+        here = (*prefix, key)
+        if isinstance(value, Mapping) and isinstance(from_env[key], Mapping):
+            _warn_overridden(from_env[key], value, here)
+            continue
+        variable = ENV_PREFIX + "__".join(part.upper() for part in here)
+        if variable not in _WARNED:
+            _WARNED.add(variable)
+            log.warning("%s is set, but the app passes %s explicitly, which wins (precedence: "
+                        "defaults < config file < MESH_* variables < arguments); to let the "
+                        "environment choose, build the Mesh without it (Mesh() or "
+                        "Mesh.from_config())", variable, ".".join(here))
+
+
+_WARNED: set[str] = set()
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:

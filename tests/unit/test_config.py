@@ -88,3 +88,25 @@ def test_token_user_info_is_masked() -> None:
     from mesh import redact_url
     assert redact_url("nats://s3cr3ttoken@host:4222") == "nats://***@host:4222"
     assert redact_url("nats://host:4222") == "nats://host:4222"
+
+
+def test_an_argument_that_outranks_a_variable_is_reported(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10 item 21: MESH_TRANSPORT was silently ignored when the app passed a URL.
+    The documented precedence stays (arguments win); the override is logged by name,
+    never with the value (a URL may hold a password)."""
+    from mesh import config as config_module
+
+    monkeypatch.setattr(config_module, "_WARNED", set())
+    monkeypatch.setenv("MESH_TRANSPORT", "amqp://u:Canary-pw@h/")
+    monkeypatch.setenv("MESH_RETRY__MAX_ATTEMPTS", "7")
+    with caplog.at_level("WARNING", logger="mesh.config"):
+        cfg = MeshConfig.load(transport="memory://", retry={"max_attempts": 2})
+    assert cfg.transport_url == "memory://" and cfg.retry.max_attempts == 2
+    text = caplog.text
+    assert "MESH_TRANSPORT is set, but the app passes transport explicitly" in text
+    assert "MESH_RETRY__MAX_ATTEMPTS" in text and "Canary-pw" not in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mesh.config"):
+        MeshConfig.load()   # nothing passed: the variable decides, nothing to report
+    assert caplog.text == ""
