@@ -65,15 +65,29 @@ def encode_data(data: Any, content_type: str | None) -> bytes:
 
 
 def decode_data(body: bytes, content_type: str | None) -> Any:
-    """Inverse of `encode_data`: JSON, text (str) or bytes by content type."""
+    """Inverse of `encode_data`: JSON, text (str) or bytes by content type.
+
+    Under a JSON content type, a body that is not JSON but UTF-8 text not starting like
+    a JSON object, array or string is that text: the official SDKs (Python, JavaScript)
+    write a ``str`` data value unquoted, and read it back the same way. A body that
+    starts like JSON structure and does not parse (``{"a": 1`` cut short) is corrupt
+    and raises `DecodeError`, as does one that is not UTF-8.
+    """
     if not body:
         return None
     if is_json(content_type):
         try:
             return _loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"body is not valid JSON for content type "
-                              f"{content_type or 'application/json'}: {exc}") from None
+            problem = str(exc)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and text.lstrip()[:1] not in ("{", "[", '"'):
+            return text   # an SDK's unquoted string
+        raise DecodeError(f"body is not valid JSON for content type "
+                          f"{content_type or 'application/json'}: {problem}")
     if content_type is not None and content_type.startswith("text/"):
         try:
             return body.decode("utf-8")

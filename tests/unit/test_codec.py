@@ -19,9 +19,23 @@ def test_encode_decode_data_round_trip(data: object, ctype: str | None) -> None:
     assert codec.decode_data(codec.encode_data(data, ctype), ctype) == data
 
 
-def test_bad_json_is_a_decode_error_not_a_string() -> None:
+@pytest.mark.parametrize("body", [b"{nope", b'{"a": 1', b"[1, 2", b'"unterminated',
+                                  b"\xff\xfe text", b"  {broken"])
+def test_corrupt_json_is_a_decode_error_not_a_string(body: bytes) -> None:
     with pytest.raises(DecodeError, match="not valid JSON"):
-        codec.decode_data(b"{nope", "application/json")
+        codec.decode_data(body, "application/json")
+
+
+@pytest.mark.parametrize("text", ["hello world", "true story", "42 apples", "été ✓"])
+def test_an_sdk_unquoted_string_under_json_is_read_as_that_string(text: str) -> None:
+    """Issue 10 item 15: the official SDKs write a str data value unquoted under
+    application/json (and read it back as the string); the mesh reads it the same way
+    instead of dead-lettering it."""
+    event = CloudEvent({"specversion": "1.0", "id": "1", "source": "/sdk", "type": "t",
+                        "datacontenttype": "application/json"}, text)
+    message = kafka.to_binary(event, JSONFormat())
+    assert message.value == text.encode()   # what the SDK writes: unquoted
+    assert codec.decode(kafka.from_kafka, message).data == text
 
 
 @pytest.mark.parametrize("binding", [kafka, amqp, rabbitmq])
