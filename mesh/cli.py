@@ -45,6 +45,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, TextIO
@@ -54,11 +55,12 @@ from mesh.app import Mesh
 from mesh.asyncapi import asyncapi_document
 from mesh.capabilities import ANNOUNCE_TYPE, LEAVE_TYPE, REGISTRY_CHANNEL, Capability
 from mesh.config import MeshConfig
-from mesh.context import ID_NAMESPACE
-from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_REASON
-from mesh.errors import ConfigError, ContractViolation, InvalidEvent, MeshError
+from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_REASON, REPLAY_TO
+from mesh.dlq import replay_id
+from mesh.errors import ConfigError, ContractViolation, DecodeError, InvalidEvent, MeshError
 from mesh.event import Event, format_time
 from mesh.routing.filters import FilterSpec
+from mesh.transport import Delivery
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -98,14 +100,24 @@ async def publish_event(mesh: Mesh, event: Event, *, channel: str | None = None)
     return event.id
 
 
-def format_event_line(event: Event) -> str:
-    """One ``mesh tail`` line: time, type, source, id, compact data.
+def format_event_line(event: Event, channel: str | None = None) -> str:
+    """One ``mesh tail`` line: time, type, source, id, compact data; a dead-letter copy
+    also says which group gave up on it and why.
 
     Data is cut at `DATA_WIDTH` so one event stays one line in a terminal; use
     ``--json`` for everything.
     """
     when = format_time(event.time) if event.time is not None else "-"
-    return f"{when}  {event.type}  {event.source}  {event.id}  {_compact(event.data)}"
+    line = f"{when}  {event.type}  {event.source}  {event.id}  {_compact(event.data)}"
+    ext = event.extensions
+    if DL_REASON in ext:
+        group = str(ext.get(DL_GROUP, "")) or "(broadcast)"
+        reason = " ".join(str(ext[DL_REASON]).split())
+        line += f"  [dead letter of {group} from {ext.get(DL_CHANNEL, '?')}: " \
+                f"{ext.get(DL_ERROR, '')}: {reason}]"
+    if channel is not None and channel != event.type:
+        line += f"  (on {channel})"
+    return line
 
 
 def _compact(data: Any) -> str:
@@ -121,43 +133,63 @@ async def tail_events(mesh: Mesh, *, pattern: str | None = None,
                       filter: FilterSpec | None = None, group: str | None = None,
                       count: int | None = None, as_json: bool = False,
                       out: TextIO | None = None, ready: asyncio.Event | None = None,
-                      stop: asyncio.Event | None = None) -> int:
+                      stop: asyncio.Event | None = None, skip_mesh: bool = False) -> int:
     """Print events arriving on an unstarted ``mesh`` until ``count`` were shown or
     ``stop`` is set; returns how many were printed.
 
-    The handler is not idempotent (a tail should show duplicates, they are news to
-    whoever debugs) and takes one event at a time so lines come in delivery order.
-    Events beyond ``count`` are held unsettled and handed back when the mesh stops,
-    so in ``--group`` mode they go to the other members instead of being lost.
+    The tail subscribes on the transport itself, not through a handler, so it shows
+    what is there: every channel ``>`` matches, the mesh's own (registry, replies, the
+    dead-letter channel, with each copy's reason) included unless ``skip_mesh``;
+    duplicates too (they are news to whoever debugs); a message that is not a
+    CloudEvent as a line saying so. One message at a time, so lines come in delivery
+    order. Messages beyond ``count`` are held unsettled and handed back when the tail
+    stops, so in ``--group`` mode they go to the other members instead of being lost.
     ``ready`` is set once subscribed: what is published after that is shown.
     """
     stream = out if out is not None else sys.stdout
     stop = stop if stop is not None else asyncio.Event()
     shown = 0
-
-    async def show(event: Event) -> None:
-        nonlocal shown
-        if count is not None and shown >= count:
-            await asyncio.Event().wait()   # park it: cancelled (not acked) at stop
-        shown += 1
-        line = json.dumps(codec.to_dict(event), ensure_ascii=False) if as_json \
-            else format_event_line(event)
-        print(line, file=stream, flush=True)
-        if count is not None and shown >= count:
-            stop.set()
-
     if pattern is None and filter is None:
         pattern = ">"
     try:
-        mesh.on(pattern, filter=filter, group=group, name="mesh-tail", max_in_flight=1,
-                idempotent=False)(show)
+        patterns, residual = mesh._plan(pattern, filter)
     except ConfigError as exc:
         raise UsageError(f"bad FILTER: {exc}") from None
+    dead_letters = mesh.config.dead_letter_channel
+
+    async def show(delivery: Delivery) -> None:
+        nonlocal shown
+        if count is not None and shown >= count:
+            await asyncio.Event().wait()   # park it: cancelled (not acked) at stop
+        channel = delivery.channel
+        if skip_mesh and channel.startswith("mesh.") and channel != dead_letters:
+            await delivery.ack()
+            return
+        try:
+            event = delivery.event
+        except DecodeError as exc:
+            line = f"-  (not a CloudEvent on {channel}: {exc})"
+        else:
+            if residual is not None and not residual(event):
+                await delivery.ack()
+                return
+            line = json.dumps(codec.to_dict(event), ensure_ascii=False) if as_json \
+                else format_event_line(event, channel)
+        shown += 1
+        print(line, file=stream, flush=True)
+        await delivery.ack()
+        if count is not None and shown >= count:
+            stop.set()
+
     async with mesh:
-        if ready is not None:
-            ready.set()
-        await stop.wait()
-        await mesh.stop(timeout=1.0)   # let the last shown event's ack through
+        sub = await mesh.transport.subscribe(patterns if len(patterns) > 1 else patterns[0],
+                                             show, group=group, max_in_flight=1)
+        try:
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            await sub.close(timeout=1.0)   # let the last shown event's ack through
     return shown
 
 
@@ -193,10 +225,12 @@ def format_dead_letters(copies: Sequence[Event]) -> str:
 
 
 async def list_dead_letters(mesh: Mesh, *, limit: int = 100, as_json: bool = False,
-                            out: TextIO | None = None, idle: float = 1.0) -> list[Event]:
-    """Print up to ``limit`` dead-letter copies of a started ``mesh`` (left in place)."""
+                            out: TextIO | None = None, idle: float = 1.0,
+                            **selection: Any) -> list[Event]:
+    """Print up to ``limit`` dead-letter copies of a started ``mesh`` (read, not consumed:
+    nothing changes for anyone else); ``selection`` is `DeadLetters.list`'s filters."""
     stream = out if out is not None else sys.stdout
-    copies = await mesh.dead_letters.list(limit=limit, idle=idle)
+    copies = await mesh.dead_letters.list(limit=limit, idle=idle, **selection)
     if as_json:
         print(json.dumps([codec.to_dict(copy) for copy in copies], ensure_ascii=False,
                          indent=2), file=stream, flush=True)
@@ -209,25 +243,31 @@ async def list_dead_letters(mesh: Mesh, *, limit: int = 100, as_json: bool = Fal
 
 async def replay_dead_letters(mesh: Mesh, *, ids: Sequence[str] | None = None,
                               out: TextIO | None = None, limit: int = 1000,
-                              idle: float = 1.0) -> tuple[list[Event], list[str]]:
-    """Replay copies (all when ``ids`` is None) of a started ``mesh``; print each replayed
-    event and return (replayed events, requested ids that matched no copy).
+                              idle: float = 1.0, all_groups: bool = False,
+                              **selection: Any) -> tuple[list[Event], list[str]]:
+    """Replay copies (all matching ``selection`` when ``ids`` is None) of a started
+    ``mesh`` to the group that failed (every group with ``all_groups``); print each
+    replayed event and return (replayed events, requested ids that matched no copy).
 
     An id may be the copy's id (what ``mesh dlq list`` shows) or the original event's
     id; a replayed event's id is derived from its copy's (see `mesh.dlq`), which is
     how a copy id is matched here.
     """
     stream = out if out is not None else sys.stdout
-    replayed = await mesh.dead_letters.replay(ids=ids, limit=limit, idle=idle)
+    replayed = await mesh.dead_letters.replay(ids=ids, limit=limit, idle=idle,
+                                              all_groups=all_groups, **selection)
     for event in replayed:
         original = event.extensions.get("meshreplayof", "?")
-        print(f"replayed {event.type} {original} as {event.id}", file=stream, flush=True)
+        target = event.extensions.get(REPLAY_TO)
+        to = "every group" if target is None else (f"group {target}" if target
+                                                   else "broadcast handlers")
+        print(f"replayed {event.type} {original} as {event.id} to {to}", file=stream,
+              flush=True)
     missing: list[str] = []
     if ids is not None:
         done_ids = {e.id for e in replayed} | {str(e.extensions.get("meshreplayof"))
                                                for e in replayed}
-        missing = [i for i in ids if i not in done_ids
-                   and str(uuid.uuid5(ID_NAMESPACE, f"replay\x1f{i}")) not in done_ids]
+        missing = [i for i in ids if i not in done_ids and replay_id(i) not in done_ids]
     return replayed, missing
 
 
@@ -724,38 +764,72 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         with _signals_set(stop):
             return await tail_events(Mesh(config=config), pattern=pattern, filter=spec,
                                      group=args.group, count=args.count, as_json=args.json,
-                                     stop=stop)
+                                     stop=stop, skip_mesh=args.skip_mesh)
 
     asyncio.run(body())
     return EXIT_OK
 
 
+def _dlq_config(args: argparse.Namespace) -> MeshConfig:
+    """The config for a dlq command: the app's, with ``--dead-letter-channel`` applied and
+    the capability registry off (the tools serve nothing)."""
+    config = _load_config(args)
+    update: dict[str, Any] = {"capabilities": {"enabled": False}}
+    if args.dead_letter_channel:
+        update["dead_letter_channel"] = args.dead_letter_channel
+    config = MeshConfig.build({**config.model_dump(), **update})
+    _note_private_memory(config)
+    return config
+
+
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    return {"group": args.group, "type": args.type, "source": args.source,
+            "since": parse_since(args.since) if args.since else None}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: an RFC 3339 time (``2026-12-01T10:00:00Z``) or an age such as
+    ``30s``, ``15m``, ``2h``, ``7d`` (that long ago)."""
+    now = now or datetime.now(UTC)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        when = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r} is neither a time (2026-12-01T10:00:00Z) nor an "
+                         "age like 30m, 2h or 7d") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    config = _load_config(args)
-    _note_private_memory(config)
+    config = _dlq_config(args)
+    selection = _selection(args)
 
     async def body() -> None:
         async with Mesh(config=config) as mesh:
-            await list_dead_letters(mesh, limit=args.limit, as_json=args.json, idle=args.wait)
+            await list_dead_letters(mesh, limit=args.limit, as_json=args.json, idle=args.wait,
+                                    **selection)
 
     asyncio.run(body())
     return EXIT_OK
 
 
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
-    if not args.id and not args.all:
-        raise UsageError("say what to replay: --id ID (repeatable; see mesh dlq list) or --all")
+    selection = _selection(args)
+    if not args.id and not args.all and not any(selection.values()):
+        raise UsageError("say what to replay: --id ID (repeatable; see mesh dlq list), a "
+                         "filter (--group/--type/--source/--since) or --all")
     if args.id and args.all:
         raise UsageError("pass either --id or --all, not both")
-    config = _load_config(args)
-    _note_private_memory(config)
+    config = _dlq_config(args)
 
     async def body() -> tuple[list[Event], list[str]]:
         async with Mesh(config=config) as mesh:
-            return await replay_dead_letters(mesh, ids=None if args.all else args.id,
-                                             idle=args.wait)
+            return await replay_dead_letters(mesh, ids=args.id or None, idle=args.wait,
+                                             all_groups=args.all_groups, **selection)
 
     replayed, missing = asyncio.run(body())
     print(f"replayed {len(replayed)} event(s)", file=sys.stderr, flush=True)
@@ -882,6 +956,20 @@ def _common_options(suppress: bool) -> _Parser:
     return common
 
 
+def _dlq_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group", help="only copies of this group's failures ('' = broadcast "
+                                        "handlers)")
+    parser.add_argument("--type", metavar="PATTERN",
+                        help="only these event types: a type or pattern ('orders.*')")
+    parser.add_argument("--source", help="only events of this CloudEvents source")
+    parser.add_argument("--since", metavar="WHEN",
+                        help="only copies dead-lettered since WHEN: a time "
+                             "(2026-12-01T10:00:00Z) or an age (30m, 2h, 7d)")
+    parser.add_argument("--dead-letter-channel", metavar="CHANNEL",
+                        help="the app's own dead-letter channel (default: the config's "
+                             "dead_letter_channel, mesh.deadletter)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, for `main` and for generated documentation."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -920,7 +1008,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print events live, one line each (time, type, source, id, data).\n\n"
                     "FILTER is an event type or channel pattern ('orders.*', 'orders.>') or a "
                     "JSON Subscriptions API filter ('{\"prefix\": {\"type\": \"orders.\"}}'); "
-                    "default: every channel. Without --group the tail is a broadcast "
+                    "default: every channel, the mesh's own included (registry, replies, "
+                    "dead letters with their reason). Without --group the tail is a broadcast "
                     "subscriber and takes nothing away from the apps; with --group it "
                     "competes with that group's members.\n\n" + _PRIVATE_MEMORY_NOTE)
     tail.add_argument("filter", metavar="FILTER", nargs="?", help="pattern or JSON filter")
@@ -928,6 +1017,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, metavar="N", help="exit after N events")
     tail.add_argument("--json", action="store_true",
                       help="print each event as structured-mode CloudEvents JSON")
+    tail.add_argument("--skip-mesh", action="store_true",
+                      help="hide the mesh's own channels (registry, replies), except the "
+                           "dead-letter channel")
     tail.set_defaults(func=_cmd_tail)
 
     dlq = sub.add_parser(
@@ -936,11 +1028,13 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
     dlq_list = dlq_sub.add_parser(
         "list", parents=common, formatter_class=formatter, help="show dead-letter copies",
-        description="Show dead-letter copies (they stay where they are): id, type, original "
-                    "channel, group, attempts, error type and reason.\n\n"
+        description="Show dead-letter copies: id, type, original channel, group, attempts, "
+                    "error type and reason. Listing reads the dead-letter channel without "
+                    "consuming it: nothing is removed, hidden or reordered for anyone.\n\n"
                     + _PRIVATE_MEMORY_NOTE)
     dlq_list.add_argument("--limit", type=int, default=100, metavar="N",
                           help="show at most N copies (default 100)")
+    _dlq_options(dlq_list)
     dlq_list.add_argument("--json", action="store_true", help="print CloudEvents JSON")
     dlq_list.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                           help="stop after no copy arrived for this long (default 1)")
@@ -949,11 +1043,18 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", parents=common, formatter_class=formatter,
         help="republish dead letters to their original channels",
         description="Republish dead-letter copies to their original channels and remove "
-                    "them. Replayed events get a new id and a meshreplayof extension naming "
-                    "the original.\n\n" + _PRIVATE_MEMORY_NOTE)
+                    "them from the list. A replayed event reaches only the group that failed "
+                    "(groups that handled it do not run it again) unless --all-groups. It "
+                    "gets a new id and a meshreplayof extension naming the original.\n\n"
+                    + _PRIVATE_MEMORY_NOTE)
     dlq_replay.add_argument("--id", action="append", metavar="ID",
                             help="copy id or original event id (repeatable)")
-    dlq_replay.add_argument("--all", action="store_true", help="replay every copy")
+    dlq_replay.add_argument("--all", action="store_true",
+                            help="replay every copy (or every one the filters select)")
+    dlq_replay.add_argument("--all-groups", action="store_true",
+                            help="deliver replayed events to every group on the channel, not "
+                                 "only to the group that failed")
+    _dlq_options(dlq_replay)
     dlq_replay.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                             help="stop after no copy arrived for this long (default 1)")
     dlq_replay.set_defaults(func=_cmd_dlq_replay)

@@ -40,6 +40,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mesh.config import RetryConfig
@@ -76,10 +77,13 @@ DL_CHANNEL = "meshdlchannel"    # channel the event was consumed from
 DL_ID = "meshdlid"              # the original event id (the copy gets a fresh id)
 DL_HEADERS = "meshdlheaders"    # an undecodable message's headers, as JSON
 DL_REDUCED = "meshdlreduced"    # true: the body was too large to keep (size + digest only)
+DL_TIME = "meshdltime"          # when the copy was written
 DL_EXTENSIONS = (DL_ERROR, DL_REASON, DL_ATTEMPTS, DL_GROUP, DL_CHANNEL, DL_ID)
 #: Set on a replayed event: only the named group (``""``: broadcast subscribers) runs it.
 REPLAY_TO = "meshreplayto"
 UNDECODABLE_TYPE = "mesh.undecodable"
+#: Notices on the dead-letter channel that remove entries (see `mesh.dlq`).
+REMOVED_TYPE = "mesh.dlq.removed"
 LOOP_DETECTED_TYPE = "mesh.loop.detected"
 _MAX_REASON = 2000
 _REDUCED_TEXT = 256    # reason and headers kept in a reduced copy
@@ -134,7 +138,8 @@ def dead_letter_event(event: Event, error: BaseException, *, attempts: int, grou
     return event.replace(
         id=str(uuid.uuid5(ID_NAMESPACE, f"dl\x1f{group or ''}\x1f{event.source}\x1f{event.id}")),
         **{DL_ERROR: type(error).__name__, DL_REASON: reason[:_MAX_REASON],
-           DL_ATTEMPTS: attempts, DL_GROUP: group or "", DL_CHANNEL: channel, DL_ID: event.id})
+           DL_ATTEMPTS: attempts, DL_GROUP: group or "", DL_CHANNEL: channel, DL_ID: event.id,
+           DL_TIME: datetime.now(UTC), REPLAY_TO: None})
 
 
 def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
@@ -163,6 +168,7 @@ def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
         UNDECODABLE_TYPE, source, bytes(body), id=event_id,
         extensions={DL_ERROR: "DecodeError", DL_REASON: str(error)[:_MAX_REASON],
                     DL_ATTEMPTS: 0, DL_GROUP: group or "", DL_CHANNEL: delivery.channel,
+                    DL_TIME: datetime.now(UTC),
                     DL_HEADERS: json.dumps(dict(headers), default=str)[:_MAX_REASON]})
 
 
@@ -175,7 +181,7 @@ def reduced_copy(copy: Event) -> Event:
             codec.encode_data(copy.data, copy.datacontenttype)
     except MeshError:
         body = repr(copy.data).encode("utf-8", "replace")
-    keep = (*DL_EXTENSIONS, DL_HEADERS, "correlationid", "causationid", "traceparent",
+    keep = (*DL_EXTENSIONS, DL_HEADERS, DL_TIME, "correlationid", "causationid", "traceparent",
             "tracestate")
     ext: dict[str, object] = {k: copy.extensions[k] for k in keep if k in copy.extensions}
     for name in (DL_REASON, DL_HEADERS):
@@ -254,7 +260,7 @@ class Consumer:
         skip = self._skip_channel.get(channel)
         if skip is None:
             skip = self._skips(channel)
-        if skip:
+        if skip or (self.accepts_dead_letters and event.type == REMOVED_TYPE):
             await delivery.ack()  # dead-letter copies only reach dead-letter handlers
             return
         ext = event.extensions

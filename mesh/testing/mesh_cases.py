@@ -363,9 +363,13 @@ class MeshCases:
 
     @pytest.mark.asyncio
     async def test_mesh_dead_letters_can_be_listed_and_replayed(self, meshes: MeshFactory) -> None:
-        mesh = await meshes()
+        """Listing reads without consuming (two concurrent lists and a dead-letter handler
+        all see every copy); replay reaches only the group that failed."""
+        mesh, tool = await meshes(), await meshes()
         broken = True
         handled: list[Event] = []
+        others: list[str] = []
+        repaired: list[str] = []
 
         @mesh.on(self.t("fragile"), group=f"{self.prefix}-fragile")
         async def fragile(event: Event) -> None:
@@ -373,19 +377,97 @@ class MeshCases:
                 raise RuntimeError("dependency down")
             handled.append(event)
 
-        await self.started(mesh)
+        @mesh.on(self.t("fragile"), group=f"{self.prefix}-sturdy")
+        async def sturdy(event: Event) -> None:
+            others.append(event.id)
+
+        @mesh.on_dead_letter(group=f"{self.prefix}-repair")
+        async def repair(event: Event) -> None:
+            repaired.append(event.id)
+
+        await self.started(mesh, tool)
         sent = Event(self.t("fragile"), "/t", {"v": 1})
         await mesh.publish(sent)
-        await wait_until(lambda: mesh.stats("fragile").dead_lettered == 1, self.timeout,
-                         "dead-lettering")
-        listed = await mesh.dead_letters.list(idle=1.0 + self.settle_time)
-        assert [e.extensions[DL_ID] for e in listed] == [sent.id]
+        await wait_until(lambda: mesh.stats("fragile").dead_lettered == 1 and others
+                         and repaired, self.timeout, "dead-lettering")
+        idle = 1.0 + self.settle_time
+        first, second = await asyncio.gather(mesh.dead_letters.list(idle=idle),
+                                             tool.dead_letters.list(idle=idle))
+        assert [e.extensions[DL_ID] for e in first] == [sent.id]
+        assert [e.id for e in second] == [e.id for e in first], "a listing hid an entry"
         broken = False
-        replayed = await mesh.dead_letters.replay(idle=1.0 + self.settle_time)
+        replayed = await tool.dead_letters.replay(idle=idle)
         assert len(replayed) == 1 and replayed[0].extensions["meshreplayof"] == sent.id
         await wait_until(lambda: len(handled) == 1, self.timeout, "the replayed event handled")
         assert handled[0].data == sent.data
         assert await mesh.dead_letters.list(idle=0.5 + self.settle_time) == []
+        await asyncio.sleep(0.5)
+        assert others == [sent.id], "a group that had succeeded ran the replay again"
+        assert len(repaired) == 1, "listing or replaying redelivered a dead-letter copy"
+
+    @pytest.mark.asyncio
+    async def test_mesh_each_undecodable_message_is_its_own_entry(
+            self, meshes: MeshFactory) -> None:
+        mesh = await meshes()
+
+        @mesh.on(self.t("raw"), group=f"{self.prefix}-raw")
+        async def read(event: Event) -> None:
+            pass
+
+        await self.started(mesh)
+        for _ in range(3):   # the same body each time
+            await self.publish_undecodable(mesh.transport, self.t("raw"))
+        await wait_until(lambda: mesh.stats("read").dead_lettered == 3, self.timeout,
+                         "three undecodable messages dead-lettered")
+        listed = await mesh.dead_letters.list(idle=1.0 + self.settle_time)
+        assert len({e.id for e in listed}) == 3, "different messages collapsed into one entry"
+
+    @pytest.mark.asyncio
+    async def test_mesh_message_delivered_too_often_is_dead_lettered(
+            self, meshes: MeshFactory) -> None:
+        """``max_deliveries`` counts the broker's deliveries (a handler that kills its
+        process never reaches ``max_attempts``; here it gives the event back each time)."""
+        mesh = await meshes(retry={"max_attempts": 1, "initial_backoff": 0.01,
+                                   "max_deliveries": 3})
+        seen: list[int] = []
+        dead: list[Event] = []
+
+        @mesh.on(self.t("loop"), group=f"{self.prefix}-looping")
+        async def loop(event: Event, ctx: Context) -> None:
+            seen.append(ctx.redeliveries)
+            raise RetryLater(0.05)
+
+        @mesh.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("loop"), "/t", {}))
+        await wait_until(lambda: len(dead) == 1, self.timeout, "the dead-letter copy")
+        assert seen == [0, 1, 2]
+        assert dead[0].extensions[DL_ERROR] == "DeliveryLimitExceeded"
+
+    @pytest.mark.asyncio
+    async def test_mesh_failing_dead_letter_handler_never_dead_letters(
+            self, meshes: MeshFactory) -> None:
+        mesh = await meshes()
+        runs: list[str] = []
+
+        @mesh.on(self.t("bad"), group=f"{self.prefix}-bad")
+        async def bad(event: Event) -> None:
+            raise RuntimeError("fails")
+
+        @mesh.on_dead_letter(group=f"{self.prefix}-fixer")
+        async def fixer(event: Event) -> None:
+            runs.append(event.id)
+            raise RuntimeError("the repair fails too")
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("bad"), "/t", {}))
+        await wait_until(lambda: mesh.stats("fixer").dropped == 1, self.timeout, "the drop")
+        await asyncio.sleep(1.0)
+        assert len(set(runs)) == 1 and mesh.stats("fixer").dropped == 1
+        assert len(await mesh.dead_letters.list(idle=1.0 + self.settle_time)) == 1
 
     # --- capabilities and contracts -------------------------------------------------
 

@@ -32,6 +32,7 @@ from mesh.cli import (
     format_event_line,
     list_agents,
     list_dead_letters,
+    parse_since,
     load_app,
     main,
     parse_filter,
@@ -486,7 +487,7 @@ async def test_dlq_replay_by_id_republishes_to_the_original_channel(url: str) ->
             assert missing == ["no-such-id"]
             assert [e.extensions["meshreplayof"] for e in replayed] == [original.id]
             assert out.getvalue() == (f"replayed orders.created {original.id} as "
-                                      f"{replayed[0].id}\n")
+                                      f"{replayed[0].id} to group billing\n")
             await wait_for(lambda: len(got) == 2)
             assert got[1].extensions["meshreplayof"] == original.id
 
@@ -510,6 +511,152 @@ async def test_dlq_replay_all(url: str) -> None:
             await wait_for(lambda: len(got) == 2)
     finally:
         await app.stop()
+
+
+# --- issue 10 items 16-19: the dead-letter tools ------------------------------------------
+
+
+async def test_dlq_replay_reaches_only_the_group_that_failed(url: str) -> None:
+    """Item 16: replay used to re-publish to every group, re-running groups that had
+    succeeded (with new ids, so idempotency could not catch it)."""
+    app = Mesh(url)
+    runs: dict[str, list[str]] = {"billing": [], "shipping": []}
+    broken = True
+
+    @app.on("orders.created", group="billing")
+    async def bill(event: Event) -> None:
+        runs["billing"].append(event.id)
+        if broken:
+            raise DeadLetter("billing is down")
+
+    @app.on("orders.created", group="shipping")
+    async def ship(event: Event) -> None:
+        runs["shipping"].append(event.id)
+
+    async with app:
+        await app.publish(Event("orders.created", "/shop", {"n": 1}))
+        await wait_for(lambda: app.stats("bill").dead_lettered == 1 and runs["shipping"])
+        broken = False
+        async with Mesh(url) as cli:
+            replayed, _ = await replay_dead_letters(cli, out=io.StringIO(), idle=0.2)
+            await wait_for(lambda: len(runs["billing"]) == 2)
+            await asyncio.sleep(0.2)
+            assert len(runs["shipping"]) == 1, "a group that had succeeded ran it again"
+            assert app.stats("ship").handled == 1
+            await cli.publish(Event("orders.created", "/shop", {"n": 2}))   # both still run
+            await wait_for(lambda: len(runs["shipping"]) == 2 and len(runs["billing"]) == 3)
+            # --all-groups reaches everyone
+            broken = True
+            await cli.publish(Event("orders.created", "/shop", {"n": 3}))
+            await wait_for(lambda: app.stats("bill").dead_lettered == 2)
+            broken = False
+            replayed, _ = await replay_dead_letters(cli, out=io.StringIO(), idle=0.2,
+                                                    all_groups=True)
+            assert len(replayed) == 1
+            await wait_for(lambda: len(runs["shipping"]) == 4)
+
+
+async def test_concurrent_dlq_lists_each_see_every_entry(url: str) -> None:
+    """Item 17: two concurrent lists showed 5 entries and none (the list was a competing
+    consumer). Listing never removes, hides or reorders entries for anyone."""
+    app = Mesh(url)
+    seen_by_repair: list[str] = []
+
+    @app.on("jobs.run", group="workers")
+    async def work(event: Event) -> None:
+        raise DeadLetter("no")
+
+    @app.on_dead_letter(group="repair")
+    async def repair(event: Event) -> None:
+        seen_by_repair.append(event.id)
+
+    async with app:
+        for n in range(5):
+            await app.publish(Event("jobs.run", "/q", {"n": n}))
+        await wait_for(lambda: app.stats("work").dead_lettered == 5 and len(seen_by_repair) == 5)
+        async with Mesh(url) as one, Mesh(url) as two:
+            first, second = await asyncio.gather(
+                one.dead_letters.list(idle=0.3), two.dead_letters.list(idle=0.3))
+            again = await one.dead_letters.list(idle=0.3)
+        assert len(first) == len(second) == 5
+        assert [e.id for e in first] == [e.id for e in second] == [e.id for e in again]
+        await asyncio.sleep(0.2)
+        assert len(seen_by_repair) == 5, "listing redelivered copies to a dead-letter handler"
+
+
+async def test_dlq_filters_and_an_apps_own_channel(url: str) -> None:
+    """Item 18: dead letters of every app were mixed with no filter."""
+    shop = Mesh(url, source="/shop", dead_letter_channel="shop.deadletter")
+    other = Mesh(url, source="/crm")
+
+    @shop.on("orders.created", group="billing")
+    async def bill(event: Event) -> None:
+        raise DeadLetter("bill")
+
+    @shop.on("orders.paid", group="mail")
+    async def mail(event: Event) -> None:
+        raise DeadLetter("mail")
+
+    @other.on("leads.created", group="sales")
+    async def sell(event: Event) -> None:
+        raise DeadLetter("sales")
+
+    async with shop, other:
+        await shop.publish(Event("orders.created", "/web", {}))
+        await shop.publish(Event("orders.paid", "/pos", {}))
+        await other.publish(Event("leads.created", "/web", {}))
+        await wait_for(lambda: shop.stats("bill").dead_lettered == 1
+                       and shop.stats("mail").dead_lettered == 1
+                       and other.stats("sell").dead_lettered == 1)
+        async with Mesh(url, dead_letter_channel="shop.deadletter") as tool, \
+                Mesh(url) as default_tool:
+            assert {e.type for e in await tool.dead_letters.list(idle=0.2)} == {
+                "orders.created", "orders.paid"}
+            assert [e.type for e in await default_tool.dead_letters.list(idle=0.2)] == [
+                "leads.created"]
+            assert [e.type for e in await tool.dead_letters.list(idle=0.2, group="mail")] == [
+                "orders.paid"]
+            assert [e.type for e in await tool.dead_letters.list(idle=0.2, type="orders.*",
+                                                                 source="/web")] == [
+                "orders.created"]
+            from datetime import UTC, datetime, timedelta
+            assert await tool.dead_letters.list(
+                idle=0.2, since=datetime.now(UTC) + timedelta(minutes=1)) == []
+            assert len(await tool.dead_letters.list(idle=0.2, since=parse_since("5m"))) == 2
+
+
+def test_since_accepts_times_and_ages() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert parse_since("2h", now) == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert parse_since("2026-12-01T10:00:00Z") == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    with pytest.raises(UsageError, match="--since"):
+        parse_since("yesterday")
+
+
+async def test_tail_shows_dead_letters_with_their_reason(url: str) -> None:
+    """Item 19: dead letters never appeared in mesh tail, even `mesh tail mesh.deadletter`,
+    and the default '>' hid every mesh.* channel while the help said 'every channel'."""
+    app = Mesh(url)
+
+    @app.on("orders.created", group="billing")
+    async def bill(event: Event) -> None:
+        raise DeadLetter("customer 42 is unknown")
+
+    wanted = "[dead letter of billing from orders.created: DeadLetter: customer 42 is unknown]"
+    for pattern in ("mesh.deadletter", None):
+        out, ready, stop = io.StringIO(), asyncio.Event(), asyncio.Event()
+        tail = asyncio.create_task(tail_events(Mesh(url), pattern=pattern, out=out, ready=ready,
+                                               stop=stop))
+        await asyncio.wait_for(ready.wait(), 5)
+        async with app:
+            await app.publish(Event("orders.created", "/shop", {"customer": 42}))
+            await wait_for(lambda out=out: wanted in out.getvalue())  # type: ignore[misc]
+        stop.set()
+        await asyncio.wait_for(tail, 5)
+        assert "(on mesh.deadletter)" in out.getvalue()
+    assert "mesh.registry" in out.getvalue(), "the default tail must show the mesh's channels"
 
 
 # --- mesh agents: the live registry, on a shared memory broker ----------------------------
