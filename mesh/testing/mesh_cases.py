@@ -388,8 +388,8 @@ class MeshCases:
         await self.started(mesh, tool)
         sent = Event(self.t("fragile"), "/t", {"v": 1})
         await mesh.publish(sent)
-        await wait_until(lambda: mesh.stats("fragile").dead_lettered == 1 and others
-                         and repaired, self.timeout, "dead-lettering")
+        await wait_until(lambda: mesh.stats("fragile").dead_lettered == 1 and bool(others)
+                         and bool(repaired), self.timeout, "dead-lettering")
         idle = 1.0 + self.settle_time
         first, second = await asyncio.gather(mesh.dead_letters.list(idle=idle),
                                              tool.dead_letters.list(idle=idle))
