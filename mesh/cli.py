@@ -60,7 +60,7 @@ from mesh.dlq import replay_id
 from mesh.errors import ConfigError, ContractViolation, DecodeError, InvalidEvent, MeshError
 from mesh.event import Event, format_time
 from mesh.routing.filters import FilterSpec
-from mesh.transport import Delivery
+from mesh.transport import Delivery, install_hint
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -922,8 +922,9 @@ def _cmd_transports(args: argparse.Namespace) -> int:
     width = max((len(scheme) for scheme in described), default=0) + 3
     for scheme, description in described.items():
         print(f"{(scheme + '://').ljust(width)}  {description}".rstrip())
-    print("more: pip install event-mesh-kafka / event-mesh-nats / event-mesh-rabbitmq",
-          file=sys.stderr)
+    hint = install_hint(described)
+    if hint:   # only for bundled plugins that are not installed
+        print(f"more brokers {hint}", file=sys.stderr)
     return EXIT_OK
 
 

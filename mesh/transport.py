@@ -356,6 +356,21 @@ def redact_url(url: str) -> str:
 
 TransportFactory = Callable[[str, Mapping[str, Any]], Transport]
 
+#: The broker plugins that ship with event-mesh (in its repository's plugins/ folder, not
+#: published to a package index yet): URL scheme -> the directory to ``pip install``.
+BUNDLED_PLUGINS = {"kafka": "plugins/kafka", "nats": "plugins/nats",
+                   "amqp": "plugins/rabbitmq", "amqps": "plugins/rabbitmq"}
+
+
+def install_hint(schemes: Collection[str]) -> str:
+    """How to install the bundled plugins that serve none of ``schemes`` yet ('' when
+    every one is installed)."""
+    missing = sorted({d for scheme, d in BUNDLED_PLUGINS.items() if scheme not in schemes})
+    if not missing:
+        return ""
+    return ("from a clone of the event-mesh repository: pip install "
+            + " ".join(f"./{d}" for d in missing))
+
 
 class TransportRegistry:
     """Maps URL schemes to transport factories; handed to ``mesh_register_transports``.
@@ -395,9 +410,10 @@ class TransportRegistry:
 
             near = difflib.get_close_matches(scheme.lower(), self.schemes, n=1, cutoff=0.4)
             hint = f" Did you mean '{near[0]}://'?" if near else ""
+            plugin = BUNDLED_PLUGINS.get(scheme.lower())
+            install = (f" {scheme.lower()}:// is served by a plugin: from a clone of the "
+                       f"event-mesh repository, pip install ./{plugin}") if plugin else ""
             raise ConfigError(
                 f"unknown transport scheme {scheme!r}.{hint} Installed schemes: "
-                f"{', '.join(s + '://' for s in self.schemes)}. Other brokers come as "
-                "plugins: pip install event-mesh-kafka / event-mesh-nats / event-mesh-rabbitmq"
-            )
+                f"{', '.join(s + '://' for s in self.schemes)}.{install}")
         return entry[0](url, options or {})

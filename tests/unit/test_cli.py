@@ -99,6 +99,31 @@ def test_transports_lists_memory(capsys: pytest.CaptureFixture[str]) -> None:
     assert "memory://" in out and "in-process" in out
 
 
+def test_transports_hints_only_at_plugins_not_installed(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10 item 27: it always printed "more: pip install ..." (names that install
+    nothing) even with every plugin installed."""
+    from mesh import plugins
+
+    class Registry:
+        def __init__(self, described: dict[str, str]) -> None:
+            self.described = described
+
+        def describe(self) -> dict[str, str]:
+            return self.described
+
+    everything = {"memory": "m", "kafka": "k", "nats": "n", "amqp": "a", "amqps": "a"}
+    monkeypatch.setattr(plugins, "transport_registry", lambda: Registry(everything))
+    assert main(["transports"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(plugins, "transport_registry",
+                        lambda: Registry({"memory": "m", "kafka": "k"}))
+    assert main(["transports"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        "more brokers from a clone of the event-mesh repository: pip install ./plugins/nats "
+        "./plugins/rabbitmq")
+
+
 def test_publish_invalid_json_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["publish", "orders.created", "--data", "{id: 7"]) == 2
     err = capsys.readouterr().err
