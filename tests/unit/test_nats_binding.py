@@ -131,3 +131,32 @@ def test_header_value_encoding_round_trips(text: str) -> None:
     encoded = binding.encode_header_value(text)
     assert all(0x21 <= ord(c) <= 0x7E and c not in '"' for c in encoded)
     assert binding.decode_header_value(encoded) == text
+
+
+_GOOD = {"ce-id": "1", "ce-source": "/s", "ce-specversion": "1.0", "ce-type": "t"}
+
+
+@pytest.mark.parametrize("name,value", [
+    ("ce-id", "bad-\ufffd"),              # nats-py decodes invalid UTF-8 with errors="replace"
+    ("ce-id", "bad-\udcff"),              # errors="surrogateescape" (a client that keeps bytes)
+    ("ce-source", "/s\ufffd"),
+    ("ce-myext", "x\ufffdy"),
+    ("content-type", "text/plain\ufffd"),
+    ("Content-Type", "application/cloudevents+json\ufffd"),
+])
+def test_header_that_was_not_utf8_makes_the_message_undecodable(name: str, value: str) -> None:
+    """Two different invalid ids must not both become ``bad-\\ufffd`` (one would be dropped
+    as a duplicate of the other): the message is undecodable, and the reason names the
+    header."""
+    headers = {**_GOOD, name: value}
+    with pytest.raises(DecodeError, match=name.lower()):
+        codec.decode(binding.from_nats, NATSMessage(headers, b"{}"))
+
+
+def test_replacement_character_sent_percent_encoded_is_kept() -> None:
+    """U+FFFD that a sender really meant arrives percent-encoded (the spec's form): it is
+    text like any other, not a sign of bytes lost in decoding."""
+    event = codec.decode(binding.from_nats,
+                         NATSMessage({**_GOOD, "ce-subject": "%EF%BF%BD"}, b""))
+    assert event.subject == "\ufffd"
+    assert codec.decode(binding.from_nats, NATSMessage({**_GOOD, "x-other": "\ufffd"}, b""))

@@ -85,3 +85,12 @@ def test_channels_must_be_subject_tokens() -> None:
 ])
 def test_covers(pattern: str, subject: str, expected: bool) -> None:
     assert covers(pattern, subject) is expected
+
+
+def test_default_ack_wait_bounds_recovery_from_a_dead_worker() -> None:
+    """A dead worker's messages come back after ``ack_wait`` (the pull request of another
+    member is already waiting): with the defaults that must be within 10 s. Long handlers
+    are covered by the in-progress signals, sent at a third of ``ack_wait``."""
+    cfg = parse("nats://h")
+    assert cfg.ack_wait <= 8.0
+    assert cfg.ack_wait >= 3.0, "too short for in-progress signals to have slack"

@@ -15,6 +15,14 @@ it is left out when it starts with ``application/cloudevents`` (the spec's
 structured-mode marker) or is not printable ASCII. Decoding undoes RFC 7230
 quoted strings first, then one strict round of percent-decoding: invalid UTF-8
 (e.g. overlong ``%C0%A0``) is rejected.
+
+Header values arrive as ``str``, decoded by the client: nats-py decodes their bytes
+with ``errors="replace"`` and keeps no raw bytes, so invalid UTF-8 becomes U+FFFD (a
+client using ``errors="surrogateescape"`` gives lone surrogates). A ``ce-`` or
+``content-type`` value carrying either is rejected (``ValueError`` naming the header):
+two different broken ids would otherwise decode to the same one, and one event would
+be dropped as a duplicate of the other. A sender that means U+FFFD percent-encodes it
+(``%EF%BF%BD``), as the spec asks for every non-ASCII character, and that is accepted.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ _UNSAFE: Final[re.Pattern[str]] = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _PERCENT = re.compile(r"(%[0-9A-Fa-f]{2})+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
+#: what a client's decoding leaves for bytes that were not UTF-8
+_LOST_BYTES = re.compile("[\ufffd\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,20 @@ def decode_header_value(value: str) -> str:
                         value) if "%" in value else value  # usually nothing to decode
 
 
+def check_text(name: str, value: str) -> str:
+    """``value`` unless the client's decoding of header ``name`` shows bytes that were not
+    UTF-8 (U+FFFD or lone surrogates in the raw value); then ``ValueError``."""
+    if not value.isascii() and _LOST_BYTES.search(value):  # isascii: the fast common case
+        raise ValueError(f"header {name.lower()} is not valid UTF-8 text (the NATS client "
+                         "replaced bytes it could not decode); senders must write header "
+                         "values as UTF-8, non-ASCII characters percent-encoded")
+    return value
+
+
 def _content_type(headers: dict[str, str]) -> str | None:
     for name, value in headers.items():
         if name.lower() == CONTENT_TYPE_HEADER:
-            return value.strip()
+            return check_text(name, value).strip()
     return None
 
 
@@ -122,11 +142,11 @@ def from_binary(message: NATSMessage, event_format: Format,
         lower = name.lower()
         if lower.startswith(CE_PREFIX) and len(lower) > len(CE_PREFIX):
             attr = lower[len(CE_PREFIX):]
-            value = decode_header_value(raw)
+            value = decode_header_value(check_text(name, raw))
             # RFC 3339 is ISO 8601; upper() admits its lower-case 't' and 'z'
             attributes[attr] = datetime.fromisoformat(value.upper()) if attr == "time" else value
         elif lower == CONTENT_TYPE_HEADER:
-            content_type = raw.strip()
+            content_type = check_text(name, raw).strip()
     if "datacontenttype" not in attributes and content_type is not None:
         attributes["datacontenttype"] = content_type
     if event_factory is None:

@@ -47,7 +47,8 @@ class NatsConfig(BaseModel):
     max_bytes: int = Field(-1, ge=-1)
     duplicate_window: float = Field(120.0, gt=0)
     dedup: bool = True
-    ack_wait: float = Field(30.0, ge=1)
+    ack_wait: float = Field(5.0, ge=1, description="seconds; a dead worker's messages come "
+                            "back after it, running ones are kept by +WPI every third of it")
     max_ack_pending: int = Field(1000, ge=1)
     pull_expires: float = Field(5.0, ge=0.5)
     publish_timeout: float = Field(5.0, gt=0)

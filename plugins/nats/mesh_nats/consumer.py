@@ -19,6 +19,13 @@ request open, so up to ``patterns - 1`` messages may wait client-side for a
 slot; they are held back, never run beyond ``max_in_flight``. A message that
 matches an earlier pattern of the same subscription is acked and skipped: the
 earlier pattern's consumer delivers it.
+
+Every message the subscription holds (running, waiting for a slot, or about to be
+given back while the subscription closes) gets ``+WPI`` once a third of ``ack_wait``
+has passed since the last one, so ``ack_wait`` can be short: it is then only how long
+a dead worker's messages stay locked. Settlements go through the subscription's
+current client (`NatsSubscription.rebind` moves it to a fresh one after the server
+closed the old connection).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -41,19 +49,49 @@ from mesh_nats import binding
 from mesh_nats.config import NatsConfig
 
 log = logging.getLogger("mesh_nats")
+#: JetStream acknowledgement payloads (the ack protocol every client speaks)
+ACK, NAK, PROGRESS = b"+ACK", b"-NAK", b"+WPI"
+
+
+class _Owner(Protocol):
+    """Where a delivery's settlements are published: the subscription's current client."""
+
+    @property
+    def nc(self) -> Client: ...
 
 
 class NatsDelivery(Delivery):
-    """A JetStream message; settling publishes ``+ACK`` / ``-NAK {"delay": ns}``."""
+    """A JetStream message; settling publishes ``+ACK`` / ``-NAK {"delay": ns}`` / ``+WPI``
+    to its ack subject.
 
-    __slots__ = ("_gate", "_msg", "progressed")
+    Settlements go through the owner's *current* client, not the one the message came
+    on: an ack subject is valid on any connection, so a message still being handled when
+    the transport replaced a client the server had closed is acked (or kept in
+    progress) instead of being redelivered. A delivery without an owner (from
+    `NatsTransport.read`) is settled from the start: ack and nack do nothing.
+    """
 
-    def __init__(self, msg: Msg, channel: str, gate: asyncio.Event) -> None:
-        # $JS.ACK.[<domain>.<hash>.]<stream>.<consumer>.<n>...: msg.metadata costs 10x more
+    __slots__ = ("_gate", "_msg", "_owner", "_seq", "progressed")
+
+    def __init__(self, msg: Msg, channel: str, gate: asyncio.Event | None,
+                 owner: _Owner | None = None) -> None:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (9 tokens), or
+        # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>... (11-12 tokens);
+        # parsed by hand: msg.metadata costs 10x more
         tokens = msg.reply.split(".") if msg.reply.startswith("$JS.ACK.") else []
-        super().__init__(channel, max(0, int(tokens[4 if len(tokens) == 9 else 6]) - 1))
-        self._msg, self._gate = msg, gate
+        at = 4 if len(tokens) == 9 else 6
+        super().__init__(channel, max(0, int(tokens[at]) - 1))
+        self._seq = tokens[at + 1]
+        int(self._seq)  # not a JetStream ack subject: ValueError, as for the count
+        self._msg, self._gate, self._owner = msg, gate, owner
         self.progressed = time.monotonic()
+        if owner is None:
+            self._settled = True
+
+    @property
+    def position(self) -> str:
+        """The message's stream sequence: the same on every redelivery, unique in the stream."""
+        return self._seq
 
     def _decode(self) -> Event:
         return codec.decode(binding.from_nats,
@@ -62,27 +100,35 @@ class NatsDelivery(Delivery):
     def raw(self) -> tuple[dict[str, str], bytes]:
         return dict(self._msg.headers or {}), bytes(self._msg.data)
 
-    async def _settle(self, what: str, action: Awaitable[None]) -> None:
+    async def _settle(self, what: str, payload: bytes) -> None:
+        owner = self._owner
+        if owner is None:
+            return
         try:
-            await action
+            await owner.nc.publish(self._msg.reply, payload)
         except Exception as exc:  # nats-py raises assorted types once the connection is gone
-            raise DeliveryError(f"could not {what} a message on {self.channel!r}: "
-                                f"{type(exc).__name__}: {exc}; the broker redelivers it "
-                                "after ack_wait") from None
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        raise DeliveryError(f"could not {what} a message on {self.channel!r}: {reason}; the "
+                            "broker redelivers it after ack_wait")
 
     async def _ack(self) -> None:
-        await self._settle("ack", self._msg.ack())
+        await self._settle("ack", ACK)
 
     async def _nack(self, delay: float) -> None:
-        await self._gate.wait()  # see NatsSubscription.close
-        await self._settle("nack", self._msg.nak(delay=delay or None))
+        if self._gate is not None:
+            await self._gate.wait()  # see NatsSubscription.close
+        await self._settle("nack", NAK if not delay else
+                           NAK + b' {"delay":' + str(int(delay * 1e9)).encode() + b"}")
 
     async def in_progress(self) -> None:
         """Reset the ack_wait timer (``+WPI``); the subscription also does this by itself
-        for handlers running longer than half of ``ack_wait``."""
+        for every message it holds (waiting for a slot or running) past a third of
+        ``ack_wait``, and keeps doing it while it closes."""
         if not self.settled:
-            self.progressed = time.monotonic()
-            await self._settle("extend", self._msg.in_progress())
+            await self._settle("extend", PROGRESS)
+            self.progressed = time.monotonic()  # after: a failed signal is retried next tick
 
 
 @dataclass
@@ -125,9 +171,14 @@ class NatsSubscription(Subscription):
         self._closed = asyncio.Event()
         self._gate = asyncio.Event()  # cleared while closing: nacks wait for the unsubscribe
         self._gate.set()
-        self._returned: list[Msg] = []  # arrived while closing, given back after it
+        self._returned: list[NatsDelivery] = []  # arrived while closing, given back after it
         self._tick = min(1.0, config.ack_wait / 4)
         self._noted: dict[str, float] = {}  # consumer -> when last found missing
+
+    @property
+    def nc(self) -> Client:
+        """The client this subscription pulls and settles through (replaced by `rebind`)."""
+        return self._nc
 
     async def start(self) -> None:
         for pull in self._pulls:
@@ -138,6 +189,21 @@ class NatsSubscription(Subscription):
     def reset(self) -> None:
         """Forget every open pull request (after a reconnect they may be gone)."""
         for pull in self._pulls:
+            pull.end()
+        self._wake.set()
+
+    async def rebind(self, nc: Client) -> None:
+        """Move to ``nc``, a fresh client that replaced one the server closed: new inboxes
+        for every consumer, open requests forgotten (they died with the old connection),
+        so the pump asks again at once. Messages already here stay in the pool; their
+        settlements go through ``nc`` from now on (see `NatsDelivery`)."""
+        subs = []
+        for pull in self._pulls:
+            inbox = nc.new_inbox()
+            subs.append((inbox, await nc.subscribe(f"{inbox}.*", cb=self._receiver(pull))))
+        self._nc = nc  # no await from here: the pump never pairs the new client with old inboxes
+        for pull, (inbox, sub) in zip(self._pulls, subs, strict=True):
+            pull.inbox, pull.sub = inbox, sub
             pull.end()
         self._wake.set()
 
@@ -181,21 +247,19 @@ class NatsSubscription(Subscription):
     async def _accept(self, pull: _Pull, msg: Msg) -> None:
         channel = self._cfg.channel(msg.subject)
         try:
-            if self._closing:
-                self._returned.append(msg)
-                return
-            if pull.skip and any(match(channel) for match in pull.skip):
-                await msg.ack()
-                return
-        except Exception as exc:
-            log.warning("could not settle a message on %s: %s", channel, exc)
-            return
-        try:
-            delivery = NatsDelivery(msg, channel, self._gate)
+            delivery = NatsDelivery(msg, channel, self._gate, self)
         except Exception as exc:  # reply is not a JetStream ack subject: not ours to handle
             log.warning("ignoring a non-JetStream message on %s: %s", msg.subject, exc)
             return
-        self._pool.submit(delivery)
+        if self._closing:
+            self._returned.append(delivery)
+        elif pull.skip and any(match(channel) for match in pull.skip):
+            try:
+                await delivery.ack()
+            except MeshError as exc:
+                log.warning("%s", exc)
+        else:
+            self._pool.submit(delivery)
 
     # --- the pump -------------------------------------------------------------------
 
@@ -236,12 +300,25 @@ class NatsSubscription(Subscription):
             await self._nc.publish(self._next_subject(pull), request,
                                    reply=f"{pull.inbox}.{pull.token}")
 
-    async def _heartbeat(self, now: float) -> None:
-        """Keep long handlers' messages from redelivery: ``+WPI`` past half of ack_wait."""
-        for delivery in self._pool.items():
-            if not delivery.settled and now - delivery.progressed > self._cfg.ack_wait / 2:
+    async def _heartbeat(self, now: float, deliveries: Iterable[NatsDelivery] = ()) -> None:
+        """Keep held messages from redelivery: ``+WPI`` once a third of ``ack_wait`` has
+        passed since the last one, for every message in the pool (running, or waiting for
+        a slot) and ``deliveries``. A third leaves two chances before the deadline, so a
+        short ``ack_wait`` (what makes a dead worker's messages come back soon) is safe."""
+        due = self._cfg.ack_wait / 3
+        for delivery in (*self._pool.items(), *deliveries):
+            if not delivery.settled and now - delivery.progressed > due:
                 with contextlib.suppress(MeshError):
                     await delivery.in_progress()
+
+    async def _keep_in_progress(self, held: Sequence[NatsDelivery]) -> None:
+        """While closing (the pump is gone): the heartbeat for running handlers, the
+        backlog and late arrivals, until they are settled (they must not reach another
+        member while this one still runs them or is about to nack them)."""
+        while True:
+            with contextlib.suppress(Exception):
+                await self._heartbeat(time.monotonic(), (*held, *self._returned))
+            await asyncio.sleep(self._tick)
 
     # --- closing --------------------------------------------------------------------
 
@@ -257,7 +334,9 @@ class NatsSubscription(Subscription):
 
         async def probe(msg: Msg) -> None:
             if msg.reply:
-                self._returned.append(msg)
+                with contextlib.suppress(ValueError, IndexError):
+                    self._returned.append(NatsDelivery(msg, self._cfg.channel(msg.subject),
+                                                       self._gate, self))
             if not answered.done():
                 answered.set_result(None)
         inbox = self._nc.new_inbox()
@@ -287,6 +366,7 @@ class NatsSubscription(Subscription):
         self._closing = True
         self._gate.clear()
         backlog = self._pool.stop()
+        keeper = asyncio.create_task(self._keep_in_progress(backlog), name="mesh-nats-wpi")
         try:
             if self._pump_task is not None:
                 self._pump_task.cancel()
@@ -301,14 +381,13 @@ class NatsSubscription(Subscription):
             await asyncio.gather(*(self._sweep(pull) for pull in self._pulls),
                                  return_exceptions=True)
             self._gate.set()
-            for msg in self._returned:
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-            for delivery in backlog:
+            for delivery in (*self._returned, *backlog):
                 with contextlib.suppress(MeshError):
                     await delivery.nack()
             await self._pool.drain(timeout)
             await self._on_close(self)
         finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
             self._gate.set()
             self._closed.set()

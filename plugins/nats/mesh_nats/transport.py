@@ -14,6 +14,19 @@ pull consumer per pattern (created with ``deliver_policy=new``, resumed as is
 afterwards); a broadcast subscriber gets its own such consumer, deleted on close
 and by the server after ``broadcast_inactive`` seconds if the process dies. See
 `mesh_nats.consumer` for how messages are pulled, and docs/transports/nats.md.
+
+A message is its headers and payload together against the server's ``max_payload``
+(nats-py checks the payload only, and the server answers an oversize message with a
+fatal ``-ERR`` after which nats-py never reconnects): the transport measures both the
+way nats-py encodes them and raises `MessageTooLarge` with nothing sent. Should the
+server close the connection anyway (any fatal ``-ERR``), the transport connects a fresh
+client by itself and moves its ack inbox and every subscription onto it; meanwhile
+publishes raise `PublishError` (retry), never `TransportClosed`, which means only
+"not connected yet" or "closed by `close()`".
+
+`retain`/`read` serve the dead-letter tools: a channel is retained by the stream
+already, and `read` walks it with an ephemeral consumer that acknowledges nothing, so
+no group's position or any other reader changes.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,16 +50,41 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.errors import NotFoundError
 from pydantic import SecretStr
 
-from mesh import (ConnectError, DeliveryHandler, Event, PublishError, Subscription, Transport,
-                  TransportClosed, TransportError, TransportFeatures, codec, pattern_list,
+from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, MeshError,
+                  MessageTooLarge, PublishError, Subscription, Transport, TransportClosed,
+                  TransportError, TransportFeatures, codec, ensure_listening, pattern_list,
                   redact_url, tls_context, validate_pattern)
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig, parse
-from mesh_nats.consumer import NatsSubscription
+from mesh_nats.consumer import NatsDelivery, NatsSubscription
 from mesh_nats.naming import check_channel, consumer_name, covers, msg_id
 
 log = logging.getLogger("mesh_nats")
 _BATCH = 256  # publishes in flight at once in publish_batch
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+_READ_BATCH = 256  # messages per pull request of `read`
+
+
+def wire_size(headers: Mapping[str, str] | None, payload: bytes) -> int:
+    """Bytes a message counts against the server's ``max_payload``: the header block as
+    nats-py writes it (``NATS/1.0`` line, one ``name: value`` line per header with both
+    stripped, empty names skipped, CR/LF in values made spaces, a blank line) plus the
+    payload. ``None`` headers: a plain PUB, the payload alone."""
+    if headers is None:
+        return len(payload)
+    size = 12  # b"NATS/1.0\r\n" and the closing b"\r\n"
+    for name, value in headers.items():
+        key = name.strip()
+        if key:
+            size += len(key.encode()) + len(value.strip().translate(_NEWLINES).encode(
+                "utf-8", "surrogatepass")) + 4  # ": " and CRLF
+    return size + len(payload)
+
+
+def _address(server: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``nats://host:port`` server entry (IPv6 without brackets)."""
+    host, _, port = server.partition("://")[2].rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class NatsTransport(Transport):
@@ -56,21 +94,31 @@ class NatsTransport(Transport):
     features = TransportFeatures(consumer_groups=True, broadcast=True, per_key_ordering=False,
                                  persistence=True, replay_for_new_groups=False,
                                  native_dedup=True, wildcard_patterns=True,
-                                 pattern_syntax="nats")
+                                 pattern_syntax="nats", retained_reads=True)
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config: NatsConfig = parse(url, options)
         self._where = redact_url(url).partition("?")[0]
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._open = False  # between a successful connect() and close()
+        self._recovery: asyncio.Task[None] | None = None
         self._subs: set[NatsSubscription] = set()
         self._last_error = ""
         self._lock = asyncio.Lock()
-        self._acks: dict[str, asyncio.Future[Msg]] = {}  # reply subject -> PubAck waiter
+        self._acks: dict[str, asyncio.Future[Msg | None]] = {}  # reply subject -> PubAck waiter
         self._inbox, self._serial = "", itertools.count()
 
     def __repr__(self) -> str:
         return f"NatsTransport({self._where!r}, stream={self.config.stream!r})"
+
+    @property
+    def max_payload(self) -> int:
+        """The server's limit on one message, headers and payload together, in bytes (its
+        INFO ``max_payload``, 1 MiB by default). Raises `TransportClosed` before
+        `connect`."""
+        nc, _ = self._client()
+        return nc.max_payload
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -79,9 +127,7 @@ class NatsTransport(Transport):
         opts: dict[str, Any] = {
             "servers": cfg.servers, "name": cfg.name, "allow_reconnect": True,
             "max_reconnect_attempts": -1, "reconnect_time_wait": cfg.reconnect_wait,
-            "connect_timeout": min(cfg.connect_timeout, 5.0),
-            "error_cb": self._on_error, "disconnected_cb": self._on_disconnect,
-            "reconnected_cb": self._on_reconnect}
+            "connect_timeout": min(cfg.connect_timeout, 5.0)}
         for key, value in (("user", cfg.user), ("password", cfg.password), ("token", cfg.token),
                            ("user_credentials", cfg.creds), ("nkeys_seed", cfg.nkey)):
             if value is not None:
@@ -93,38 +139,77 @@ class NatsTransport(Transport):
         return opts
 
     async def connect(self) -> None:
+        """Connect and make sure the stream exists. A refused connection (nothing listens
+        at any server) is reported at once; otherwise the client gets the rest of
+        ``connect_timeout`` (a slow network, a TLS or auth handshake)."""
         async with self._lock:
-            if self._nc is not None:
+            if self._open:
                 return
-            nc = Client()
-            self._last_error = ""
-            try:
-                options = await asyncio.to_thread(self._connect_options)  # reads TLS files
-                await asyncio.wait_for(nc.connect(**options),
-                                       self.config.connect_timeout)
-            except (TimeoutError, OSError, nats.errors.Error) as exc:
-                with contextlib.suppress(Exception):
-                    await nc.close()
-                reason = self._last_error or f"{type(exc).__name__} {exc}".strip()
-                raise ConnectError(
-                    f"could not connect to NATS at {self._where} within "
-                    f"{self.config.connect_timeout:g}s ({reason}); check that nats-server runs "
-                    "there and the credentials/TLS options") from None
-            js = nc.jetstream(timeout=self.config.request_timeout)
+            cfg = self.config
+            options = await asyncio.to_thread(self._connect_options)  # reads TLS files
+            started = asyncio.get_running_loop().time()
+            await ensure_listening([_address(s) for s in cfg.servers],
+                                   timeout=min(1.0, cfg.connect_timeout), broker="NATS")
+            left = cfg.connect_timeout - (asyncio.get_running_loop().time() - started)
+            nc, js, inbox = await self._dial(options, max(left, 0.1))
+            problem = None
             try:
                 await self._ensure_stream(js)
-                self._inbox = f"{nc.new_inbox()}."  # PubAcks of publish_batch come here
-                await nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
-            except (TransportError, nats.errors.Error) as exc:
+            except TransportError as exc:
+                problem = str(exc)
+            if problem is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                raise ConnectError(problem)
+            self._nc, self._js, self._inbox = nc, js, inbox
+            self._open = True
+
+    async def _dial(self, options: dict[str, Any], timeout: float
+                    ) -> tuple[Client, JetStreamContext, str]:
+        """A connected client with its callbacks and the PubAck inbox subscribed, or
+        `ConnectError` (raised outside the handler: a client error may quote options)."""
+        nc = Client()
+
+        async def on_error(exc: Exception) -> None:
+            await self._on_error(nc, exc)
+
+        async def on_disconnect() -> None:
+            await self._on_disconnect(nc)
+
+        async def on_reconnect() -> None:
+            await self._on_reconnect(nc)
+
+        async def on_closed() -> None:
+            await self._on_closed(nc)
+        self._last_error = ""
+        reason = None
+        try:
+            await asyncio.wait_for(nc.connect(
+                **options, error_cb=on_error, disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect, closed_cb=on_closed), timeout)
+            inbox = f"{nc.new_inbox()}."  # PubAcks of publish_batch come here
+            await nc.subscribe(f"{inbox}*", cb=self._on_ack)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            reason = self._last_error or f"{type(exc).__name__} {exc}".strip()
+        except BaseException:  # cancelled (close() during a recovery): leave nothing open
+            with contextlib.suppress(Exception):
                 await nc.close()
-                raise ConnectError(str(exc)) from None
-            self._nc, self._js = nc, js
+            raise
+        if reason is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise ConnectError(
+                f"could not connect to NATS at {self._where} within "
+                f"{self.config.connect_timeout:g}s ({reason}); check that nats-server runs "
+                "there and the credentials/TLS options")
+        return nc, nc.jetstream(timeout=self.config.request_timeout), inbox
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         """Create the stream, or bring a managed one to the configured limits; a stream
         created elsewhere (``manage_stream=false``) only has to capture the prefix."""
         cfg = self.config
         wanted = f"{cfg.subject_prefix}.>"
+        reason = None
         try:
             try:
                 info = await js.stream_info(cfg.stream)
@@ -152,42 +237,108 @@ class NatsTransport(Transport):
         except TransportError:
             raise
         except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
             raise TransportError(
                 f"JetStream stream {cfg.stream} on {self._where} could not be created or "
-                f"updated ({type(exc).__name__}: {exc}); is JetStream enabled (nats-server "
-                "-js) and are the stream options valid?") from None
+                f"updated ({reason}); is JetStream enabled (nats-server -js) and are the "
+                "stream options valid?")
 
     async def close(self) -> None:
         async with self._lock:
-            nc, self._nc, self._js = self._nc, None, None
+            self._open = False
+            recovery, self._recovery = self._recovery, None
+            if recovery is not None:
+                recovery.cancel()
+                await asyncio.gather(recovery, return_exceptions=True)
             subs, self._subs = list(self._subs), set()
             await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
+            nc, self._nc, self._js = self._nc, None, None
             if nc is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(nc.flush(), 5.0)
                 with contextlib.suppress(Exception):
                     await nc.close()
+            self._release_waiters()
 
-    async def _on_error(self, exc: Exception) -> None:
+    async def _on_error(self, nc: Client, exc: Exception) -> None:
         text = f"{type(exc).__name__} {exc}".strip()
         if "auth" not in self._last_error.lower():  # keep the telling error over the resets
             self._last_error = text
-        quiet = self._nc is None or self._nc.is_reconnecting  # one warning per outage
+        quiet = nc is not self._nc or nc.is_reconnecting  # one warning per outage
         log.log(logging.DEBUG if quiet else logging.WARNING, "NATS %s: %s", self._where, text)
 
-    async def _on_disconnect(self) -> None:
-        if self._nc is not None:  # None: we are closing it
+    async def _on_disconnect(self, nc: Client) -> None:
+        if self._open and nc is self._nc:  # else we are closing it, or it is being dialled
             log.warning("NATS %s: disconnected; reconnecting", self._where)
 
-    async def _on_reconnect(self) -> None:
+    async def _on_reconnect(self, nc: Client) -> None:
+        if nc is not self._nc:
+            return
         log.info("NATS %s: reconnected; renewing pull requests", self._where)
         for sub in list(self._subs):
             sub.reset()
 
-    def _client(self) -> tuple[Client, JetStreamContext]:
-        if self._nc is None or self._js is None or self._nc.is_closed:
-            raise TransportClosed("NATS transport is not connected; call connect() first")
-        return self._nc, self._js
+    async def _on_closed(self, nc: Client) -> None:
+        """nats-py closed the client for good (a fatal ``-ERR`` such as a payload
+        violation: it does not reconnect after those). Not our doing: recover."""
+        if self._open and nc is self._nc:
+            self._release_waiters()
+            self._start_recovery()
+
+    def _release_waiters(self) -> None:
+        """PubAcks cannot arrive on a closed client: end their waits now (no PubAck)."""
+        for waiter in self._acks.values():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _start_recovery(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (a property read): the next call will
+            return
+        if self._open and (self._recovery is None or self._recovery.done()):
+            self._recovery = loop.create_task(self._recover(), name="mesh-nats-recover")
+
+    async def _recover(self) -> None:
+        """Dial a fresh client until one connects (every ``reconnect_wait``), then move the
+        ack inbox and every live subscription onto it. Publishes meanwhile raise
+        `PublishError`; `close()` cancels this."""
+        log.warning("NATS %s: the connection was closed (%s); connecting a fresh client",
+                    self._where, self._last_error or "closed by the client")
+        while self._open:
+            try:
+                options = await asyncio.to_thread(self._connect_options)
+                nc, js, inbox = await self._dial(options, self.config.connect_timeout)
+            except MeshError as exc:  # ConnectError; ConfigError if TLS files went away
+                log.debug("NATS %s: %s", self._where, exc)
+                await asyncio.sleep(self.config.reconnect_wait)
+                continue
+            self._nc, self._js, self._inbox = nc, js, inbox
+            for sub in list(self._subs):
+                try:
+                    await sub.rebind(nc)
+                except Exception as exc:  # the fresh client failed too: it will be recovered
+                    log.warning("NATS %s: could not restore a subscription (%s: %s)",
+                                self._where, type(exc).__name__, exc)
+            log.info("NATS %s: connected afresh; %d subscription(s) restored", self._where,
+                     len(self._subs))
+            return
+
+    def _client(self, error: type[TransportError] = TransportError
+                ) -> tuple[Client, JetStreamContext]:
+        """The live client, `TransportClosed` when not connected (before `connect`, after
+        `close`), or ``error`` (retryable) while a closed client is being replaced."""
+        nc, js = self._nc, self._js
+        if not self._open or nc is None or js is None:
+            raise TransportClosed("NATS transport is not connected; call connect() first "
+                                  "(or use a transport that was not closed)")
+        if nc.is_closed:
+            self._start_recovery()
+            raise error(f"NATS {self._where} closed the connection "
+                        f"({self._last_error or 'closed'}); a fresh connection is being made: "
+                        "retry shortly")
+        return nc, js
 
     # --- publishing -----------------------------------------------------------------
 
@@ -197,7 +348,8 @@ class NatsTransport(Transport):
     async def publish_raw(self, channel: str, data: bytes,
                           headers: Mapping[str, str] | None = None) -> None:
         """Write any payload (structured-mode JSON, a foreign message) to ``channel`` and
-        wait for the stream's ack; no ``Nats-Msg-Id`` is added."""
+        wait for the stream's ack; no ``Nats-Msg-Id`` is added (``Nats-Expected-Stream``
+        is, and counts against ``max_payload`` like every header)."""
         await self._confirm([(check_channel(channel), data, dict(headers or {}), None)])
 
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
@@ -209,18 +361,38 @@ class NatsTransport(Transport):
             messages.append((check_channel(channel), message.data, message.headers, event))
         await self._confirm(messages)
 
+    def _check_sizes(self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]],
+                     limit: int) -> None:
+        """`MessageTooLarge` for the first message over ``limit``, before anything is sent
+        (the server would close the connection on it)."""
+        for channel, data, headers, event in messages:
+            headers["Nats-Expected-Stream"] = self.config.stream
+            if len(data) + 12 + 4 * sum(len(k) + len(v) + 4 for k, v in headers.items()) \
+                    <= limit:
+                continue  # the common case: under the limit even if every char took 4 bytes
+            size = wire_size(headers, data)
+            if size > limit:
+                what = f"event {event.id}" if event is not None else "a raw message"
+                raise MessageTooLarge(
+                    f"{what} on {channel!r} is {size} bytes with its headers, over the NATS "
+                    f"server's max_payload of {limit} bytes; nothing was sent: make it smaller "
+                    "(keep large data elsewhere and send a reference) or raise max_payload "
+                    "on the server", size=size, limit=limit)
+
     async def _confirm(self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]]
                        ) -> None:
-        """Publish windows of 256 (channels checked before) with replies to our ack inbox,
-        then await their PubAcks together (no task or request per message, unlike js.publish)."""
-        nc, _ = self._client()
+        """Publish windows of 256 (channels and sizes checked before) with replies to our ack
+        inbox, then await their PubAcks together (no task or request per message, unlike
+        js.publish)."""
+        nc, _ = self._client(PublishError)
+        self._check_sizes(messages, nc.max_payload)
+        inbox = self._inbox
         failures: list[str] = []
         for start in range(0, len(messages), _BATCH):
-            sent: list[tuple[str, str, Event | None, asyncio.Future[Msg]]] = []
+            sent: list[tuple[str, str, Event | None, asyncio.Future[Msg | None]]] = []
             try:
                 for channel, data, headers, event in messages[start:start + _BATCH]:
-                    headers["Nats-Expected-Stream"] = self.config.stream
-                    reply = f"{self._inbox}{next(self._serial)}"
+                    reply = f"{inbox}{next(self._serial)}"
                     self._acks[reply] = waiter = asyncio.get_running_loop().create_future()
                     sent.append((reply, channel, event, waiter))
                     await nc.publish(self.config.subject(channel), data, reply=reply,
@@ -240,19 +412,20 @@ class NatsTransport(Transport):
                          f"({why}); it may still be stored: publish it again (an event is "
                          "deduplicated by its Nats-Msg-Id)"
                          for _, channel, event, waiter in sent if (why := self._failure(waiter))]
-        if failures and (self._nc is None or self._nc.is_closed):
+        if failures and not self._open:
             raise TransportClosed("NATS transport was closed during publish")
         if failures:
             raise PublishError(f"NATS did not confirm {failures[0]}" if len(messages) == 1 else
                                f"NATS did not confirm {len(failures)} of {len(messages)} "
                                f"messages; first: {failures[0]}")
 
-    def _failure(self, waiter: asyncio.Future[Msg]) -> str | None:
+    def _failure(self, waiter: asyncio.Future[Msg | None]) -> str | None:
         """None when the stream stored (or deduplicated) the message, else why not."""
         ack: Msg | None = None if waiter.cancelled() else waiter.result()
         if ack is None or ack.headers:  # no PubAck in time, or a status instead of one
             return f"status {(ack.headers or {}).get('Status')}; 503: no stream captures the " \
-                "subject" if ack else f"no PubAck within {self.config.publish_timeout:g}s"
+                "subject" if ack else f"no PubAck within {self.config.publish_timeout:g}s " \
+                "or before the connection closed"
         if ack.data[:10] == b'{"stream":' and b'"error"' not in ack.data:
             return None  # the common case, without parsing the PubAck
         try:
@@ -291,8 +464,11 @@ class NatsTransport(Transport):
                 filter_subject=self.config.subject(pattern), max_ack_pending=wanted,
                 inactive_threshold=self.config.broadcast_inactive if broadcast else None))
         except Exception as exc:
-            raise TransportError(f"could not create JetStream consumer {name} on stream "
-                                 f"{self.config.stream} ({type(exc).__name__}: {exc})") from None
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        raise TransportError(f"could not create JetStream consumer {name} on stream "
+                             f"{self.config.stream} ({reason})")
 
     async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
                         group: str | None = None, max_in_flight: int = 1) -> Subscription:
@@ -313,21 +489,123 @@ class NatsTransport(Transport):
 
         async def closed(sub: NatsSubscription) -> None:
             self._subs.discard(sub)
+            current = self._js or js  # the client may have been replaced since
             if group is None:  # a broadcast subscriber's consumers die with it
                 for name in sub.consumers:
                     with contextlib.suppress(Exception):
-                        await js.delete_consumer(self.config.stream, name)
+                        await current.delete_consumer(self.config.stream, name)
 
         sub = NatsSubscription(nc, self.config, consumers, handler, max_in_flight, closed,
                                recreate if group is None else None)
-        await sub.start()
+        reason = None
+        try:
+            await sub.start()
+        except Exception as exc:  # the connection closed meanwhile
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            await sub.close()
+            raise TransportError(f"could not subscribe on NATS {self._where} ({reason}); "
+                                 "retry once the connection is back")
         self._subs.add(sub)
+        if self._nc is not nc:  # replaced while we subscribed: follow the fresh client
+            await sub.rebind(self._nc or nc)
         return sub
 
     async def ensure_group(self, pattern: str | Sequence[str], group: str) -> None:
         """Create the group's durable consumers (``deliver_policy=new``) without pulling."""
         for p in dict.fromkeys(pattern_list(pattern)):
             await self._create_consumer(consumer_name(group, p), p)
+
+    # --- retained reads (the dead-letter tools) -------------------------------------
+
+    async def retain(self, channel: str) -> None:
+        """The stream keeps every channel already: check that it captures ``channel`` and
+        keeps messages regardless of consumers (``limits`` retention; a work-queue or
+        interest stream deletes what groups ack). Changes nothing; messages still expire
+        with the stream's ``max_age``/``max_bytes``."""
+        _, js = self._client()
+        subject = self.config.subject(check_channel(channel))
+        reason = None
+        try:
+            info = (await js.stream_info(self.config.stream)).config
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            raise TransportError(f"could not read stream {self.config.stream} on "
+                                 f"{self._where} ({reason})")
+        if not any(covers(s, subject) or s == subject for s in info.subjects or []):
+            raise ConfigError(f"stream {self.config.stream} does not capture {subject}; add "
+                              f"{self.config.subject_prefix}.> to its subjects")
+        retention = str(getattr(info.retention, "value", info.retention or "limits"))
+        if retention != RetentionPolicy.LIMITS.value:
+            raise ConfigError(f"stream {self.config.stream} uses {retention} "
+                              "retention, which deletes messages once consumed; retained "
+                              "reads (the dead-letter tools) need limits retention")
+
+    async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
+        """The stream's messages on ``channel`` at the time of the call, oldest first, through
+        an ephemeral consumer (``deliver_policy=all``, ``ack_policy=none``, in memory)
+        that is deleted afterwards (and by the server after a minute of inactivity if
+        this process dies): no group, no acks, nothing changes for anyone else.
+
+        Its ``num_pending`` at creation is how many messages to read; later publishes are
+        not included. Reading also stops when a pull request brings nothing for ``idle``
+        seconds (messages that expired or were purged meanwhile). The deliveries are
+        settled from the start (ack and nack do nothing) and count no redeliveries;
+        ``position`` is the stream sequence."""
+        nc, js = self._client()
+        subject = self.config.subject(check_channel(channel))
+        reason, name = None, ""
+        try:
+            info = await js.add_consumer(self.config.stream, ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
+                filter_subject=subject, mem_storage=True, num_replicas=1,
+                inactive_threshold=max(60.0, 4 * idle)))
+            name, left = info.name, info.num_pending or 0
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            raise TransportError(f"could not read {channel!r} from stream {self.config.stream} "
+                                 f"on {self._where} ({reason})")
+        inbox = nc.new_inbox()
+        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def receive(msg: Msg) -> None:
+            arrived.put_nowait(msg)
+        sub = None
+        try:
+            if left:
+                sub = await nc.subscribe(inbox, cb=receive)
+            while left > 0:
+                batch = min(left, _READ_BATCH)
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{name}",
+                                 json.dumps({"batch": batch,
+                                             "expires": int(idle * 1e9)}).encode(), reply=inbox)
+                got = 0
+                while got < batch:
+                    try:
+                        msg = await asyncio.wait_for(arrived.get(), idle + 5.0)
+                    except TimeoutError:
+                        break  # neither messages nor the request's end: give up
+                    if not msg.reply:  # a status (408 expired, 404 none): the request ended
+                        break
+                    got += 1
+                    with contextlib.suppress(ValueError, IndexError):
+                        yield NatsDelivery(msg, self.config.channel(msg.subject), None)
+                left -= got
+                if got == 0:
+                    break  # nothing more within idle: the rest expired or was purged
+        except (nats.errors.Error, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                if sub is not None:
+                    await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await (self._js or js).delete_consumer(self.config.stream, name)
+        if reason is not None:
+            raise TransportError(f"reading {channel!r} from NATS {self._where} failed "
+                                 f"({reason}); retry")
 
     async def delete_channels(self, pattern: str) -> None:
         """Purge the stream's messages on matching subjects and delete the consumers whose
