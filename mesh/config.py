@@ -191,14 +191,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
+#: ``MESH_*`` variables that are not configuration: where the config file is, and the
+#: test suite's own settings (servers to test against, reports to write).
+_NOT_CONFIG = frozenset({
+    "MESH_CONFIG", "MESH_KAFKA_URL", "MESH_NATS_URL", "MESH_RABBITMQ_URL", "MESH_POSTGRES_URL",
+    "MESH_REDIS_URL", "MESH_KAFKA_PROXY_URL", "MESH_KAFKA_PROXY_TARGET", "MESH_CESQL_TCK",
+    "MESH_RELIABILITY_REPORT"})
+
+
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``MESH_A__B=v`` -> ``{"a": {"b": v}}`` (values parsed as YAML scalars)."""
     result: dict[str, Any] = {}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key.startswith("MESH_TEST"):
             continue
-        if key in ("MESH_CONFIG", "MESH_KAFKA_URL", "MESH_NATS_URL", "MESH_RABBITMQ_URL",
-                   "MESH_CESQL_TCK"):
+        if key in _NOT_CONFIG:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         try:
