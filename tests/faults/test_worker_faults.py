@@ -114,7 +114,7 @@ async def test_a_poison_message_that_kills_every_worker_is_dead_lettered(
                          240, "the poison dead-lettered and the good events handled")
         finally:
             supervisor.cancel()
-    starts, done = tally(worker)
+    starts, _ = tally(worker)
     when, copy = dead[0]
     assert copy.extensions["meshdlerror"] == "DeliveryLimitExceeded"
     assert copy.extensions["meshdlid"] == poison.id

@@ -19,14 +19,12 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from mesh import Context, Event, Mesh
 
 
-async def main(config: dict[str, Any]) -> None:
-    out = open(config["out"], "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
-
+async def main(config: dict[str, Any], out: TextIO) -> None:
     def line(text: str) -> None:
         out.write(f"{text} {time.time():.6f}\n")
         out.flush()
@@ -54,4 +52,6 @@ async def main(config: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(sys.argv[1])))
+    settings = json.loads(sys.argv[1])
+    with open(settings["out"], "a", buffering=1, encoding="utf-8") as log_file:
+        asyncio.run(main(settings, log_file))
