@@ -4,7 +4,9 @@
 finding the rules that match an event whose type only a few rules can match
 (`RuleIndex.match`), and the same through a started memory `Mesh` with N handlers
 (publish to handled). With the index, the cost follows the candidate rules, not
-the total; the ratio 1,000 / 10 is printed.
+the total; the ratio 1,000 / 10 is printed. It also records the CESQL LIKE worst
+cases of `benchmarks.cesql_bench` (ms for one evaluation against a 1 MB text) under
+``cesql_like_worst_ms``, so that a regression shows in the results files.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import time
 from typing import Any
 
+from benchmarks import cesql_bench
 from mesh import Event, Mesh
 from mesh.routing import cesql
 from mesh.routing.router import RuleIndex
@@ -112,6 +115,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     idx, msh = result["index_ns_per_event"], result["mesh_ns_per_event"]
     result["index_ratio_1000_vs_10"] = idx[1000] / idx[10]
     result["mesh_ratio_1000_vs_10"] = msh[1000] / msh[10]
+    size = 100_000 if quick else 1_000_000
+    result["cesql_like_text_chars"] = size
+    result["cesql_like_worst_ms"] = cesql_bench.like_worst_ms(size, repeat=1 if quick else 3)
     return result
 
 
@@ -124,6 +130,10 @@ def main() -> None:
               f"mesh publish->handled {result['mesh_ns_per_event'][n]:8.0f} ns/event")
     print(f"1000 vs 10: index x{result['index_ratio_1000_vs_10']:.2f}, "
           f"mesh x{result['mesh_ratio_1000_vs_10']:.2f}")
+    like = result["cesql_like_worst_ms"]
+    worst = max(like, key=like.get)
+    print(f"CESQL LIKE worst cases against {result['cesql_like_text_chars']:,} characters: "
+          f"at most {like[worst]:.1f} ms ({worst}); all: benchmarks/cesql_bench.py")
 
 
 if __name__ == "__main__":

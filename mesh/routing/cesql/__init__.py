@@ -32,7 +32,12 @@ matches only if the value is ``True`` and there are no errors
 (``Expression.matches``). Only :func:`parse` raises, with :class:`ParseError`
 (``.position`` is the 0-based offset of the problem; the message shows it with a
 caret); it also rejects text longer than ``MAX_LENGTH`` (4096) characters or
-nested deeper than ``MAX_NESTING`` (64) / ``MAX_DEPTH`` (128 tree levels).
+nested deeper than ``MAX_NESTING`` (64) / ``MAX_DEPTH`` (128 tree levels), and a
+call that no function serves (unknown name or number of arguments) with
+:class:`UnknownFunctionError`, a ParseError of kind ``missingFunction`` that names
+the functions there are (section 3.3 recommends compile-time checks);
+``parse(text, check_functions=False)`` keeps section 3.5's run-time behaviour
+instead (such a call evaluates to ``false`` plus a MissingFunctionError).
 
 Choices where the spec or the TCK leave room (see also the module docs):
 
@@ -76,6 +81,7 @@ from .errors import (
     MissingAttributeError,
     MissingFunctionError,
     ParseError,
+    UnknownFunctionError,
 )
 from .expression import Expression, parse
 from .functions import Function, FunctionRegistry, default_registry
@@ -98,6 +104,7 @@ __all__ = [
     "MissingFunctionError",
     "ParseError",
     "Type",
+    "UnknownFunctionError",
     "Value",
     "ast",
     "default_registry",

@@ -7,8 +7,10 @@ event's attribute mapping, ``event`` the event itself (for the data extension) a
 
 Compile-time work: constant subtrees are folded (when they evaluate without
 errors), LIKE patterns and literal IN sets are prepared once, functions are
-resolved, implicit casts are chosen from the operands' static types, and common
-shapes such as ``attr = 'literal'`` get dedicated closures.
+resolved (a call nothing serves is an UnknownFunctionError unless the caller asks
+for the spec's run-time MissingFunctionError), implicit casts are chosen from the
+operands' static types, and common shapes such as ``attr = 'literal'`` get
+dedicated closures.
 
 Error propagation. Section 3.2 says a subexpression referencing a missing attribute
 evaluates to the zero value of its return type; the TCK applies the same rule to
@@ -45,7 +47,7 @@ from .ast import (
     Unary,
 )
 from .data import convert, event_data, lookup, step
-from .errors import CESQLError, MissingAttributeError, MissingFunctionError
+from .errors import CESQLError, MissingAttributeError, MissingFunctionError, UnknownFunctionError
 from .functions import Function, FunctionRegistry
 from .like import compile_like
 from .operators import (
@@ -89,9 +91,16 @@ class _C:
     value: Value = False
 
 
-def compile_tree(node: Node, functions: FunctionRegistry) -> Fn:
-    """The closure evaluating ``node``."""
-    return _Compiler(functions).compile(node).fn
+def compile_tree(node: Node, functions: FunctionRegistry, *, source: str = "",
+                 check_functions: bool = True) -> Fn:
+    """The closure evaluating ``node``.
+
+    With ``check_functions``, a call that no function of ``functions`` serves (unknown
+    name or arity) raises :class:`UnknownFunctionError`, its caret placed in
+    ``source``; without, it compiles to a closure returning ``false`` with a
+    MissingFunctionError, as CESQL 1.0 section 3.5 describes.
+    """
+    return _Compiler(functions, source, check_functions).compile(node).fn
 
 
 def _constant(value: Value) -> _C:
@@ -106,8 +115,10 @@ def _missing(name: str, position: int) -> MissingAttributeError:
 
 
 class _Compiler:
-    def __init__(self, functions: FunctionRegistry) -> None:
+    def __init__(self, functions: FunctionRegistry, source: str, check_functions: bool) -> None:
         self.functions = functions
+        self.source = source
+        self.check_functions = check_functions
 
     def compile(self, node: Node) -> _C:
         if isinstance(node, Literal):
@@ -547,6 +558,9 @@ class _Compiler:
         args = [self.compile(arg) for arg in node.args]
         function = self.functions.resolve(node.name, len(args))
         name, pos, arity = node.name, node.pos, len(args)
+        if function is None and self.check_functions:
+            raise UnknownFunctionError(self.functions.explain(name, arity), pos, self.source,
+                                       name.upper(), arity)
         if function is None:
 
             def missing_function(a: Mapping[str, Any], ev: object, errs: Errors) -> Any:

@@ -1,7 +1,8 @@
 """The CESQL error model: one exception class per error kind of CESQL 1.0 section 3.3.
 
 Evaluation never raises these; it returns them in the error list next to the value.
-Only :class:`ParseError` is raised (by :func:`mesh.routing.cesql.parse`).
+Only :class:`ParseError` is raised (by :func:`mesh.routing.cesql.parse`), including
+its subclass :class:`UnknownFunctionError` for calls no function can serve.
 
 Every class here derives from :class:`CESQLError`, which is the single point to
 re-parent the hierarchy (e.g. under ``mesh.errors.MeshError``).
@@ -22,6 +23,7 @@ __all__ = [
     "MissingAttributeError",
     "MissingFunctionError",
     "ParseError",
+    "UnknownFunctionError",
 ]
 
 #: Characters of source shown either side of the error position in a ParseError message.
@@ -90,6 +92,29 @@ class MissingFunctionError(CESQLError):
     """No function with this name accepts this number of arguments."""
 
     kind: ClassVar[str] = "missingFunction"
+
+
+class UnknownFunctionError(ParseError, MissingFunctionError):
+    """A call that no registered function serves, found when the expression is compiled.
+
+    CESQL 1.0 lets such a call evaluate to ``false`` with a MissingFunctionError
+    (section 3.5) and recommends checking what can be checked at compile time
+    (section 3.3); ``parse`` does the latter unless ``check_functions=False``. It is a
+    :class:`ParseError` (what ``parse`` raises) of the spec's kind
+    ``missingFunction``, so it is also a :class:`MissingFunctionError`; ``name`` is
+    the called name (upper-case) and ``arity`` the number of arguments.
+    """
+
+    kind: ClassVar[str] = "missingFunction"
+
+    def __init__(self, message: str, position: int, source: str = "", name: str = "",
+                 arity: int = 0) -> None:
+        super().__init__(message, position, source)
+        self.name = name
+        self.arity = arity
+
+    def __reduce__(self) -> tuple[type[CESQLError], tuple[object, ...]]:
+        return type(self), (self.reason, self.position, self.source, self.name, self.arity)
 
 
 class FunctionEvaluationError(CESQLError):

@@ -23,12 +23,14 @@ class Expression:
     __slots__ = ("_fn", "ast", "source", "strict")
 
     def __init__(self, source: str, ast: Node, *, strict: bool = False,
-                 functions: FunctionRegistry | None = None) -> None:
+                 functions: FunctionRegistry | None = None,
+                 check_functions: bool = True) -> None:
         self.source = source
         self.ast = ast
         self.strict = strict
         try:
-            self._fn = compile_tree(ast, functions or builtin_registry())
+            self._fn = compile_tree(ast, functions or builtin_registry(), source=source,
+                                    check_functions=check_functions)
         except RecursionError:  # only if the caller's stack is already nearly exhausted
             raise ParseError("expression is too deeply nested", 0, source) from None
 
@@ -66,11 +68,16 @@ class Expression:
         return f"cesql.parse({self.source!r}{', strict=True' if self.strict else ''})"
 
 
-def parse(text: str, strict: bool = False, *,
-          functions: FunctionRegistry | None = None) -> Expression:
-    """Parse and compile CESQL ``text``; raises :class:`ParseError` on invalid syntax.
+def parse(text: str, strict: bool = False, *, functions: FunctionRegistry | None = None,
+          check_functions: bool = True) -> Expression:
+    """Parse and compile CESQL ``text``; raises :class:`ParseError` if it is invalid.
 
     ``strict=True`` accepts only CESQL 1.0 (rejecting ``data.<path>``); ``functions``
-    replaces the built-in function registry (see ``default_registry()``).
+    replaces the built-in function registry (see ``default_registry()``). A call that
+    no function serves (``EVAL('x')``, ``LENGTH()``) raises
+    :class:`UnknownFunctionError`, a ParseError of kind ``missingFunction`` naming
+    the functions there are; ``check_functions=False`` compiles it instead to
+    ``false`` plus a MissingFunctionError at each evaluation (CESQL 1.0 section 3.5).
     """
-    return Expression(text, parse_ast(text, strict=strict), strict=strict, functions=functions)
+    return Expression(text, parse_ast(text, strict=strict), strict=strict, functions=functions,
+                      check_functions=check_functions)

@@ -3,8 +3,10 @@
 A function is identified by its upper-case name and arity. A name may have several
 fixed-arity overloads and at most one variadic overload, whose number of fixed
 parameters must exceed every other overload's arity. Calls dispatch on the exact
-arity first, then to the variadic overload; otherwise the call evaluates to
-``false`` with a MissingFunctionError.
+arity first, then to the variadic overload. A call that nothing serves is rejected
+when the expression is compiled (an UnknownFunctionError from ``parse``), or, with
+``parse(..., check_functions=False)``, evaluates to ``false`` with a
+MissingFunctionError as CESQL 1.0 section 3.5 describes.
 
 An implementation is called as ``impl(errors, *args)`` with arguments already cast
 to the parameter types; it returns a value of its return type and may append
@@ -18,6 +20,7 @@ built in as explicit casts (used by the spec's examples and the TCK).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,6 +106,26 @@ class FunctionRegistry:
         if variadic is not None and arity >= len(variadic.params):
             return variadic
         return None
+
+    def explain(self, name: str, arity: int) -> str:
+        """Why no overload of ``name`` takes ``arity`` arguments (for error messages).
+
+        Names the overloads of ``name`` if it has any, otherwise the registered
+        functions, with a "did you mean" when one is close.
+        """
+        upper = name.upper()
+        overloads = sorted((f for f in self if f.name == upper), key=lambda f: len(f.params))
+        if overloads:
+            counts = [f"at least {len(f.params)}" if f.variadic is not None
+                      else str(len(f.params)) for f in overloads]
+            noun = "argument" if counts[-1] in ("1", "at least 1") and len(counts) == 1 \
+                else "arguments"
+            return (f"{upper} takes {' or '.join(counts)} {noun}, not {arity} "
+                    f"({'; '.join(f.signature() for f in overloads)})")
+        names = sorted({f.name for f in self})
+        close = difflib.get_close_matches(upper, names, n=1)
+        hint = f", did you mean {close[0]}?" if close else ""
+        return f"unknown function {upper}{hint} (functions: {', '.join(names) or 'none'})"
 
     def copy(self) -> FunctionRegistry:
         """A registry with the same functions, to extend without touching this one."""

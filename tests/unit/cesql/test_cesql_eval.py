@@ -23,15 +23,17 @@ EVENT: dict[str, Any] = {
 }
 
 
-def run(text: str, event: Any = None) -> tuple[Any, list[str]]:
-    value, errors = cesql.parse(text).evaluate(EVENT if event is None else event)
+def run(text: str, event: Any = None, *, check_functions: bool = True) -> tuple[Any, list[str]]:
+    expression = cesql.parse(text, check_functions=check_functions)
+    value, errors = expression.evaluate(EVENT if event is None else event)
     for error in errors:
         assert isinstance(error, cesql.CESQLError)
     return value, [e.kind for e in errors]
 
 
-def check(text: str, value: Any, *kinds: str, event: Any = None) -> None:
-    got, got_kinds = run(text, event)
+def check(text: str, value: Any, *kinds: str, event: Any = None,
+          check_functions: bool = True) -> None:
+    got, got_kinds = run(text, event, check_functions=check_functions)
     assert (got, got_kinds) == (value, list(kinds))
     assert type(got) is type(value)
 
@@ -237,14 +239,17 @@ def test_builtin_functions(text: str, value: Any) -> None:
     ("INT('99999999999')", 0, "cast"),
     ("BOOL('yes')", False, "cast"),
     ("ABS(-2147483648)", 2147483647, "math"),
-    ("NOPE()", False, "missingFunction"),
-    ("LENGTH()", False, "missingFunction"),
-    ("LENGTH('a', 'b')", False, "missingFunction"),
-    ("SUBSTRING('a')", False, "missingFunction"),
-    ("ABS(1, 2, 3, 4)", False, "missingFunction"),
 ])
 def test_function_errors(text: str, value: Any, kind: str) -> None:
     check(text, value, kind)
+
+
+@pytest.mark.parametrize("text", [
+    "NOPE()", "LENGTH()", "LENGTH('a', 'b')", "SUBSTRING('a')", "ABS(1, 2, 3, 4)",
+])
+def test_missing_functions_at_evaluation_when_not_checked(text: str) -> None:
+    """``check_functions=False``: the spec's run-time behaviour (section 3.5)."""
+    check(text, False, "missingFunction", check_functions=False)
 
 
 def test_custom_functions() -> None:
@@ -270,7 +275,9 @@ def test_custom_functions() -> None:
     assert ev("ANYTHING(n) = '21'") == (True, [])
     assert ev("LENGTH('ab')") == (2, [])
     # The default registry is untouched.
-    assert run("DOUBLE(1)") == (False, ["missingFunction"])
+    with pytest.raises(cesql.UnknownFunctionError, match="unknown function DOUBLE"):
+        cesql.parse("DOUBLE(1)")
+    assert run("DOUBLE(1)", check_functions=False) == (False, ["missingFunction"])
 
 
 def test_registry_overloading_rules() -> None:

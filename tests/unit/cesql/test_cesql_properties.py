@@ -157,14 +157,15 @@ trees = st.recursive(leaves, extend, max_leaves=12)
 def test_random_trees_round_trip_and_match_the_reference(tree: Node,
                                                          event: dict[str, Any]) -> None:
     text = render(tree)
-    try:
-        expr = cesql.parse(text)
+    try:  # NOPE and wrong arities are checked by the reference at evaluation
+        expr = cesql.parse(text, check_functions=False)
     except cesql.ParseError:
         assume(False)  # beyond the nesting limits
         raise
     assert expr.ast == tree
     value, errors = expr.evaluate(event)
-    assert best_time(lambda: cesql.parse(text).evaluate(event)) < BUDGET_SECONDS
+    assert best_time(lambda: cesql.parse(text, check_functions=False).evaluate(event)) \
+        < BUDGET_SECONDS
     expected = Reference(event).run(tree)
     assert (value, [e.kind for e in errors]) == expected
     assert type(value) is type(expected[0])

@@ -5,6 +5,14 @@ else ``/work/shared/conformance/cesql_tck`` (where the workspace keeps it, for a
 made anywhere else, such as a temporary directory).
 Missing TCK: the tests skip, except under CI (``CI=true``) where they fail.
 
+Missing functions: the TCK expects a call that no function serves to evaluate to
+``false`` with a ``missingFunction`` error (CESQL 1.0 section 3.5). ``parse`` checks
+calls when it compiles, as section 3.3 recommends, and raises UnknownFunctionError
+(of that kind) instead; ``check_functions=False`` gives the run-time behaviour. Every
+case runs both ways: the compile-time check must reject exactly the cases whose
+expected error is ``missingFunction``, and run-time evaluation must give the TCK's
+value and errors.
+
 Scalars are read as the raw YAML text where YAML would retype them: expressions
 such as ``TRUE`` or ``-10`` and names such as ``true`` stay strings, and an expected
 result written as a timestamp is compared as its text.
@@ -118,7 +126,14 @@ def test_tck(case: Case | None) -> None:
         assert excinfo.value.kind == "parse"
         assert 0 <= excinfo.value.position <= len(case.expression)
         return
-    expression = cesql.parse(case.expression)
+    if case.error == "missingFunction":
+        with pytest.raises(cesql.UnknownFunctionError) as rejected:
+            cesql.parse(case.expression)
+        assert rejected.value.kind == "missingFunction"
+        assert isinstance(rejected.value, cesql.MissingFunctionError)
+    else:
+        cesql.parse(case.expression)  # the compile-time check rejects nothing else
+    expression = cesql.parse(case.expression, check_functions=False)
     for event in (case.event, EventObject(case.event)):
         value, errors = expression.evaluate(event)
         kinds = [e.kind for e in errors]
