@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -19,6 +19,8 @@ from mesh import ConfigError, build_options, parse_url, redact_url, tls_context
 
 #: Names pamqp accepts for exchanges and queues (RabbitMQ itself is more lenient).
 AMQP_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]{1,200}")
+#: A stream's x-max-age: a number and a unit (years, months, days, hours, minutes, seconds).
+MAX_AGE = re.compile(r"[1-9][0-9]*[YMDhms]")
 
 
 class RabbitMQConfig(BaseModel):
@@ -40,6 +42,17 @@ class RabbitMQConfig(BaseModel):
     delivery_limit: int = Field(1000, ge=1)
     #: x-quorum-initial-group-size of group queues (None = broker default)
     replicas: int | None = Field(None, ge=1)
+    #: header convention written: "rabbitmq" (ce-<name>) or "amqp" (the CloudEvents AMQP
+    #: binding's application properties); both are always read
+    binding: Literal["rabbitmq", "amqp"] = "rabbitmq"
+    #: prefix written with binding="amqp" (None = "cloudEvents_", what the Python SDK writes)
+    amqp_prefix: Literal["cloudEvents_", "cloudEvents:"] | None = None
+    #: x-max-age of the stream queue retain() declares (only when it does not exist yet)
+    retained_max_age: str = "7D"
+    #: largest message (body plus headers, bytes) publish() sends; larger ones raise
+    #: MessageTooLarge without touching the broker. RabbitMQ 4's max_message_size default
+    #: (16 MiB); set it to your broker's setting (3.x default: 128 MiB)
+    max_message_size: int = Field(16 * 1024 * 1024, ge=1024)
     heartbeat: int = Field(60, ge=0)
     connect_timeout: float = Field(10.0, gt=0)
     #: seconds publish() waits for the broker's confirm before raising PublishError
@@ -55,6 +68,13 @@ class RabbitMQConfig(BaseModel):
     @property
     def dlx(self) -> str:
         return self.dead_letter_exchange or f"{self.exchange}.dlx"
+
+    @property
+    def header_prefix(self) -> str:
+        """The prefix of the attribute headers this transport writes."""
+        if self.binding == "rabbitmq":
+            return "ce-"
+        return self.amqp_prefix or "cloudEvents_"
 
     @property
     def redacted(self) -> str:
@@ -95,6 +115,13 @@ class RabbitMQConfig(BaseModel):
             if name and (not AMQP_NAME.fullmatch(name) or name.startswith("amq.")):
                 raise ConfigError(f"option {option}={name!r} is not a usable exchange name: "
                                   "use letters, digits and -_.:, not starting with 'amq.'")
+        if self.amqp_prefix is not None and self.binding != "amqp":
+            raise ConfigError(f"option amqp_prefix={self.amqp_prefix!r} only applies with "
+                              "binding=amqp; add binding=amqp or drop amqp_prefix")
+        if not MAX_AGE.fullmatch(self.retained_max_age):
+            raise ConfigError(f"option retained_max_age={self.retained_max_age!r} is not a "
+                              "RabbitMQ stream age: write a number and a unit, e.g. 7D, 12h "
+                              "(Y, M, D, h, m, s)")
         tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
         if not self.tls and (any(tls_files) or not self.tls_verify):
             raise ConfigError("tls_* options need an amqps:// URL; use amqps://host:5671/")

@@ -5,8 +5,7 @@ broker stops sending while that many messages are unacked, so events wait in
 RabbitMQ, not in memory. A `mesh.Dispatcher` bounds concurrent handler calls to the
 same number even across a reconnect, when handlers of the old channel may still run.
 
-Settling maps onto AMQP 0-9-1 like this (RabbitMQ >= 4.3 counts only *failed*
-deliveries in ``x-delivery-count`` and against ``x-delivery-limit``):
+Settling maps onto AMQP 0-9-1 like this:
 
 * ``ack()`` -> ``basic.ack``;
 * ``nack(delay)`` -> ``basic.nack(requeue)`` after ``delay`` seconds, not a failure
@@ -15,6 +14,14 @@ deliveries in ``x-delivery-count`` and against ``x-delivery-limit``):
 * a handler that raised or returned without settling -> ``basic.reject(requeue)``,
   a failed delivery;
 * cancellation by ``close()`` -> ``basic.nack(requeue)``.
+
+What the quorum queue counts (``x-delivery-count``, and against ``x-delivery-limit``)
+depends on the version. RabbitMQ 3.10 to 4.2 count every return: nack, reject, and the
+unacked messages of a channel or connection that closed (a consumer process that was
+killed counts too, for every message it held). RabbitMQ 4.3 counts only *failed*
+deliveries there (reject, a closed channel; not nack) and every return in the new
+``x-acquired-count``. ``redeliveries`` is the larger of the two headers, so it counts
+every earlier delivery on every version, like the other transports.
 
 After a reconnect the deliveries of the old channel cannot be settled any more
 (their channel is gone): the broker already requeued them and redelivers them,
@@ -30,8 +37,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aiormq.abc import DeliveredMessage
 
 from mesh import Delivery, DeliveryHandler, Dispatcher, Event, Subscription, codec
+from mesh_rabbitmq import binding
 
 log = logging.getLogger("mesh_rabbitmq")
 
@@ -40,23 +49,28 @@ Settle = Literal["ack", "nack", "reject"]
 OP_TIMEOUT = 5.0
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")  # strict: a bad header makes a DecodeError
-    return str(value)
-
-
 def _from_incoming(message: AbstractIncomingMessage, fmt: Any, factory: Any) -> Any:
-    """The SDK binding's ``from_rabbitmq`` in one pass over the headers, leaving ``time``
-    to the mesh's stdlib parser (the SDK's dateutil ``isoparse`` costs more than the rest)."""
-    content_type = message.content_type
-    if content_type and content_type.lower().startswith("application/cloudevents"):
-        return fmt.read(factory, message.body)   # structured mode
-    attributes = {name[3:]: _text(value) for key, value in (message.headers or {}).items()
-                  if (name := str(key).lower()).startswith("ce-")}
-    if content_type is not None:
-        attributes["datacontenttype"] = content_type
-    return factory(attributes, fmt.read_data(message.body, content_type))
+    """`binding.decode` in the shape of an SDK ``from_*`` function, for `codec.decode`."""
+    return binding.decode(message.headers, message.content_type, message.body, fmt, factory)
+
+
+def _from_delivered(message: DeliveredMessage, fmt: Any, factory: Any) -> Any:
+    properties = message.header.properties
+    return binding.decode(properties.headers, properties.content_type, message.body, fmt,
+                          factory)
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
+def earlier_deliveries(message: AbstractIncomingMessage) -> int:
+    """Earlier deliveries of ``message``: the larger of the quorum queue's
+    ``x-delivery-count`` and (RabbitMQ 4.3+) ``x-acquired-count``, and at least 1 when
+    the broker flags the message redelivered (a classic queue counts nothing)."""
+    headers = message.headers or {}
+    count = max(_count(headers.get("x-delivery-count")), _count(headers.get("x-acquired-count")))
+    return 1 if message.redelivered and not count else count
 
 
 async def settle(message: AbstractIncomingMessage, how: Settle) -> None:
@@ -74,28 +88,22 @@ async def settle(message: AbstractIncomingMessage, how: Settle) -> None:
 
 
 class RabbitMQDelivery(Delivery):
-    """A message from a queue; ``redeliveries`` from ``x-delivery-count`` (quorum
-    queues), at least 1 when the broker flags the message as redelivered."""
+    """A message from a queue; ``redeliveries`` from `earlier_deliveries`. ``position``
+    stays None: a quorum queue gives a message no identity that survives a redelivery
+    (delivery tags are per channel and per delivery)."""
 
     __slots__ = ("_message", "_sub")
 
     def __init__(self, message: AbstractIncomingMessage, sub: RabbitMQSubscription) -> None:
-        count = (message.headers or {}).get("x-delivery-count")
-        redeliveries = count if isinstance(count, int) and count > 0 else 0
-        if message.redelivered and not redeliveries:
-            redeliveries = 1
-        super().__init__(message.routing_key or "", redeliveries)
+        super().__init__(message.routing_key or "", earlier_deliveries(message))
         self._message, self._sub = message, sub
 
     def _decode(self) -> Event:
         return codec.decode(_from_incoming, self._message)
 
     def raw(self) -> tuple[Mapping[str, str], bytes]:
-        headers = {str(k): v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                   for k, v in (self._message.headers or {}).items()}
-        if self._message.content_type:
-            headers["content-type"] = self._message.content_type
-        return headers, bytes(self._message.body)
+        message = self._message
+        return binding.raw_headers(message.headers, message.content_type), bytes(message.body)
 
     async def _ack(self) -> None:
         await settle(self._message, "ack")
@@ -112,6 +120,37 @@ class RabbitMQDelivery(Delivery):
         if not self._settled:
             self._settled = True
             await settle(self._message, "nack" if cancelled else "reject")
+
+
+class RetainedDelivery(Delivery):
+    """A message read from a retained channel's stream (`RabbitMQTransport.read`):
+    settled from the start (ack and nack do nothing: reading never consumes), no
+    redeliveries, and ``position`` the stream offset (stable, unique in the stream)."""
+
+    __slots__ = ("_message", "_offset")
+
+    def __init__(self, message: DeliveredMessage, offset: int) -> None:
+        super().__init__(message.routing_key or "", 0)
+        self._message, self._offset = message, offset
+        self._settled = True
+
+    @property
+    def position(self) -> str:
+        return str(self._offset)
+
+    def _decode(self) -> Event:
+        return codec.decode(_from_delivered, self._message)
+
+    def raw(self) -> tuple[Mapping[str, str], bytes]:
+        properties = self._message.header.properties
+        return (binding.raw_headers(properties.headers, properties.content_type),
+                bytes(self._message.body))
+
+    async def _ack(self) -> None:
+        """Never called (settled from the start)."""
+
+    async def _nack(self, delay: float) -> None:
+        """Never called (settled from the start)."""
 
 
 class RabbitMQSubscription(Subscription):

@@ -9,6 +9,10 @@ A consumer group is a durable quorum queue named after the exchange, the group
 and its patterns, like Spring Cloud Stream's ``destination.group``: two apps
 using the same group name on different channels (every mesh's ``mesh.dlq``
 group, each on its own dead-letter channel) must not share one queue.
+
+A retained channel (`Transport.retain`) is a stream queue named after the exchange
+and the channel, bound to exactly that routing key: a log that readers walk from
+its first offset without removing anything (acks only return credit on a stream).
 """
 
 from __future__ import annotations
@@ -38,14 +42,32 @@ def group_queue(exchange: str, group: str, patterns: Sequence[str]) -> str:
     hash of the exact input is appended, so different inputs never collide.
     """
     keys = sorted({p.replace("*", "+").replace(">", "#") for p in patterns})
-    name = f"{exchange}:{group}@{','.join(keys)}"
+    return _legal(f"{exchange}:{group}@{','.join(keys)}",
+                  "\x1f".join([exchange, group, *sorted(set(patterns))]),
+                  ambiguous=any("," in p for p in patterns) or "@" in group)
+
+
+def _legal(name: str, exact: str, ambiguous: bool = False) -> str:
+    """``name`` if AMQP can carry it as is, else cleaned and suffixed with a hash of
+    ``exact`` (so different inputs never collide)."""
     clean = _UNSAFE.sub("_", name)
-    ambiguous = any("," in p for p in patterns) or "@" in group
     if clean != name or ambiguous or len(clean) > _MAX_NAME:
-        exact = "\x1f".join([exchange, group, *sorted(set(patterns))])
         digest = hashlib.sha256(exact.encode()).hexdigest()[:16]
         clean = f"{clean[:_MAX_NAME - 17]}/{digest}"
     return clean
+
+
+def retained_queue(exchange: str, channel: str) -> str:
+    """The stream queue that retains ``channel`` (``mesh:retained:mesh.deadletter``).
+    Never a group queue's name: those always contain ``@``, these only with a hash."""
+    return _legal(f"{exchange}:retained:{channel}", f"{exchange}\x1fretained\x1f{channel}",
+                  ambiguous="@" in channel)
+
+
+def stream_arguments(config: RabbitMQConfig) -> dict[str, Any]:
+    """Arguments of a retained channel's stream queue: kept ``retained_max_age`` (7 days
+    by default, like the JetStream streams and Kafka topics of the other transports)."""
+    return {"x-queue-type": "stream", "x-max-age": config.retained_max_age}
 
 
 def broadcast_queue(exchange: str) -> str:

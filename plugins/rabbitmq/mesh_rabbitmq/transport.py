@@ -11,42 +11,80 @@ pub/sub mesh (nobody subscribed, like on every broker), so publish() returns
 normally and the transport counts it in ``unroutable``. During an outage
 publish() raises `PublishError` at once or after ``publish_timeout`` seconds,
 never hangs, so the caller can retry.
+
+``close()`` ends the connection; ``connect()`` afterwards opens a new one (a stopped
+Mesh starts again). A retained channel is a stream queue (see `retain` and `read`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractMessage, AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.abc import AbstractRobustQueue, HeadersType
-from aiormq.abc import DeliveredMessage
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed, DeliveryError
-from cloudevents.core.bindings import rabbitmq
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.exceptions import (ChannelAccessRefused, ChannelNotFoundEntity,
+                               ChannelPreconditionFailed, DeliveryError)
 
-from mesh import (ConfigError, ConnectError, DeliveryHandler, Event, MeshError, PublishError,
-                  Subscription, Transport, TransportClosed, TransportFeatures, codec,
-                  pattern_list, scrub)
-from mesh_rabbitmq import topology
+from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, MeshError,
+                  MessageTooLarge, PublishError, Subscription, Transport, TransportClosed,
+                  TransportFeatures, ensure_listening, is_wildcard, pattern_list, scrub,
+                  validate_pattern)
+from mesh_rabbitmq import binding, topology
 from mesh_rabbitmq.config import RabbitMQConfig, ssl_context
-from mesh_rabbitmq.consumer import OP_TIMEOUT, RabbitMQSubscription
+from mesh_rabbitmq.consumer import OP_TIMEOUT, RabbitMQSubscription, RetainedDelivery
 
 log = logging.getLogger("mesh_rabbitmq")
 Properties = aiormq.spec.Basic.Properties
 
 #: publishes in flight at once in publish_batch (their confirms are awaited together)
 BATCH_WINDOW = 1000
+#: prefetch (credit) of a read() consumer on a stream
+READ_PREFETCH = 256
+#: quiet time that ends the burst of the stream's last chunk when read() looks for its end
+LAST_CHUNK_QUIET = 0.2
+
+#: RabbitMQ's text for a redeclaration with other arguments (3.x and 4.x)
+_INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']*)' for (?P<kind>\w+) "
+                           r"'(?P<name>.*)' in vhost '.*': received (?P<new>.+?) "
+                           r"but current is (?P<old>.+?)\s*$")
+_ARG_VALUE = re.compile(r"(?:the value )?'(?P<value>.*?)'(?: of type '[^']*')?")
+_NOT_A_STREAM = ("queue {name!r} is not a stream (a queue of that name was made by something "
+                 "else), so reading it would consume it; nothing was acked. Delete or rename "
+                 "that queue, then retain() the channel again")
+#: RabbitMQ's text when a message is over its max_message_size (it closes the channel)
+_TOO_LARGE = re.compile(r"message size (?P<size>\d+) is larger than configured max size "
+                        r"(?P<limit>\d+)")
+#: the transport option behind each queue argument it declares
+_ARG_OPTION = {"x-delivery-limit": "delivery_limit", "x-dead-letter-exchange":
+               "dead_letter_exchange", "x-quorum-initial-group-size": "replicas",
+               "x-max-age": "retained_max_age"}
 
 #: Group queues declared in this process: (exchange, queue) -> (group, patterns).
 #: delete_channels uses it: AMQP 0-9-1 cannot list queues (the management plugin can).
 _DECLARED: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
 #: Live subscriptions of every transport in this process, by (exchange, queue).
 _LIVE: dict[tuple[str, str], set[RabbitMQSubscription]] = {}
+#: Stream queues retain() declared in this process: (exchange, queue) -> channel.
+_RETAINED: dict[tuple[str, str], str] = {}
+
+
+def _arg_value(text: str) -> str | None:
+    """A value as RabbitMQ quotes it (``'77'``, ``the value '77' of type 'byte'``); None
+    for ``none`` (the argument is absent)."""
+    text = text.strip()
+    if text == "none":
+        return None
+    match = _ARG_VALUE.fullmatch(text)
+    return match.group("value") if match else text
 
 
 class RabbitMQTransport(Transport):
@@ -56,10 +94,11 @@ class RabbitMQTransport(Transport):
     features = TransportFeatures(consumer_groups=True, broadcast=True, per_key_ordering=False,
                                  persistence=True, replay_for_new_groups=False,
                                  native_dedup=False, wildcard_patterns=True,
-                                 pattern_syntax="amqp")
+                                 pattern_syntax="amqp", retained_reads=True)
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config = RabbitMQConfig.from_url(url, options or {})
+        self._prefix = self.config.header_prefix
         self.unroutable = 0  #: confirmed publishes no queue was bound for (dropped)
         self._conn: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
@@ -77,9 +116,17 @@ class RabbitMQTransport(Transport):
     # --- lifecycle --------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Connect; after `close` this opens a new connection (a close still running is
+        waited for first), so a stopped Mesh can start again as on every transport."""
+        closing = self._closing
+        if closing is not None:
+            await asyncio.shield(closing)
         async with self._connecting:
+            if closing is not None and self._closing is closing:
+                self._closing, self._closed = None, False
             if self._closed:
-                raise TransportClosed("this RabbitMQ transport was closed; create a new one")
+                raise TransportClosed("this RabbitMQ transport is being closed by another "
+                                      "task; call connect() again once close() returned")
             if self._conn is not None:
                 return
             conn = await self._dial(robust=True)
@@ -94,6 +141,10 @@ class RabbitMQTransport(Transport):
         """A new connection: robust (reconnecting) for the transport, plain for one-off
         clean-up after close()."""
         cfg = self.config
+        # aio-pika would log an ERROR and keep retrying a refused port until the timeout:
+        # see that first, in one clean error (a slow network is left to the timeout)
+        await ensure_listening([(cfg.host, cfg.port)], timeout=cfg.connect_timeout,
+                               broker="RabbitMQ")
         context = await asyncio.to_thread(ssl_context, cfg) if cfg.tls else None
         connect = aio_pika.connect_robust if robust else aio_pika.connect
         try:
@@ -130,6 +181,9 @@ class RabbitMQTransport(Transport):
 
     def _declare_error(self, exc: Exception, what: str) -> Exception:
         if isinstance(exc, ChannelPreconditionFailed):
+            text = str(exc.args[0]) if exc.args else str(exc)
+            if (found := _INEQUIVALENT.search(text)) is not None:
+                return self._inequivalent(found)
             return ConfigError(f"RabbitMQ refused to declare {what}: it exists with other "
                                f"settings ({self._scrub(exc)}); delete it or choose another "
                                "name (options exchange=..., or another group)")
@@ -142,6 +196,27 @@ class RabbitMQTransport(Transport):
                                 f"{self.config.redacted}; is the broker reachable?")
         return ConnectError(f"could not declare {what} on RabbitMQ at {self.config.redacted}: "
                             f"{self._scrub(exc)}")
+
+    def _inequivalent(self, found: re.Match[str]) -> ConfigError:
+        """What to do when a queue exists with other arguments than this transport's
+        settings (queue arguments never change after declaration)."""
+        arg, kind, name = found.group("arg", "kind", "name")
+        old, new = _arg_value(found.group("old")), _arg_value(found.group("new"))
+        option = _ARG_OPTION.get(arg)
+        current = f"{arg}={old}" if old is not None else f"no {arg}"
+        wanted = f"{arg}={new}" if new is not None else f"no {arg}"
+        where = ('docs/transports/rabbitmq.md ("Changing a group queue\'s arguments") '
+                 "describes")
+        if option is not None and old is not None:
+            advice = (f"to keep running now, set the option {option}={old} again; to change "
+                      f"it, migrate the {kind} without losing messages as {where}")
+        else:
+            advice = ("it was made by another application or version: use other names "
+                      f"(option exchange=..., another group), or move its messages as {where}")
+        return ConfigError(
+            f"RabbitMQ {kind} {name!r} exists with other settings: {current}, but this "
+            f"transport declares {wanted}" + (f" (option {option})" if option else "") +
+            f". Arguments never change once declared: {advice}")
 
     async def close(self) -> None:
         if self._closing is None:
@@ -161,20 +236,36 @@ class RabbitMQTransport(Transport):
 
     def _open(self) -> AbstractRobustConnection:
         if self._closed or self._conn is None:
-            raise TransportClosed("RabbitMQ transport is not connected; call connect() first "
-                                  "(or create a new transport after close())")
+            raise TransportClosed("RabbitMQ transport is not connected; call connect() first")
         return self._conn
 
     # --- publishing -------------------------------------------------------------------
 
-    @staticmethod
-    def _message(event: Event) -> tuple[bytes, Properties]:
+    def _message(self, event: Event) -> tuple[bytes, Properties]:
         """Body and properties as ``aio_pika.Message`` makes them (persistent, priority 0),
-        without building one: publishing goes straight to aiormq, see `_send`."""
-        wire = rabbitmq.to_binary(event, codec.FORMAT)
-        headers: HeadersType = dict(wire.headers)
-        return wire.body, Properties(headers=headers, content_type=wire.content_type,
-                                     delivery_mode=2, priority=0)
+        without building one: publishing goes straight to aiormq, see `_send`. Headers
+        in the configured convention (option ``binding``), values canonical strings."""
+        body, headers, content_type = binding.encode(event, self._prefix)
+        limit = self.config.max_message_size
+        if len(body) > limit - 4 * sum(len(k) + len(v) for k, v in headers.items()) - 255:
+            self._check_size(event, body, headers, content_type)   # near the limit: exactly
+        table: HeadersType = headers
+        return body, Properties(headers=table, content_type=content_type, delivery_mode=2,
+                                priority=0)
+
+    def _check_size(self, event: Event, body: bytes, headers: Mapping[str, str],
+                    content_type: str | None) -> None:
+        """Raise `MessageTooLarge` when body plus headers (UTF-8, with the name and value
+        of each) exceed ``max_message_size``; nothing is sent then."""
+        size = len(body) + len((content_type or "").encode()) + sum(
+            len(k.encode()) + len(v.encode()) for k, v in headers.items())
+        limit = self.config.max_message_size
+        if size > limit:
+            raise MessageTooLarge(
+                f"event {event.id[:80]!r} is {size} bytes with its headers, over the "
+                f"{limit}-byte limit (option max_message_size, which should match the "
+                "broker's max_message_size); it was not sent. Make it smaller: store large "
+                "data elsewhere and send a reference", size=size, limit=limit)
 
     async def publish(self, channel: str, event: Event) -> None:
         self._open()
@@ -190,9 +281,17 @@ class RabbitMQTransport(Transport):
             await self._confirmed(messages[start:start + BATCH_WINDOW])
 
     async def send_raw(self, channel: str, message: AbstractMessage) -> None:
-        """Publish an arbitrary AMQP message to ``channel`` (tests, bridges)."""
+        """Publish an arbitrary AMQP message to ``channel`` (tests, bridges). Header
+        values given as ``bytes`` (which pamqp cannot encode) go out as AMQP byte arrays,
+        byte for byte; nothing else is changed."""
         self._open()
-        await self._confirmed([(channel, message.body, message.properties)])
+        properties = message.properties
+        headers = properties.headers
+        if headers and any(type(v) is bytes for v in headers.values()):
+            properties = copy.copy(properties)
+            properties.headers = {k: bytearray(v) if type(v) is bytes else v
+                                  for k, v in headers.items()}
+        await self._confirmed([(channel, message.body, properties)])
 
     async def _confirmed(self, window: Sequence[tuple[str, bytes, Properties]]) -> None:
         """Publish ``window`` and wait (at most ``publish_timeout``) for every confirm."""
@@ -233,6 +332,17 @@ class RabbitMQTransport(Transport):
                                 "queue may be full or unavailable: retry later")
         except ValueError as exc:   # pamqp/aiormq validation, e.g. the 255-byte key limit
             return PublishError(f"cannot publish to channel {routing_key[:80]!r}: {exc}")
+        except ChannelPreconditionFailed as exc:   # the channel is gone; aio-pika reopens it
+            if (found := _TOO_LARGE.search(str(exc))) is None:
+                return PublishError(f"RabbitMQ refused a publish to {routing_key!r} "
+                                    f"({self._scrub(exc)})")
+            size, limit = int(found.group("size")), int(found.group("limit"))
+            return MessageTooLarge(
+                f"RabbitMQ refused a {size}-byte message to {routing_key!r}: over its "
+                f"max_message_size of {limit} bytes; it was not stored. Make it smaller, "
+                f"and set the option max_message_size={limit} so the transport refuses such "
+                "messages before sending (a refusal closes the publishing channel, failing "
+                "other publishes in flight)", size=size, limit=limit)
         except Exception as exc:
             return PublishError(f"publish to {routing_key!r} failed ({self._scrub(exc)}); the "
                                 "connection to RabbitMQ is probably down: retry")
@@ -282,10 +392,10 @@ class RabbitMQTransport(Transport):
                                f"{self.config.redacted} ({self._scrub(exc)}); retry") from None
 
     async def _declare(self, channel: AbstractRobustChannel, name: str, group: str | None,
-                       patterns: Sequence[str], keys: Sequence[str],
-                       robust: bool = True) -> AbstractRobustQueue:
-        """Declare the queue and bind it. ``robust`` queues are re-declared and re-bound
-        by aio-pika after a reconnect (exclusive broadcast queues die with the old one)."""
+                       patterns: Sequence[str], keys: Sequence[str]) -> AbstractRobustQueue:
+        """Declare the queue and bind it, robustly: aio-pika re-declares and re-binds it
+        after a reconnect (exclusive broadcast queues die with the old connection)."""
+        robust = True
         exchange = self.config.exchange
         if group is None:
             queue = await channel.declare_queue(name, exclusive=True, auto_delete=True,
@@ -308,27 +418,212 @@ class RabbitMQTransport(Transport):
             _LIVE.pop(key, None)
 
     async def ensure_group(self, pattern: str | Sequence[str], group: str) -> None:
-        """Declare the group's quorum queue and its bindings without consuming."""
+        """Make sure the group's quorum queue exists and is bound, without consuming.
+
+        Looked up passively first and declared only when missing: an existing queue
+        retains already, whatever its arguments, so this never fails on changed settings
+        (the mesh calls it for its dead-letter group at start, and the dead-letter tools
+        must work then). `subscribe` declares, and explains a changed setting."""
         patterns = pattern_list(pattern)
         keys = [topology.binding_key(p) for p in patterns]
-        conn = self._open()
         name = topology.group_queue(self.config.exchange, group, patterns)
-        channel = await self._channel(conn)
+        await self._ensure_queue(name, topology.group_arguments(self.config), keys)
+        _DECLARED[(self.config.exchange, name)] = (group, tuple(patterns))
+
+    async def _ensure_queue(self, name: str, arguments: dict[str, Any],
+                            keys: Sequence[str]) -> None:
+        """Passive declare; a real declare (durable, ``arguments``) only if ``name`` does
+        not exist; then bind it to every key (bindings are idempotent)."""
+        cfg, conn = self.config, self._open()
+        raw = await self._raw_channel(conn)
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await self._declare(channel, name, group, patterns, keys, robust=False)
+            async with asyncio.timeout(cfg.connect_timeout):
+                try:
+                    await raw.queue_declare(name, passive=True)
+                except ChannelNotFoundEntity:   # the broker closed that channel: a new one
+                    await self._drop(raw)
+                    raw = await self._raw_channel(conn)
+                    await raw.queue_declare(name, durable=True, arguments=arguments)
+                for key in keys:
+                    await raw.queue_bind(name, cfg.exchange, routing_key=key)
+        except MeshError:
+            raise
         except Exception as exc:
             raise self._declare_error(exc, f"queue {name!r}") from None
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(OP_TIMEOUT):
-                    await channel.close()
+            await self._drop(raw)
+
+    # --- retained channels (the dead-letter tools read them) -------------------------
+
+    async def _raw_channel(self, conn: AbstractRobustConnection) -> AbstractChannel:
+        """A plain aiormq channel on the current connection: nothing of it is restored
+        after a reconnect (aio-pika's robust channel would re-open and re-declare), and
+        a broker error on it (404 of a passive declare) just closes it."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await conn.ready()
+                underlay = conn.transport
+                if underlay is None:
+                    raise ConnectionError("not connected")
+                return await underlay.connection.channel(publisher_confirms=False)
+        except Exception as exc:
+            raise ConnectError(f"could not open a channel to RabbitMQ at "
+                               f"{self.config.redacted} ({self._scrub(exc)}); retry") from None
+
+    @staticmethod
+    async def _drop(channel: AbstractChannel) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(OP_TIMEOUT):
+                await channel.close()
+
+    def _retained_name(self, channel: str) -> str:
+        validate_pattern(channel)
+        if is_wildcard(channel):
+            raise ConfigError(f"retain/read take one channel, not the pattern {channel!r}")
+        return topology.retained_queue(self.config.exchange, channel)
+
+    async def retain(self, channel: str) -> None:
+        """Keep ``channel`` in a stream queue (``<exchange>:retained:<channel>``, kept
+        ``retained_max_age``, 7 days by default) bound to exactly its routing key. The
+        queue is looked up passively first and declared only when it does not exist, so
+        an existing one is used as it is (other settings never make this fail)."""
+        cfg = self.config
+        name = self._retained_name(channel)
+        await self._ensure_queue(name, topology.stream_arguments(cfg), [channel])
+        _RETAINED[(cfg.exchange, name)] = channel
+
+    async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
+        """The retained messages of ``channel``, oldest first, read from the stream on a
+        channel of their own; nothing is removed (acks only return the prefetch credit).
+
+        Where it ends: AMQP 0-9-1 tells neither the length of a stream (declare-ok says 0
+        messages on RabbitMQ 3.10) nor its last offset, so a first consumer at offset
+        ``last`` (the stream's last chunk) takes the ``x-stream-offset`` of that chunk's
+        messages, and the reader from ``first`` stops at the highest. ``idle`` bounds
+        the wait for a message: an empty stream, or a reader that stalls, ends after it.
+        A channel never retained reads as empty. A queue of the stream's name that is not
+        a stream raises `ConfigError` (nothing is acked on it)."""
+        name = self._retained_name(channel)
+        conn = self._open()
+        if not await self._exists(conn, name):
+            return
+        end = await self._stream_end(conn, name, idle)
+        if end is None:
+            return
+        raw = await self._raw_channel(conn)
+        try:
+            inbox = await self._consume(raw, name, "first")
+            last = -1
+            while last < end:
+                message = await self._next(inbox, name, idle)
+                if message is None:
+                    return
+                offset = self._offset(message, name)
+                await self._credit(raw, message)   # a stream keeps what is acked
+                if offset > last:   # a chunk may start before the offset asked for
+                    last = offset
+                    yield RetainedDelivery(message, offset)
+        except MeshError:
+            raise
+        except Exception as exc:
+            raise ConnectError(f"reading stream queue {name!r} on RabbitMQ at "
+                               f"{self.config.redacted} failed ({self._scrub(exc)}); "
+                               "read again") from None
+        finally:
+            await self._drop(raw)
+
+    async def _exists(self, conn: AbstractRobustConnection, name: str) -> bool:
+        raw = await self._raw_channel(conn)
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await raw.queue_declare(name, passive=True)
+            return True
+        except ChannelNotFoundEntity:
+            return False
+        except Exception as exc:
+            raise ConnectError(f"could not look up stream queue {name!r} on RabbitMQ at "
+                               f"{self.config.redacted} ({self._scrub(exc)})") from None
+        finally:
+            await self._drop(raw)
+
+    async def _stream_end(self, conn: AbstractRobustConnection, name: str,
+                          idle: float) -> int | None:
+        """The offset of the stream's last message now (None: empty, nothing arrived
+        within ``idle``): the highest offset of the burst a consumer at ``last`` gets."""
+        raw = await self._raw_channel(conn)
+        try:
+            inbox = await self._consume(raw, name, "last")
+            message = await self._next(inbox, name, idle)
+            end = None
+            # bounded: under a steady stream of new publishes the burst never goes quiet
+            deadline = asyncio.get_running_loop().time() + max(1.0, idle)
+            while message is not None:
+                end = max(end if end is not None else -1, self._offset(message, name))
+                await self._credit(raw, message)
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                message = await self._next(inbox, name, min(idle, LAST_CHUNK_QUIET))
+            return end
+        except MeshError:
+            raise
+        except Exception as exc:
+            raise ConnectError(f"reading stream queue {name!r} on RabbitMQ at "
+                               f"{self.config.redacted} failed ({self._scrub(exc)}); "
+                               "read again") from None
+        finally:
+            await self._drop(raw)
+
+    @staticmethod
+    async def _consume(raw: AbstractChannel, name: str,
+                       offset: str) -> asyncio.Queue[DeliveredMessage | None]:
+        """Consume stream ``name`` from ``offset`` into a queue; None in it means the
+        channel closed (the connection was lost)."""
+        inbox: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()
+        raw.closing.add_done_callback(lambda _: inbox.put_nowait(None))
+        await raw.basic_qos(prefetch_count=READ_PREFETCH)
+
+        async def put(message: DeliveredMessage) -> None:
+            inbox.put_nowait(message)
+        try:
+            await raw.basic_consume(name, put, arguments={"x-stream-offset": offset})
+        except ChannelPreconditionFailed as exc:   # a quorum queue refuses the argument
+            if "x-stream-offset" not in str(exc):
+                raise
+            raise ConfigError(_NOT_A_STREAM.format(name=name)) from None
+        return inbox
+
+    async def _next(self, inbox: asyncio.Queue[DeliveredMessage | None], name: str,
+                    wait: float) -> DeliveredMessage | None:
+        """The next message, or None after ``wait`` seconds without one."""
+        try:
+            async with asyncio.timeout(wait):
+                message = await inbox.get()
+        except TimeoutError:
+            return None
+        if message is None:
+            raise ConnectError(f"the connection to RabbitMQ at {self.config.redacted} was "
+                               f"lost while reading stream queue {name!r}; read again")
+        return message
+
+    @staticmethod
+    async def _credit(raw: AbstractChannel, message: DeliveredMessage) -> None:
+        """Ack a stream message: returns prefetch credit, removes nothing."""
+        if message.delivery_tag is not None:
+            await raw.basic_ack(message.delivery_tag)
+
+    @staticmethod
+    def _offset(message: DeliveredMessage, name: str) -> int:
+        offset = (message.header.properties.headers or {}).get("x-stream-offset")
+        if type(offset) is not int:
+            raise ConfigError(_NOT_A_STREAM.format(name=name))
+        return offset
 
     async def delete_channels(self, pattern: str) -> None:
-        """Delete the group queues this process declared whose patterns all lie under
-        ``pattern``, and those of groups named after its literal head (the suite's
-        ``<prefix>-alerts`` group on ``mesh.loop.detected``). Broadcast queues are
-        exclusive and go with their subscriber.
+        """Delete the group queues and retained streams this process declared whose
+        patterns (channels) all lie under ``pattern``, and those of groups named after
+        its literal head (the suite's ``<prefix>-alerts`` group on
+        ``mesh.loop.detected``). Broadcast queues are exclusive and go with their
+        subscriber.
 
         Live subscriptions on those queues are closed first: aio-pika's recovery
         would otherwise re-declare a queue deleted under its consumer."""
@@ -339,6 +634,8 @@ class RabbitMQTransport(Transport):
         doomed = [name for (ex, name), (group, patterns) in list(_DECLARED.items())
                   if ex == exchange and (all(topology.covers(pattern, p) for p in patterns)
                                          or group.startswith(heads))]
+        doomed += [name for (ex, name), channel in list(_RETAINED.items())
+                   if ex == exchange and topology.covers(pattern, channel)]
         if not doomed:
             return
         own = self._closed or self._conn is None   # after close(): a one-off connection
@@ -352,6 +649,7 @@ class RabbitMQTransport(Transport):
                 async with asyncio.timeout(self.config.connect_timeout):
                     await channel.queue_delete(name)
                 _DECLARED.pop((exchange, name), None)
+                _RETAINED.pop((exchange, name), None)
         except TimeoutError:
             raise ConnectError(f"RabbitMQ at {self.config.redacted} did not answer while "
                                "deleting queues") from None
