@@ -136,6 +136,9 @@ class Target:
     url: str
     options: dict[str, Any]
     prefix: str
+    #: (channel, group) pairs worker processes used: declared again by the clean-up so
+    #: brokers that track what this process declared (RabbitMQ) delete them too
+    groups: list[tuple[str, str]] = field(default_factory=list)
 
     def channel(self, name: str) -> str:
         return f"{self.prefix}.{name}"
@@ -159,6 +162,9 @@ class Target:
             return
         transport = await self.transport()
         try:
+            for channel, group in self.groups:
+                await transport.ensure_group(channel, group)
+            await transport.retain(self.channel("deadletter"))
             await transport.delete_channels(f"{self.prefix}.>")
         finally:
             await transport.close()
@@ -195,6 +201,7 @@ class Worker:
     def __init__(self, target: Target, channel: str, group: str, out: Path,
                  **behaviour: Any) -> None:
         self.out = out
+        target.groups.append((channel, group))
         self.config = {"url": target.url, "options": target.options, "channel": channel,
                        "group": group, "out": str(out),
                        "dead_letter_channel": target.channel("deadletter"), **behaviour}
