@@ -42,6 +42,9 @@ MESH_EXTENSIONS = ("correlationid", "causationid", "traceparent", "tracestate", 
 #: Mesh extensions that are counters: a non-negative integer on every transport (binary
 #: modes carry them as strings; decoding turns them back into ints, strictly).
 COUNTER_EXTENSIONS = frozenset({"meshhops", "meshdlattempts"})
+#: Other mesh extensions with a type of their own, restored the same way when decoded.
+FLAG_EXTENSIONS = frozenset({"meshdlreduced"})
+TIME_EXTENSIONS = frozenset({"meshdltime"})
 _COUNTER_TEXT = re.compile(r"[0-9]{1,10}")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -296,6 +299,13 @@ class Event:
             raise InvalidEvent("attribute 'specversion' is required")
         for name in COUNTER_EXTENSIONS.intersection(attrs):
             attrs[name] = _counter(name, attrs[name])
+        for name in FLAG_EXTENSIONS.intersection(attrs):
+            value = attrs[name]
+            if not (value is True or value is False or value in ("true", "false")):
+                raise InvalidEvent(f"extension {name!r} must be a boolean, got {value!r}")
+            attrs[name] = value is True or value == "true"
+        for name in TIME_EXTENSIONS.intersection(attrs):
+            attrs[name] = parse_time(attrs[name])
         event = cls(etype, source, data, id=event_id, specversion=specversion,
                     datacontenttype=attrs.pop("datacontenttype", None),
                     dataschema=attrs.pop("dataschema", None),

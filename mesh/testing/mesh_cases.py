@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -446,6 +447,10 @@ class MeshCases:
         await wait_until(lambda: len(dead) == 1, self.timeout, "the dead-letter copy")
         assert seen == [0, 1, 2]
         assert dead[0].extensions[DL_ERROR] == "DeliveryLimitExceeded"
+        # the mesh's own extensions have one type on every transport
+        assert dead[0].extensions[DL_ATTEMPTS] == 0 and \
+            type(dead[0].extensions[DL_ATTEMPTS]) is int
+        assert isinstance(dead[0].extensions["meshdltime"], datetime)
 
     @pytest.mark.asyncio
     async def test_mesh_failing_dead_letter_handler_never_dead_letters(

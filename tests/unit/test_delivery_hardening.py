@@ -128,10 +128,16 @@ def test_meshhops_must_be_a_non_negative_integer() -> None:
 # --- item 12 (core): mesh-defined extensions have one type everywhere -------------------------
 
 
-def test_mesh_integer_extensions_decode_as_int() -> None:
+def test_mesh_extensions_decode_to_their_types() -> None:
+    from datetime import UTC, datetime
+
     event = Event.from_attributes({"specversion": "1.0", "id": "1", "source": "/s", "type": "t",
-                                   "meshdlattempts": "3", "meshhops": "2"})
+                                   "meshdlattempts": "3", "meshhops": "2",
+                                   "meshdlreduced": "true",
+                                   "meshdltime": "2026-12-01T10:00:00Z"})
     assert event.extensions["meshdlattempts"] == 3 and event.extensions["meshhops"] == 2
+    assert event.extensions["meshdlreduced"] is True
+    assert event.extensions["meshdltime"] == datetime(2026, 12, 1, 10, tzinfo=UTC)
 
 
 # --- item 3: every undecodable message gets its own dead-letter entry -------------------------
