@@ -3,8 +3,13 @@
 Mesh -> raw: an event published through a `Mesh` on ``kafka://`` is read with a plain
 confluent-kafka consumer and decoded with ``cloudevents.core.bindings.kafka`` (the
 SDK's own event class and JSON format): every attribute and the data are equal.
+Every attribute is on the wire in its CloudEvents canonical string form (Boolean
+``true``/``false``, decimal Integer, RFC 3339 ``Z`` Timestamp), so the SDK (and a
+consumer in any language) reads the same text a filter on another transport sees.
 Raw -> mesh: records written with the SDK binding, in binary and in structured
-content mode, reach a mesh handler intact.
+content mode, reach a mesh handler intact; a structured-mode record that also carries
+``ce_`` headers (a proxy or an interceptor added them) is read from its value, because
+the ``content-type`` decides the mode.
 """
 
 from __future__ import annotations
@@ -86,7 +91,9 @@ async def test_mesh_event_reads_with_plain_client_and_sdk(mesh: Mesh, url: str) 
                  datacontenttype="application/json", dataschema="https://example.com/o.json",
                  extensions={"partitionkey": "customer-9", "correlationid": "corr-1",
                              "traceparent": "00-0af7651916cd43dd8448eb211c80319c-"
-                                            "b7ad6b7169203331-01", "custom": "x y/z"})
+                                            "b7ad6b7169203331-01", "custom": "x y/z",
+                             "urgent": True, "archived": False, "priority": 5,
+                             "due": datetime(2026, 12, 1, 8, 0, tzinfo=UTC)})
     async with mesh:
         await mesh.publish(sent)
     record = await asyncio.to_thread(_read_one, url, channel)
@@ -102,11 +109,13 @@ async def test_mesh_event_reads_with_plain_client_and_sdk(mesh: Mesh, url: str) 
         "subject": "order/7", "time": SENT_TIME, "datacontenttype": "application/json",
         "dataschema": "https://example.com/o.json", "partitionkey": "customer-9",
         "correlationid": "corr-1", "custom": "x y/z",
-        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "urgent": "true", "archived": "false", "priority": "5",
+        "due": "2026-12-01T08:00:00Z"}
     assert got.get_data() == {"order": 7, "items": ["a", "b"]}
 
 
-@pytest.mark.parametrize("mode", ["binary", "structured"])
+@pytest.mark.parametrize("mode", ["binary", "structured", "structured-with-ce-headers"])
 async def test_sdk_records_reach_a_mesh_handler(mesh: Mesh, url: str, mode: str) -> None:
     channel = f"{mesh.prefix}.tasks.{mode}"  # type: ignore[attr-defined]
     received: list[Event] = []
@@ -121,8 +130,13 @@ async def test_sdk_records_reach_a_mesh_handler(mesh: Mesh, url: str, mode: str)
         "datacontenttype": "application/json", "correlationid": "c-42",
         "partitionkey": "tenant-3"}, data={"task": "summarize", "n": 3})
     write = kafka.to_binary if mode == "binary" else kafka.to_structured
+    record = write(sdk_event, JSONFormat())
+    if mode == "structured-with-ce-headers":   # misleading headers: the value is the event
+        record = KafkaMessage({**record.headers, "ce_id": b"header-id", "ce_type": b"other",
+                               "ce_source": b"/header", "ce_specversion": b"1.0"},
+                              record.key, record.value)
     async with mesh:
-        await asyncio.to_thread(_write, url, channel, write(sdk_event, JSONFormat()))
+        await asyncio.to_thread(_write, url, channel, record)
         await wait_until(lambda: len(received) == 1, 30, f"the {mode} SDK record")
     event = received[0]
     assert (event.id, event.source, event.type, event.subject, event.time) == (

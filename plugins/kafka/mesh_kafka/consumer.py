@@ -21,10 +21,25 @@ librdkafka's bounded prefetch queue until the loop has freed half the room, and
 after a second of being full it pauses every assigned partition (a resumed
 partition is fetched again only ~1 s later).
 
-Redelivery marks. Kafka keeps no delivery count. A member giving up partitions with
-records unacked records "delivered below offset X" as committed offsets of a
-companion group ``<group>.mesh-delivered``; the next owner reports those records
-with ``redeliveries >= 1``.
+Redelivery counts. Kafka keeps no delivery count, so the transport keeps two kinds of
+marks, as committed offsets of two companion groups (Tansu, the test broker, drops
+commit metadata, so the numbers live in the offsets themselves):
+
+* ``<group>.mesh-delivered``: a member giving up partitions cleanly with records
+  unacked records "delivered below offset X"; the next owner reports those records
+  with ``redeliveries >= 1``.
+* ``<group>.mesh-takeovers``: a member that gets a partition writes, synchronously and
+  before its first record is handed to a handler, "the takeover at offset W is the
+  Nth" (``W << 16 | N``), where W is that first record's offset (the group's committed
+  position) and N counts consecutive takeovers that started at the same W. A record
+  that kills its process every time never gets acked, so it pins the committed
+  position at W and every new owner starts there: the Nth owner reports the record at
+  W with ``redeliveries = N - 1``, however the earlier ones died (kill -9,
+  ``os._exit``). Such a *suspect* partition (N > 1) is then re-run one record at a time
+  (`_SUSPECT_RECORDS` records): before each record the acked ones are committed and its
+  own takeover mark written, so when the poison record is not the first one the blame
+  still moves onto it. Cost when nothing crashed: one small write per partition per
+  assignment, nothing per record.
 """
 
 from __future__ import annotations
@@ -35,10 +50,12 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
@@ -49,24 +66,39 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Dispatcher, Event,
-                  Subscription)
+                  Subscription, TransportError)
 from mesh_kafka.wire import from_record, raw_headers
 
 log = logging.getLogger("mesh_kafka")
 _MARKS_SUFFIX = ".mesh-delivered"
+_TAKEOVERS_SUFFIX = ".mesh-takeovers"
+_COUNT_BITS = 16                      # a takeover mark is offset << 16 | count
+_COUNT_MAX = (1 << _COUNT_BITS) - 1
+_MARKABLE = 1 << (63 - _COUNT_BITS)   # offsets from here on cannot be marked (never seen)
+#: records of a suspect partition re-run one at a time (each costs two round trips)
+_SUSPECT_RECORDS = 100
 _ADMIN_TIMEOUT = 10.0
 _PAUSE_AFTER = 1.0   # librdkafka refetches ~1 s late after resume: pause only when it pays
+_READ_BATCH = 500
 PartKey = tuple[str, int]
 #: live subscriptions of this process (see `close_subscriptions_on`)
 _LIVE: weakref.WeakSet[KafkaSubscription] = weakref.WeakSet()
 
 
 class _Partition:
-    """Offsets of one partition for one assignment (a new object per assignment)."""
+    """Offsets of one partition for one assignment (a new object per assignment).
 
-    __slots__ = ("committed", "handed", "key", "marked_below", "next", "pending", "revoked")
+    ``takeover`` is the (offset, count) mark former owners left; ``blamed`` the first
+    record's (offset, earlier deliveries) once it arrived. While ``suspect`` > 0 the
+    partition's records wait in ``held`` and go to the loop one at a time (``stepping``:
+    one is there now); see the module docstring."""
 
-    def __init__(self, key: PartKey, marked_below: int, start: int) -> None:
+    __slots__ = ("blamed", "committed", "handed", "held", "key", "marked", "marked_below",
+                 "next", "pending", "revoked", "started", "stepping", "suspect", "suspect_end",
+                 "takeover")
+
+    def __init__(self, key: PartKey, marked_below: int, start: int,
+                 takeover: tuple[int, int] | None = None) -> None:
         self.key = key
         self.pending: set[int] = set()     # received, not acked
         self.next = start                  # one past the highest offset received
@@ -74,39 +106,84 @@ class _Partition:
         self.committed = -1
         self.marked_below = marked_below   # offsets below were delivered by a former owner
         self.revoked = False
+        self.takeover = takeover
+        self.started = False               # the first record of the assignment arrived
+        self.blamed: tuple[int, int] = (-1, 0)
+        self.marked = -1                   # offset of this member's last takeover mark
+        self.suspect = 0                   # records left to re-run one at a time
+        self.suspect_end = -1              # ... or until this offset
+        self.held: deque[_Record] = deque()
+        self.stepping = False
 
     def watermark(self) -> int:
         return min(self.pending) if self.pending else self.next
+
+    def earlier(self, offset: int) -> int:
+        """Deliveries of the record at ``offset`` by former owners (as far as marked)."""
+        count = self.blamed[1] if offset == self.blamed[0] else 0
+        return max(count, 1 if offset < self.marked_below else 0)
 
 
 class _Record:
     """A fetched record and its in-client delivery attempts."""
 
-    __slots__ = ("attempts", "key", "message", "part")
+    __slots__ = ("attempts", "key", "message", "offset", "part")
 
-    def __init__(self, part: _Partition, message: Message) -> None:
-        self.part, self.message, self.attempts = part, message, 0
+    def __init__(self, part: _Partition, message: Message, offset: int) -> None:
+        self.part, self.message, self.attempts, self.offset = part, message, 0, offset
         key = message.key()
         self.key = None if key is None else (part.key[0], key)
 
 
-class KafkaDelivery(Delivery):
-    """One delivery attempt of a record; see the module docstring for nack."""
+class _RecordDelivery(Delivery):
+    """A delivery of one Kafka record: lazy decoding, raw form and position."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: Message, redeliveries: int) -> None:
+        super().__init__(message.topic() or "", redeliveries)
+        self._message = message
+
+    def _decode(self) -> Event:
+        message = self._message
+        return from_record(message.headers(), message.key(), message.value())
+
+    def raw(self) -> tuple[Mapping[str, str], bytes]:
+        message = self._message
+        return raw_headers(message.headers()), message.value() or b""
+
+    @property
+    def position(self) -> str:
+        """``topic/partition/offset``: where the record is, the same on every redelivery."""
+        message = self._message
+        return f"{message.topic()}/{message.partition()}/{message.offset()}"
+
+
+class ReadDelivery(_RecordDelivery):
+    """A record read without consuming (`read_topic`): settled from the start."""
+
+    __slots__ = ()
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(message, 0)
+        self._settled = True
+
+    async def _ack(self) -> None:
+        """Nothing to settle: the record was read, not consumed."""
+
+    async def _nack(self, delay: float) -> None:
+        """Nothing to settle: the record was read, not consumed."""
+
+
+class KafkaDelivery(_RecordDelivery):
+    """One delivery attempt of a record; see the module docstring for nack and counts."""
 
     __slots__ = ("_record", "_sub")
 
     def __init__(self, sub: KafkaSubscription, record: _Record) -> None:
-        earlier = (record.message.offset() or 0) < record.part.marked_below   # 1 or 0
-        super().__init__(record.part.key[0], record.attempts - 1 + earlier)
+        earlier = record.part.earlier(record.offset)
+        super().__init__(record.message, record.attempts - 1 + earlier)
         self._sub, self._record = sub, record
-
-    def _decode(self) -> Event:
-        message = self._record.message
-        return from_record(message.headers(), message.key(), message.value())
-
-    def raw(self) -> tuple[Mapping[str, str], bytes]:
-        message = self._record.message
-        return raw_headers(message.headers()), message.value() or b""
 
     async def _ack(self) -> None:
         self._sub.acked(self._record)
@@ -133,6 +210,7 @@ class KafkaSubscription(Subscription):
         self._broadcast, self._admin = broadcast, admin
         self._group = str(conf["group.id"])
         self._marks_group = None if broadcast else self._group + _MARKS_SUFFIX
+        self._takeovers_group = None if broadcast else self._group + _TAKEOVERS_SUFFIX
         self._commit_interval, self._on_closed = commit_interval, on_closed
         self._loop = asyncio.get_running_loop()
         # shared with the poll thread
@@ -146,6 +224,8 @@ class KafkaSubscription(Subscription):
         self._finished = 0          # written by the loop only
         self._paused = False        # thread only
         self._full_since: float | None = None   # thread only
+        self._suspects: set[_Partition] = set()  # thread only: partitions re-run one by one
+        self._steps: deque[_Partition] = deque()  # loop -> thread: a suspect record finished
         self._assigned_once = False  # set before the thread starts, then thread only
         self.pool: Dispatcher[_Record] = Dispatcher(handler, self._max, self._attempt,
                                                     on_done=self._done)
@@ -218,7 +298,10 @@ class KafkaSubscription(Subscription):
 
     def _done(self, record: _Record) -> None:
         self._finished += 1
-        if (self._received - self._finished) * 2 <= self._max and not self._room.is_set():
+        if record.part.stepping:   # the thread commits it and hands out the next one
+            self._steps.append(record.part)
+            self._room.set()
+        elif (self._received - self._finished) * 2 <= self._max and not self._room.is_set():
             self._room.set()
 
     # --- the poll thread ----------------------------------------------------------------
@@ -243,12 +326,17 @@ class KafkaSubscription(Subscription):
         next_commit = time.monotonic() + self._commit_interval
         try:
             while not self._stop.is_set():
+                while self._steps:
+                    self._step(consumer, self._steps.popleft(), finished=True)
                 room = self._flow(consumer)
                 if room > 0 or self._paused:   # wait for one, then take what else is there
-                    ready = consumer.consume(1, 0.1)   # (one hand-off to the loop for both)
+                    wait = 0.1   # a suspect record's end is noticed here: look sooner
+                    if any(part.stepping for part in self._suspects):
+                        wait = 0.01
+                    ready = consumer.consume(1, wait)   # (one hand-off to the loop for all)
                     if ready and room > 1:
                         ready += consumer.consume(min(room - 1, 1000), 0)
-                    self._take(ready)
+                    self._take(consumer, ready)
                 else:   # full, not yet paused: leave records in librdkafka's queue
                     self._room.wait(0.05)   # until half the room is free
                     self._room.clear()
@@ -264,8 +352,10 @@ class KafkaSubscription(Subscription):
             except (KafkaException, RuntimeError) as exc:
                 log.warning("closing the consumer of group %s: %s", self._group, exc)
 
-    def _take(self, messages: list[Message]) -> None:
-        records = []
+    def _take(self, consumer: Consumer, messages: list[Message]) -> None:
+        records: list[_Record] = []
+        marks: list[TopicPartition] = []
+        held = 0
         with self._lock:
             for message in messages:
                 error = message.error()
@@ -279,10 +369,83 @@ class KafkaSubscription(Subscription):
                 offset = message.offset() or 0
                 part.pending.add(offset)
                 part.next = max(part.next, offset + 1)
-                records.append(_Record(part, message))
+                record = _Record(part, message, offset)
+                if not part.started:
+                    self._first_record(consumer, part, offset, marks)
+                if part.suspect > 0:
+                    part.held.append(record)
+                    held += 1
+                else:
+                    records.append(record)
+        if marks:   # before any of these partitions' first records reaches a handler
+            self._write_takeovers(marks)
+        self._received += len(records) + held
         if records:
-            self._received += len(records)
             self._call(self._arrive, records)
+        if held:
+            for part in list(self._suspects):
+                self._step(consumer, part)
+
+    def _first_record(self, consumer: Consumer, part: _Partition, offset: int,
+                      marks: list[TopicPartition]) -> None:
+        """Count this takeover (see the module docstring): the first record is the one at
+        the committed position; when former owners' takeovers started there too, it was
+        delivered that often already, and the partition is re-run one record at a time,
+        up to `_SUSPECT_RECORDS` records or the partition's end as the fetch reported it
+        (what former owners can have handed out)."""
+        part.started = True
+        if self._takeovers_group is None:
+            return
+        mark = part.takeover
+        count = mark[1] if mark is not None and mark[0] == offset else 0
+        part.blamed = (offset, count)
+        if offset < _MARKABLE:
+            marks.append(TopicPartition(*part.key, _takeover_mark(offset, count + 1)))
+            part.marked = offset
+        if count > 0:
+            part.suspect = _SUSPECT_RECORDS
+            _, high = consumer.get_watermark_offsets(TopicPartition(*part.key), cached=True)
+            part.suspect_end = high if high > offset else offset + _SUSPECT_RECORDS
+            self._suspects.add(part)
+            log.info("partition %s/%d of group %s was taken over %d time(s) at offset %d "
+                     "without progress; re-running its next records one at a time",
+                     *part.key, self._group, count, offset)
+
+    def _step(self, consumer: Consumer, part: _Partition, finished: bool = False) -> None:
+        """Hand the next held record of a suspect partition to the loop (thread only):
+        commit what is acked and write its takeover mark first, so a crash in its
+        handler is counted against it. ``finished``: the record handed before is done."""
+        if finished:
+            part.stepping = False
+        if part.stepping or part.revoked:
+            return
+        head = part.held[0].offset if part.held else part.next
+        if part.suspect <= 0 or head >= part.suspect_end:   # the rest goes as usual
+            self._suspects.discard(part)
+            rest = list(part.held)
+            part.held.clear()
+            if rest:
+                self._call(self._arrive, rest)
+            return
+        if not part.held:
+            return
+        record = part.held[0]
+        if part.marked != record.offset:
+            self._commit(consumer, [part], wait=True)
+            if record.offset < _MARKABLE:
+                self._write_takeovers([TopicPartition(*part.key,
+                                                      _takeover_mark(record.offset, 1))])
+            part.marked = record.offset
+        part.held.popleft()
+        part.stepping = True
+        part.suspect -= 1
+        self._call(self._arrive, [record])
+
+    def _write_takeovers(self, marks: list[TopicPartition]) -> None:
+        if self._takeovers_group is not None:
+            self._admin_call(self._admin.alter_consumer_group_offsets,
+                             [ConsumerGroupTopicPartitions(self._takeovers_group, marks)],
+                             request_timeout=_ADMIN_TIMEOUT)
 
     def _flow(self, consumer: Consumer) -> int:
         """Pause after being full for `_PAUSE_AFTER` s, resume when not full; return room."""
@@ -302,14 +465,15 @@ class KafkaSubscription(Subscription):
             (consumer.pause if self._paused else consumer.resume)(partitions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        marks = self._read_marks(partitions)
+        marks, takeovers = self._read_marks(partitions)
         start: dict[PartKey, int] = {}
         if self._broadcast and not self._assigned_once and partitions:
             start = self._latest(consumer, partitions)   # broadcast: only what comes next
         with self._lock:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
-                self._parts[key] = _Partition(key, marks.get(key, -1), start.get(key, -1))
+                self._parts[key] = _Partition(key, marks.get(key, -1), start.get(key, -1),
+                                              takeovers.get(key))
         consumer.assign([TopicPartition(tp.topic, tp.partition, start[(tp.topic, tp.partition)])
                          if (tp.topic, tp.partition) in start else tp for tp in partitions])
         self._set_paused(consumer, partitions)   # pause flags survive reassignment
@@ -325,6 +489,9 @@ class KafkaSubscription(Subscription):
                      if (part := self._parts.pop((tp.topic, tp.partition), None)) is not None]
             for part in parts:
                 part.revoked = True
+                self._received -= len(part.held)   # never reached the loop: not in flight
+                part.held.clear()
+                self._suspects.discard(part)
             marks = [TopicPartition(*part.key, part.handed) for part in parts
                      if part.handed > part.watermark()]
         if commit:
@@ -363,15 +530,24 @@ class KafkaSubscription(Subscription):
                     if part is not None:
                         part.committed = -1
 
-    def _read_marks(self, partitions: list[TopicPartition]) -> dict[PartKey, int]:
-        if self._marks_group is None or not partitions:
-            return {}
-        request = ConsumerGroupTopicPartitions(
-            self._marks_group, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
-        result = self._admin_call(self._admin.list_consumer_group_offsets, [request],
-                                  request_timeout=_ADMIN_TIMEOUT)
-        found = result[0].topic_partitions if result else []
-        return {(tp.topic, tp.partition): tp.offset for tp in found or [] if tp.offset >= 0}
+    def _read_marks(self, partitions: list[TopicPartition]
+                    ) -> tuple[dict[PartKey, int], dict[PartKey, tuple[int, int]]]:
+        """The companion groups' marks for ``partitions``: "delivered below" offsets and
+        (offset, count) takeover marks; both requests are sent before either is awaited."""
+        if self._marks_group is None or self._takeovers_group is None or not partitions:
+            return {}, {}
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        requests = [self._admin_request(self._admin.list_consumer_group_offsets,
+                                        [ConsumerGroupTopicPartitions(group, wanted)],
+                                        request_timeout=_ADMIN_TIMEOUT)
+                    for group in (self._marks_group, self._takeovers_group)]
+        below, takeovers = (self._admin_results(request) for request in requests)
+        found = below[0].topic_partitions if below else []
+        marks = {(tp.topic, tp.partition): tp.offset for tp in found or [] if tp.offset >= 0}
+        found = takeovers[0].topic_partitions if takeovers else []
+        counts = {(tp.topic, tp.partition): (tp.offset >> _COUNT_BITS, tp.offset & _COUNT_MAX)
+                  for tp in found or [] if tp.offset >= 0}
+        return marks, counts
 
     def _latest(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[PartKey, int]:
         try:
@@ -386,8 +562,22 @@ class KafkaSubscription(Subscription):
 
     def _admin_call(self, method: Callable[..., Any], *args: Any, **kw: Any) -> list[Any]:
         """Run an admin request and wait (poll thread or worker thread only)."""
+        return self._admin_results(self._admin_request(method, *args, **kw))
+
+    def _admin_request(self, method: Callable[..., Any], *args: Any,
+                       **kw: Any) -> dict[Any, Any] | None:
         try:
-            return [f.result(_ADMIN_TIMEOUT) for f in method(*args, **kw).values()]
+            futures: dict[Any, Any] = method(*args, **kw)
+        except Exception as exc:  # best effort: marks and clean-up are optional
+            log.debug("kafka admin request for group %s failed: %s", self._group, exc)
+            return None
+        return futures
+
+    def _admin_results(self, futures: dict[Any, Any] | None) -> list[Any]:
+        if futures is None:
+            return []
+        try:
+            return [f.result(_ADMIN_TIMEOUT) for f in futures.values()]
         except Exception as exc:  # best effort: marks and clean-up are optional
             log.debug("kafka admin request for group %s failed: %s", self._group, exc)
             return []
@@ -403,6 +593,148 @@ async def close_subscriptions_on(servers: str, topics: list[str]) -> None:
     loop = asyncio.get_running_loop()
     doomed = [sub for sub in list(_LIVE) if sub._loop is loop and sub.covers(servers, topics)]
     await asyncio.gather(*(sub.close() for sub in doomed))
+
+
+def _takeover_mark(offset: int, count: int) -> int:
+    """A takeover mark as one committed offset: ``offset << 16 | count`` (see the module
+    docstring; the broker keeps no commit metadata on Tansu)."""
+    return offset << _COUNT_BITS | min(count, _COUNT_MAX)
+
+
+# --- reading without consuming -------------------------------------------------------------
+
+
+class _Reading:
+    """What one `read_topic` knows about its partitions (used by one thread at a time).
+
+    Records are yielded oldest first across partitions: each partition's records wait
+    in its buffer until every partition not yet at its end has one, then the oldest head
+    (record timestamp, then partition and offset) goes first. So every read of the same
+    records yields them in the same order, and each partition in offset order."""
+
+    def __init__(self, consumer: Consumer, topic: str) -> None:
+        self.consumer, self.topic = consumer, topic
+        self.ends: dict[int, int] = {}     # partition not read to its end -> that end
+        self.seen: set[int] = set()        # partitions a fetch answered already
+        self.buffers: dict[int, deque[Message]] = {}
+
+    def plan(self, timeout: float) -> None:
+        """Find the topic's partitions and their ends, and assign the non-empty ones from
+        their beginning. Lists every topic rather than naming this one: a metadata
+        request naming a missing topic creates it on some brokers (Tansu)."""
+        metadata = self.consumer.list_topics(timeout=timeout)
+        found = metadata.topics.get(self.topic)
+        if found is None or found.error is not None:
+            return
+        for partition in sorted(found.partitions):
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=timeout)
+            if high > low:
+                self.ends[partition] = high
+                self.buffers[partition] = deque()
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                              for p in self.ends])
+
+    @property
+    def unfinished(self) -> bool:
+        return bool(self.ends) or any(self.buffers.values())
+
+    def batch(self, wait: float) -> tuple[list[Message], bool]:
+        """Fetch, then the records that can go out in order now; and whether anything (a
+        record or an end of partition) arrived at all."""
+        got = self.consumer.consume(_READ_BATCH, wait)
+        for message in got:
+            partition = message.partition() or 0
+            end = self.ends.get(partition)
+            if end is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    del self.ends[partition]   # at the partition's end: nothing more
+                else:
+                    _log_error(error)
+                continue
+            if partition not in self.seen:
+                # the end as the fetch reports it: Tansu's ListOffsets answers the last
+                # batch's base offset + 1, short of the records after it in that batch
+                self.seen.add(partition)
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), cached=True)
+                end = self.ends[partition] = max(end, high)
+            offset = message.offset() or 0
+            if offset < end:
+                self.buffers[partition].append(message)
+            if offset + 1 >= end:
+                del self.ends[partition]
+        return self.merge(), bool(got)
+
+    def merge(self, everything: bool = False) -> list[Message]:
+        """Buffered records in order, as long as no unfinished partition's buffer is
+        empty (its next record could be older); ``everything``: regardless."""
+        out = []
+        buffers = self.buffers
+        while everything or not any(not buffers[p] for p in self.ends):
+            heads = [(_age(queue[0]), p) for p, queue in buffers.items() if queue]
+            if not heads:
+                break
+            out.append(buffers[min(heads)[1]].popleft())
+        return out
+
+
+def _age(message: Message) -> tuple[int, int, int]:
+    return message.timestamp()[1], message.partition() or 0, message.offset() or 0
+
+
+async def read_topic(conf: dict[str, Any], topic: str, *, idle: float,
+                     timeout: float) -> AsyncIterator[Delivery]:
+    """The records of ``topic`` up to each partition's end as the read starts, oldest
+    first, without consuming: a consumer assigned every non-empty partition from its
+    beginning, which never subscribes (so joins no group), commits nothing (auto commit
+    off, no offsets stored) and is closed at the end. Each partition is read to the end
+    its first fetch reports (at least its high watermark when the read began) or to its
+    end-of-partition event; reading stops early when nothing arrives for ``idle``
+    seconds after the first answer (``timeout`` before it). Blocking calls run in worker
+    threads, one at a time."""
+    try:
+        consumer = Consumer({**conf, "enable.partition.eof": True, "error_cb": _log_error,
+                             "logger": log})
+    except (KafkaException, ValueError, TypeError) as exc:
+        problem: str | None = _describe(exc)
+    else:
+        problem = None
+    if problem is not None:   # outside the except block: its text may hold a value
+        raise ConfigError(f"librdkafka rejected the reader configuration: {problem}")
+    reading = _Reading(consumer, topic)
+    try:
+        try:
+            await asyncio.to_thread(reading.plan, timeout)
+        except KafkaException as exc:
+            problem = _describe(exc)
+        if problem is not None:
+            raise TransportError(f"cannot read topic {topic}: {problem}")
+        loop = asyncio.get_running_loop()
+        last, patience = loop.time(), max(timeout, idle)
+        while reading.unfinished:
+            messages, answered = await asyncio.to_thread(reading.batch, min(0.2, idle))
+            if answered:
+                last, patience = loop.time(), idle
+            elif loop.time() - last > patience:
+                log.debug("reading %s: nothing arrived for %.1fs; stopping before the end "
+                          "of partitions %s", topic, patience, sorted(reading.ends))
+                messages += reading.merge(everything=True)
+                reading.ends.clear()
+            for message in messages:
+                yield ReadDelivery(message)
+    finally:
+        await asyncio.to_thread(_close_quietly, consumer)
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("closing a reader: %s", exc)
 
 
 def resolve(future: asyncio.Future[None], error: BaseException | None = None) -> None:

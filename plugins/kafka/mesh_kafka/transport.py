@@ -7,9 +7,19 @@ broker confirmed and no librdkafka call blocks the event loop. ``publish_batch``
 produces everything first and then awaits all reports. Topics are created through
 the admin client on first use with ``partitions`` partitions.
 
+Size. A record larger than the producer's ``message.max.bytes`` (key, value, headers
+and framing, computed as librdkafka does: `mesh_kafka.wire.wire_size`) raises
+`MessageTooLarge` before ``produce()`` is called, and nothing of the batch is sent; a
+record the broker refuses as too large (``MSG_SIZE_TOO_LARGE``, ``RECORD_LIST_TOO_LARGE``
+in its delivery report) raises it too, with the topic's ``max.message.bytes``.
+
 Subscribing. See `mesh_kafka.consumer`. A group maps to a consumer group reading
 from the earliest offset when it has no commits; a broadcast subscriber is a
 consumer group of its own starting at the end of every partition.
+
+Retained reads. Topics are logs, so `retain` only makes sure the topic exists, and
+`read` assigns every partition to a consumer that joins no group and commits nothing
+(`mesh_kafka.consumer.read_topic`).
 """
 
 from __future__ import annotations
@@ -21,26 +31,36 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource   # what confluent_kafka.admin
+from confluent_kafka.admin._resource import ResourceType   # re-exports (implicitly)
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports
 
-from mesh import (ConfigError, ConnectError, DeliveryHandler, Event, MeshError, PublishError,
-                  Subscription, Transport, TransportClosed, TransportError, TransportFeatures,
-                  pattern_list, pattern_matcher, redact_url, scrub)
+from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, MeshError,
+                  MessageTooLarge, PublishError, Subscription, Transport, TransportClosed,
+                  TransportError, TransportFeatures, ensure_listening, pattern_list,
+                  pattern_matcher, redact_url, scrub)
 from mesh_kafka.config import KafkaConfig
-from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on, resolve
+from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on, read_topic, resolve
 from mesh_kafka.naming import group_id_for, subscription_for, topic_for
-from mesh_kafka.wire import to_record
+from mesh_kafka.wire import received_size, size_bound, to_record, wire_size
 
 log = logging.getLogger("mesh_kafka")
 
 
 #: The topic every capability reply travels on (see `KafkaTransport.reply_channel`).
 REPLIES_TOPIC = "mesh.replies"
+#: librdkafka's default ``message.max.bytes`` (the producer's own record size limit)
+CLIENT_MAX_MESSAGE = 1_000_000
+#: Kafka's default ``max.message.bytes`` of a topic, when the topic's cannot be read
+BROKER_MAX_MESSAGE = 1_048_588
+#: seconds `connect` lets a TCP connection attempt run before leaving it to the client
+_LISTEN_TIMEOUT = 1.0
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
 class KafkaTransport(Transport):
@@ -50,7 +70,7 @@ class KafkaTransport(Transport):
     features: ClassVar[TransportFeatures] = TransportFeatures(
         consumer_groups=True, broadcast=True, per_key_ordering=True, persistence=True,
         replay_for_new_groups=True, native_dedup=False, wildcard_patterns=True,
-        pattern_syntax="kafka-regex")
+        pattern_syntax="kafka-regex", retained_reads=True)
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config = KafkaConfig.from_url(url, options)
@@ -58,6 +78,7 @@ class KafkaTransport(Transport):
         self._producer: Producer | None = None
         self._admin: AdminClient | None = None
         self._producer_conf: dict[str, Any] = {}
+        self._max_message = CLIENT_MAX_MESSAGE
         self._poller: threading.Thread | None = None
         self._polling = self._fatal = False
         self._topics: set[str] = set()
@@ -71,21 +92,42 @@ class KafkaTransport(Transport):
     # --- lifecycle ------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Connect, or raise `ConnectError` at once when every bootstrap server refuses
+        the TCP connection (librdkafka would retry until ``connect_timeout``, logging
+        each attempt); a slow network still gets the whole ``connect_timeout``. The
+        clients are only created once a server listens, so a refused connection leaves
+        no librdkafka log lines."""
         if self._producer is not None:
             return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await ensure_listening([_address(server) for server in
+                                self.config.bootstrap_servers.split(",")],
+                               timeout=min(_LISTEN_TIMEOUT, self.config.connect_timeout),
+                               broker="Kafka")
+        left = max(0.1, self.config.connect_timeout - (loop.time() - started))
         try:
             admin_conf: dict[str, Any] = {**self.config.common(), "logger": log}
             producer_conf: dict[str, Any] = {**self.config.producer(), "logger": log,
                                              "error_cb": self._on_error}
             admin, producer = AdminClient(admin_conf), Producer(producer_conf)
         except (KafkaException, ValueError, TypeError) as exc:
-            raise ConfigError("librdkafka rejected the client configuration: "
-                              f"{self._scrub(exc)}") from None
+            problem: str | None = self._scrub(exc)
+        else:
+            problem = None
+        if problem is not None:   # outside the except block: its text may hold a value
+            raise ConfigError(f"librdkafka rejected the client configuration: {problem}")
         try:
-            await asyncio.to_thread(admin.list_topics, timeout=self.config.connect_timeout)
+            await asyncio.to_thread(admin.list_topics, timeout=left)
         except KafkaException as exc:
-            raise ConnectError(f"cannot reach Kafka at {self._url}: {self._scrub(exc)}; check "
-                               "the brokers, security_protocol and credentials") from None
+            reason: str | None = self._scrub(exc)
+        else:
+            reason = None
+        if reason is not None:   # raised outside the except block: no __context__ chain
+            raise ConnectError(f"cannot reach Kafka at {self._url}: {reason}; check "
+                               "the brokers, security_protocol and credentials")
+        self._max_message = _int_property(producer_conf, "message.max.bytes",
+                                          CLIENT_MAX_MESSAGE)
         self._admin, self._producer, self._closing = admin, producer, None
         self._producer_conf, self._fatal, self._polling = producer_conf, False, True
         self._poller = threading.Thread(target=self._poll, daemon=True,
@@ -148,38 +190,61 @@ class KafkaTransport(Transport):
         await self.publish_batch([(channel, event)])
 
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
-        """Produce every record, then wait once for the whole batch: one delivery-report
-        counter per batch and one wake-up of the loop when the last report came back
-        (not a future and a ``call_soon_threadsafe`` per record)."""
+        """Encode every record and check its size, then produce them all and wait once
+        for the whole batch: one delivery-report counter per batch and one wake-up of the
+        loop when the last report came back (not a future and a ``call_soon_threadsafe``
+        per record).
+
+        A record over the producer's ``message.max.bytes`` raises `MessageTooLarge`
+        before anything of the batch is produced: librdkafka would refuse it in
+        ``produce()`` anyway, and that failing path is not worth taking (a caller
+        retrying it in a loop only burns CPU and memory)."""
         if not items:
             return
         producer = self._clients()[0]
         topics = [topic_for(channel) for channel, _ in items]
-        if not self._topics.issuperset(topics):
-            await self._ensure_topics(set(topics), PublishError)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        reports, size = itertools.count(1), len(items)
-        errors: list[str] = []
-
-        def report(error: KafkaError | None, message: Message) -> None:
-            # where librdkafka serves reports: the poll thread (or a replaced producer's
-            # flush thread: next() on a count is atomic)
-            if error is not None:
-                errors.append(f"Kafka did not confirm the event on {message.topic()}: "
-                              f"{error.str()}")
-            if next(reports) == size:
-                with contextlib.suppress(RuntimeError):   # the loop is gone
-                    loop.call_soon_threadsafe(resolve, done)
-        for topic, (_, event) in zip(topics, items, strict=True):
-            if self._fatal:
-                producer = await self._replace_producer()
+        records = []
+        for (_, event), topic in zip(items, topics, strict=True):
             try:
                 record = to_record(event)
             except MeshError:
                 raise
             except Exception as exc:
                 raise PublishError(f"cannot encode event {event.id}: {exc}") from None
+            if size_bound(record) > self._max_message and \
+                    (size := wire_size(record)) > self._max_message:
+                raise MessageTooLarge(
+                    f"event {event.id} is {size} bytes as a Kafka record (key, value and "
+                    f"headers), over the producer's message.max.bytes of {self._max_message} "
+                    f"bytes; nothing was sent to {topic}. Make the event smaller (keep large "
+                    "payloads elsewhere and send a reference), or raise message.max.bytes "
+                    "(producer.message.max.bytes) together with the topic's "
+                    "max.message.bytes", size=size, limit=self._max_message)
+            records.append(record)
+        if not self._topics.issuperset(topics):
+            await self._ensure_topics(set(topics), PublishError)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        reports, count = itertools.count(1), len(items)
+        errors: list[str] = []
+        too_large: list[tuple[str, int]] = []   # (topic, size) the broker refused as too large
+
+        def report(error: KafkaError | None, message: Message) -> None:
+            # where librdkafka serves reports: the poll thread (or a replaced producer's
+            # flush thread: next() on a count is atomic)
+            if error is not None:
+                topic = message.topic() or ""
+                if error.code() in _TOO_LARGE:
+                    too_large.append((topic, received_size(message.headers(), message.key(),
+                                                           message.value())))
+                errors.append(f"Kafka did not confirm the event on {topic}: {error.str()}")
+            if next(reports) == count:
+                with contextlib.suppress(RuntimeError):   # the loop is gone
+                    loop.call_soon_threadsafe(resolve, done)
+        for topic, record in zip(topics, records, strict=True):
+            if self._fatal:
+                producer = await self._replace_producer()
+            failed: str | None = None
             while True:
                 try:
                     producer.produce(topic, value=record.value, key=record.key,
@@ -189,12 +254,82 @@ class KafkaTransport(Transport):
                 except BufferError:   # local queue full: let the poll thread drain it
                     await asyncio.sleep(0.005)
                 except KafkaException as exc:   # records produced so far still report
-                    raise PublishError(f"cannot publish to {topic}: "
-                                       f"{self._scrub(exc)}") from None
+                    failed = self._scrub(exc)
+                    break
+            if failed is not None:   # outside the except block: no __context__ chain
+                raise PublishError(f"cannot publish to {topic}: {failed}")
         await done
+        if too_large:
+            topic, size = too_large[0]
+            limit = await self._broker_limit(topic)
+            shown = "" if count == 1 else f" ({len(too_large)} of {count} events; the others " \
+                "may have been written)"
+            raise MessageTooLarge(
+                f"Kafka refused an event on {topic} as too large: about {size} bytes, over the "
+                f"topic's max.message.bytes of {limit} bytes{shown}. Make the event smaller "
+                "or raise the topic's max.message.bytes", size=size, limit=limit)
         if errors:
-            raise PublishError(errors[0] if size == 1 else f"{len(errors)} of {size} events "
+            raise PublishError(errors[0] if count == 1 else f"{len(errors)} of {count} events "
                                f"were not confirmed; first error: {errors[0]}")
+
+    async def _broker_limit(self, topic: str) -> int:
+        """The topic's ``max.message.bytes`` (what the broker refused a record over), or
+        Kafka's default when the topic's configuration cannot be read."""
+        _, admin = self._clients()
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        try:
+            futures = admin.describe_configs([resource],
+                                             request_timeout=self.config.connect_timeout)
+            entries = await asyncio.to_thread(futures[resource].result,
+                                              self.config.connect_timeout)
+            return int(entries["max.message.bytes"].value)
+        except Exception as exc:   # best effort: only the number in an error message
+            log.debug("could not read max.message.bytes of %s: %s", topic, exc)
+            return BROKER_MAX_MESSAGE
+
+    # --- retained reads ----------------------------------------------------------------
+
+    async def retain(self, channel: str) -> None:
+        """Topics are logs that keep every record for their ``retention.ms`` whether
+        anyone consumed it or not, so this only makes sure the topic exists (creating it
+        like `publish` does; with ``create_topics=false`` a missing topic is a
+        `ConfigError`). Nothing is changed on an existing topic."""
+        topic = topic_for(channel)
+        if topic in self._topics:
+            return
+        if self.config.create_topics:
+            await self._ensure_topics({topic}, TransportError)
+            return
+        _, admin = self._clients()
+        try:
+            metadata = await asyncio.to_thread(   # every topic: naming a missing one
+                admin.list_topics, timeout=self.config.connect_timeout)   # creates it on Tansu
+        except KafkaException as exc:
+            reason: str | None = self._scrub(exc)
+        else:
+            found = metadata.topics.get(topic)
+            reason = None if found is not None and found.error is None else "missing"
+        if reason == "missing":
+            raise ConfigError(f"topic {topic} does not exist and create_topics is false; "
+                              "create it (the dead-letter tools read it)")
+        if reason is not None:
+            raise TransportError(f"cannot look up topic {topic}: {reason}")
+        self._topics.add(topic)
+
+    def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
+        """Every record of ``channel``'s topic up to each partition's end when the read
+        starts, oldest first (record timestamp, then partition and offset), through a
+        consumer that is
+        assigned the partitions directly: it joins no group and commits nothing, so no
+        group's position, membership or lag changes and concurrent readers never see
+        less. The deliveries are settled from the start and count no redeliveries;
+        their ``position`` is ``topic/partition/offset``. ``idle`` bounds a wait for a
+        partition that reports an end it never delivers (say, records deleted by
+        retention meanwhile). See `mesh_kafka.consumer.read_topic`."""
+        self._clients()
+        topic = topic_for(channel)
+        return read_topic(self.config.consumer(f"mesh-reader-{uuid.uuid4().hex}"), topic,
+                          idle=idle, timeout=self.config.connect_timeout)
 
     # --- topics --------------------------------------------------------------------------
 
@@ -290,6 +425,20 @@ class KafkaTransport(Transport):
             raise TransportError(f"cannot delete topics matching {pattern}: "
                                  f"{self._scrub(exc)}") from None
         self._topics -= set(doomed)
+
+
+def _address(server: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``host:port`` bootstrap entry (IPv6 hosts without brackets)."""
+    host, _, port = server.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _int_property(conf: Mapping[str, Any], name: str, default: int) -> int:
+    """A numeric librdkafka property as an int (librdkafka accepted its text already)."""
+    try:
+        return int(conf.get(name, default))
+    except (TypeError, ValueError):
+        return default
 
 
 def _wait(futures: dict[str, Any], ignore: int) -> dict[str, KafkaException]:

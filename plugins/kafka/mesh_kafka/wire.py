@@ -1,13 +1,30 @@
-"""Event <-> Kafka record by the CloudEvents SDK Kafka binding (``cloudevents.core.bindings``).
+"""Event <-> Kafka record by the CloudEvents Kafka protocol binding.
 
-Writes binary content mode with ``to_binary`` (``ce_*`` headers, data in the value,
-``partitionkey`` as the key). Reads binary mode by the binding's rules but parses ``time``
-with ``datetime.fromisoformat``, not dateutil (a third of the SDK's decoding cost); the
-rest goes to ``from_kafka``. Anything malformed is a `DecodeError` (`mesh.codec.decode`).
+Writing: binary content mode, the mapping of ``cloudevents.core.bindings.kafka.to_binary``
+(``ce_<attribute>`` headers, ``datacontenttype`` as ``content-type``, data in the value,
+``partitionkey`` as the key), except that every attribute value is written in its
+CloudEvents *canonical string form* (`canonical`): ``true``/``false`` for Boolean (the
+SDK writes Python's ``True``), decimal Integer, RFC 3339 Timestamp with ``Z`` for UTC,
+base64 Binary. A consumer in another language, and a filter on any transport, then see
+the same text.
+
+Reading: the ``content-type`` decides the mode, as the binding says: a record whose
+``content-type`` starts with ``application/cloudevents`` is structured mode (the event
+is the value; ``ce_`` headers on it are ignored), a record with ``ce_`` headers is binary
+mode, read by the binding's rules in `_read` but with ``time`` parsed by
+``datetime.fromisoformat`` (a third of the SDK's decoding cost); a record with neither
+is tried as structured JSON, like the SDK's ``from_kafka``. Anything malformed is a
+`DecodeError` (`mesh.codec.decode`).
+
+`wire_size` is the size librdkafka checks against ``message.max.bytes`` before it
+accepts a record, so the transport can refuse a record that is too large without
+calling ``produce()``.
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,14 +33,84 @@ from cloudevents.core.bindings import kafka
 from cloudevents.core.bindings.kafka import KafkaMessage
 from cloudevents.core.formats.base import Format
 
-from mesh import Event, codec
+from mesh import DecodeError, Event, codec
 
-Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+Headers = Mapping[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]] | None
+
+_CE = kafka.CE_PREFIX                      # "ce_"
+_CONTENT_TYPE = "content-type"
+_STRUCTURED = "application/cloudevents"    # media type prefix of every event format
+_JSON_FORMAT = "application/cloudevents+json"
+#: librdkafka's RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: the per-record framing it adds to key,
+#: value and headers before comparing with message.max.bytes (length, attributes,
+#: timestamp and offset deltas, key and value lengths, header count, as max-size varints)
+RECORD_OVERHEAD = 36
+
+
+def canonical(value: Any) -> str:
+    """The CloudEvents canonical string of an attribute value (type system of spec 1.0)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
 
 
 def to_record(event: Event) -> KafkaMessage:
-    """Binary content mode record (headers as bytes, key from ``partitionkey``)."""
-    return kafka.to_binary(event, codec.FORMAT)
+    """Binary content mode record: headers as UTF-8 bytes of canonical strings, key
+    from ``partitionkey``, value encoded by the mesh's format."""
+    headers: dict[str, bytes] = {}
+    content_type = event.datacontenttype
+    for name, value in event.get_attributes().items():
+        if name == "datacontenttype":
+            headers[_CONTENT_TYPE] = value.encode("utf-8")
+        else:
+            headers[_CE + name] = canonical(value).encode("utf-8")
+    key = event.extensions.get(kafka.PARTITIONKEY_ATTR)
+    if key is not None and not isinstance(key, str):
+        key = canonical(key)
+    return KafkaMessage(headers, key, codec.FORMAT.write_data(event.data, content_type))
+
+
+def wire_size(record: KafkaMessage) -> int:
+    """The size librdkafka compares with ``message.max.bytes`` (rd_kafka_msg_new0): the
+    record overhead plus key, value and each header's name and value with their
+    zig-zag varint lengths."""
+    key = record.key
+    size = RECORD_OVERHEAD + len(record.value) + (
+        0 if key is None else len(key.encode("utf-8") if isinstance(key, str) else key))
+    for name, value in record.headers.items():
+        name_len = len(name.encode("utf-8"))
+        size += name_len + len(value) + _varint_len(name_len) + _varint_len(len(value))
+    return size
+
+
+def size_bound(record: KafkaMessage) -> int:
+    """An upper bound of `wire_size`, computed at C speed (the publish hot path checks
+    this first and computes the exact size only for records near the limit): header
+    names count 4 bytes a character, every varint its maximum of 5 bytes."""
+    key, headers = record.key, record.headers
+    return (RECORD_OVERHEAD + len(record.value) + sum(map(len, headers.values()))
+            + 4 * sum(map(len, headers)) + 10 * len(headers)
+            + (0 if key is None else 4 * len(key)))
+
+
+def received_size(headers: Headers, key: str | bytes | None, value: bytes | None) -> int:
+    """`wire_size` of a record as confluent-kafka hands it back (a delivery report)."""
+    return wire_size(KafkaMessage(_items(headers), key, value or b""))
+
+
+def _varint_len(n: int) -> int:
+    zigzag, length = n << 1, 1   # lengths are never negative
+    while zigzag >= 0x80:
+        zigzag >>= 7
+        length += 1
+    return length
 
 
 def from_record(headers: Headers, key: str | bytes | None, value: bytes | None) -> Event:
@@ -34,26 +121,54 @@ def from_record(headers: Headers, key: str | bytes | None, value: bytes | None) 
 def _read(record: tuple[dict[str, bytes], Any, bytes], fmt: Format, factory: EventFactory) -> Any:
     headers, key, value = record
     attributes: dict[str, Any] = {}
+    binary = False
+    for name, raw in headers.items():
+        name = name.lower()
+        if name.startswith(_CE):
+            attributes[name[3:]] = raw
+            binary = True
+        elif name == _CONTENT_TYPE:
+            attributes["datacontenttype"] = raw
+    content_type = attributes.get("datacontenttype")
+    if content_type is not None and content_type[:len(_STRUCTURED)].lower() == \
+            _STRUCTURED.encode():
+        return _structured(content_type, key, value, fmt, factory)
+    if not binary:   # neither: the SDK's from_kafka reads it as structured JSON
+        return _structured(None, key, value, fmt, factory)
     try:   # kafka.from_binary, with another time parser
-        for name, raw in headers.items():
-            text, name = raw.decode("utf-8"), name.lower()
-            if name.startswith("ce_"):
-                attributes[name[3:]] = text
-            elif name == "content-type":
-                attributes["datacontenttype"] = text
+        for name, raw in attributes.items():
+            attributes[name] = raw.decode("utf-8")
         if "time" in attributes:
             attributes["time"] = datetime.fromisoformat(attributes["time"].upper())
-    except ValueError:   # a header not in UTF-8, a time fromisoformat refuses
-        attributes = {}
-    if "specversion" not in attributes:   # structured mode, or the above: the SDK decides
-        return kafka.from_kafka(KafkaMessage(headers, key, value), fmt, factory)
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"a CloudEvents header of the record is not UTF-8 text: {exc}") \
+            from None
+    except ValueError:   # a time fromisoformat refuses: the SDK's parser decides
+        return kafka.from_binary(KafkaMessage(headers, key, value), fmt, factory)
     if key is not None:
-        attributes["partitionkey"] = key.decode("utf-8") if isinstance(key, bytes) else key
+        attributes[kafka.PARTITIONKEY_ATTR] = key.decode("utf-8") \
+            if isinstance(key, bytes) else key
     return factory(attributes, fmt.read_data(value, attributes.get("datacontenttype")))
 
 
+def _structured(content_type: bytes | None, key: Any, value: bytes, fmt: Format,
+                factory: EventFactory) -> Any:
+    """Structured mode: the value is the event in the JSON event format (the only format
+    the mesh reads); the key, when there is one, is its ``partitionkey``."""
+    if content_type is not None:
+        media = content_type.split(b";", 1)[0].strip().lower().decode("utf-8", "replace")
+        if media != _JSON_FORMAT:
+            raise DecodeError(f"structured-mode record in event format {media!r}; the mesh "
+                              f"reads {_JSON_FORMAT} (or binary mode)")
+    event = fmt.read(factory, value)
+    if key is not None and isinstance(event, Event):
+        text = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+        event = event.replace(partitionkey=text)
+    return event
+
+
 def _items(headers: Headers) -> dict[str, bytes]:
-    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     return {name: raw.encode() if isinstance(raw, str) else raw or b"" for name, raw in pairs}
 
 
