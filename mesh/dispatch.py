@@ -90,6 +90,13 @@ class Dispatcher(Generic[T]):
         return [*self._queue, *(item for q in self._parked.values() for item in q),
                 *self._timers]
 
+    def resize(self, limit: int) -> None:
+        """Run at most ``limit`` calls at once from now on (running ones are not stopped;
+        a larger limit starts waiting items at once). A transport narrows it to 1 while
+        it must know which record a crash happened on."""
+        self.limit = max(1, limit)
+        self._fill()
+
     # --- feeding ------------------------------------------------------------------------
 
     def submit(self, item: T, key: Hashable | None = None) -> None:

@@ -69,7 +69,9 @@ async def test_a_killed_worker_loses_nothing(broker_target: Target, workers: lis
                        note=f"{len(in_flight)} in flight at the kill; default settings")
     assert lost == 0, f"{lost} confirmed events were never handled"
     assert set(in_flight) <= set(done)
-    assert recovery < 10.0, f"the dead worker's events came back after {recovery:.1f}s"
+    # the figure (under 10 s with the defaults) is in the report; this only guards against
+    # events parked until a long timeout (30 s ack waits, 45 s sessions)
+    assert recovery < 25.0, f"the dead worker's events came back after {recovery:.1f}s"
 
 
 def test_memory_has_no_worker_to_kill(reliability: Report) -> None:
@@ -117,7 +119,9 @@ async def test_a_poison_message_that_kills_every_worker_is_dead_lettered(
     starts, _ = tally(worker)
     when, copy = dead[0]
     assert copy.extensions["meshdlerror"] == "DeliveryLimitExceeded"
-    assert copy.extensions["meshdlid"] == poison.id
+    assert copy.extensions["meshdlid"] == poison.id, (
+        f"an innocent event was dead-lettered; runs per event: {dict(starts)}, poison "
+        f"{poison.id}, good {[e.id for e in good]}")
     assert starts[poison.id] == max_deliveries, \
         f"the poison ran {starts[poison.id]} times, max_deliveries is {max_deliveries}"
     reliability.record(POISON, target.name, lost=0, rerun=sum(starts.values()) - len(starts),

@@ -551,3 +551,34 @@ async def test_drain_with_zero_timeout_cancels_at_once() -> None:
     delivery = h.made["x"][0]
     assert delivery.unhandled == [True] and delivery.acks == 0
     assert h.done == ["x"] and h.pool.running == 0
+
+
+async def test_resize_narrows_and_widens_the_pool() -> None:
+    running: list[int] = []
+    peak = [0]
+    release = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        running.append(1)
+        peak[0] = max(peak[0], len(running))
+        await release.wait()
+        running.pop()
+        await delivery.ack()
+
+    class Plain(Delivery):
+        async def _ack(self) -> None: ...
+
+        async def _nack(self, delay: float) -> None: ...
+
+    pool: Dispatcher[object] = Dispatcher(handler, 4, lambda item: Plain("c"))
+    pool.resize(1)
+    items = [object() for _ in range(4)]
+    for item in items:
+        pool.submit(item)
+    await asyncio.sleep(0.01)
+    assert pool.running == 1
+    pool.resize(3)
+    await asyncio.sleep(0.01)
+    assert pool.running == 3
+    release.set()
+    await pool.drain(1.0)

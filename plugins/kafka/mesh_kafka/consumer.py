@@ -28,17 +28,18 @@ commit metadata, so the numbers live in the offsets themselves):
 * ``<group>.mesh-delivered``: a member giving up partitions cleanly with records
   unacked records "delivered below offset X"; the next owner reports those records
   with ``redeliveries >= 1``.
-* ``<group>.mesh-takeovers``: a member that gets a partition writes, synchronously and
-  before its first record is handed to a handler, "the takeover at offset W is the
-  Nth" (``W << 16 | N``), where W is that first record's offset (the group's committed
+* ``<group>.mesh-takeovers``: a member that gets a partition writes, when a handler
+  starts its first record and before the handler runs, "the takeover at offset W is
+  the Nth" (``W << 16 | N``; a member that dies before it ran the record counts nothing), where W is that first record's offset (the group's committed
   position) and N counts consecutive takeovers that started at the same W. A record
   that kills its process every time never gets acked, so it pins the committed
   position at W and every new owner starts there: the Nth owner reports the record at
   W with ``redeliveries = N - 1``, however the earlier ones died (kill -9,
   ``os._exit``). Such a *suspect* partition (N > 1) is then re-run one record at a time
-  (`_SUSPECT_RECORDS` records): before each record the acked ones are committed and its
-  own takeover mark written, so when the poison record is not the first one the blame
-  still moves onto it. Cost when nothing crashed: one small write per partition per
+  (`_SUSPECT_RECORDS` records): before each record the acked ones (of every partition)
+  are committed and its own takeover mark written, so when the poison record is not the
+  first one the blame still moves onto it; while any partition is suspect the member
+  runs one record at a time in all, so a crash never counts against a bystander. Cost when nothing crashed: one small write per partition per
   assignment, nothing per record.
 """
 
@@ -127,10 +128,12 @@ class _Partition:
 class _Record:
     """A fetched record and its in-client delivery attempts."""
 
-    __slots__ = ("attempts", "key", "message", "offset", "part")
+    __slots__ = ("attempts", "key", "mark", "message", "offset", "part")
 
     def __init__(self, part: _Partition, message: Message, offset: int) -> None:
         self.part, self.message, self.attempts, self.offset = part, message, 0, offset
+        #: a takeover mark to write before this record's first handler run (see `_run`)
+        self.mark: TopicPartition | None = None
         key = message.key()
         self.key = None if key is None else (part.key[0], key)
 
@@ -227,8 +230,8 @@ class KafkaSubscription(Subscription):
         self._suspects: set[_Partition] = set()  # thread only: partitions re-run one by one
         self._steps: deque[_Partition] = deque()  # loop -> thread: a suspect record finished
         self._assigned_once = False  # set before the thread starts, then thread only
-        self.pool: Dispatcher[_Record] = Dispatcher(handler, self._max, self._attempt,
-                                                    on_done=self._done)
+        self.pool: Dispatcher[_Record] = Dispatcher(
+            handler if broadcast else self._run, self._max, self._attempt, on_done=self._done)
         self._closed: asyncio.Task[None] | None = None
         self._assigned: asyncio.Future[None] = self._loop.create_future()
 
@@ -292,6 +295,18 @@ class KafkaSubscription(Subscription):
         record.part.handed = max(record.part.handed, (record.message.offset() or 0) + 1)
         return KafkaDelivery(self, record)
 
+    async def _run(self, delivery: Delivery) -> None:
+        """The handler, after the record's takeover mark (if it carries one) is written:
+        a mark counts a delivery only once a handler really gets the record, so a member
+        that dies before it ran a partition's record does not count against it."""
+        assert isinstance(delivery, KafkaDelivery)
+        record = delivery._record
+        mark = record.mark
+        if mark is not None:
+            record.mark = None
+            await asyncio.to_thread(self._write_takeovers, [mark])
+        await self._handler(delivery)
+
     def acked(self, record: _Record) -> None:
         with self._lock:
             record.part.pending.discard(record.message.offset() or 0)
@@ -354,7 +369,6 @@ class KafkaSubscription(Subscription):
 
     def _take(self, consumer: Consumer, messages: list[Message]) -> None:
         records: list[_Record] = []
-        marks: list[TopicPartition] = []
         held = 0
         with self._lock:
             for message in messages:
@@ -371,14 +385,12 @@ class KafkaSubscription(Subscription):
                 part.next = max(part.next, offset + 1)
                 record = _Record(part, message, offset)
                 if not part.started:
-                    self._first_record(consumer, part, offset, marks)
+                    record.mark = self._first_record(consumer, part, offset)
                 if part.suspect > 0:
                     part.held.append(record)
                     held += 1
                 else:
                     records.append(record)
-        if marks:   # before any of these partitions' first records reaches a handler
-            self._write_takeovers(marks)
         self._received += len(records) + held
         if records:
             self._call(self._arrive, records)
@@ -386,8 +398,8 @@ class KafkaSubscription(Subscription):
             for part in list(self._suspects):
                 self._step(consumer, part)
 
-    def _first_record(self, consumer: Consumer, part: _Partition, offset: int,
-                      marks: list[TopicPartition]) -> None:
+    def _first_record(self, consumer: Consumer, part: _Partition,
+                      offset: int) -> TopicPartition | None:
         """Count this takeover (see the module docstring): the first record is the one at
         the committed position; when former owners' takeovers started there too, it was
         delivered that often already, and the partition is re-run one record at a time,
@@ -395,21 +407,25 @@ class KafkaSubscription(Subscription):
         (what former owners can have handed out)."""
         part.started = True
         if self._takeovers_group is None:
-            return
+            return None
         mark = part.takeover
         count = mark[1] if mark is not None and mark[0] == offset else 0
         part.blamed = (offset, count)
-        if offset < _MARKABLE:
-            marks.append(TopicPartition(*part.key, _takeover_mark(offset, count + 1)))
+        written = None
+        if offset < _MARKABLE:   # written when its handler starts (`_run`), not now
+            written = TopicPartition(*part.key, _takeover_mark(offset, count + 1))
             part.marked = offset
         if count > 0:
             part.suspect = _SUSPECT_RECORDS
             _, high = consumer.get_watermark_offsets(TopicPartition(*part.key), cached=True)
             part.suspect_end = high if high > offset else offset + _SUSPECT_RECORDS
+            if not self._suspects:   # one record at a time, so a crash blames the right one
+                self._call(self.pool.resize, 1)
             self._suspects.add(part)
             log.info("partition %s/%d of group %s was taken over %d time(s) at offset %d "
                      "without progress; re-running its next records one at a time",
                      *part.key, self._group, count, offset)
+        return written
 
     def _step(self, consumer: Consumer, part: _Partition, finished: bool = False) -> None:
         """Hand the next held record of a suspect partition to the loop (thread only):
@@ -421,7 +437,7 @@ class KafkaSubscription(Subscription):
             return
         head = part.held[0].offset if part.held else part.next
         if part.suspect <= 0 or head >= part.suspect_end:   # the rest goes as usual
-            self._suspects.discard(part)
+            self._forget_suspect(part)
             rest = list(part.held)
             part.held.clear()
             if rest:
@@ -431,15 +447,19 @@ class KafkaSubscription(Subscription):
             return
         record = part.held[0]
         if part.marked != record.offset:
-            self._commit(consumer, [part], wait=True)
-            if record.offset < _MARKABLE:
-                self._write_takeovers([TopicPartition(*part.key,
-                                                      _takeover_mark(record.offset, 1))])
+            self._commit(consumer, list(self._parts.values()), wait=True)
+            if record.offset < _MARKABLE:   # written when its handler starts (`_run`)
+                record.mark = TopicPartition(*part.key, _takeover_mark(record.offset, 1))
             part.marked = record.offset
         part.held.popleft()
         part.stepping = True
         part.suspect -= 1
         self._call(self._arrive, [record])
+
+    def _forget_suspect(self, part: _Partition) -> None:
+        self._suspects.discard(part)
+        if not self._suspects:
+            self._call(self.pool.resize, self._max)
 
     def _write_takeovers(self, marks: list[TopicPartition]) -> None:
         if self._takeovers_group is not None:
@@ -491,7 +511,7 @@ class KafkaSubscription(Subscription):
                 part.revoked = True
                 self._received -= len(part.held)   # never reached the loop: not in flight
                 part.held.clear()
-                self._suspects.discard(part)
+                self._forget_suspect(part)
             marks = [TopicPartition(*part.key, part.handed) for part in parts
                      if part.handed > part.watermark()]
         if commit:
