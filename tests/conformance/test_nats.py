@@ -1,10 +1,11 @@
 """The conformance suite on NATS JetStream (the ``event-mesh-nats`` plugin).
 
-Runs against ``MESH_NATS_URL`` when set (your server), else a local nats-server
-on 127.0.0.1:4222 that `mesh.testing.brokers` starts when needed (data in
-/var/lib/nats-server, so streams and durable consumers survive a restart). The
-reconnect case restarts the local server for real; on your own server it
-connects through a `TcpProxy` and cuts the connections instead.
+Runs against ``MESH_NATS_URL`` when set (your server), else the local nats-server
+on 127.0.0.1:4222 (`mesh.testing.brokers` starts it when nothing answers there).
+The tests never restart a server they did not start (DEVELOPERS.md): the reconnect
+case runs on a private nats-server (`brokers.PrivateNats`: a free port, data in a
+temp dir, so streams and durable consumers survive) and restarts that one, by PID.
+On your own server it connects through a `TcpProxy` and cuts the connections instead.
 
 Test-only tuning (production defaults stay; see docs/transports/nats.md): a
 separate stream ``MESH_TEST`` on subjects ``meshtest.>`` kept for an hour, so the
@@ -46,6 +47,13 @@ def broker_url_or_skip() -> str:
 
 
 @pytest.fixture(scope="module")
+def private_nats() -> Iterator[brokers.PrivateNats]:
+    """A nats-server of this module's own, for the case that restarts its broker."""
+    with brokers.private_or_skip(brokers.PrivateNats) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def nats_server() -> Iterator[tuple[str, TcpProxy | None]]:
     """(URL, proxy): on a user's server, through a proxy the reconnect case can cut."""
     url = broker_url_or_skip()
@@ -73,9 +81,17 @@ class TestNatsTransport(TransportConformance):
     dedup = True
 
     @pytest.fixture(autouse=True)
-    def _broker(self, nats_server: tuple[str, TcpProxy | None]) -> None:
-        self.url, self.proxy = nats_server
+    def _broker(self, request: pytest.FixtureRequest) -> None:
+        """Route the reconnect case to a private server when the tests own the broker
+        (it gets restarted); every other case uses the shared (or your) server."""
         self.dedup = True
+        self.private: brokers.PrivateNats | None = None
+        self.proxy: TcpProxy | None = None
+        if request.node.name.startswith("test_reconnect") and brokers.is_local("nats"):
+            self.private = request.getfixturevalue("private_nats")
+            self.url = self.private.url
+        else:
+            self.url, self.proxy = request.getfixturevalue("nats_server")
 
     @pytest.fixture(autouse=True)
     async def _cleanup(self, _broker: None) -> AsyncIterator[None]:
@@ -104,8 +120,8 @@ class TestNatsTransport(TransportConformance):
         await transport.publish_raw(channel, b"\x00not a cloudevent{", {"x-origin": "garbage"})
 
     async def disrupt(self) -> None:
-        if brokers.is_local("nats"):
-            await asyncio.to_thread(brokers.restart, "nats")
+        if self.private is not None:   # ours: restart it for real (stop, start, same data)
+            await asyncio.to_thread(self.private.restart)
         elif self.proxy is not None:
             self.proxy.cut(down_for=2.0)
         else:

@@ -1,8 +1,10 @@
 """The conformance suite on RabbitMQ (the ``event-mesh-rabbitmq`` plugin).
 
-Runs against ``MESH_RABBITMQ_URL`` when set (your broker), else a local RabbitMQ
-on 127.0.0.1:5672 that `mesh.testing.brokers` starts when needed. The reconnect
-case restarts the local broker (``rabbitmqctl stop_app/start_app``); on your own
+Runs against ``MESH_RABBITMQ_URL`` when set (your broker), else the local RabbitMQ
+on 127.0.0.1:5672 (`mesh.testing.brokers` starts it when nothing answers there).
+The tests never restart a server they did not start (DEVELOPERS.md): the reconnect
+case runs on a private RabbitMQ node (`brokers.PrivateRabbitMQ`: its own node name,
+ports, data and logs in a temp dir) and restarts that one, by PID. On your own
 broker it connects through a `TcpProxy` and cuts the connections instead.
 
 Test-only tuning (production defaults stay): reconnect every 0.3 s instead of 2 s,
@@ -39,6 +41,13 @@ def broker_url_or_skip() -> str:
 
 
 @pytest.fixture(scope="module")
+def private_rabbitmq() -> Iterator[brokers.PrivateRabbitMQ]:
+    """A RabbitMQ node of this module's own, for the case that restarts its broker."""
+    with brokers.private_or_skip(brokers.PrivateRabbitMQ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def rabbitmq() -> Iterator[tuple[str, TcpProxy | None]]:
     """(URL, proxy): on a user's broker, through a proxy the reconnect case can cut."""
     url = broker_url_or_skip()
@@ -66,8 +75,16 @@ class TestRabbitMQTransport(TransportConformance):
     timeout = 30.0
 
     @pytest.fixture(autouse=True)
-    def _broker(self, rabbitmq: tuple[str, TcpProxy | None]) -> None:
-        self.url, self.proxy = rabbitmq
+    def _broker(self, request: pytest.FixtureRequest) -> None:
+        """Route the reconnect case to a private node when the tests own the broker
+        (it gets restarted); every other case uses the shared (or your) broker."""
+        self.private: brokers.PrivateRabbitMQ | None = None
+        self.proxy: TcpProxy | None = None
+        if request.node.name.startswith("test_reconnect") and brokers.is_local("rabbitmq"):
+            self.private = request.getfixturevalue("private_rabbitmq")
+            self.url = self.private.url
+        else:
+            self.url, self.proxy = request.getfixturevalue("rabbitmq")
 
     async def make_transport(self) -> Transport:
         return RabbitMQTransport(self.url, TEST_OPTIONS)
@@ -78,8 +95,8 @@ class TestRabbitMQTransport(TransportConformance):
                                                            headers={"x-origin": "garbage"}))
 
     async def disrupt(self) -> None:
-        if brokers.is_local("rabbitmq"):
-            await asyncio.to_thread(brokers.restart, "rabbitmq")
+        if self.private is not None:   # ours: restart it for real (stop, start, same data)
+            await asyncio.to_thread(self.private.restart)
         elif self.proxy is not None:
             self.proxy.cut(down_for=2.0)
         else:
