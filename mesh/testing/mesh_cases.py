@@ -407,6 +407,29 @@ class MeshCases:
         assert len(repaired) == 1, "listing or replaying redelivered a dead-letter copy"
 
     @pytest.mark.asyncio
+    async def test_mesh_starts_again_after_stop(self, meshes: MeshFactory) -> None:
+        """A stopped mesh can be started again, on every transport, and goes on
+        consuming its group (nothing published while it was stopped is lost)."""
+        mesh = await meshes()
+        got: list[int] = []
+
+        @mesh.on(self.t("again"), group=f"{self.prefix}-again")
+        async def again(event: Event) -> None:
+            got.append(event.data["n"])
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("again"), "/t", {"n": 1}))
+        await wait_until(lambda: got == [1], self.timeout, "the first event")
+        await mesh.stop()
+        other = await meshes()
+        await other.start()
+        await other.publish(Event(self.t("again"), "/t", {"n": 2}))   # while it is stopped
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("again"), "/t", {"n": 3}))
+        await wait_until(lambda: sorted(got) == [1, 2, 3], self.timeout,
+                         "the events after the restart")
+
+    @pytest.mark.asyncio
     async def test_mesh_each_undecodable_message_is_its_own_entry(
             self, meshes: MeshFactory) -> None:
         mesh = await meshes()
