@@ -28,19 +28,20 @@ commit metadata, so the numbers live in the offsets themselves):
 * ``<group>.mesh-delivered``: a member giving up partitions cleanly with records
   unacked records "delivered below offset X"; the next owner reports those records
   with ``redeliveries >= 1``.
-* ``<group>.mesh-takeovers``: a member that gets a partition writes, when a handler
-  starts its first record and before the handler runs, "the takeover at offset W is
-  the Nth" (``W << 16 | N``; a member that dies before it ran the record counts nothing), where W is that first record's offset (the group's committed
-  position) and N counts consecutive takeovers that started at the same W. A record
-  that kills its process every time never gets acked, so it pins the committed
-  position at W and every new owner starts there: the Nth owner reports the record at
-  W with ``redeliveries = N - 1``, however the earlier ones died (kill -9,
-  ``os._exit``). Such a *suspect* partition (N > 1) is then re-run one record at a time
-  (`_SUSPECT_RECORDS` records): before each record the acked ones (of every partition)
-  are committed and its own takeover mark written, so when the poison record is not the
-  first one the blame still moves onto it; while any partition is suspect the member
-  runs one record at a time in all, so a crash never counts against a bystander. Cost when nothing crashed: one small write per partition per
-  assignment, nothing per record.
+* ``<group>.mesh-takeovers``: when a handler starts the first record of a newly
+  assigned partition, the member first writes "the takeover at offset W is the Nth"
+  (``W << 16 | N``; a member that dies before it ran the record counts nothing), where
+  W is that record's offset (the group's committed position) and N counts consecutive
+  takeovers that started at the same W. A record that kills its process every time
+  never gets acked, so it pins the committed position at W and every new owner starts
+  there: the Nth owner reports the record at W with ``redeliveries = N - 1``, however
+  the earlier ones died (kill -9, ``os._exit``). Such a *suspect* partition (N > 1) is
+  then re-run one record at a time (`_SUSPECT_RECORDS` records): before each record the
+  acked ones (of every partition) are committed and its own takeover mark written, so
+  when the poison record is not the first one the blame still moves onto it; while any
+  partition is suspect the member runs one record at a time in all, so a crash never
+  counts against a bystander. Cost when nothing crashed: one small write per partition
+  per assignment, nothing per record.
 """
 
 from __future__ import annotations
