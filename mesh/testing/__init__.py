@@ -1,7 +1,9 @@
 """Testing support: the transport conformance suite, broker helpers, a pytest plugin.
 
 * `mesh.testing.conformance.TransportConformance`: subclass it to prove a transport.
-* `mesh.testing.brokers`: find or start Kafka (Tansu), NATS and RabbitMQ for tests.
+* `mesh.testing.brokers`: find (or start, when none runs) Kafka (Tansu), NATS and
+  RabbitMQ for tests, and private instances (`PrivateNats`, `PrivateRabbitMQ`) that
+  fault tests may restart and kill; a server the tests did not start is never touched.
 * `mesh.testing.proxy.TcpProxy`: cut connections to simulate broker outages.
 * The pytest plugin (``mesh.testing.plugin``, auto-loaded) provides the
   ``memory_mesh`` fixture: a started Mesh on a private memory broker.
