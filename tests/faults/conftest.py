@@ -102,7 +102,7 @@ class Report:
             "|---|---|---|---|---|---|---|",
         ]
         for scenario in self.order:
-            for transport in TRANSPORTS:
+            for transport in (*TRANSPORTS, "all"):
                 row = self.rows.get((scenario, transport))
                 if row is not None:
                     lines.append(f"| {scenario} | {transport} | {row.lost} | {row.rerun} | "
