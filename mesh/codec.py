@@ -10,6 +10,7 @@ they are parameterised with:
 * ``Event.from_attributes`` as the SDK's ``EventFactory``, so decoding yields a
   `mesh.Event` directly and never invents an ``id`` or ``time``.
 
+`canonical` renders an attribute value as the string binary content modes carry.
 `decode` wraps any binding's ``from_*`` function so that whatever the SDK raises
 on a malformed message becomes a `mesh.errors.DecodeError` (the mesh dead-letters
 those with the reason). Transport plugins use these; they are public API.
@@ -24,21 +25,40 @@ Example (what the Kafka plugin does)::
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from cloudevents.core.formats.json import JSONFormat
 
 from mesh.errors import DecodeError, MeshError
-from mesh.event import Event
+from mesh.event import Event, format_time
 
 _JSON_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _loads = json.loads
 
 M = TypeVar("M")
+
+
+def canonical(value: Any) -> str:
+    """The CloudEvents canonical string of an attribute value, for binary content modes
+    (headers carry strings): Boolean ``true``/``false`` (not Python's ``True``), Integer
+    in decimal, Timestamp in RFC 3339 with ``Z`` for UTC, Binary in base64, String as
+    is. Every transport writes attributes this way, so a consumer written with any SDK,
+    and the same filter, see the same value on every broker."""
+    if value.__class__ is str:
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
 
 
 def is_json(content_type: str | None) -> bool:

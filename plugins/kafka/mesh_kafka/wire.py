@@ -23,7 +23,6 @@ calling ``produce()``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -47,20 +46,6 @@ _JSON_FORMAT = "application/cloudevents+json"
 RECORD_OVERHEAD = 36
 
 
-def canonical(value: Any) -> str:
-    """The CloudEvents canonical string of an attribute value (type system of spec 1.0)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        text = value.isoformat()
-        return text[:-6] + "Z" if text.endswith("+00:00") else text
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
 def to_record(event: Event) -> KafkaMessage:
     """Binary content mode record: headers as UTF-8 bytes of canonical strings, key
     from ``partitionkey``, value encoded by the mesh's format."""
@@ -70,10 +55,10 @@ def to_record(event: Event) -> KafkaMessage:
         if name == "datacontenttype":
             headers[_CONTENT_TYPE] = value.encode("utf-8")
         else:
-            headers[_CE + name] = canonical(value).encode("utf-8")
+            headers[_CE + name] = codec.canonical(value).encode("utf-8")
     key = event.extensions.get(kafka.PARTITIONKEY_ATTR)
     if key is not None and not isinstance(key, str):
-        key = canonical(key)
+        key = codec.canonical(key)
     return KafkaMessage(headers, key, codec.FORMAT.write_data(event.data, content_type))
 
 

@@ -27,7 +27,6 @@ be dropped as a duplicate of the other. A sender that means U+FFFD percent-encod
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +35,8 @@ from typing import Any, Final
 from cloudevents.core.base import BaseCloudEvent, EventFactory
 from cloudevents.core.bindings.common import get_event_factory_for_version
 from cloudevents.core.formats.base import Format
+
+from mesh import codec
 
 CE_PREFIX: Final[str] = "ce-"
 CONTENT_TYPE_HEADER: Final[str] = "content-type"
@@ -58,21 +59,9 @@ class NATSMessage:
     data: bytes
 
 
-def canonical(value: Any) -> str:
-    """The CloudEvents canonical string of an attribute value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        text = value.isoformat()
-        return text[:-6] + "Z" if text.endswith("+00:00") else text
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
 def encode_header_value(value: Any) -> str:
     """Percent-encode an attribute's canonical string for a NATS header value."""
-    text = canonical(value)
+    text = codec.canonical(value)
     if _UNSAFE.search(text) is None:   # the common case: nothing to encode
         return text
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in text.encode("utf-8"))

@@ -25,7 +25,6 @@ the header), never a Python repr.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,11 +41,6 @@ AmqpPrefix = Literal["cloudEvents_", "cloudEvents:"]
 CE_PREFIX: Final = "ce-"
 AMQP_PREFIXES: Final = ("cloudEvents_", "cloudEvents:")
 STRUCTURED: Final = "application/cloudevents"
-
-
-def _time_text(value: datetime) -> str:
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _kind(value: Any) -> str:
@@ -86,13 +80,13 @@ def canonical(header: str, value: Any, *, epoch_millis: bool = False) -> str:
     if isinstance(value, int):
         if epoch_millis:
             try:
-                return _time_text(datetime.fromtimestamp(value / 1000, UTC))
+                return codec.canonical(datetime.fromtimestamp(value / 1000, UTC))
             except (OverflowError, OSError, ValueError):
                 raise DecodeError(f"header {header!r} is not a timestamp in milliseconds "
                                   f"since the epoch: {value}") from None
         return str(value)
     if isinstance(value, datetime):
-        return _time_text(value if value.tzinfo else value.replace(tzinfo=UTC))
+        return codec.canonical(value if value.tzinfo else value.replace(tzinfo=UTC))
     raise DecodeError(f"header {header!r} is an AMQP {_kind(value)}, which no CloudEvents "
                       "attribute type maps to; send it as a string")
 
@@ -141,18 +135,6 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
     return factory(attributes, fmt.read_data(body, content_type))
 
 
-def _value_text(value: Any) -> str:
-    if value.__class__ is str:
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return _time_text(value)
-    if isinstance(value, bytes | bytearray):   # the CloudEvents Binary type
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
 def encode(event: Event, prefix: str) -> tuple[bytes, dict[str, Any], str | None]:
     """Binary mode: (body, headers, content_type), every attribute but
     ``datacontenttype`` in a ``<prefix><name>`` header as its canonical string."""
@@ -162,7 +144,7 @@ def encode(event: Event, prefix: str) -> tuple[bytes, dict[str, Any], str | None
         if name == "datacontenttype":
             content_type = value
         elif value is not None:
-            headers[prefix + name] = value if value.__class__ is str else _value_text(value)
+            headers[prefix + name] = value if value.__class__ is str else codec.canonical(value)
     return codec.FORMAT.write_data(event.get_data(), content_type), headers, content_type
 
 
