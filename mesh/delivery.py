@@ -173,9 +173,10 @@ def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
 
 
 def reduced_copy(copy: Event) -> Event:
-    """A dead-letter copy the broker can hold: the original's context attributes, the
-    correlation and the ``meshdl*`` extensions (reason and headers shortened), and as
-    data only the size and SHA-256 of the body it could not hold (``meshdlreduced``)."""
+    """A dead-letter copy the broker can hold: the original's context attributes (a long
+    subject cut), the correlation and the ``meshdl*`` extensions (reason and headers
+    shortened; other extensions dropped), and as data only the size and SHA-256 of the
+    body it could not hold (``meshdlreduced``)."""
     try:
         body = copy.data if isinstance(copy.data, bytes) else \
             codec.encode_data(copy.data, copy.datacontenttype)
@@ -188,10 +189,12 @@ def reduced_copy(copy: Event) -> Event:
         if isinstance(ext.get(name), str):
             ext[name] = str(ext[name])[:_REDUCED_TEXT]
     ext[DL_REDUCED] = True
+    subject = copy.subject if copy.subject is None or len(copy.subject) <= _REDUCED_TEXT \
+        else copy.subject[:_REDUCED_TEXT]   # a huge subject alone can exceed the limit
     return Event(copy.type, copy.source, {"size": len(body),
                                           "sha256": hashlib.sha256(body).hexdigest(),
                                           "datacontenttype": copy.datacontenttype},
-                 id=copy.id, subject=copy.subject, time=copy.time, extensions=ext)
+                 id=copy.id, subject=subject, time=copy.time, extensions=ext)
 
 
 Invoker = Callable[[Event, Context | None], Awaitable[Any]]

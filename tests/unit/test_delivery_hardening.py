@@ -218,6 +218,16 @@ async def test_too_large_dead_letter_copy_is_written_reduced(data: Any, size: in
     assert copy.extensions[DL_ATTEMPTS] == 2 and copy.id == transport.refused_ids[0]
 
 
+def test_a_reduced_copy_is_small_whatever_the_original_carried() -> None:
+    from mesh.delivery import dead_letter_event, reduced_copy
+
+    event = Event("big", "/t", "x" * 100_000, subject="s" * 100_000,
+                  extensions={"custom": "c" * 100_000})
+    copy = dead_letter_event(event, RuntimeError("r" * 100_000), attempts=3, group="g",
+                             channel="big")
+    assert len(codec.to_json(reduced_copy(copy))) < 2000
+
+
 async def test_failing_dead_letter_writes_back_off() -> None:
     transport = Recording(fail_dead_letters=4)
     mesh = fast_mesh(transport, retry={**FAST, "initial_backoff": 0.05, "max_backoff": 1.0,
