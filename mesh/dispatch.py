@@ -20,7 +20,11 @@ only what is specific to its broker. It provides:
   seconds, then cancels them (a cancelled delivery is never acked, see `deliver`).
 
 Contracts: ``make(item)`` returns a new `Delivery` for each attempt, or ``None``
-to drop the item unrun (say, its partition was revoked). ``on_done(item)`` is
+to drop the item unrun (say, its partition was revoked). ``before(item)``, when
+given, is called as an attempt starts and returns None (the common case: nothing to
+do) or an awaitable the attempt awaits before the handler runs: something the broker
+must have before the handler may run (Kafka's crash counts), at no cost to the items
+that need nothing. ``on_done(item)`` is
 called exactly once per item that finished here: its last attempt ended without a
 retry being scheduled, or ``make`` dropped it; never for items ``stop()``
 returned. Items are told apart by identity (they must be hashable, as plain
@@ -30,26 +34,31 @@ objects are). Every method must be called on the event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 from mesh.transport import Delivery, DeliveryHandler, cancel_calls, deliver
 
 T = TypeVar("T", bound=Hashable)
+log = logging.getLogger("mesh.transport")
 
 
 class Dispatcher(Generic[T]):
     """Runs one subscription's handler calls; see the module docstring."""
 
-    __slots__ = ("_again", "_handler", "_keys", "_make", "_on_done", "_open", "_parked",
+    __slots__ = ("_again", "_before", "_handler", "_keys", "_make", "_on_done", "_open",
+                 "_parked",
                  "_queue", "_running", "_stopped", "_timers", "limit")
 
     def __init__(self, handler: DeliveryHandler, limit: int,
                  make: Callable[[T], Delivery | None], *,
-                 on_done: Callable[[T], None] | None = None) -> None:
+                 on_done: Callable[[T], None] | None = None,
+                 before: Callable[[T], Awaitable[None] | None] | None = None) -> None:
         self.limit = max(1, limit)
         self._handler, self._make, self._on_done = handler, make, on_done
+        self._before = before
         self._queue: deque[T] = deque()               # ready to start, in order
         self._parked: dict[Hashable, deque[T]] = {}   # busy key -> items waiting for it
         self._keys: dict[T, Hashable] = {}            # item -> the key it holds
@@ -138,9 +147,27 @@ class Dispatcher(Generic[T]):
             if delivery is None:
                 self._finish(item)
                 continue
-            task = asyncio.get_running_loop().create_task(deliver(self._handler, delivery))
+            first = self._before(item) if self._before is not None else None
+            task = asyncio.get_running_loop().create_task(
+                deliver(self._handler, delivery) if first is None
+                else self._after(first, delivery))
             running[task] = item
             task.add_done_callback(self._ended)
+
+    async def _after(self, first: Awaitable[None], delivery: Delivery) -> None:
+        """``before``'s awaitable, then the handler (as `deliver` runs it). A failure of
+        ``first`` is the delivery's failure: it is redelivered, the handler not run."""
+        try:
+            await first
+        except asyncio.CancelledError:
+            await delivery._unhandled(cancelled=True)
+            raise
+        except Exception:
+            log.exception("preparing a delivery on channel %s failed; redelivering",
+                          delivery.channel)
+            await delivery._unhandled(cancelled=False)
+            return
+        await deliver(self._handler, delivery)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         item = self._running.pop(task)

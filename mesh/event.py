@@ -45,6 +45,7 @@ COUNTER_EXTENSIONS = frozenset({"meshhops", "meshdlattempts"})
 #: Other mesh extensions with a type of their own, restored the same way when decoded.
 FLAG_EXTENSIONS = frozenset({"meshdlreduced"})
 TIME_EXTENSIONS = frozenset({"meshdltime"})
+_TYPED = (*sorted(COUNTER_EXTENSIONS), *sorted(FLAG_EXTENSIONS), *sorted(TIME_EXTENSIONS))
 _COUNTER_TEXT = re.compile(r"[0-9]{1,10}")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -140,6 +141,17 @@ def _counter(name: str, value: Any) -> int:
     if value.__class__ is not int or not 0 <= value <= _INT32[1]:
         raise InvalidEvent(f"extension {name!r} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A decoded mesh extension as its own type (see `COUNTER_EXTENSIONS`)."""
+    if name in COUNTER_EXTENSIONS:
+        return _counter(name, value)
+    if name in FLAG_EXTENSIONS:
+        if not (value is True or value is False or value in ("true", "false")):
+            raise InvalidEvent(f"extension {name!r} must be a boolean, got {value!r}")
+        return value is True or value == "true"
+    return parse_time(value)
 
 
 def _check_extensions(extensions: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -297,15 +309,9 @@ class Event:
         specversion = attrs.pop("specversion", None)
         if specversion is None:
             raise InvalidEvent("attribute 'specversion' is required")
-        for name in COUNTER_EXTENSIONS.intersection(attrs):
-            attrs[name] = _counter(name, attrs[name])
-        for name in FLAG_EXTENSIONS.intersection(attrs):
-            value = attrs[name]
-            if not (value is True or value is False or value in ("true", "false")):
-                raise InvalidEvent(f"extension {name!r} must be a boolean, got {value!r}")
-            attrs[name] = value is True or value == "true"
-        for name in TIME_EXTENSIONS.intersection(attrs):
-            attrs[name] = parse_time(attrs[name])
+        for name in _TYPED:   # four lookups, not a pass over the attributes
+            if name in attrs:
+                attrs[name] = _typed(name, attrs[name])
         event = cls(etype, source, data, id=event_id, specversion=specversion,
                     datacontenttype=attrs.pop("datacontenttype", None),
                     dataschema=attrs.pop("dataschema", None),

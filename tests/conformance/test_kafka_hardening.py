@@ -273,7 +273,7 @@ def test_attributes_are_written_in_canonical_form() -> None:
 
 
 def test_canonical_binary_is_base64() -> None:
-    from mesh_kafka.wire import canonical
+    from mesh.codec import canonical
 
     assert canonical(b"\x00\xffab") == base64.b64encode(b"\x00\xffab").decode()
     assert canonical(7) == "7" and canonical(True) == "true"

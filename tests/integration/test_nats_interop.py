@@ -29,7 +29,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from mesh_nats import binding, create, parse
 
-from mesh import ConfigError, ConnectError, Event, Mesh
+from mesh import ConfigError, ConnectError, Event, Mesh, codec
 from mesh.testing import brokers
 
 QUERY = "stream=MESH_TEST&subject_prefix=meshtest&max_age=3600"
@@ -67,7 +67,7 @@ async def mesh(url: str) -> AsyncIterator[Mesh]:
 
 def expected_attributes(event: Event) -> dict[str, Any]:
     """Attributes as a binary-mode reader sees them: extensions are strings on the wire."""
-    return {k: v if isinstance(v, str | datetime) else binding.canonical(v)
+    return {k: v if isinstance(v, str | datetime) else codec.canonical(v)
             for k, v in event.get_attributes().items()}
 
 

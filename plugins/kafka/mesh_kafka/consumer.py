@@ -53,7 +53,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -232,7 +232,8 @@ class KafkaSubscription(Subscription):
         self._steps: deque[_Partition] = deque()  # loop -> thread: a suspect record finished
         self._assigned_once = False  # set before the thread starts, then thread only
         self.pool: Dispatcher[_Record] = Dispatcher(
-            handler if broadcast else self._run, self._max, self._attempt, on_done=self._done)
+            handler, self._max, self._attempt, on_done=self._done,
+            before=None if broadcast else self._before)
         self._closed: asyncio.Task[None] | None = None
         self._assigned: asyncio.Future[None] = self._loop.create_future()
 
@@ -296,17 +297,24 @@ class KafkaSubscription(Subscription):
         record.part.handed = max(record.part.handed, (record.message.offset() or 0) + 1)
         return KafkaDelivery(self, record)
 
-    async def _run(self, delivery: Delivery) -> None:
-        """The handler, after the record's takeover mark (if it carries one) is written:
-        a mark counts a delivery only once a handler really gets the record, so a member
-        that dies before it ran a partition's record does not count against it."""
-        assert isinstance(delivery, KafkaDelivery)
-        record = delivery._record
+    def _before(self, record: _Record) -> Awaitable[None] | None:
+        """The record's takeover mark to write before its handler runs, when it carries
+        one (the first record of an assignment, a suspect's next): a mark counts a
+        delivery only once a handler really gets the record, so a member that dies
+        before it ran a partition's record does not count against it."""
         mark = record.mark
-        if mark is not None:
-            record.mark = None
+        if mark is None:
+            return None
+        record.mark = None
+        return self._write_mark(mark)
+
+    async def _write_mark(self, mark: TopicPartition) -> None:
+        try:
             await asyncio.to_thread(self._write_takeovers, [mark])
-        await self._handler(delivery)
+        except Exception as exc:   # best effort, like every companion-group write
+            log.warning("group %s: could not count a takeover of %s/%d (%s); a crash now "
+                        "would not count against the record", self._group, mark.topic,
+                        mark.partition, exc)
 
     def acked(self, record: _Record) -> None:
         with self._lock:

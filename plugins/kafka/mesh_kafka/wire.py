@@ -106,42 +106,49 @@ def from_record(headers: Headers, key: str | bytes | None, value: bytes | None) 
 def _read(record: tuple[dict[str, bytes], Any, bytes], fmt: Format, factory: EventFactory) -> Any:
     headers, key, value = record
     attributes: dict[str, Any] = {}
-    binary = False
-    for name, raw in headers.items():
-        name = name.lower()
-        if name.startswith(_CE):
-            attributes[name[3:]] = raw
-            binary = True
-        elif name == _CONTENT_TYPE:
-            attributes["datacontenttype"] = raw
-    content_type = attributes.get("datacontenttype")
-    if content_type is not None and content_type[:len(_STRUCTURED)].lower() == \
-            _STRUCTURED.encode():
-        return _structured(content_type, key, value, fmt, factory)
-    if not binary:   # neither: the SDK's from_kafka reads it as structured JSON
-        return _structured(None, key, value, fmt, factory)
-    try:   # kafka.from_binary, with another time parser
-        for name, raw in attributes.items():
-            attributes[name] = raw.decode("utf-8")
-        if "time" in attributes:
-            attributes["time"] = datetime.fromisoformat(attributes["time"].upper())
+    try:   # one pass: kafka.from_binary's mapping (the common case: valid binary mode)
+        for name, raw in headers.items():
+            name = name.lower()
+            if name.startswith(_CE):
+                attributes[name[3:]] = raw.decode("utf-8")
+            elif name == _CONTENT_TYPE:
+                attributes["datacontenttype"] = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"a CloudEvents header of the record is not UTF-8 text: {exc}") \
-            from None
-    except ValueError:   # a time fromisoformat refuses: the SDK's parser decides
-        return kafka.from_binary(KafkaMessage(headers, key, value), fmt, factory)
+        return _not_utf8(headers, key, value, fmt, factory, exc)
+    content_type = attributes.get("datacontenttype")
+    if content_type is not None and content_type[:len(_STRUCTURED)].lower() == _STRUCTURED:
+        return _structured(content_type, key, value, fmt, factory)
+    if "specversion" not in attributes and not any(n.startswith(_CE) for n in
+                                                   map(str.lower, headers)):
+        return _structured(None, key, value, fmt, factory)   # like the SDK's from_kafka
+    if "time" in attributes:
+        try:   # with another time parser than the SDK's
+            attributes["time"] = datetime.fromisoformat(attributes["time"].upper())
+        except ValueError:   # a time fromisoformat refuses: the SDK's parser decides
+            return kafka.from_binary(KafkaMessage(headers, key, value), fmt, factory)
     if key is not None:
         attributes[kafka.PARTITIONKEY_ATTR] = key.decode("utf-8") \
             if isinstance(key, bytes) else key
     return factory(attributes, fmt.read_data(value, attributes.get("datacontenttype")))
 
 
-def _structured(content_type: bytes | None, key: Any, value: bytes, fmt: Format,
+def _not_utf8(headers: dict[str, bytes], key: Any, value: bytes, fmt: Format,
+              factory: EventFactory, error: UnicodeDecodeError) -> Any:
+    """A header is not UTF-8: fine in structured mode (its ``ce_`` headers are ignored),
+    else the record is undecodable."""
+    for name, raw in headers.items():
+        if name.lower() == _CONTENT_TYPE and \
+                raw[:len(_STRUCTURED)].lower() == _STRUCTURED.encode():
+            return _structured(raw.decode("utf-8", "replace"), key, value, fmt, factory)
+    raise DecodeError(f"a CloudEvents header of the record is not UTF-8 text: {error}")
+
+
+def _structured(content_type: str | None, key: Any, value: bytes, fmt: Format,
                 factory: EventFactory) -> Any:
     """Structured mode: the value is the event in the JSON event format (the only format
     the mesh reads); the key, when there is one, is its ``partitionkey``."""
     if content_type is not None:
-        media = content_type.split(b";", 1)[0].strip().lower().decode("utf-8", "replace")
+        media = content_type.split(";", 1)[0].strip().lower()
         if media != _JSON_FORMAT:
             raise DecodeError(f"structured-mode record in event format {media!r}; the mesh "
                               f"reads {_JSON_FORMAT} (or binary mode)")
