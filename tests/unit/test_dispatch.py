@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -581,4 +582,34 @@ async def test_resize_narrows_and_widens_the_pool() -> None:
     await asyncio.sleep(0.01)
     assert pool.running == 3
     release.set()
+    await pool.drain(1.0)
+
+
+async def test_before_runs_ahead_of_the_handler_only_where_asked() -> None:
+    order: list[str] = []
+
+    class Plain(Delivery):
+        async def _ack(self) -> None: ...
+
+        async def _nack(self, delay: float) -> None: ...
+
+    async def handler(delivery: Delivery) -> None:
+        order.append(f"handle {delivery.channel}")
+        await delivery.ack()
+
+    async def mark(item: str) -> None:
+        await asyncio.sleep(0.01)
+        order.append(f"before {item}")
+
+    async def broken() -> None:
+        raise RuntimeError("the broker refused the mark")
+
+    def before(item: str) -> Any:
+        return mark(item) if item == "a" else broken() if item == "c" else None
+
+    pool: Dispatcher[str] = Dispatcher(handler, 1, lambda item: Plain(item), before=before)
+    for item in ("a", "b", "c"):
+        pool.submit(item)
+    await asyncio.sleep(0.1)
+    assert order == ["before a", "handle a", "handle b"], "c's handler must not run"
     await pool.drain(1.0)
