@@ -107,6 +107,25 @@ class Report:
                 if row is not None:
                     lines.append(f"| {scenario} | {transport} | {row.lost} | {row.rerun} | "
                                  f"{row.to_dead_letter} | {row.recovery} | {row.note} |")
+        lines += [
+            "",
+            "## Reading the figures",
+            "",
+            "* Kafka runs on Tansu here (a Kafka-protocol broker; no Apache Kafka can be "
+            "installed on this machine). A dead member's partitions move after "
+            "`session.timeout.ms` (6 s by default, the smallest a Kafka broker accepts with "
+            "its defaults) plus Tansu's group join, which waits about half of the session "
+            "timeout; a Kafka broker answers the join at once, so expect about 7 s there. "
+            "Its re-runs are the records acked since the last offset commit "
+            "(`commit_interval`, 0.5 s).",
+            "* NATS gives a dead worker's messages back after `ack_wait` (5 s by default; "
+            "running handlers send in-progress signals every third of it, so long handlers "
+            "keep theirs); RabbitMQ at once, when the connection drops.",
+            "* A poison message is dead-lettered after `max_deliveries` deliveries (3 in the "
+            "suite, 10 by default); its time to dead letter is that many recoveries.",
+            "* The broker restarts run against private instances the suite starts and kills "
+            "by PID (DEVELOPERS.md); nothing touches the machine's own servers.",
+        ]
         return "\n".join(lines) + "\n"
 
 
