@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, str] = {
     "simple": "type = 'com.example.order'",
     "three_clauses": "type LIKE 'com.example.%' AND source = '/orders' AND EXISTS subject",
     "data_extension": "type = 'com.example.order' AND data.severity > 3 "
-                      "AND data.order.kind = 'express'",
+    "AND data.order.kind = 'express'",
 }
 
 REPEAT = 5
@@ -60,8 +60,9 @@ def run(n: int = 200_000) -> dict[str, float]:
         value, errors = expression.evaluate(EVENT)
         if value is not True or errors:
             raise RuntimeError(f"benchmark {name!r} does not match its event: {value!r} {errors}")
-        timer = timeit.Timer("evaluate(event)",
-                             globals={"evaluate": expression.evaluate, "event": EVENT})
+        timer = timeit.Timer(
+            "evaluate(event)", globals={"evaluate": expression.evaluate, "event": EVENT}
+        )
         best = min(timer.repeat(repeat=REPEAT, number=n))
         results[name] = n / best
     return results
@@ -109,10 +110,14 @@ def like_worst_cases(size: int = 1_000_000) -> dict[str, tuple[str, str, bool]]:
         r = rnd(f"run{every}{density}{letters}")
         chars = list((letters * (n // len(letters) + 1))[:n])
         _holes(chars, every, r, "q")
-        pattern = "".join(letters[k % len(letters)] if r.random() < density else "_"
-                          for k in range(4084))
+        pattern = "".join(
+            letters[k % len(letters)] if r.random() < density else "_" for k in range(4084)
+        )
         cases[f"{letters * 2}... holes/{every} vs {int(density * 100)}% letters"] = (
-            "%" + pattern + letters[0] + "%", "".join(chars), False)
+            "%" + pattern + letters[0] + "%",
+            "".join(chars),
+            False,
+        )
     # periodic texts over many characters, with holes, against the period with _
     for period, every in ((64, 500), (90, 150)):
         r = rnd(f"period{period}")
@@ -125,14 +130,19 @@ def like_worst_cases(size: int = 1_000_000) -> dict[str, tuple[str, str, bool]]:
     cycle = SAFE[:64]
     pattern_chars = [cycle[k % 64] if r.random() > 0.125 else "_" for k in range(4080)]
     pattern_chars[2500] = cycle[(2500 + 7) % 64]
-    cases["period 64, one anomaly"] = ("%" + "".join(pattern_chars) + "%",
-                                       (cycle * (n // 64 + 1))[:n], False)
+    cases["period 64, one anomaly"] = (
+        "%" + "".join(pattern_chars) + "%",
+        (cycle * (n // 64 + 1))[:n],
+        False,
+    )
     # many %, between short literal and gapped runs
     cases["%a%a%...% vs bbb"] = ("%a" * 2043 + "%", "b" * n, False)
     cases["%a%a%...%b% vs aaa"] = ("%a" * 2000 + "%b%", a, False)
-    cases["%a_b%a_b%...% (1,021), sparse hits"] = ("%a_b" * 1021 + "%",
-                                                   (("a" * 997 + "acb") * (n // 1000 + 1))[:n],
-                                                   False)
+    cases["%a_b%a_b%...% (1,021), sparse hits"] = (
+        "%a_b" * 1021 + "%",
+        (("a" * 997 + "acb") * (n // 1000 + 1))[:n],
+        False,
+    )
     cases["escapes %\\%_\\%_...\\_% vs %%%"] = ("%" + "\\%_" * 1360 + "\\_%", "%" * n, False)
     cases["Unicode %€_€_...中% vs €€€"] = ("%" + "€_" * 2040 + "中%", "€" * n, False)
     cases["Latin-1 %é_é_...ü% vs ééé"] = ("%" + "é_" * 2040 + "ü%", "é" * n, False)
@@ -141,12 +151,16 @@ def like_worst_cases(size: int = 1_000_000) -> dict[str, tuple[str, str, bool]]:
     pattern_chars = list(distinct)
     pattern_chars[100] = "_"
     pattern_chars[2000] = chr(0x4E00 + 7)
-    cases["4,080 distinct CJK, one anomaly"] = ("%" + "".join(pattern_chars) + "%",
-                                                (distinct * (n // 4080 + 1))[:n], False)
+    cases["4,080 distinct CJK, one anomaly"] = (
+        "%" + "".join(pattern_chars) + "%",
+        (distinct * (n // 4080 + 1))[:n],
+        False,
+    )
     r = rnd("random")
     letters = "".join(r.choices(string.ascii_lowercase, k=n))
-    pattern = "".join(r.choice(string.ascii_lowercase) if r.random() > 0.3 else "_"
-                      for _ in range(4080))
+    pattern = "".join(
+        r.choice(string.ascii_lowercase) if r.random() > 0.3 else "_" for _ in range(4080)
+    )
     cases["random letters, 30% _"] = ("%" + pattern + "%", letters, False)
     for name, (pattern, _, _) in cases.items():
         if len(pattern) > MAX_PATTERN:
@@ -177,21 +191,33 @@ def like_worst_ms(size: int = 1_000_000, repeat: int = 3) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("n", nargs="?", type=int, default=200_000,
-                        help="evaluations per timed loop (throughput part)")
-    parser.add_argument("--like-size", type=int, default=1_000_000,
-                        help="length of the LIKE worst-case texts (characters)")
+    parser.add_argument(
+        "n",
+        nargs="?",
+        type=int,
+        default=200_000,
+        help="evaluations per timed loop (throughput part)",
+    )
+    parser.add_argument(
+        "--like-size",
+        type=int,
+        default=1_000_000,
+        help="length of the LIKE worst-case texts (characters)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per LIKE case (best kept)")
     parser.add_argument("--like-only", action="store_true", help="skip the throughput part")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.like_only:
-        print(f"CESQL evaluation, Python {sys.version.split()[0]}, "
-              f"best of {REPEAT} x {args.n:,}")
+        print(f"CESQL evaluation, Python {sys.version.split()[0]}, best of {REPEAT} x {args.n:,}")
         for name, ops in run(args.n).items():
-            print(f"  {name:<16} {ops:>12,.0f} evals/s  {1e9 / ops:>8.0f} ns/eval"
-                  f"   {BENCHMARKS[name]}")
-    print(f"LIKE worst cases, one evaluation against {args.like_size:,} characters, "
-          f"best of {args.repeat}")
+            print(
+                f"  {name:<16} {ops:>12,.0f} evals/s  {1e9 / ops:>8.0f} ns/eval"
+                f"   {BENCHMARKS[name]}"
+            )
+    print(
+        f"LIKE worst cases, one evaluation against {args.like_size:,} characters, "
+        f"best of {args.repeat}"
+    )
     results = like_worst_ms(args.like_size, args.repeat)
     for name, ms in results.items():
         print(f"  {ms:9.2f} ms  {name}", flush=True)

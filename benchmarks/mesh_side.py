@@ -29,9 +29,11 @@ def transport_options(target: Target, settings: Settings) -> dict[str, Any]:
         return {
             "partitions": settings.kafka_partitions,
             "producer_config": {"linger.ms": settings.kafka_linger_ms},
-            "consumer_config": {"fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
-                                "session.timeout.ms": settings.kafka_session_timeout_ms,
-                                "heartbeat.interval.ms": settings.kafka_heartbeat_ms},
+            "consumer_config": {
+                "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
+                "session.timeout.ms": settings.kafka_session_timeout_ms,
+                "heartbeat.interval.ms": settings.kafka_heartbeat_ms,
+            },
         }
     if target.transport == "nats":
         return {"stream": target.stream, "subject_prefix": target.subject_prefix}
@@ -49,16 +51,23 @@ class MeshSession(Session):
         self.consumers: list[Mesh] = []
 
     def _mesh(self) -> Mesh:
-        return Mesh(self.url, source=SOURCE,
-                    transport_options=transport_options(self.target, self.settings),
-                    idempotency={"enabled": self.idempotency},
-                    capabilities={"enabled": False},
-                    dead_letter_channel=f"bench.r{self.target.run}.deadletter")
+        return Mesh(
+            self.url,
+            source=SOURCE,
+            transport_options=transport_options(self.target, self.settings),
+            idempotency={"enabled": self.idempotency},
+            capabilities={"enabled": False},
+            dead_letter_channel=f"bench.r{self.target.run}.deadletter",
+        )
 
     async def open(self) -> None:
-        if self.target.transport == "kafka":   # every side reads the same partition layout
-            await asyncio.to_thread(cleanup.create_kafka_topics, self.target.url,
-                                    [self.target.channel], self.settings.kafka_partitions)
+        if self.target.transport == "kafka":  # every side reads the same partition layout
+            await asyncio.to_thread(
+                cleanup.create_kafka_topics,
+                self.target.url,
+                [self.target.channel],
+                self.settings.kafka_partitions,
+            )
         self.publisher = self._mesh()
         await self.publisher.start()
         if self.target.transport != "memory":
@@ -68,16 +77,21 @@ class MeshSession(Session):
         assert self.publisher is not None
         await self.publisher.transport.ensure_group(self.target.channel, self.target.group)
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         apps = []
         for _ in range(count):
             app = self._mesh()
 
-            @app.on(self.target.channel, group=self.target.group,
-                    max_in_flight=self.settings.max_in_flight)
+            @app.on(
+                self.target.channel,
+                group=self.target.group,
+                max_in_flight=self.settings.max_in_flight,
+            )
             async def handle(event: Event) -> None:
                 handler(event.data)
+
             apps.append(app)
         self.consumers = apps
         # together: on Kafka the members then join the group in one round; each
@@ -94,8 +108,9 @@ class MeshSession(Session):
         await self.publisher.publish(Event(self.target.channel, SOURCE, item))
 
     async def close(self) -> None:
-        await asyncio.gather(*(app.stop(timeout=1.0) for app in self.consumers),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(app.stop(timeout=1.0) for app in self.consumers), return_exceptions=True
+        )
         target = self.target
         if self.publisher is not None:
             if target.transport == "rabbitmq" and self.publisher.started:
@@ -104,17 +119,20 @@ class MeshSession(Session):
         if target.transport == "memory":
             from mesh.transports import memory
 
-            memory._NAMED.pop(f"bench{target.run}", None)   # drop the named broker's queues
+            memory._NAMED.pop(f"bench{target.run}", None)  # drop the named broker's queues
         elif target.transport == "kafka":
-            await asyncio.to_thread(cleanup.delete_kafka_topics, target.url,
-                                    [target.channel, target.warmup_channel,
-                                     f"bench.r{target.run}.deadletter"])
+            await asyncio.to_thread(
+                cleanup.delete_kafka_topics,
+                target.url,
+                [target.channel, target.warmup_channel, f"bench.r{target.run}.deadletter"],
+            )
         elif target.transport == "nats":
             await cleanup.delete_nats_stream(target.url, target.stream)
         elif target.transport == "rabbitmq":
             dlx = f"{target.exchange}.dlx"
-            await cleanup.delete_rabbitmq(target.url, queues=[dlx],
-                                          exchanges=[target.exchange, dlx])
+            await cleanup.delete_rabbitmq(
+                target.url, queues=[dlx], exchanges=[target.exchange, dlx]
+            )
 
 
 class MeshSide(Side):
@@ -123,16 +141,19 @@ class MeshSide(Side):
         self.name = "mesh" if idempotency else "mesh (idempotency off)"
 
     def guarantees(self, transport: str) -> str:
-        idem = ("idempotency store on (default for groups)" if self.idempotency
-                else "idempotency store off")
+        idem = (
+            "idempotency store on (default for groups)"
+            if self.idempotency
+            else "idempotency store off"
+        )
         return {
             "memory": f"in-process queue; ack after handler; {idem}",
             "kafka": "idempotent producer acks=all, delivery report per event; offsets stored "
-                     "after the handler, committed every 0.5 s (watermark); " + idem,
+            "after the handler, committed every 0.5 s (watermark); " + idem,
             "nats": "JetStream publish, PubAck awaited (256 in flight), Nats-Msg-Id; pull "
-                    "consumer, explicit ack after the handler; " + idem,
+            "consumer, explicit ack after the handler; " + idem,
             "rabbitmq": "publisher confirms (1000 in flight), persistent, mandatory; quorum "
-                        "queue, manual ack after the handler, prefetch = max_in_flight; " + idem,
+            "queue, manual ack after the handler, prefetch = max_in_flight; " + idem,
         }[transport]
 
     def session(self, target: Target, settings: Settings) -> Session:

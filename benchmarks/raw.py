@@ -39,8 +39,9 @@ class MemorySession(Session):
     async def declare(self) -> None:
         pass
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         queue = self.queue
 
         async def work() -> None:
@@ -48,8 +49,10 @@ class MemorySession(Session):
                 item = await queue.get()
                 handler(item)
                 queue.task_done()
-        self.workers = [asyncio.create_task(work())
-                        for _ in range(count * self.settings.max_in_flight)]
+
+        self.workers = [
+            asyncio.create_task(work()) for _ in range(count * self.settings.max_in_flight)
+        ]
         await asyncio.sleep(0)
 
     async def publish_batch(self, items: Sequence[dict[str, Any]]) -> None:
@@ -82,13 +85,21 @@ class KafkaSession(Session):
 
         s = self.settings
         self.bootstrap = cleanup.kafka_bootstrap(self.target.url)
-        await asyncio.to_thread(cleanup.create_kafka_topics, self.target.url,
-                                [self.target.channel, self.target.warmup_channel],
-                                s.kafka_partitions)
-        self.producer = Producer({"bootstrap.servers": self.bootstrap,
-                                  "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": s.kafka_linger_ms,
-                                  "partitioner": "murmur2_random"})
+        await asyncio.to_thread(
+            cleanup.create_kafka_topics,
+            self.target.url,
+            [self.target.channel, self.target.warmup_channel],
+            s.kafka_partitions,
+        )
+        self.producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": s.kafka_linger_ms,
+                "partitioner": "murmur2_random",
+            }
+        )
         self.polling = True
         self.poller = threading.Thread(target=self._poll, daemon=True)
         self.poller.start()
@@ -101,40 +112,43 @@ class KafkaSession(Session):
             self.producer.poll(0.1)
 
     async def declare(self) -> None:
-        pass   # the topic exists; a group without commits starts at the earliest offset
+        pass  # the topic exists; a group without commits starts at the earliest offset
 
     def _consumer_conf(self) -> dict[str, Any]:
         s = self.settings
-        return {"bootstrap.servers": self.bootstrap, "group.id": self.target.group,
-                "enable.auto.commit": False, "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest", "queued.min.messages": 1000,
-                "fetch.queue.backoff.ms": s.kafka_fetch_backoff_ms,
-                "fetch.wait.max.ms": s.kafka_fetch_wait_ms,
-                "session.timeout.ms": s.kafka_session_timeout_ms,
-                "heartbeat.interval.ms": s.kafka_heartbeat_ms}
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": self.target.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "queued.min.messages": 1000,
+            "fetch.queue.backoff.ms": s.kafka_fetch_backoff_ms,
+            "fetch.wait.max.ms": s.kafka_fetch_wait_ms,
+            "session.timeout.ms": s.kafka_session_timeout_ms,
+            "heartbeat.interval.ms": s.kafka_heartbeat_ms,
+        }
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         assert threaded is not None, "raw Kafka handlers run on the consumer threads"
         ready = []
-        for _ in range(count):   # all join together, like the mesh side
+        for _ in range(count):  # all join together, like the mesh side
             assigned = threading.Event()
-            thread = threading.Thread(target=self._consume, args=(assigned, threaded),
-                                      daemon=True)
+            thread = threading.Thread(target=self._consume, args=(assigned, threaded), daemon=True)
             thread.start()
             self.threads.append(thread)
             ready.append(assigned)
-        for assigned in ready:   # each member has partitions (as mesh.start() returns)
+        for assigned in ready:  # each member has partitions (as mesh.start() returns)
             if not await asyncio.to_thread(assigned.wait, 60):
                 raise TimeoutError("raw Kafka consumer got no assignment within 60 s")
 
-    def _consume(self, assigned: threading.Event,
-                 report: Callable[[int, float], None]) -> None:
+    def _consume(self, assigned: threading.Event, report: Callable[[int, float], None]) -> None:
         from confluent_kafka import Consumer
 
         consumer = Consumer(self._consumer_conf())
-        consumer.subscribe([self.target.channel],
-                           on_assign=lambda c, parts: assigned.set())
+        consumer.subscribe([self.target.channel], on_assign=lambda c, parts: assigned.set())
         batch = self.settings.max_in_flight
         loads, store, perf = _loads, consumer.store_offsets, time.perf_counter
         try:
@@ -146,7 +160,7 @@ class KafkaSession(Session):
                 for message in messages:
                     if message.error() is not None:
                         continue
-                    loads(message.value())          # the handler: decode and count
+                    loads(message.value())  # the handler: decode and count
                     handled += 1
                     when = perf()
                     store(message)
@@ -171,6 +185,7 @@ class KafkaSession(Session):
             left[0] -= 1
             if left[0] == 0:
                 loop.call_soon_threadsafe(done.set_result, None)
+
         produce = self.producer.produce
         for item in items:
             while True:
@@ -193,8 +208,11 @@ class KafkaSession(Session):
         self.polling = False
         await asyncio.to_thread(self.poller.join, 5)
         await asyncio.to_thread(self.producer.flush, 10)
-        await asyncio.to_thread(cleanup.delete_kafka_topics, self.target.url,
-                                [self.target.channel, self.target.warmup_channel])
+        await asyncio.to_thread(
+            cleanup.delete_kafka_topics,
+            self.target.url,
+            [self.target.channel, self.target.warmup_channel],
+        )
 
 
 # --- NATS JetStream: nats-py ---------------------------------------------------------------
@@ -215,12 +233,24 @@ class NatsSession(WindowedPublish, Session):
 
         self.nc = await nats.connect(self.target.url)
         self.js = self.nc.jetstream(timeout=10)
-        await self.js.add_stream(StreamConfig(
-            name=self.target.stream, subjects=[f"{self.target.subject_prefix}.>"],
-            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=1,
-            max_age=604800, max_bytes=-1, discard=DiscardPolicy.OLD, duplicate_window=120))
-        await self.js.publish(f"{self.target.subject_prefix}.{self.target.warmup_channel}",
-                              b"{}", stream=self.target.stream)
+        await self.js.add_stream(
+            StreamConfig(
+                name=self.target.stream,
+                subjects=[f"{self.target.subject_prefix}.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=1,
+                max_age=604800,
+                max_bytes=-1,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=120,
+            )
+        )
+        await self.js.publish(
+            f"{self.target.subject_prefix}.{self.target.warmup_channel}",
+            b"{}",
+            stream=self.target.stream,
+        )
         self.members: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.declared = False
@@ -230,15 +260,23 @@ class NatsSession(WindowedPublish, Session):
 
         if self.declared:
             return
-        await self.js.add_consumer(self.target.stream, ConsumerConfig(
-            durable_name=self.target.group, deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1,
-            filter_subject=self.target.subject,
-            max_ack_pending=max(1000, self.settings.max_in_flight)))
+        await self.js.add_consumer(
+            self.target.stream,
+            ConsumerConfig(
+                durable_name=self.target.group,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_deliver=-1,
+                filter_subject=self.target.subject,
+                max_ack_pending=max(1000, self.settings.max_in_flight),
+            ),
+        )
         self.declared = True
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         import nats
 
         await self.declare()
@@ -246,8 +284,9 @@ class NatsSession(WindowedPublish, Session):
         for _ in range(count):
             nc = await nats.connect(self.target.url)
             self.members.append(nc)
-            psub = await nc.jetstream().pull_subscribe_bind(self.target.group,
-                                                            stream=self.target.stream)
+            psub = await nc.jetstream().pull_subscribe_bind(
+                self.target.group, stream=self.target.stream
+            )
 
             async def pull(psub: Any = psub) -> None:
                 loads = _loads
@@ -259,12 +298,17 @@ class NatsSession(WindowedPublish, Session):
                     for message in messages:
                         handler(loads(message.data))
                         await message.ack()
+
             self.tasks.append(asyncio.create_task(pull()))
 
     def _send(self, item: dict[str, Any]) -> Any:
-        return self.js.publish(self.target.subject, _dumps(item).encode(),
-                               stream=self.target.stream, timeout=5,
-                               headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        return self.js.publish(
+            self.target.subject,
+            _dumps(item).encode(),
+            stream=self.target.stream,
+            timeout=5,
+            headers={"Nats-Msg-Id": uuid.uuid4().hex},
+        )
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -294,7 +338,8 @@ class RabbitSession(WindowedPublish, Session):
         self.conn = await aio_pika.connect(self.target.url)
         channel = await self.conn.channel(publisher_confirms=True)
         self.exchange = await channel.declare_exchange(
-            self.target.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            self.target.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
         self.channel = channel
         self.members: list[Any] = []
         self.declared = False
@@ -303,13 +348,15 @@ class RabbitSession(WindowedPublish, Session):
     async def declare(self) -> None:
         if self.declared:
             return
-        queue = await self.channel.declare_queue(self.target.queue, durable=True,
-                                                 arguments={"x-queue-type": "quorum"})
+        queue = await self.channel.declare_queue(
+            self.target.queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
         await queue.bind(self.exchange, self.target.channel)
         self.declared = True
 
-    async def start_consumers(self, count: int, handler: Handler, *,
-                              threaded: Callable[[int, float], None] | None = None) -> None:
+    async def start_consumers(
+        self, count: int, handler: Handler, *, threaded: Callable[[int, float], None] | None = None
+    ) -> None:
         import aio_pika
 
         await self.declare()
@@ -318,20 +365,25 @@ class RabbitSession(WindowedPublish, Session):
         async def on_message(message: Any) -> None:
             handler(loads(message.body))
             await message.ack()
+
         for _ in range(count):
             conn = await aio_pika.connect(self.target.url)
             self.members.append(conn)
             channel = await conn.channel()
             await channel.set_qos(prefetch_count=self.settings.max_in_flight)
-            queue = await channel.declare_queue(self.target.queue, durable=True,
-                                                arguments={"x-queue-type": "quorum"})
+            queue = await channel.declare_queue(
+                self.target.queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
             await queue.consume(on_message)
 
     def _message(self, item: dict[str, Any]) -> Any:
         import aio_pika
 
-        return aio_pika.Message(_dumps(item).encode(), content_type="application/json",
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        return aio_pika.Message(
+            _dumps(item).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
 
     def _send(self, item: dict[str, Any]) -> Any:
         return self.exchange.publish(self._message(item), self.target.channel, mandatory=True)
@@ -341,12 +393,17 @@ class RabbitSession(WindowedPublish, Session):
             with contextlib.suppress(Exception):
                 await conn.close()
         await self.conn.close()
-        await cleanup.delete_rabbitmq(self.target.url, queues=[self.target.queue],
-                                      exchanges=[self.target.exchange])
+        await cleanup.delete_rabbitmq(
+            self.target.url, queues=[self.target.queue], exchanges=[self.target.exchange]
+        )
 
 
-_SESSIONS: dict[str, type[Session]] = {"memory": MemorySession, "kafka": KafkaSession,
-                                       "nats": NatsSession, "rabbitmq": RabbitSession}
+_SESSIONS: dict[str, type[Session]] = {
+    "memory": MemorySession,
+    "kafka": KafkaSession,
+    "nats": NatsSession,
+    "rabbitmq": RabbitSession,
+}
 
 
 class RawSide(Side):
@@ -356,12 +413,12 @@ class RawSide(Side):
         return {
             "memory": "asyncio.Queue; task_done after handler",
             "kafka": "confluent-kafka: idempotent producer acks=all, delivery report per "
-                     "record; offset stored after the handler, async commit per consume() "
-                     "batch; handler on the consumer thread",
+            "record; offset stored after the handler, async commit per consume() "
+            "batch; handler on the consumer thread",
             "nats": "nats-py: JetStream publish, PubAck awaited (256 in flight), Nats-Msg-Id; "
-                    "durable pull consumer fetch(batch), ack after the handler",
+            "durable pull consumer fetch(batch), ack after the handler",
             "rabbitmq": "aio-pika: publisher confirms (1000 in flight), persistent, mandatory; "
-                        "quorum queue, manual ack after the handler, same prefetch",
+            "quorum queue, manual ack after the handler, same prefetch",
         }[transport]
 
     def session(self, target: Target, settings: Settings) -> Session:

@@ -59,43 +59,67 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(name: str, value: float | None, goal: float, higher: bool, unit: str) -> None:
         met = None if value is None else (value >= goal if higher else value <= goal)
-        checks.append({"target": name, "value": value, "goal": goal, "unit": unit,
-                       "met": met})
+        checks.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met})
+
     if transport == "memory":
-        add("mesh end-to-end, 1 consumer >= 150,000 events/s",
-            _median(result, "e2e_1", "mesh", "events_per_s"), 150_000, True, "events/s")
+        add(
+            "mesh end-to-end, 1 consumer >= 150,000 events/s",
+            _median(result, "e2e_1", "mesh", "events_per_s"),
+            150_000,
+            True,
+            "events/s",
+        )
     else:
         for scenario in THROUGHPUT:
             mesh = _median(result, scenario, "mesh", "events_per_s")
             raw = _median(result, scenario, "raw client", "events_per_s")
             fast = _median(result, scenario, "faststream", "events_per_s")
-            add(f"{scenario}: mesh >= 0.9 x raw", mesh / raw if mesh and raw else None,
-                0.9, True, "x")
-            add(f"{scenario}: mesh >= 2 x FastStream", mesh / fast if mesh and fast else None,
-                2.0, True, "x")
+            add(
+                f"{scenario}: mesh >= 0.9 x raw",
+                mesh / raw if mesh and raw else None,
+                0.9,
+                True,
+                "x",
+            )
+            add(
+                f"{scenario}: mesh >= 2 x FastStream",
+                mesh / fast if mesh and fast else None,
+                2.0,
+                True,
+                "x",
+            )
     mesh50 = _median(result, "latency", "mesh", "p50_ms")
     raw50 = _median(result, "latency", "raw client", "p50_ms")
-    add("added p50 latency over the raw client <= 0.3 ms",
-        mesh50 - raw50 if mesh50 is not None and raw50 is not None else None, 0.3, False, "ms")
+    add(
+        "added p50 latency over the raw client <= 0.3 ms",
+        mesh50 - raw50 if mesh50 is not None and raw50 is not None else None,
+        0.3,
+        False,
+        "ms",
+    )
     return checks
 
 
 def _settings_line(run: dict[str, Any]) -> str:
     s = run["settings"]
-    return (f"{s['events']:,} events per throughput run, {s['repeat']} interleaved repeats "
-            f"(median shown), {s['latency_sends']} latency sends after {s['latency_warmup']} "
-            f"warm-up sends, max_in_flight = prefetch = pull batch = {s['max_in_flight']}, "
-            f"publish chunks of {s['publish_chunk']}, 256-byte JSON events, handler counts")
+    return (
+        f"{s['events']:,} events per throughput run, {s['repeat']} interleaved repeats "
+        f"(median shown), {s['latency_sends']} latency sends after {s['latency_warmup']} "
+        f"warm-up sends, max_in_flight = prefetch = pull batch = {s['max_in_flight']}, "
+        f"publish chunks of {s['publish_chunk']}, 256-byte JSON events, handler counts"
+    )
 
 
 def _machine_line(meta: dict[str, Any]) -> str:
     m = meta["machine"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
     load = meta.get("load_average_end") or []
-    return (f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
-            f"{m['implementation']} {m['python']}, {m['event_loop']}. Load average at start "
-            f"{' / '.join(str(x) for x in m['load_average_at_start'])}, at end "
-            f"{' / '.join(str(x) for x in load)}. Libraries: {libs}.")
+    return (
+        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
+        f"{m['implementation']} {m['python']}, {m['event_loop']}. Load average at start "
+        f"{' / '.join(str(x) for x in m['load_average_at_start'])}, at end "
+        f"{' / '.join(str(x) for x in load)}. Libraries: {libs}."
+    )
 
 
 def transport_markdown(result: dict[str, Any]) -> str:
@@ -103,20 +127,30 @@ def transport_markdown(result: dict[str, Any]) -> str:
     group = result["settings"]["group_size"]
     info = dict(result["broker"])
     broker = ", ".join([str(info.pop("broker", "?")), *(f"{k} {v}" for k, v in info.items())])
-    lines = [f"# Benchmark: {transport}", "",
-             f"`{meta['command']}` — {meta['started']} → {meta['finished']} (UTC)", "",
-             f"* Machine: {_machine_line(meta)}",
-             f"* Broker: {broker}",
-             f"* Settings: {_settings_line(result)}", ""]
+    lines = [
+        f"# Benchmark: {transport}",
+        "",
+        f"`{meta['command']}` — {meta['started']} → {meta['finished']} (UTC)",
+        "",
+        f"* Machine: {_machine_line(meta)}",
+        f"* Broker: {broker}",
+        f"* Settings: {_settings_line(result)}",
+        "",
+    ]
     lines += ["## What each side does", "", "| side | guarantees |", "|---|---|"]
     for side, info in result["sides"].items():
-        text = info["guarantees"] + (f" (**not run: {info['unavailable']}**)"
-                                     if info.get("unavailable") else "")
+        text = info["guarantees"] + (
+            f" (**not run: {info['unavailable']}**)" if info.get("unavailable") else ""
+        )
         lines.append(f"| {side} | {text} |")
     present = [s for s in SIDES if s in result["sides"]]
-    lines += ["", f"## Results (medians of {result['settings']['repeat']} interleaved runs)", "",
-              "| scenario | " + " | ".join(present) + " | mesh/raw | mesh/FastStream |",
-              "|---|" + "---:|" * (len(present) + 2)]
+    lines += [
+        "",
+        f"## Results (medians of {result['settings']['repeat']} interleaved runs)",
+        "",
+        "| scenario | " + " | ".join(present) + " | mesh/raw | mesh/FastStream |",
+        "|---|" + "---:|" * (len(present) + 2),
+    ]
     for scenario, metric, label, fmt in ROWS:
         if scenario not in result["scenarios"]:
             continue
@@ -132,18 +166,37 @@ def transport_markdown(result: dict[str, Any]) -> str:
             theirs = _median(result, scenario, other, metric)
             ratios.append(f"{mine / theirs:.2f}" if mine and theirs else "—")
         lines.append(f"| {label.format(group=group)} | " + " | ".join(cells + ratios) + " |")
-    lines += ["", "Ratios are mesh ÷ other: above 1 is better for throughput, below 1 is "
-              "better for latency and CPU.", ""]
-    skipped = {f"{side}: {why}" for s in result["scenarios"].values()
-               for side, why in s["skipped"].items()}
-    errors = [f"{name} / {side}: {msg}" for name, s in result["scenarios"].items()
-              for side, msgs in s["errors"].items() for msg in msgs]
-    lines += ["## Targets (reported, not asserted)", "", "| target | value | met |",
-              "|---|---:|:---:|"]
+    lines += [
+        "",
+        "Ratios are mesh ÷ other: above 1 is better for throughput, below 1 is "
+        "better for latency and CPU.",
+        "",
+    ]
+    skipped = {
+        f"{side}: {why}" for s in result["scenarios"].values() for side, why in s["skipped"].items()
+    }
+    errors = [
+        f"{name} / {side}: {msg}"
+        for name, s in result["scenarios"].items()
+        for side, msgs in s["errors"].items()
+        for msg in msgs
+    ]
+    lines += [
+        "## Targets (reported, not asserted)",
+        "",
+        "| target | value | met |",
+        "|---|---:|:---:|",
+    ]
     for check in result["targets"]:
-        value = "—" if check["value"] is None else (
-            f"{check['value']:,.0f} {check['unit']}" if check["unit"] == "events/s"
-            else f"{check['value']:.2f} {check['unit']}")
+        value = (
+            "—"
+            if check["value"] is None
+            else (
+                f"{check['value']:,.0f} {check['unit']}"
+                if check["unit"] == "events/s"
+                else f"{check['value']:.2f} {check['unit']}"
+            )
+        )
         met = {True: "yes", False: "**no**", None: "—"}[check["met"]]
         lines.append(f"| {check['target']} | {value} | {met} |")
     if result.get("notes"):
@@ -160,46 +213,61 @@ def transport_markdown(result: dict[str, Any]) -> str:
 
 
 def footprint_markdown(fp: dict[str, Any]) -> str:
-    return "\n".join([
-        "## Memory (memory transport, fresh interpreter per probe, median of "
-        f"{fp['repeat']})", "",
-        "| measure | value |", "|---|---:|",
-        f"| mesh: RSS per 10,000 in-flight events (handler blocked) | "
-        f"{fp['mesh_rss_per_10k_in_flight_mib']:.2f} MiB |",
-        f"| asyncio.Queue holding the same 10,000 payloads (the floor) | "
-        f"{fp['raw_queue_rss_per_10k_mib']:.2f} MiB |",
-        f"| mesh overhead per in-flight event | "
-        f"{fp['mesh_overhead_bytes_per_event']:,.0f} bytes |",
-        f"| idle mesh with {fp['idle_subscriptions']} subscriptions (over a started mesh "
-        f"without) | {fp['idle_mesh_100_subscriptions_mib']:.2f} MiB "
-        f"({fp['bytes_per_idle_subscription']:,.0f} bytes each) |",
-    ])
+    return "\n".join(
+        [
+            f"## Memory (memory transport, fresh interpreter per probe, median of {fp['repeat']})",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            f"| mesh: RSS per 10,000 in-flight events (handler blocked) | "
+            f"{fp['mesh_rss_per_10k_in_flight_mib']:.2f} MiB |",
+            f"| asyncio.Queue holding the same 10,000 payloads (the floor) | "
+            f"{fp['raw_queue_rss_per_10k_mib']:.2f} MiB |",
+            f"| mesh overhead per in-flight event | "
+            f"{fp['mesh_overhead_bytes_per_event']:,.0f} bytes |",
+            f"| idle mesh with {fp['idle_subscriptions']} subscriptions (over a started mesh "
+            f"without) | {fp['idle_mesh_100_subscriptions_mib']:.2f} MiB "
+            f"({fp['bytes_per_idle_subscription']:,.0f} bytes each) |",
+        ]
+    )
 
 
 def routing_markdown(routing: dict[str, Any]) -> str:
     idx, msh = routing["index_ns_per_event"], routing["mesh_ns_per_event"]
-    rows = ["## Routing (`benchmarks.routing.run()`)", "",
-            "| subscriptions | RuleIndex.match (ns/event) | memory mesh publish→handled "
-            "(ns/event) |", "|---:|---:|---:|"]
+    rows = [
+        "## Routing (`benchmarks.routing.run()`)",
+        "",
+        "| subscriptions | RuleIndex.match (ns/event) | memory mesh publish→handled (ns/event) |",
+        "|---:|---:|---:|",
+    ]
     for n in idx:
         rows.append(f"| {int(n):,} | {idx[n]:,.0f} | {msh[n]:,.0f} |")
-    rows += ["", f"1,000 vs 10 subscriptions: index x{routing['index_ratio_1000_vs_10']:.2f}, "
-             f"mesh x{routing['mesh_ratio_1000_vs_10']:.2f}. CESQL: " + ", ".join(
-                 f"{k} {v:,.0f} evaluations/s" for k, v in routing["cesql_evals_per_s"].items())
-             + "."]
+    rows += [
+        "",
+        f"1,000 vs 10 subscriptions: index x{routing['index_ratio_1000_vs_10']:.2f}, "
+        f"mesh x{routing['mesh_ratio_1000_vs_10']:.2f}. CESQL: "
+        + ", ".join(f"{k} {v:,.0f} evaluations/s" for k, v in routing["cesql_evals_per_s"].items())
+        + ".",
+    ]
     return "\n".join(rows)
 
 
 def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["# Benchmarks: latest figures", "",
-             "Generated by `python -m benchmarks`; one section per transport's latest run "
-             "(see `<transport>.md` for the method line, guarantees, runs and notes, and "
-             "docs/performance.md for how to read them).", ""]
+    lines = [
+        "# Benchmarks: latest figures",
+        "",
+        "Generated by `python -m benchmarks`; one section per transport's latest run "
+        "(see `<transport>.md` for the method line, guarantees, runs and notes, and "
+        "docs/performance.md for how to read them).",
+        "",
+    ]
     first = next(iter(results.values()))
     lines += [f"Machine: {_machine_line(first['meta'])}", ""]
-    lines += ["| transport | scenario | mesh | raw client | FastStream | mesh/raw | "
-              "mesh/FastStream | mesh, idempotency off |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| transport | scenario | mesh | raw client | FastStream | mesh/raw | "
+        "mesh/FastStream | mesh, idempotency off |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for transport in TRANSPORTS:
         result = results.get(transport)
         if result is None:
@@ -208,19 +276,28 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
         for scenario, metric, label, fmt in ROWS[:5]:
             if scenario not in result["scenarios"]:
                 continue
-            vals = [_median(result, scenario, side, metric)
-                    for side in ("mesh", "raw client", "faststream", "mesh (idempotency off)")]
-            ratios = [f"{vals[0] / other:.2f}" if vals[0] and other else "—"
-                      for other in vals[1:3]]
+            vals = [
+                _median(result, scenario, side, metric)
+                for side in ("mesh", "raw client", "faststream", "mesh (idempotency off)")
+            ]
+            ratios = [f"{vals[0] / other:.2f}" if vals[0] and other else "—" for other in vals[1:3]]
             cells = [_fmt(v, fmt) for v in vals]
-            lines.append(f"| {transport} | {label.format(group=group)} | {cells[0]} | "
-                         f"{cells[1]} | {cells[2]} | {ratios[0]} | {ratios[1]} | {cells[3]} |")
+            lines.append(
+                f"| {transport} | {label.format(group=group)} | {cells[0]} | "
+                f"{cells[1]} | {cells[2]} | {ratios[0]} | {ratios[1]} | {cells[3]} |"
+            )
     lines += ["", "## Targets", "", "| transport | target | value | met |", "|---|---|---:|:---:|"]
     for transport in TRANSPORTS:
         for check in results.get(transport, {}).get("targets", []):
-            value = "—" if check["value"] is None else (
-                f"{check['value']:,.0f}" if check["unit"] == "events/s"
-                else f"{check['value']:.2f} {check['unit']}")
+            value = (
+                "—"
+                if check["value"] is None
+                else (
+                    f"{check['value']:,.0f}"
+                    if check["unit"] == "events/s"
+                    else f"{check['value']:.2f} {check['unit']}"
+                )
+            )
             met = {True: "yes", False: "**no**", None: "—"}[check["met"]]
             lines.append(f"| {transport} | {check['target']} | {value} | {met} |")
     memory = results.get("memory", {})
@@ -229,9 +306,12 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
     if "routing" in memory:
         lines += ["", routing_markdown(memory["routing"])]
     for transport, result in results.items():
-        errors = [f"{transport} {name} / {side}: {msg}"
-                  for name, s in result["scenarios"].items()
-                  for side, msgs in s["errors"].items() for msg in msgs]
+        errors = [
+            f"{transport} {name} / {side}: {msg}"
+            for name, s in result["scenarios"].items()
+            for side, msgs in s["errors"].items()
+            for msg in msgs
+        ]
         if errors:
             lines += ["", f"Errors in the {transport} run:", ""] + [f"* {e}" for e in errors]
     return "\n".join(lines) + "\n"
@@ -252,7 +332,8 @@ def write(out: Path, result: dict[str, Any]) -> list[Path]:
                 latest[name] = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-    (out / "latest.json").write_text(json.dumps(
-        {"transports": latest}, indent=2, default=str) + "\n")
+    (out / "latest.json").write_text(
+        json.dumps({"transports": latest}, indent=2, default=str) + "\n"
+    )
     (out / "latest.md").write_text(latest_markdown(latest))
     return [*paths, out / "latest.md", out / "latest.json"]

@@ -34,8 +34,9 @@ def _rules(n: int) -> list[tuple[str, dict[str, Any]]]:
         lambda i: {"exact": {"type": f"svc{i}.created"}},
         lambda i: {"prefix": {"type": f"svc{i}."}},
         lambda i: {"sql": f"type LIKE 'svc{i}.%' AND source = '/s{i}'"},
-        lambda i: {"all": [{"exact": {"type": f"svc{i}.updated"}},
-                           {"suffix": {"subject": ".pdf"}}]},
+        lambda i: {
+            "all": [{"exact": {"type": f"svc{i}.updated"}}, {"suffix": {"subject": ".pdf"}}]
+        },
     )
     for i in range(n - len(rules)):
         rules.append((f"r{i}", kinds[i % len(kinds)](i)))
@@ -67,6 +68,7 @@ async def _mesh_cost(n: int, events: int) -> float:
 
         async def other(event: Event) -> None:
             raise AssertionError("must not be called")
+
         mesh.on(filter=spec, group=f"g-{key}", name=key)(other)
 
     @mesh.on("orders.created", group="target", max_in_flight=64)
@@ -95,7 +97,8 @@ def cesql_rates(loops: int = 200_000) -> dict[str, float]:
     exprs = {
         "simple": cesql.parse("type = 'com.example.order'"),
         "3-clause": cesql.parse(
-            "type LIKE 'com.example.%' AND source = '/orders' AND EXISTS subject"),
+            "type LIKE 'com.example.%' AND source = '/orders' AND EXISTS subject"
+        ),
     }
     rates = {}
     for name, expr in exprs.items():
@@ -126,14 +129,20 @@ def main() -> None:
     for name, rate in result["cesql_evals_per_s"].items():
         print(f"CESQL {name:9s}: {rate:,.0f} evaluations/s")
     for n in SIZES:
-        print(f"{n:5d} subscriptions: index {result['index_ns_per_event'][n]:8.0f} ns/event, "
-              f"mesh publish->handled {result['mesh_ns_per_event'][n]:8.0f} ns/event")
-    print(f"1000 vs 10: index x{result['index_ratio_1000_vs_10']:.2f}, "
-          f"mesh x{result['mesh_ratio_1000_vs_10']:.2f}")
+        print(
+            f"{n:5d} subscriptions: index {result['index_ns_per_event'][n]:8.0f} ns/event, "
+            f"mesh publish->handled {result['mesh_ns_per_event'][n]:8.0f} ns/event"
+        )
+    print(
+        f"1000 vs 10: index x{result['index_ratio_1000_vs_10']:.2f}, "
+        f"mesh x{result['mesh_ratio_1000_vs_10']:.2f}"
+    )
     like = result["cesql_like_worst_ms"]
     worst = max(like, key=like.get)
-    print(f"CESQL LIKE worst cases against {result['cesql_like_text_chars']:,} characters: "
-          f"at most {like[worst]:.1f} ms ({worst}); all: benchmarks/cesql_bench.py")
+    print(
+        f"CESQL LIKE worst cases against {result['cesql_like_text_chars']:,} characters: "
+        f"at most {like[worst]:.1f} ms ({worst}); all: benchmarks/cesql_bench.py"
+    )
 
 
 if __name__ == "__main__":

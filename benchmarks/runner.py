@@ -63,6 +63,7 @@ async def _e2e(session: Session, settings: Settings, consumers: int) -> dict[str
 
     def threaded(count: int, when: float) -> None:
         loop.call_soon_threadsafe(counter.add, count, when)
+
     await session.start_consumers(consumers, counter.hit, threaded=threaded)
     items = payloads(settings.events)
     gc.collect()
@@ -73,9 +74,11 @@ async def _e2e(session: Session, settings: Settings, consumers: int) -> dict[str
     await asyncio.wait_for(asyncio.shield(counter.done), settings.run_timeout)
     cpu = time.process_time() - cpu0
     elapsed = counter.last - start
-    return {"events_per_s": settings.events / elapsed,
-            "publish_phase_per_s": settings.events / (published - start),
-            "cpu_us_per_event": cpu / settings.events * 1e6}
+    return {
+        "events_per_s": settings.events / elapsed,
+        "publish_phase_per_s": settings.events / (published - start),
+        "cpu_us_per_event": cpu / settings.events * 1e6,
+    }
 
 
 async def _publish(session: Session, settings: Settings) -> dict[str, float]:
@@ -86,14 +89,17 @@ async def _publish(session: Session, settings: Settings) -> dict[str, float]:
     for chunk in chunks(items, settings.publish_chunk):
         await session.publish_batch(chunk)
     elapsed = time.perf_counter() - start
-    return {"events_per_s": settings.events / elapsed,
-            "cpu_us_per_event": (time.process_time() - cpu0) / settings.events * 1e6}
+    return {
+        "events_per_s": settings.events / elapsed,
+        "cpu_us_per_event": (time.process_time() - cpu0) / settings.events * 1e6,
+    }
 
 
 async def _latency(session: Session, settings: Settings) -> dict[str, float]:
     probe = Probe()
-    await session.start_consumers(1, probe.hit,
-                                  threaded=lambda _n, when: probe.hit_threadsafe(when))
+    await session.start_consumers(
+        1, probe.hit, threaded=lambda _n, when: probe.hit_threadsafe(when)
+    )
     items = payloads(settings.latency_warmup + settings.latency_sends)
     samples: list[float] = []
     for index, item in enumerate(items):
@@ -103,9 +109,13 @@ async def _latency(session: Session, settings: Settings) -> dict[str, float]:
         when = await asyncio.wait_for(handled, 30)
         if index >= settings.latency_warmup:
             samples.append((when - start) * 1e3)
-    return {"p50_ms": statistics.median(samples), "p99_ms": _percentile(samples, 0.99),
-            "mean_ms": statistics.fmean(samples), "min_ms": min(samples),
-            "sends": float(len(samples))}
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": _percentile(samples, 0.99),
+        "mean_ms": statistics.fmean(samples),
+        "min_ms": min(samples),
+        "sends": float(len(samples)),
+    }
 
 
 async def _run(side: Side, target: Target, settings: Settings, scenario: str) -> dict[str, float]:
@@ -121,21 +131,25 @@ async def _run(side: Side, target: Target, settings: Settings, scenario: str) ->
     raise ValueError(scenario)
 
 
-def run_once(side: Side, transport: str, url: str, settings: Settings, scenario: str,
-             brokers: Brokers) -> RunResult:
+def run_once(
+    side: Side, transport: str, url: str, settings: Settings, scenario: str, brokers: Brokers
+) -> RunResult:
     """One side, one scenario, fresh names, its own event loop; errors are recorded."""
     if transport == "kafka":
         brokers.fresh_kafka()
     target = Target(transport, url)
 
     async def guarded() -> dict[str, float]:
-        return await asyncio.wait_for(_run(side, target, settings, scenario),
-                                      settings.run_timeout + 60)
+        return await asyncio.wait_for(
+            _run(side, target, settings, scenario), settings.run_timeout + 60
+        )
+
     try:
         return RunResult(asyncio.run(guarded()))
     except Exception as exc:  # one failed run must not lose the others
-        log.warning("%s %s %s failed: %s: %s", transport, scenario, side.name,
-                    type(exc).__name__, exc)
+        log.warning(
+            "%s %s %s failed: %s: %s", transport, scenario, side.name, type(exc).__name__, exc
+        )
         return RunResult(error=f"{type(exc).__name__}: {exc}"[:300])
     finally:
         gc.collect()
@@ -144,14 +158,24 @@ def run_once(side: Side, transport: str, url: str, settings: Settings, scenario:
 # --- a transport: every scenario, interleaved --------------------------------------------
 
 
-def run_transport(transport: str, sides: list[Side], settings: Settings, brokers: Brokers,
-                  progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run_transport(
+    transport: str,
+    sides: list[Side],
+    settings: Settings,
+    brokers: Brokers,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     url = brokers.url(transport)
     usable = [s for s in sides if s.available() is None]
-    result: dict[str, Any] = {"transport": transport, "url": _redact(url), "scenarios": {},
-                              "sides": {s.name: {"guarantees": s.guarantees(transport),
-                                                 "unavailable": s.available()}
-                                        for s in sides}}
+    result: dict[str, Any] = {
+        "transport": transport,
+        "url": _redact(url),
+        "scenarios": {},
+        "sides": {
+            s.name: {"guarantees": s.guarantees(transport), "unavailable": s.available()}
+            for s in sides
+        },
+    }
     # one unmeasured short run per side (imports, first connections, caches); not on
     # Kafka, where timing starts after group joins anyway and a run costs a join
     if not settings.smoke and transport != "kafka":
@@ -163,8 +187,9 @@ def run_transport(transport: str, sides: list[Side], settings: Settings, brokers
         runs: dict[str, list[dict[str, float]]] = {}
         errors: dict[str, list[str]] = {}
         skipped: dict[str, str] = {}
-        rows = [s for s in usable
-                if scenario in IDEMPOTENCY_ROWS or not s.name.startswith("mesh (")]
+        rows = [
+            s for s in usable if scenario in IDEMPOTENCY_ROWS or not s.name.startswith("mesh (")
+        ]
         for side in rows:
             why = side.supports(transport, scenario)
             if why is not None:
@@ -178,18 +203,26 @@ def run_transport(transport: str, sides: list[Side], settings: Settings, brokers
                 took = time.perf_counter() - t0
                 if run.error is not None:
                     errors.setdefault(side.name, []).append(run.error)
-                    progress(f"  {transport:8s} {scenario:9s} #{repeat + 1} {side.name:24s} "
-                             f"ERROR {run.error[:120]}")
+                    progress(
+                        f"  {transport:8s} {scenario:9s} #{repeat + 1} {side.name:24s} "
+                        f"ERROR {run.error[:120]}"
+                    )
                     continue
                 runs.setdefault(side.name, []).append(run.value)
-                progress(f"  {transport:8s} {scenario:9s} #{repeat + 1} {side.name:24s} "
-                         f"{_brief(run.value)}  ({took:.1f}s)")
+                progress(
+                    f"  {transport:8s} {scenario:9s} #{repeat + 1} {side.name:24s} "
+                    f"{_brief(run.value)}  ({took:.1f}s)"
+                )
         result["scenarios"][scenario] = summarize(scenario, runs, errors, skipped)
     return result
 
 
-def summarize(scenario: str, runs: dict[str, list[dict[str, float]]],
-              errors: dict[str, list[str]], skipped: dict[str, str]) -> dict[str, Any]:
+def summarize(
+    scenario: str,
+    runs: dict[str, list[dict[str, float]]],
+    errors: dict[str, list[str]],
+    skipped: dict[str, str],
+) -> dict[str, Any]:
     """Medians per side and metric, and the ratios mesh/raw and mesh/FastStream."""
     medians: dict[str, dict[str, float]] = {}
     for side, values in runs.items():
@@ -207,8 +240,14 @@ def summarize(scenario: str, runs: dict[str, list[dict[str, float]]],
         if raw and "mesh" in medians:
             ratios["mesh-raw p50 ms"] = medians["mesh"]["p50_ms"] - raw["p50_ms"]
             ratios["mesh-raw p99 ms"] = medians["mesh"]["p99_ms"] - raw["p99_ms"]
-    return {"metric": key, "runs": runs, "median": medians, "ratios": ratios,
-            "errors": errors, "skipped": skipped}
+    return {
+        "metric": key,
+        "runs": runs,
+        "median": medians,
+        "ratios": ratios,
+        "errors": errors,
+        "skipped": skipped,
+    }
 
 
 def _brief(value: dict[str, float]) -> str:

@@ -51,10 +51,22 @@ ANGLES = (
 #: Which task (1-based) crashes its worker, once per run.
 CRASH_TASK = 3
 
-_FINDINGS = ("durable logs", "consumer groups", "idempotent handlers", "backpressure",
-             "dead-letter channels", "correlation ids", "schema contracts", "replay")
-_VERDICTS = ("are well supported by the evidence", "are promising but unproven at scale",
-             "depend heavily on the broker chosen", "are where most teams struggle")
+_FINDINGS = (
+    "durable logs",
+    "consumer groups",
+    "idempotent handlers",
+    "backpressure",
+    "dead-letter channels",
+    "correlation ids",
+    "schema contracts",
+    "replay",
+)
+_VERDICTS = (
+    "are well supported by the evidence",
+    "are promising but unproven at scale",
+    "depend heavily on the broker chosen",
+    "are where most teams struggle",
+)
 
 
 def worker_name(mesh: Mesh) -> str:
@@ -67,10 +79,12 @@ async def fake_llm(prompt: str) -> str:
     """A deterministic stand-in for an LLM call: 0.1-0.3 s, summary derived from the prompt."""
     digest = hashlib.sha256(prompt.encode()).digest()
     await asyncio.sleep(0.1 + digest[0] / 255 * 0.2)
-    return (f"{_FINDINGS[digest[1] % len(_FINDINGS)]} and "
-            f"{_FINDINGS[(digest[1] + 1 + digest[2] % 6) % len(_FINDINGS)]} "
-            f"{_VERDICTS[digest[3] % len(_VERDICTS)]} "
-            f"(confidence {60 + digest[4] % 35}%)")
+    return (
+        f"{_FINDINGS[digest[1] % len(_FINDINGS)]} and "
+        f"{_FINDINGS[(digest[1] + 1 + digest[2] % 6) % len(_FINDINGS)]} "
+        f"{_VERDICTS[digest[3] % len(_VERDICTS)]} "
+        f"(confidence {60 + digest[4] % 35}%)"
+    )
 
 
 # --- progress display ---------------------------------------------------------------------
@@ -111,9 +125,11 @@ class Progress:
 
     def recoveries(self) -> list[str]:
         """One line per crashed task: who crashed, who finished it."""
-        return [f"task {index} crashed on {state.crashed_on}, redelivered, completed by "
-                f"{state.worker}" for index, state in sorted(self.tasks.items())
-                if state.crashed_on and state.status == "done"]
+        return [
+            f"task {index} crashed on {state.crashed_on}, redelivered, completed by {state.worker}"
+            for index, state in sorted(self.tasks.items())
+            if state.crashed_on and state.status == "done"
+        ]
 
 
 class PlainView:
@@ -141,8 +157,10 @@ class PlainView:
     def crashed(self, index: int, worker: str) -> None:
         state = self.progress.task(index)
         state.status, state.crashed_on = "crashed", worker
-        self.say(f"task {index} crashed on {worker}: the worker died mid-task, the delivery "
-                 "was not acked, the broker will redeliver it")
+        self.say(
+            f"task {index} crashed on {worker}: the worker died mid-task, the delivery "
+            "was not acked, the broker will redeliver it"
+        )
 
     def completed(self, index: int, worker: str, redeliveries: int) -> None:
         state = self.progress.task(index)
@@ -178,14 +196,12 @@ class RichView(PlainView):
         table.add_column("task")
         table.add_column("status")
         table.add_column("worker")
-        styles = {"pending": "dim", "in progress": "yellow", "crashed": "bold red",
-                  "done": "green"}
+        styles = {"pending": "dim", "in progress": "yellow", "crashed": "bold red", "done": "green"}
         for index, state in sorted(self.progress.tasks.items()):
             worker = state.worker
             if state.crashed_on and state.status != "crashed":
                 worker = f"{worker} (after crash on {state.crashed_on})"
-            table.add_row(str(index), state.title, Text(state.status, styles[state.status]),
-                          worker)
+            table.add_row(str(index), state.title, Text(state.status, styles[state.status]), worker)
         return table
 
     def say(self, text: str) -> None:
@@ -203,15 +219,15 @@ class RichView(PlainView):
         state.status, state.worker = "in progress", worker
         if redeliveries and not state.redelivered_to:
             state.redelivered_to = worker
-            self.say(f"\u21bb task {index} redelivered to {worker} "
-                     f"(delivery #{redeliveries + 1})")
+            self.say(f"\u21bb task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
         self._refresh()
 
     def crashed(self, index: int, worker: str) -> None:
         state = self.progress.task(index)
         state.status, state.crashed_on = "crashed", worker
-        self.say(f"\u2717 task {index} crashed on {worker}: not acked, the broker will "
-                 "redeliver it")
+        self.say(
+            f"\u2717 task {index} crashed on {worker}: not acked, the broker will redeliver it"
+        )
         self._refresh()
 
     def completed(self, index: int, worker: str, redeliveries: int) -> None:
@@ -245,9 +261,11 @@ async def supervise(event: Event, ctx: Context) -> None:
     the same tasks and they are deduplicated instead of doubled."""
     question = str(event.data["question"])
     for index, angle in enumerate(ANGLES, start=1):
-        await ctx.emit("research.task.created",
-                       {"question": question, "index": index, "total": len(ANGLES),
-                        "title": angle}, subject=f"task-{index}")
+        await ctx.emit(
+            "research.task.created",
+            {"question": question, "index": index, "total": len(ANGLES), "title": angle},
+            subject=f"task-{index}",
+        )
 
 
 class Researcher:
@@ -269,18 +287,22 @@ class Researcher:
         # A progress notice is about this attempt, not a consequence of the task, so it
         # gets a fresh id: a ctx.emit id would equal the crashed attempt's notice, and a
         # broker's duplicate window would swallow the redelivered one.
-        await ctx.mesh.emit("research.task.started",
-                            {**task, "worker": worker, "redeliveries": ctx.redeliveries},
-                            correlationid=ctx.correlationid, causationid=event.id)
+        await ctx.mesh.emit(
+            "research.task.started",
+            {**task, "worker": worker, "redeliveries": ctx.redeliveries},
+            correlationid=ctx.correlationid,
+            causationid=event.id,
+        )
         prompt = f"{task['title']}: {task['question']}"
         if task["index"] == CRASH_TASK and ctx.correlationid == self.crash_run:
             self.crash_run = None
-            await asyncio.sleep(0.05)          # half-way through the "LLM call"...
+            await asyncio.sleep(0.05)  # half-way through the "LLM call"...
             await self._crash(ctx)
         summary = await fake_llm(prompt)
-        await ctx.emit("research.task.completed",
-                       {**task, "worker": worker, "summary": summary,
-                        "redeliveries": ctx.redeliveries})
+        await ctx.emit(
+            "research.task.completed",
+            {**task, "worker": worker, "summary": summary, "redeliveries": ctx.redeliveries},
+        )
 
     async def _crash(self, ctx: Context) -> None:
         """Kill this worker's Mesh under the running handler: stop with no grace period
@@ -290,7 +312,7 @@ class Researcher:
         stopping = asyncio.create_task(ctx.mesh.stop(timeout=0))
         self._stopping.add(stopping)
         stopping.add_done_callback(self._stopping.discard)
-        await asyncio.Event().wait()           # never returns: cancelled by the stop
+        await asyncio.Event().wait()  # never returns: cancelled by the stop
 
 
 @dataclass
@@ -311,10 +333,11 @@ class Synthesizer:
         collected[int(result["index"])] = result
         if len(collected) < int(result["total"]) or run in self.reported:
             return
-        self.reported.add(run)     # before awaiting: a concurrent result must not report too
+        self.reported.add(run)  # before awaiting: a concurrent result must not report too
         sections = [collected[index] for index in sorted(collected)]
-        await ctx.emit("research.report.ready",
-                       {"question": result["question"], "sections": sections})
+        await ctx.emit(
+            "research.report.ready", {"question": result["question"], "sections": sections}
+        )
 
 
 # --- wiring -------------------------------------------------------------------------------
@@ -335,7 +358,7 @@ class Swarm:
 
     def __init__(self, url: str, workers: int, view: View) -> None:
         self.view = view
-        self.run_id = str(uuid.uuid4())      # the request's id = the run's correlationid
+        self.run_id = str(uuid.uuid4())  # the request's id = the run's correlationid
         crash = self.run_id if workers >= 2 else None
         self.researcher = Researcher(view, crash)
         self.synthesizer = Synthesizer()
@@ -348,15 +371,19 @@ class Swarm:
         self.supervisor.on("research.requested", group="supervisor")(supervise)
         self.workers = [mesh(f"worker-{n}") for n in range(1, workers + 1)]
         for worker in self.workers:
-            worker.on("research.task.created", group="researchers", name="research",
-                      max_in_flight=1)(self.researcher.handle)
+            worker.on(
+                "research.task.created", group="researchers", name="research", max_in_flight=1
+            )(self.researcher.handle)
         self.synth = mesh("synthesizer")
-        self.synth.on("research.task.completed", group="synthesizer")(
-            self.synthesizer.collect)
+        self.synth.on("research.task.completed", group="synthesizer")(self.synthesizer.collect)
         self.client = mesh("client")
         # Broadcast (no group): the client watches every event of its own run only.
-        self.client.on("research.>", filter={"exact": {"correlationid": self.run_id}},
-                       name="watch", max_in_flight=1)(self.watch)
+        self.client.on(
+            "research.>",
+            filter={"exact": {"correlationid": self.run_id}},
+            name="watch",
+            max_in_flight=1,
+        )(self.watch)
 
     @property
     def meshes(self) -> list[Mesh]:
@@ -376,28 +403,39 @@ class Swarm:
 
     async def ask(self, question: str) -> dict[str, Any]:
         """Start every agent, publish the question, and wait for this run's report."""
-        for mesh in self.meshes:     # all subscribed before the question goes out
+        for mesh in self.meshes:  # all subscribed before the question goes out
             await mesh.start()
-        await self.client.publish(Event(
-            "research.requested", "/research-swarm/client", {"question": question},
-            id=self.run_id, extensions={"correlationid": self.run_id}))
+        await self.client.publish(
+            Event(
+                "research.requested",
+                "/research-swarm/client",
+                {"question": question},
+                id=self.run_id,
+                extensions={"correlationid": self.run_id},
+            )
+        )
         return await self.report
 
     async def close(self) -> None:
-        await asyncio.gather(*(mesh.stop(timeout=2.0) for mesh in self.meshes),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(mesh.stop(timeout=2.0) for mesh in self.meshes), return_exceptions=True
+        )
 
 
 def format_report(report: dict[str, Any], progress: Progress) -> str:
     lines = ["", f"REPORT: {report['question']}", ""]
     for section in report["sections"]:
-        lines.append(f"  {section['index']}. {section['title']}: {section['summary']} "
-                     f"[{section['worker']}]")
+        lines.append(
+            f"  {section['index']}. {section['title']}: {section['summary']} [{section['worker']}]"
+        )
     per_worker: dict[str, int] = {}
     for section in report["sections"]:
         per_worker[section["worker"]] = per_worker.get(section["worker"], 0) + 1
-    lines += ["", "tasks per worker: " + ", ".join(
-        f"{worker} {count}" for worker, count in sorted(per_worker.items()))]
+    lines += [
+        "",
+        "tasks per worker: "
+        + ", ".join(f"{worker} {count}" for worker, count in sorted(per_worker.items())),
+    ]
     recoveries = progress.recoveries()
     lines += [f"recovered: {line}" for line in recoveries] or ["no crash this run"]
     return "\n".join(lines)
@@ -420,17 +458,21 @@ async def main_async(args: argparse.Namespace) -> int:
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        view.say(f"research swarm on {swarm.client.config.redacted_transport}: "
-                 f"{args.workers} researcher(s), question: {args.question}")
+        view.say(
+            f"research swarm on {swarm.client.config.redacted_transport}: "
+            f"{args.workers} researcher(s), question: {args.question}"
+        )
         if args.workers < 2:
             view.say("only one researcher: no crash is simulated (nobody could take over)")
         try:
             report = await asyncio.wait_for(swarm.ask(args.question), args.timeout)
         except TimeoutError:
             done = sum(t.status == "done" for t in view_progress(view).tasks.values())
-            print(f"error: no report within {args.timeout:g}s ({done}/{len(ANGLES)} tasks "
-                  "done); is the broker reachable and are all agents running?",
-                  file=sys.stderr)
+            print(
+                f"error: no report within {args.timeout:g}s ({done}/{len(ANGLES)} tasks "
+                "done); is the broker reachable and are all agents running?",
+                file=sys.stderr,
+            )
             return 1
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -448,14 +490,17 @@ def view_progress(view: View) -> Progress:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--transport", metavar="URL",
-                        help="broker URL (default: MESH_TRANSPORT, else memory://)")
+    parser.add_argument(
+        "--transport", metavar="URL", help="broker URL (default: MESH_TRANSPORT, else memory://)"
+    )
     parser.add_argument("--question", default=DEFAULT_QUESTION)
     parser.add_argument("--workers", type=int, default=3, help="researchers (default 3)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="give up after this many seconds (default 60)")
-    parser.add_argument("--plain", action="store_true",
-                        help="plain lines even on a terminal (default when piped)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="plain lines even on a terminal (default when piped)"
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

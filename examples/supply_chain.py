@@ -95,9 +95,16 @@ STOCK: dict[str, dict[str, int]] = {
     "Turin": {"SKU-7": 120, "SKU-9": 10},
     "Zurich": {"SKU-7": 30, "SKU-9": 200},
 }
-DEFAULT_SHIPMENT = {"shipment_id": "SHP-1042", "origin": "Rotterdam", "destination": "Milan",
-                    "delay_hours": 18, "reason": "strike at the Basel rail hub",
-                    "customer": "ACME Retail", "sku": "SKU-7", "units": 40}
+DEFAULT_SHIPMENT = {
+    "shipment_id": "SHP-1042",
+    "origin": "Rotterdam",
+    "destination": "Milan",
+    "delay_hours": 18,
+    "reason": "strike at the Basel rail hub",
+    "customer": "ACME Retail",
+    "sku": "SKU-7",
+    "units": 40,
+}
 GROUPS = ("route-optimizer", "customer-service", "inventory", "supervisor")
 RESULTS = ("customer.notified", "inventory.rebalanced", "shipment.decision")
 
@@ -105,8 +112,11 @@ RESULTS = ("customer.notified", "inventory.rebalanced", "shipment.decision")
 def optimize(request: RouteRequest) -> RouteChoice:
     """Deterministic fake optimisation over `ROUTES`."""
     candidates = ROUTES.get((request.origin, request.destination), [("direct", 48, 1500)])
-    usable = [(hub, hours, cost) for hub, hours, cost in candidates
-              if hub not in request.avoid and hours <= request.max_hours] or candidates
+    usable = [
+        (hub, hours, cost)
+        for hub, hours, cost in candidates
+        if hub not in request.avoid and hours <= request.max_hours
+    ] or candidates
     hub, hours, cost = min(usable, key=lambda route: (route[2], route[1]))
     return RouteChoice(shipment_id=request.shipment_id, via=hub, hours=hours, cost_eur=cost)
 
@@ -189,9 +199,9 @@ class Outcome:
     """What this run produced, keyed by event type; `done` once every part is in."""
 
     run_id: str
-    received: dict[str, str] = field(default_factory=dict)    # group -> event id
+    received: dict[str, str] = field(default_factory=dict)  # group -> event id
     results: dict[str, Event] = field(default_factory=dict)
-    exchange: dict[str, str] = field(default_factory=dict)    # capability request/reply
+    exchange: dict[str, str] = field(default_factory=dict)  # capability request/reply
     refused: list[str] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -200,8 +210,9 @@ class Outcome:
             self.done.set()
 
     def missing(self) -> list[str]:
-        return ([f"{g} delivery" for g in GROUPS if g not in self.received]
-                + [t for t in RESULTS if t not in self.results])
+        return [f"{g} delivery" for g in GROUPS if g not in self.received] + [
+            t for t in RESULTS if t not in self.results
+        ]
 
 
 class SupplyChain:
@@ -219,42 +230,59 @@ class SupplyChain:
         self.dispatch = mesh("dispatch")
         self.contract = self.dispatch.contract("shipment.delayed", ShipmentDelayed)
         # Broadcast watcher (no group): sees this run's results, takes nothing from anyone.
-        self.dispatch.on(list(RESULTS), filter={"exact": {"correlationid": self.outcome.run_id}},
-                         name="watch", max_in_flight=1)(self.watch)
+        self.dispatch.on(
+            list(RESULTS),
+            filter={"exact": {"correlationid": self.outcome.run_id}},
+            name="watch",
+            max_in_flight=1,
+        )(self.watch)
 
         self.route_optimizer = mesh("route-optimizer")
-        self.route_optimizer.on("shipment.delayed", group="route-optimizer",
-                                name="flag_lane")(self.flag_lane)
+        self.route_optimizer.on("shipment.delayed", group="route-optimizer", name="flag_lane")(
+            self.flag_lane
+        )
         self.route_optimizer.capability(
-            "optimize.route", self.serve_route, input=RouteRequest, group="route-optimizers",
-            version="1.2.0", description="Cheapest route for a shipment avoiding given hubs",
-            output=["route.optimized"], tags=["logistics", "routing"])
+            "optimize.route",
+            self.serve_route,
+            input=RouteRequest,
+            group="route-optimizers",
+            version="1.2.0",
+            description="Cheapest route for a shipment avoiding given hubs",
+            output=["route.optimized"],
+            tags=["logistics", "routing"],
+        )
 
         self.customer_service = mesh("customer-service")
-        self.customer_service.on("shipment.delayed", group="customer-service",
-                                 name="notify_customer")(self.notify_customer)
+        self.customer_service.on(
+            "shipment.delayed", group="customer-service", name="notify_customer"
+        )(self.notify_customer)
 
         self.inventory = mesh("inventory")
-        self.inventory.on("shipment.delayed", group="inventory",
-                          name="rebalance")(self.rebalance)
+        self.inventory.on("shipment.delayed", group="inventory", name="rebalance")(self.rebalance)
 
         self.supervisor = mesh("supervisor")
-        self.supervisor.on("shipment.delayed", group="supervisor",
-                           name="decide")(self.decide)
+        self.supervisor.on("shipment.delayed", group="supervisor", name="decide")(self.decide)
 
     @property
     def meshes(self) -> list[Mesh]:
         """Start order: the capability's provider first, the publisher last."""
-        return [self.route_optimizer, self.customer_service, self.inventory, self.supervisor,
-                self.dispatch]
+        return [
+            self.route_optimizer,
+            self.customer_service,
+            self.inventory,
+            self.supervisor,
+            self.dispatch,
+        ]
 
     def _ours(self, ctx: Context) -> bool:
         return ctx.correlationid == self.outcome.run_id
 
     def _got(self, group: str, delayed: ShipmentDelayed, ctx: Context) -> None:
         tag = "" if self._ours(ctx) else " (from an earlier run)"
-        self.view.say(f"fan-out: {group} [group {group}] got shipment.delayed "
-                      f"{delayed.shipment_id} (event {ctx.event.id}){tag}")
+        self.view.say(
+            f"fan-out: {group} [group {group}] got shipment.delayed "
+            f"{delayed.shipment_id} (event {ctx.event.id}){tag}"
+        )
         if self._ours(ctx):
             self.outcome.received[group] = ctx.event.id
             self.view.agent(group, "got shipment.delayed")
@@ -266,31 +294,45 @@ class SupplyChain:
         """The optimizer's own reaction to the delay: note the congested hub."""
         self._got("route-optimizer", delayed, ctx)
         hub = congested_hub(delayed.reason)
-        self.view.say(f"route-optimizer: lane {delayed.origin}->{delayed.destination} "
-                      f"flagged, congested hub: {hub or 'none'}")
+        self.view.say(
+            f"route-optimizer: lane {delayed.origin}->{delayed.destination} "
+            f"flagged, congested hub: {hub or 'none'}"
+        )
         self.view.agent("route-optimizer", "done: lane flagged")
 
     async def serve_route(self, request: RouteRequest, ctx: Context) -> RouteChoice:
         """Serve ``optimize.route``: the returned model is the reply's data."""
         choice = optimize(request)
-        self.view.say(f"route-optimizer: serving optimize.route request {ctx.event.id} "
-                      f"(correlationid {ctx.correlationid}, reply to instance "
-                      f"{ctx.event.extensions.get('meshreplyto')}): via {choice.via}, "
-                      f"{choice.hours}h, {choice.cost_eur} EUR")
+        self.view.say(
+            f"route-optimizer: serving optimize.route request {ctx.event.id} "
+            f"(correlationid {ctx.correlationid}, reply to instance "
+            f"{ctx.event.extensions.get('meshreplyto')}): via {choice.via}, "
+            f"{choice.hours}h, {choice.cost_eur} EUR"
+        )
         return choice
 
     # -- customer service ----------------------------------------------------------------
 
     async def notify_customer(self, delayed: ShipmentDelayed, ctx: Context) -> None:
         self._got("customer-service", delayed, ctx)
-        message = (f"Dear {delayed.customer}, shipment {delayed.shipment_id} to "
-                   f"{delayed.destination} is running {delayed.delay_hours}h late "
-                   f"({delayed.reason}). We are rerouting it.")
-        event = await ctx.emit("customer.notified", {"shipment_id": delayed.shipment_id,
-                                                     "customer": delayed.customer,
-                                                     "channel": "email", "message": message})
-        self.view.say(f"customer-service: emitted customer.notified {event.id} "
-                      f"(causationid {event.causationid})")
+        message = (
+            f"Dear {delayed.customer}, shipment {delayed.shipment_id} to "
+            f"{delayed.destination} is running {delayed.delay_hours}h late "
+            f"({delayed.reason}). We are rerouting it."
+        )
+        event = await ctx.emit(
+            "customer.notified",
+            {
+                "shipment_id": delayed.shipment_id,
+                "customer": delayed.customer,
+                "channel": "email",
+                "message": message,
+            },
+        )
+        self.view.say(
+            f"customer-service: emitted customer.notified {event.id} "
+            f"(causationid {event.causationid})"
+        )
         self.view.agent("customer-service", "done: customer.notified")
 
     # -- inventory -----------------------------------------------------------------------
@@ -299,11 +341,20 @@ class SupplyChain:
         self._got("inventory", delayed, ctx)
         source = max(sorted(STOCK), key=lambda wh: STOCK[wh].get(delayed.sku, 0))
         units = min(delayed.units, STOCK[source].get(delayed.sku, 0))
-        event = await ctx.emit("inventory.rebalanced", {
-            "shipment_id": delayed.shipment_id, "sku": delayed.sku, "units": units,
-            "from": source, "to": delayed.destination})
-        self.view.say(f"inventory: emitted inventory.rebalanced {event.id}: {units} x "
-                      f"{delayed.sku} from {source} to {delayed.destination}")
+        event = await ctx.emit(
+            "inventory.rebalanced",
+            {
+                "shipment_id": delayed.shipment_id,
+                "sku": delayed.sku,
+                "units": units,
+                "from": source,
+                "to": delayed.destination,
+            },
+        )
+        self.view.say(
+            f"inventory: emitted inventory.rebalanced {event.id}: {units} x "
+            f"{delayed.sku} from {source} to {delayed.destination}"
+        )
         self.view.agent("inventory", "done: inventory.rebalanced")
 
     # -- supervisor ----------------------------------------------------------------------
@@ -313,26 +364,48 @@ class SupplyChain:
         decide. The request inherits this event's correlationid."""
         self._got("supervisor", delayed, ctx)
         hub = congested_hub(delayed.reason)
-        self.view.say(f"supervisor: requesting capability optimize.route for "
-                      f"{delayed.shipment_id} (avoid {hub or 'nothing'}, "
-                      f"correlationid {ctx.correlationid})")
-        reply = await ctx.mesh.request("optimize.route", {
-            "shipment_id": delayed.shipment_id, "origin": delayed.origin,
-            "destination": delayed.destination, "avoid": [hub] if hub else [],
-            "max_hours": 24 + delayed.delay_hours}, timeout=self.request_timeout)
+        self.view.say(
+            f"supervisor: requesting capability optimize.route for "
+            f"{delayed.shipment_id} (avoid {hub or 'nothing'}, "
+            f"correlationid {ctx.correlationid})"
+        )
+        reply = await ctx.mesh.request(
+            "optimize.route",
+            {
+                "shipment_id": delayed.shipment_id,
+                "origin": delayed.origin,
+                "destination": delayed.destination,
+                "avoid": [hub] if hub else [],
+                "max_hours": 24 + delayed.delay_hours,
+            },
+            timeout=self.request_timeout,
+        )
         choice = RouteChoice.model_validate(reply.data)
-        self.view.say(f"supervisor: reply {reply.type} {reply.id} to request "
-                      f"{reply.causationid} (correlationid {reply.correlationid}): via "
-                      f"{choice.via}, {choice.hours}h, {choice.cost_eur} EUR")
+        self.view.say(
+            f"supervisor: reply {reply.type} {reply.id} to request "
+            f"{reply.causationid} (correlationid {reply.correlationid}): via "
+            f"{choice.via}, {choice.hours}h, {choice.cost_eur} EUR"
+        )
         if self._ours(ctx):
-            self.outcome.exchange = {"request": str(reply.causationid), "reply": reply.id,
-                                     "route": f"via {choice.via}, {choice.hours}h, "
-                                              f"{choice.cost_eur} EUR"}
-        event = await ctx.emit("shipment.decision", {
-            "shipment_id": delayed.shipment_id, "action": "reroute", "via": choice.via,
-            "transit_hours": choice.hours, "cost_eur": choice.cost_eur})
-        self.view.say(f"supervisor: emitted shipment.decision {event.id}: reroute "
-                      f"{delayed.shipment_id} via {choice.via}")
+            self.outcome.exchange = {
+                "request": str(reply.causationid),
+                "reply": reply.id,
+                "route": f"via {choice.via}, {choice.hours}h, {choice.cost_eur} EUR",
+            }
+        event = await ctx.emit(
+            "shipment.decision",
+            {
+                "shipment_id": delayed.shipment_id,
+                "action": "reroute",
+                "via": choice.via,
+                "transit_hours": choice.hours,
+                "cost_eur": choice.cost_eur,
+            },
+        )
+        self.view.say(
+            f"supervisor: emitted shipment.decision {event.id}: reroute "
+            f"{delayed.shipment_id} via {choice.via}"
+        )
         self.view.agent("supervisor", f"done: reroute via {choice.via}")
 
     # -- the dispatcher --------------------------------------------------------------------
@@ -353,15 +426,26 @@ class SupplyChain:
             await self.dispatch.emit("shipment.delayed", bad)
         except ContractViolation as exc:
             self.outcome.refused.append(str(exc))
-            self.view.say(f"dispatch: refused an invalid shipment.delayed at the publisher, "
-                          f"nothing was sent: ContractViolation: {exc}", style="red")
+            self.view.say(
+                f"dispatch: refused an invalid shipment.delayed at the publisher, "
+                f"nothing was sent: ContractViolation: {exc}",
+                style="red",
+            )
         else:
             raise AssertionError("the contract let an invalid shipment.delayed through")
-        event = Event("shipment.delayed", self.dispatch.source, shipment,
-                      id=self.outcome.run_id, subject=shipment["shipment_id"],
-                      extensions={"correlationid": self.outcome.run_id})
-        self.view.say(f"dispatch: publishing shipment.delayed {event.id} "
-                      f"(correlationid {self.outcome.run_id})", style="bold")
+        event = Event(
+            "shipment.delayed",
+            self.dispatch.source,
+            shipment,
+            id=self.outcome.run_id,
+            subject=shipment["shipment_id"],
+            extensions={"correlationid": self.outcome.run_id},
+        )
+        self.view.say(
+            f"dispatch: publishing shipment.delayed {event.id} "
+            f"(correlationid {self.outcome.run_id})",
+            style="bold",
+        )
         await self.dispatch.publish(event)
         await self.outcome.done.wait()
         return self.outcome
@@ -371,17 +455,19 @@ class SupplyChain:
         here puts the registry's view in the trace before anything happens."""
         # The registry offers no public "changed" event to wait on; a 20 ms poll of the
         # local directory costs nothing and ends within a resync round trip.
-        while not (providers := [c for c in self.supervisor.capabilities()  # noqa: ASYNC110
-                                 if c.name == name]):
+        while not (providers := [c for c in self.supervisor.capabilities() if c.name == name]):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for cap in providers:
-            self.view.say(f"registry: {cap.name} v{cap.version} served by {cap.source} "
-                          f"(instance {cap.instance}, group {cap.group}, "
-                          f"tags {', '.join(cap.tags)})")
+            self.view.say(
+                f"registry: {cap.name} v{cap.version} served by {cap.source} "
+                f"(instance {cap.instance}, group {cap.group}, "
+                f"tags {', '.join(cap.tags)})"
+            )
 
     async def close(self) -> None:
-        await asyncio.gather(*(agent.stop(timeout=2.0) for agent in self.meshes),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(agent.stop(timeout=2.0) for agent in self.meshes), return_exceptions=True
+        )
 
 
 # --- wiring -------------------------------------------------------------------------------
@@ -401,20 +487,22 @@ def format_summary(outcome: Outcome, shipment: dict[str, Any]) -> str:
     decision = outcome.results["shipment.decision"].data
     moved = outcome.results["inventory.rebalanced"].data
     notified = outcome.results["customer.notified"].data
-    return "\n".join([
-        "",
-        f"SUMMARY for {shipment['shipment_id']} (correlationid {outcome.run_id})",
-        f"  fan-out: shipment.delayed delivered to each of {len(GROUPS)} consumer groups: "
-        + ", ".join(GROUPS),
-        f"  capability: optimize.route request {outcome.exchange.get('request', '?')} -> "
-        f"reply {outcome.exchange.get('reply', '?')}: {outcome.exchange.get('route', '?')}",
-        f"  decision: {decision['action']} via {decision['via']} (shipment.decision)",
-        f"  customer: {notified['customer']} notified by {notified['channel']} "
-        "(customer.notified)",
-        f"  inventory: {moved['units']} x {moved['sku']} from {moved['from']} to {moved['to']} "
-        "(inventory.rebalanced)",
-        f"  contract: {len(outcome.refused)} invalid shipment.delayed refused at the publisher",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"SUMMARY for {shipment['shipment_id']} (correlationid {outcome.run_id})",
+            f"  fan-out: shipment.delayed delivered to each of {len(GROUPS)} consumer groups: "
+            + ", ".join(GROUPS),
+            f"  capability: optimize.route request {outcome.exchange.get('request', '?')} -> "
+            f"reply {outcome.exchange.get('reply', '?')}: {outcome.exchange.get('route', '?')}",
+            f"  decision: {decision['action']} via {decision['via']} (shipment.decision)",
+            f"  customer: {notified['customer']} notified by {notified['channel']} "
+            "(customer.notified)",
+            f"  inventory: {moved['units']} x {moved['sku']} from {moved['from']} to {moved['to']} "
+            "(inventory.rebalanced)",
+            f"  contract: {len(outcome.refused)} invalid shipment.delayed refused at the publisher",
+        ]
+    )
 
 
 @contextlib.contextmanager
@@ -435,15 +523,21 @@ async def main_async(args: argparse.Namespace) -> int:
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        view.say(f"supply chain on {chain.dispatch.config.redacted_transport}: agents "
-                 + ", ".join(GROUPS) + ", dispatch")
+        view.say(
+            f"supply chain on {chain.dispatch.config.redacted_transport}: agents "
+            + ", ".join(GROUPS)
+            + ", dispatch"
+        )
         try:
             outcome = await asyncio.wait_for(chain.run(shipment), args.timeout)
         except TimeoutError:
             missing = chain.outcome.missing()
-            print(f"error: the supply chain did not finish within {args.timeout:g}s (missing: "
-                  f"{', '.join(missing) or 'nothing'}); is the broker reachable and are all "
-                  "agents running?", file=sys.stderr)
+            print(
+                f"error: the supply chain did not finish within {args.timeout:g}s (missing: "
+                f"{', '.join(missing) or 'nothing'}); is the broker reachable and are all "
+                "agents running?",
+                file=sys.stderr,
+            )
             return 1
         except MeshError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -456,16 +550,26 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--transport", metavar="URL",
-                        help="broker URL (default: MESH_TRANSPORT, else memory://)")
-    parser.add_argument("--shipment", default=DEFAULT_SHIPMENT["shipment_id"],
-                        help="shipment id, SHP-<digits> (default %(default)s)")
-    parser.add_argument("--delay", type=int, default=DEFAULT_SHIPMENT["delay_hours"],
-                        help="hours of delay (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="give up after this many seconds (default 30)")
-    parser.add_argument("--plain", action="store_true",
-                        help="plain lines even on a terminal (default when piped)")
+    parser.add_argument(
+        "--transport", metavar="URL", help="broker URL (default: MESH_TRANSPORT, else memory://)"
+    )
+    parser.add_argument(
+        "--shipment",
+        default=DEFAULT_SHIPMENT["shipment_id"],
+        help="shipment id, SHP-<digits> (default %(default)s)",
+    )
+    parser.add_argument(
+        "--delay",
+        type=int,
+        default=DEFAULT_SHIPMENT["delay_hours"],
+        help="hours of delay (default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="plain lines even on a terminal (default when piped)"
+    )
     return parser.parse_args(argv)
 
 

@@ -71,16 +71,19 @@ class HandlerSpec:
     dead_letters: bool = False
 
 
-def _adapt(func: Callable[..., Awaitable[Any]]
-           ) -> tuple[Invoker, bool, Callable[[Event], Awaitable[Any]] | None]:
+def _adapt(
+    func: Callable[..., Awaitable[Any]],
+) -> tuple[Invoker, bool, Callable[[Event], Awaitable[Any]] | None]:
     """Adapt a handler's signature once, at registration: (event|model[, ctx]).
 
     Returns the adapted callable, whether the handler takes a Context (the mesh
     builds one per delivery only then), and ``func`` itself when it takes just the
     `Event` (the consumer then calls it without the adapter), else None."""
     if not inspect.iscoroutinefunction(func):
-        raise ConfigError(f"handler {func.__qualname__} must be 'async def' "
-                          "(run blocking work with asyncio.to_thread inside it)")
+        raise ConfigError(
+            f"handler {func.__qualname__} must be 'async def' "
+            "(run blocking work with asyncio.to_thread inside it)"
+        )
     params = list(inspect.signature(func).parameters.values())
     if not 1 <= len(params) <= 2:
         raise ConfigError(f"handler {func.__qualname__} must take (event) or (event, ctx)")
@@ -91,7 +94,8 @@ def _adapt(func: Callable[..., Awaitable[Any]]
         if isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] not in ("Event", "Any"):
             raise ConfigError(
                 f"cannot resolve the annotation {annotation!r} of handler {func.__qualname__} "
-                f"({exc}); define the model at module level") from None
+                f"({exc}); define the model at module level"
+            ) from None
         hints = {}
     model = hints.get(params[0].name)
     with_ctx = len(params) == 2
@@ -104,8 +108,10 @@ def _adapt(func: Callable[..., Awaitable[Any]]
             except ValidationError as exc:
                 raise DataValidationError(
                     f"data of {event.type} does not match {model.__name__}: "
-                    f"{exc.error_count()} error(s): {exc.errors(include_url=False)}") from None
+                    f"{exc.error_count()} error(s): {exc.errors(include_url=False)}"
+                ) from None
             return await (func(value, ctx) if with_ctx else func(value))
+
         return call_model, with_ctx, None
     if with_ctx:
         return func, True, None
@@ -115,22 +121,31 @@ def _adapt(func: Callable[..., Awaitable[Any]]
 class Mesh:
     """The event mesh of one application instance. See the module docstring."""
 
-    def __init__(self, transport: str | Transport | None = None, *,
-                 config: MeshConfig | None = None, source: str | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        transport: str | Transport | None = None,
+        *,
+        config: MeshConfig | None = None,
+        source: str | None = None,
+        **overrides: Any,
+    ) -> None:
         instance: Transport | None = None
         if isinstance(transport, Transport):  # a ready transport object (tests, custom setups)
             instance, transport = transport, None
         if config is None:
             config = MeshConfig.load(transport=transport, source=source, **overrides)
         elif transport is not None or source is not None or overrides:
-            update = {k: v for k, v in dict(overrides, transport=transport,
-                                             source=source).items() if v is not None}
+            update = {
+                k: v
+                for k, v in dict(overrides, transport=transport, source=source).items()
+                if v is not None
+            }
             config = MeshConfig.build({**config.model_dump(), **update})
         self.config = config
         self.instance_id = uuid.uuid4().hex[:12]
         self.transport: Transport = instance or plugins.transport_registry().create(
-            config.transport_url, config.transport_options)
+            config.transport_url, config.transport_options
+        )
         self._policy = RetryPolicy.from_config(config.retry)
         self._handlers: list[HandlerSpec] = []
         self._consumers: dict[str, Consumer] = {}
@@ -163,9 +178,16 @@ class Mesh:
 
     # --- registration ------------------------------------------------------------------
 
-    def on(self, type: str | Sequence[str] | None = None, *, filter: FilterSpec | None = None,
-           group: str | None = None, name: str | None = None, max_in_flight: int | None = None,
-           idempotent: bool | None = None) -> Callable[[F], F]:
+    def on(
+        self,
+        type: str | Sequence[str] | None = None,
+        *,
+        filter: FilterSpec | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        max_in_flight: int | None = None,
+        idempotent: bool | None = None,
+    ) -> Callable[[F], F]:
         """Register a handler for an event type (or channel pattern) and/or a filter.
 
         ``type`` may be a list, or a channel pattern with ``*``/``>`` tokens.
@@ -174,23 +196,39 @@ class Mesh:
         ``idempotent`` defaults to True for groups (duplicates are acked unseen).
         """
         if type is None and filter is None and group is None:
-            raise ConfigError("mesh.on() needs an event type, a filter, or a group that a "
-                              "route in the config points at")
-        patterns, residual = ([], None) if type is None and filter is None \
-            else self._plan(type, filter)  # a bad filter fails here, not at start
+            raise ConfigError(
+                "mesh.on() needs an event type, a filter, or a group that a "
+                "route in the config points at"
+            )
+        patterns, residual = (
+            ([], None) if type is None and filter is None else self._plan(type, filter)
+        )  # a bad filter fails here, not at start
 
         def register(func: F) -> F:
-            self._add(HandlerSpec(
-                name=name or func.__name__, func=func, patterns=patterns, filter=filter,
-                residual=residual, group=group,
-                max_in_flight=max_in_flight or self.config.default_max_in_flight,
-                idempotent=group is not None if idempotent is None else idempotent))
+            self._add(
+                HandlerSpec(
+                    name=name or func.__name__,
+                    func=func,
+                    patterns=patterns,
+                    filter=filter,
+                    residual=residual,
+                    group=group,
+                    max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                    idempotent=group is not None if idempotent is None else idempotent,
+                )
+            )
             return func
+
         return register
 
-    def on_dead_letter(self, *, group: str | None = None, name: str | None = None,
-                       max_in_flight: int | None = None,
-                       filter: FilterSpec | None = None) -> Callable[[F], F]:
+    def on_dead_letter(
+        self,
+        *,
+        group: str | None = None,
+        name: str | None = None,
+        max_in_flight: int | None = None,
+        filter: FilterSpec | None = None,
+    ) -> Callable[[F], F]:
         """Register a handler for the dead-letter channel (a repair or alerting agent).
 
         Dead-letter copies keep the original type and data; ``meshdl*`` extensions say
@@ -200,16 +238,26 @@ class Mesh:
         channel = self.config.dead_letter_channel
 
         def register(func: F) -> F:
-            self._add(HandlerSpec(
-                name=name or func.__name__, func=func, patterns=[channel], filter=filter,
-                residual=compile_filter(filter) if filter is not None else None, group=group,
-                max_in_flight=max_in_flight or self.config.default_max_in_flight,
-                idempotent=group is not None, dead_letters=True))
+            self._add(
+                HandlerSpec(
+                    name=name or func.__name__,
+                    func=func,
+                    patterns=[channel],
+                    filter=filter,
+                    residual=compile_filter(filter) if filter is not None else None,
+                    group=group,
+                    max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                    idempotent=group is not None,
+                    dead_letters=True,
+                )
+            )
             return func
+
         return register
 
-    def _plan(self, type: str | Sequence[str] | None,
-              filter: FilterSpec | None) -> tuple[list[str], Predicate | None]:
+    def _plan(
+        self, type: str | Sequence[str] | None, filter: FilterSpec | None
+    ) -> tuple[list[str], Predicate | None]:
         """Channel patterns to subscribe and the residual predicate checked per event."""
         types = None
         if type is not None:
@@ -227,14 +275,16 @@ class Mesh:
             raise ConfigError(
                 f"group {spec.group!r} is already used by handler "
                 f"{next(h.name for h in self._handlers if h.group == spec.group)}; a group is "
-                "one broker-side consumer group, so give each handler its own group")
+                "one broker-side consumer group, so give each handler its own group"
+            )
         if any(h.name == spec.name and h.group == spec.group for h in self._handlers):
             raise ConfigError(f"handler name {spec.name!r} is registered twice; pass name=...")
         _adapt(spec.func)
         self._handlers.append(spec)
 
-    def contract(self, event_type: str, schema: SchemaSource, *, version: int = 1,
-                 compatible: bool = True) -> Contract:
+    def contract(
+        self, event_type: str, schema: SchemaSource, *, version: int = 1, compatible: bool = True
+    ) -> Contract:
         """Give ``event_type`` a data contract (pydantic model, JSON Schema dict or file).
 
         Published events are validated (`ContractViolation` at the publisher) and get
@@ -242,25 +292,48 @@ class Mesh:
         fit. A newer version must be backward compatible unless ``compatible=False``.
         See docs/contracts.md.
         """
-        return self.contracts.register(event_type, schema, version=version,
-                                       compatible=compatible)
+        return self.contracts.register(event_type, schema, version=version, compatible=compatible)
 
     @overload
-    def capability(self, name: str, handler: None = None, *,
-                   input: SchemaSource | None = None, group: str | None = None,
-                   version: str = "1.0.0", description: str | None = None,
-                   output: Sequence[str] = (), tags: Sequence[str] = ()) -> Callable[[F], F]: ...
+    def capability(
+        self,
+        name: str,
+        handler: None = None,
+        *,
+        input: SchemaSource | None = None,
+        group: str | None = None,
+        version: str = "1.0.0",
+        description: str | None = None,
+        output: Sequence[str] = (),
+        tags: Sequence[str] = (),
+    ) -> Callable[[F], F]: ...
 
     @overload
-    def capability(self, name: str, handler: F, *, input: SchemaSource | None = None,
-                   group: str | None = None, version: str = "1.0.0",
-                   description: str | None = None, output: Sequence[str] = (),
-                   tags: Sequence[str] = ()) -> F: ...
+    def capability(
+        self,
+        name: str,
+        handler: F,
+        *,
+        input: SchemaSource | None = None,
+        group: str | None = None,
+        version: str = "1.0.0",
+        description: str | None = None,
+        output: Sequence[str] = (),
+        tags: Sequence[str] = (),
+    ) -> F: ...
 
-    def capability(self, name: str, handler: F | None = None, *,
-                   input: SchemaSource | None = None, group: str | None = None,
-                   version: str = "1.0.0", description: str | None = None,
-                   output: Sequence[str] = (), tags: Sequence[str] = ()) -> Any:
+    def capability(
+        self,
+        name: str,
+        handler: F | None = None,
+        *,
+        input: SchemaSource | None = None,
+        group: str | None = None,
+        version: str = "1.0.0",
+        description: str | None = None,
+        output: Sequence[str] = (),
+        tags: Sequence[str] = (),
+    ) -> Any:
         """Serve requests addressed to capability ``name`` (also usable as a decorator).
 
         ``handler(request, ctx)`` gets the validated model when ``input`` is a pydantic
@@ -268,10 +341,20 @@ class Mesh:
         is the reply's data. ``group`` (default ``cap.<name>``) is the consumer group
         whose members share the requests. See docs/capabilities.md.
         """
+
         def register(func: F) -> F:
-            self._capabilities.register(name, func, input=input, group=group, version=version,
-                                        description=description, output=output, tags=tags)
+            self._capabilities.register(
+                name,
+                func,
+                input=input,
+                group=group,
+                version=version,
+                description=description,
+                output=output,
+                tags=tags,
+            )
             return func
+
         return register if handler is None else register(handler)
 
     def capabilities(self) -> list[Capability]:
@@ -282,8 +365,7 @@ class Mesh:
         """The capabilities this app serves (registered with `capability`), started or not."""
         return list(self._capabilities.local.values())
 
-    async def request(self, capability: str, data: Any = None, *,
-                      timeout: float = 30.0) -> Event:
+    async def request(self, capability: str, data: Any = None, *, timeout: float = 30.0) -> Event:
         """Ask capability ``capability`` and wait for its reply event.
 
         The data is validated against the capability's input schema first
@@ -295,8 +377,9 @@ class Mesh:
         if not self._started:
             raise TransportClosed("start the mesh before mesh.request()")
         if not self.config.capabilities.enabled:
-            raise ConfigError("capabilities are disabled in the config "
-                              "(capabilities.enabled: false)")
+            raise ConfigError(
+                "capabilities are disabled in the config (capabilities.enabled: false)"
+            )
         return await self._capabilities.request(capability, data, timeout)
 
     def on_start(self, func: G) -> G:
@@ -325,8 +408,9 @@ class Mesh:
         try:
             return self._consumers[name].stats
         except KeyError:
-            raise ConfigError(f"no started handler named {name!r}; known: "
-                              f"{', '.join(self._consumers)}") from None
+            raise ConfigError(
+                f"no started handler named {name!r}; known: {', '.join(self._consumers)}"
+            ) from None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -351,8 +435,11 @@ class Mesh:
                 self._started = False
                 await self._teardown(0.0)
                 raise
-            log.info("mesh started on %s with %d handler(s)", self.config.redacted_transport,
-                     len(self._handlers))
+            log.info(
+                "mesh started on %s with %d handler(s)",
+                self.config.redacted_transport,
+                len(self._handlers),
+            )
 
     def _apply_routes(self) -> list[HandlerSpec]:
         """The handlers to subscribe, with ``routes:`` from the config applied.
@@ -367,8 +454,10 @@ class Mesh:
         forward: list[str] = []
         for route in self.config.routes:
             if (route.group is None) == (route.to is None):
-                raise ConfigError(f"route {route.name!r}: give exactly one of 'group' (a handler "
-                                  "group to deliver to) or 'to' (a channel to republish to)")
+                raise ConfigError(
+                    f"route {route.name!r}: give exactly one of 'group' (a handler "
+                    "group to deliver to) or 'to' (a channel to republish to)"
+                )
             try:
                 patterns, residual = self._plan(None, route.filter)
                 if route.to is not None:
@@ -382,15 +471,20 @@ class Mesh:
             target = next((h for h in self._handlers if h.group == route.group), None)
             if target is None:
                 groups = sorted(h.group for h in self._handlers if h.group)
-                raise ConfigError(f"route {route.name!r} names group {route.group!r}, but no "
-                                  f"handler has that group (groups: {', '.join(groups) or 'none'})")
-            specs[id(target)] = replace(target, patterns=patterns, residual=residual,
-                                        filter=route.filter)
+                raise ConfigError(
+                    f"route {route.name!r} names group {route.group!r}, but no "
+                    f"handler has that group (groups: {', '.join(groups) or 'none'})"
+                )
+            specs[id(target)] = replace(
+                target, patterns=patterns, residual=residual, filter=route.filter
+            )
         result = list(specs.values())
         for spec in result:
             if not spec.patterns:
-                raise ConfigError(f"handler {spec.name} has no type or filter, and no route in "
-                                  f"the config names its group {spec.group!r}")
+                raise ConfigError(
+                    f"handler {spec.name} has no type or filter, and no route in "
+                    f"the config names its group {spec.group!r}"
+                )
         if forward:
             result.append(self._router_spec(index, forward))
         return result
@@ -399,31 +493,55 @@ class Mesh:
         async def route_events(event: Event, ctx: Context) -> None:
             for route in index.match(event):
                 assert route.to is not None
-                copy = event.replace(id=derive_id(event, f"route:{route.name}", 0),
-                                     **child_extensions(event))
+                copy = event.replace(
+                    id=derive_id(event, f"route:{route.name}", 0), **child_extensions(event)
+                )
                 await self.publish(copy, channel=route.to)
-        return HandlerSpec(name="mesh.routes", func=route_events, patterns=patterns,
-                           filter=None, residual=None, group=ROUTER_GROUP,
-                           max_in_flight=self.config.default_max_in_flight, idempotent=True)
+
+        return HandlerSpec(
+            name="mesh.routes",
+            func=route_events,
+            patterns=patterns,
+            filter=None,
+            residual=None,
+            group=ROUTER_GROUP,
+            max_in_flight=self.config.default_max_in_flight,
+            idempotent=True,
+        )
 
     async def _subscribe(self, spec: HandlerSpec) -> None:
         scope = spec.group or f"{spec.name}@{self.instance_id}"
         invoke, wants_ctx, call_event = _adapt(spec.func)
         consumer = Consumer(
-            self, invoke=invoke, wants_ctx=wants_ctx, scope=scope, group=spec.group,
-            call_event=call_event, name=spec.name,
+            self,
+            invoke=invoke,
+            wants_ctx=wants_ctx,
+            scope=scope,
+            group=spec.group,
+            call_event=call_event,
+            name=spec.name,
             predicate=spec.residual,
-            policy=self._policy, store=self._store if spec.idempotent else None,
-            contracts=self.contracts, patterns=spec.patterns,
-            accepts_dead_letters=spec.dead_letters)
+            policy=self._policy,
+            store=self._store if spec.idempotent else None,
+            contracts=self.contracts,
+            patterns=spec.patterns,
+            accepts_dead_letters=spec.dead_letters,
+        )
         self._consumers[spec.name] = consumer
         for pattern in spec.patterns:
             if is_wildcard(pattern) and not self.transport.features.wildcard_patterns:
-                raise ConfigError(f"handler {spec.name}: transport does not support wildcard "
-                                  f"channel patterns like {pattern!r}; list the types")
-        self._subscriptions.append(await self.transport.subscribe(
-            spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,
-            consumer, group=spec.group, max_in_flight=spec.max_in_flight))
+                raise ConfigError(
+                    f"handler {spec.name}: transport does not support wildcard "
+                    f"channel patterns like {pattern!r}; list the types"
+                )
+        self._subscriptions.append(
+            await self.transport.subscribe(
+                spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,
+                consumer,
+                group=spec.group,
+                max_in_flight=spec.max_in_flight,
+            )
+        )
 
     async def stop(self, timeout: float | None = None, *, deregister: bool = True) -> None:
         """Stop taking events, let in-flight handlers finish within ``timeout`` seconds
@@ -456,8 +574,12 @@ class Mesh:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     async def run(self) -> None:
@@ -487,17 +609,19 @@ class Mesh:
         try:
             await self.transport.publish(channel or self.channel_for(event.type), event)
         except TransportClosed:
-            if self._started:   # the transport's own reason; never "not started" here
+            if self._started:  # the transport's own reason; never "not started" here
                 raise
-            raise TransportClosed("the mesh is not started; use 'async with mesh:' or "
-                                  "await mesh.start() before publishing") from None
+            raise TransportClosed(
+                "the mesh is not started; use 'async with mesh:' or "
+                "await mesh.start() before publishing"
+            ) from None
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish several events; returns when all are confirmed (pipelined where the
         transport can)."""
         if len(self.contracts):
             events = [self._under_contract(e) for e in events]
-        if type(self).channel_for is Mesh.channel_for:   # the channel is the type
+        if type(self).channel_for is Mesh.channel_for:  # the channel is the type
             items = [(e.type, e) for e in events]
         else:
             channel_for = self.channel_for
@@ -515,14 +639,22 @@ class Mesh:
 
     async def emit(self, type: str, data: Any = None, **attributes: Any) -> Event:
         """Create and publish a new event from this app (``source`` = the app's source)."""
-        extensions = {k: attributes.pop(k) for k in list(attributes)
-                      if k not in ("subject", "datacontenttype", "dataschema", "time", "id",
-                                   "source", "extensions")}
+        extensions = {
+            k: attributes.pop(k)
+            for k in list(attributes)
+            if k
+            not in (
+                "subject",
+                "datacontenttype",
+                "dataschema",
+                "time",
+                "id",
+                "source",
+                "extensions",
+            )
+        }
         extensions.update(attributes.pop("extensions", None) or {})
         attributes.setdefault("source", self.source)
         event = Event(type, data=data, extensions=extensions, **attributes)
         await self.publish(event)
         return event
-
-
-

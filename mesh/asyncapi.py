@@ -87,14 +87,18 @@ _PROTOCOLS: dict[str, tuple[str, str | None, str]] = {
 # CloudEvents context attributes and the extensions the mesh sets, as binary-mode headers.
 _CE_ATTRIBUTES: dict[str, tuple[dict[str, Any], str]] = {
     "specversion": ({"type": "string", "const": "1.0"}, "CloudEvents version"),
-    "id": ({"type": "string", "minLength": 1},
-           "event id; events a handler emits get ids derived from the input event's id"),
+    "id": (
+        {"type": "string", "minLength": 1},
+        "event id; events a handler emits get ids derived from the input event's id",
+    ),
     "source": ({"type": "string", "minLength": 1}, "the emitting app (URI-reference)"),
     "type": ({"type": "string", "minLength": 1}, "event type; also the channel"),
     "time": ({"type": "string", "format": "date-time"}, "RFC 3339 timestamp"),
     "subject": ({"type": "string"}, "subject of the event within the source"),
-    "dataschema": ({"type": "string", "format": "uri"},
-                   "URI of the data contract the data was validated against"),
+    "dataschema": (
+        {"type": "string", "format": "uri"},
+        "URI of the data contract the data was validated against",
+    ),
     "correlationid": ({"type": "string"}, "the conversation (first event's id)"),
     "causationid": ({"type": "string"}, "id of the event this one was emitted for"),
     "traceparent": ({"type": "string"}, "W3C trace context"),
@@ -102,14 +106,17 @@ _CE_ATTRIBUTES: dict[str, tuple[dict[str, Any], str]] = {
     "partitionkey": ({"type": "string"}, "ordering key"),
     "dataref": ({"type": "string"}, "claim-check reference: the data is stored elsewhere"),
     "expirytime": ({"type": "string", "format": "date-time"}, "drop after this time"),
-    "meshhops": ({"type": "string", "pattern": "^[0-9]+$"},
-                 "hop counter; past the hop limit the event is dead-lettered"),
+    "meshhops": (
+        {"type": "string", "pattern": "^[0-9]+$"},
+        "hop counter; past the hop limit the event is dead-lettered",
+    ),
 }
 _CE_REQUIRED = ("specversion", "id", "source", "type")
 
 
-def asyncapi_document(mesh: Mesh, *, title: str | None = None,
-                      version: str = "1.0.0") -> dict[str, Any]:
+def asyncapi_document(
+    mesh: Mesh, *, title: str | None = None, version: str = "1.0.0"
+) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of ``mesh`` (JSON-ready; see the module docstring).
 
     ``version`` is the version of *your* API (``info.version``), not of AsyncAPI.
@@ -133,7 +140,7 @@ def _handler_model(func: Callable[..., Any]) -> type[BaseModel] | None:
     try:
         params = list(inspect.signature(func).parameters.values())
         hints = typing.get_type_hints(func)
-    except Exception:   # unresolvable annotations: the app itself reports those
+    except Exception:  # unresolvable annotations: the app itself reports those
         return None
     model = hints.get(params[0].name) if params else None
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -190,19 +197,24 @@ class _Builder:
             "info": self._info(title, version),
             "servers": self._servers(),
             "defaultContentType": CONTENT_TYPE,
-            "channels": {cid: self._channel_object(cid, ch)
-                         for cid, ch in sorted(self.channels.items())},
+            "channels": {
+                cid: self._channel_object(cid, ch) for cid, ch in sorted(self.channels.items())
+            },
             "operations": dict(sorted(self.operations.items())),
-            "components": {"messages": dict(sorted(self.messages.items())),
-                           "schemas": dict(sorted(self.schemas.items()))},
+            "components": {
+                "messages": dict(sorted(self.messages.items())),
+                "schemas": dict(sorted(self.schemas.items())),
+            },
         }
         return document
 
     def _info(self, title: str, version: str) -> dict[str, Any]:
         actions = [operation["action"] for operation in self.operations.values()]
-        counts = (f"{actions.count('receive')} receive and {actions.count('send')} send "
-                  f"operation(s), {len(self.capabilities)} capability(ies), "
-                  f"{len(self.contracts)} data contract(s)")
+        counts = (
+            f"{actions.count('receive')} receive and {actions.count('send')} send "
+            f"operation(s), {len(self.capabilities)} capability(ies), "
+            f"{len(self.contracts)} data contract(s)"
+        )
         return {
             "title": title,
             "version": version,
@@ -212,7 +224,8 @@ class _Builder:
                 "data in the body); structured mode is accepted on input. Channels are "
                 "event types; `*` in an address matches one dot-separated token and `>` "
                 "one or more trailing tokens. Generated from the app's handlers, "
-                "capabilities and contracts by `mesh docs`."),
+                "capabilities and contracts by `mesh docs`."
+            ),
             "x-mesh": {"source": self.mesh.source, "generator": "event-mesh"},
         }
 
@@ -229,9 +242,9 @@ class _Builder:
             except ValueError:
                 host = ""
         protocol, protocol_version, what = _PROTOCOLS.get(
-            self.scheme, (self.scheme or "unknown", None, f"{self.scheme} transport"))
-        server: dict[str, Any] = {"host": host or "localhost", "protocol": protocol,
-                                  "title": what}
+            self.scheme, (self.scheme or "unknown", None, f"{self.scheme} transport")
+        )
+        server: dict[str, Any] = {"host": host or "localhost", "protocol": protocol, "title": what}
         if protocol_version:
             server["protocolVersion"] = protocol_version
         if path.strip("/"):
@@ -240,14 +253,16 @@ class _Builder:
             server["description"] = (
                 "In-process broker: only Mesh instances of one process that use the same "
                 "memory://<name> share it. Run the app with --transport (or "
-                "MESH_TRANSPORT) set to a real broker to share events between processes.")
+                "MESH_TRANSPORT) set to a real broker to share events between processes."
+            )
         return {_key(self.scheme or "default"): server}
 
     def _channel_object(self, cid: str, channel: _Channel) -> dict[str, Any]:
         obj: dict[str, Any] = {"address": channel.address, "description": channel.description}
         if channel.messages:
-            obj["messages"] = {mid: {"$ref": f"#/components/messages/{mid}"}
-                               for mid in channel.messages}
+            obj["messages"] = {
+                mid: {"$ref": f"#/components/messages/{mid}"} for mid in channel.messages
+            }
         obj.update(channel.extra)
         return obj
 
@@ -264,8 +279,10 @@ class _Builder:
         self._channel_ids[address] = cid
         wildcard = is_wildcard(address)
         self.channels[cid] = _Channel(
-            address, description + (" The address is a channel pattern." if wildcard else ""),
-            extra={"x-mesh": {"pattern": True}} if wildcard else {})
+            address,
+            description + (" The address is a channel pattern." if wildcard else ""),
+            extra={"x-mesh": {"pattern": True}} if wildcard else {},
+        )
         return cid
 
     def _attach(self, cid: str, mid: str) -> dict[str, str]:
@@ -289,58 +306,87 @@ class _Builder:
         if contract is not None:
             payload = self._adopt(contract.schema, event_type)
             versions = [c.version for c in self.mesh.contracts.versions(event_type)]
-            extra.update(dataschema=contract.uri, contractVersion=contract.version,
-                         contractVersions=versions)
-            description = (f"Data contract {contract.uri} (v{contract.version}): publishers "
-                           "validate before sending (ContractViolation, nothing sent); "
-                           "consumers validate again and dead-letter what does not fit.")
+            extra.update(
+                dataschema=contract.uri, contractVersion=contract.version, contractVersions=versions
+            )
+            description = (
+                f"Data contract {contract.uri} (v{contract.version}): publishers "
+                "validate before sending (ContractViolation, nothing sent); "
+                "consumers validate again and dead-letter what does not fit."
+            )
             header_consts = {"type": event_type, "dataschema": contract.uri}
         elif model is not None:
             payload = self._adopt(model.model_json_schema(), model.__name__)
             extra["model"] = model.__name__
-            description = (f"Data as the handler's model {model.__name__} expects it (no "
-                           "contract registered: producers are not checked).")
+            description = (
+                f"Data as the handler's model {model.__name__} expects it (no "
+                "contract registered: producers are not checked)."
+            )
             header_consts = {"type": event_type}
         else:
             payload = {"description": "any JSON value (no contract or model describes it)"}
             description = "No contract or model describes this event's data."
             header_consts = {"type": event_type}
-        self.messages[mid] = self._message(event_type, payload, description, header_consts,
-                                           extra=extra)
+        self.messages[mid] = self._message(
+            event_type, payload, description, header_consts, extra=extra
+        )
         return mid
 
     def _model_message(self, model: type[BaseModel]) -> str:
         """A message for a model a wildcard handler takes (the type is not fixed)."""
         mid = base = _key(model.__name__)
         n = 2
-        while mid in self.messages and self.messages[mid].get("x-mesh", {}).get(
-                "model") != f"{model.__module__}.{model.__qualname__}":
+        while (
+            mid in self.messages
+            and self.messages[mid].get("x-mesh", {}).get("model")
+            != f"{model.__module__}.{model.__qualname__}"
+        ):
             mid, n = f"{base}-{n}", n + 1
         if mid not in self.messages:
             self.messages[mid] = self._message(
-                model.__name__, self._adopt(model.model_json_schema(), model.__name__),
-                f"Data validated against {model.__name__} by the receiving handler.", {},
-                extra={"model": f"{model.__module__}.{model.__qualname__}"})
+                model.__name__,
+                self._adopt(model.model_json_schema(), model.__name__),
+                f"Data validated against {model.__name__} by the receiving handler.",
+                {},
+                extra={"model": f"{model.__module__}.{model.__qualname__}"},
+            )
         return mid
 
     def _generic_message(self) -> str:
         if GENERIC_MESSAGE not in self.messages:
             self.messages[GENERIC_MESSAGE] = self._message(
-                GENERIC_MESSAGE, {"description": "any JSON value"},
-                "Any CloudEvent on a channel pattern; its type is in the type header.", {})
+                GENERIC_MESSAGE,
+                {"description": "any JSON value"},
+                "Any CloudEvent on a channel pattern; its type is in the type header.",
+                {},
+            )
         return GENERIC_MESSAGE
 
-    def _message(self, name: str, payload: Any, description: str,
-                 header_consts: Mapping[str, str], *, required: Iterable[str] = (),
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _message(
+        self,
+        name: str,
+        payload: Any,
+        description: str,
+        header_consts: Mapping[str, str],
+        *,
+        required: Iterable[str] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         headers: dict[str, Any] = {"$ref": "#/components/schemas/CloudEventHeaders"}
         if header_consts or required:
-            headers = {"allOf": [headers, {
-                "type": "object",
-                "properties": {self.prefix + k: {"type": "string", "const": v}
-                               for k, v in header_consts.items()},
-                **({"required": [self.prefix + r for r in required]} if required else {}),
-            }]}
+            headers = {
+                "allOf": [
+                    headers,
+                    {
+                        "type": "object",
+                        "properties": {
+                            self.prefix + k: {"type": "string", "const": v}
+                            for k, v in header_consts.items()
+                        },
+                        **({"required": [self.prefix + r for r in required]} if required else {}),
+                    },
+                ]
+            }
         message: dict[str, Any] = {
             "name": name,
             "title": name,
@@ -350,8 +396,9 @@ class _Builder:
             "payload": payload,
             "correlationId": {
                 "description": "correlationid extension: every event of one conversation "
-                               "carries the id of the event that started it",
-                "location": f"$message.header#/{self.prefix}correlationid"},
+                "carries the id of the event that started it",
+                "location": f"$message.header#/{self.prefix}correlationid",
+            },
         }
         meta = {"eventType": header_consts["type"]} if "type" in header_consts else {}
         meta.update(extra or {})
@@ -364,18 +411,22 @@ class _Builder:
         for name, (schema, description) in _CE_ATTRIBUTES.items():
             properties[self.prefix + name] = {**schema, "description": description}
         properties[self.prefix + REPLY_TO] = {
-            "type": "string", "description": "on capability requests and replies: the "
-                                             "instance that waits for the reply"}
-        binding = {"kafka": "Kafka protocol binding (`ce_` headers)",
-                   "amqp": "RabbitMQ binding (`ce-` message headers)",
-                   "amqps": "RabbitMQ binding (`ce-` message headers)",
-                   "memory": "in-process: events pass as objects; shown as `ce-` headers"}
+            "type": "string",
+            "description": "on capability requests and replies: the "
+            "instance that waits for the reply",
+        }
+        binding = {
+            "kafka": "Kafka protocol binding (`ce_` headers)",
+            "amqp": "RabbitMQ binding (`ce-` message headers)",
+            "amqps": "RabbitMQ binding (`ce-` message headers)",
+            "memory": "in-process: events pass as objects; shown as `ce-` headers",
+        }
         return {
             "type": "object",
             "description": "CloudEvents 1.0 binary content mode, "
-                           + binding.get(self.scheme, "`ce-` headers")
-                           + "; `datacontenttype` travels as the message content type. "
-                           "Values are strings on the wire.",
+            + binding.get(self.scheme, "`ce-` headers")
+            + "; `datacontenttype` travels as the message content type. "
+            "Values are strings on the wire.",
             "properties": properties,
             "required": [self.prefix + name for name in _CE_REQUIRED],
         }
@@ -415,7 +466,7 @@ class _Builder:
             for keyword in ("$defs", "definitions"):
                 prefix = f"#/{keyword}/"
                 if target.startswith(prefix):
-                    head, sep, rest = target[len(prefix):].partition("/")
+                    head, sep, rest = target[len(prefix) :].partition("/")
                     head = head.replace("~1", "/").replace("~0", "~")
                     if (keyword, head) in names:
                         return f"#/components/schemas/{names[keyword, head]}{sep}{rest}"
@@ -425,8 +476,12 @@ class _Builder:
 
         def rewrite(node: Any) -> Any:
             if isinstance(node, Mapping):
-                return {k: ref(v) if k == "$ref" and isinstance(v, str) and v.startswith("#")
-                        else rewrite(v) for k, v in node.items()}
+                return {
+                    k: ref(v)
+                    if k == "$ref" and isinstance(v, str) and v.startswith("#")
+                    else rewrite(v)
+                    for k, v in node.items()
+                }
             if isinstance(node, list):
                 return [rewrite(item) for item in node]
             return node
@@ -453,8 +508,9 @@ class _Builder:
         for spec in self.mesh.handlers:
             route = routes.get(spec.group) if spec.group is not None else None
             if route is not None:
-                spec = replace(spec, patterns=list(plan(route.filter).patterns),
-                               filter=route.filter)
+                spec = replace(
+                    spec, patterns=list(plan(route.filter).patterns), filter=route.filter
+                )
             if spec.patterns:
                 result.append(spec)
         return result
@@ -466,30 +522,48 @@ class _Builder:
                 cid = self._dead_letter_channel()
                 mids = [self._dead_letter_message()]
             else:
-                cid = self._channel(pattern, "Events of this type." if not is_wildcard(pattern)
-                                    else "Events whose type matches the pattern.")
+                cid = self._channel(
+                    pattern,
+                    "Events of this type."
+                    if not is_wildcard(pattern)
+                    else "Events whose type matches the pattern.",
+                )
                 mids = self._messages_for(pattern, model)
-            op_id = _key(f"receive.{spec.name}" if spec.group is None
-                         else f"receive.{spec.group}.{spec.name}")
+            op_id = _key(
+                f"receive.{spec.name}"
+                if spec.group is None
+                else f"receive.{spec.group}.{spec.name}"
+            )
             if len(spec.patterns) > 1:
                 op_id = f"{op_id}.{index + 1}"
-            delivery = (f"Consumer group `{spec.group}`: each event goes to one member of the "
-                        "group across every running instance (competing consumers)."
-                        if spec.group is not None else
-                        "No group: a broadcast subscriber; every running instance receives "
-                        "every event.")
+            delivery = (
+                f"Consumer group `{spec.group}`: each event goes to one member of the "
+                "group across every running instance (competing consumers)."
+                if spec.group is not None
+                else "No group: a broadcast subscriber; every running instance receives "
+                "every event."
+            )
             parts = [f"Handler `{spec.name}`.", delivery]
             if spec.filter is not None:
-                parts.append("Filter (the broker matches the channel, the rest is checked in "
-                             f"the client; rejected events are acked unseen): "
-                             f"`{_json_key(spec.filter)}`.")
+                parts.append(
+                    "Filter (the broker matches the channel, the rest is checked in "
+                    f"the client; rejected events are acked unseen): "
+                    f"`{_json_key(spec.filter)}`."
+                )
             if model is not None:
-                parts.append(f"Data is validated against `{model.__name__}`; events that do "
-                             "not fit are dead-lettered, never retried.")
+                parts.append(
+                    f"Data is validated against `{model.__name__}`; events that do "
+                    "not fit are dead-lettered, never retried."
+                )
             x_mesh: dict[str, Any] = {
-                "handler": spec.name, "group": spec.group, "pattern": pattern,
-                "filter": spec.filter, "maxInFlight": spec.max_in_flight,
-                "idempotent": spec.idempotent, "deadLetters": spec.dead_letters}
+                "handler": spec.name,
+                "group": spec.group,
+                "pattern": pattern,
+                "filter": spec.filter,
+                "maxInFlight": spec.max_in_flight,
+                "idempotent": spec.idempotent,
+                "deadLetters": spec.dead_letters,
+            }
             if model is not None:
                 x_mesh["model"] = model.__name__
             self.operations[self._op_id(op_id)] = {
@@ -512,8 +586,7 @@ class _Builder:
             return [self._type_message(self.mesh.channel_for(pattern), model)]
         matches = pattern_matcher(pattern)
         mids = [self._type_message(t) for t in sorted(self.contracts) if matches(t)]
-        mids.append(self._model_message(model) if model is not None
-                    else self._generic_message())
+        mids.append(self._model_message(model) if model is not None else self._generic_message())
         return mids
 
     def _forward_routes(self) -> None:
@@ -522,23 +595,35 @@ class _Builder:
             if route.to is None:
                 continue
             for index, pattern in enumerate(plan(route.filter).patterns):
-                cid = self._channel(pattern, "Events whose type matches the pattern."
-                                    if is_wildcard(pattern) else "Events of this type.")
+                cid = self._channel(
+                    pattern,
+                    "Events whose type matches the pattern."
+                    if is_wildcard(pattern)
+                    else "Events of this type.",
+                )
                 self.operations[self._op_id(_key(f"route.{route.name}.receive.{index + 1}"))] = {
-                    "action": "receive", "channel": {"$ref": f"#/channels/{cid}"},
+                    "action": "receive",
+                    "channel": {"$ref": f"#/channels/{cid}"},
                     "summary": f"route {route.name} (group mesh.routes)",
                     "description": f"Config route `{route.name}`: events matching "
-                                   f"`{_json_key(route.filter)}` are republished to "
-                                   f"`{route.to}`.",
+                    f"`{_json_key(route.filter)}` are republished to "
+                    f"`{route.to}`.",
                     "messages": [self._attach(cid, m) for m in self._messages_for(pattern, None)],
-                    "x-mesh": {"route": route.name, "group": "mesh.routes",
-                               "filter": route.filter, "to": route.to}}
+                    "x-mesh": {
+                        "route": route.name,
+                        "group": "mesh.routes",
+                        "filter": route.filter,
+                        "to": route.to,
+                    },
+                }
             cid = self._channel(route.to, "Events republished by a config route.")
             self.operations[self._op_id(_key(f"route.{route.name}.send"))] = {
-                "action": "send", "channel": {"$ref": f"#/channels/{cid}"},
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{cid}"},
                 "summary": f"route {route.name} republishes here",
                 "messages": [self._attach(cid, self._generic_message())],
-                "x-mesh": {"route": route.name}}
+                "x-mesh": {"route": route.name},
+            }
 
     # --- capabilities -------------------------------------------------------------------
 
@@ -555,12 +640,15 @@ class _Builder:
             channel_address: str | None = templated
             parameters["instance"] = {
                 "description": "the requesting instance (its reply channel)",
-                "location": f"$message.header#/{self.prefix}{REPLY_TO}"}
+                "location": f"$message.header#/{self.prefix}{REPLY_TO}",
+            }
             how = "one channel per requesting instance"
         elif templated == transport.reply_channel("another-instance"):
             channel_address = templated
-            how = ("one channel shared by every instance; each keeps the replies whose "
-                   f"`{REPLY_TO}` header names it")
+            how = (
+                "one channel shared by every instance; each keeps the replies whose "
+                f"`{REPLY_TO}` header names it"
+            )
         else:
             channel_address = None
             how = "one channel per requesting instance, named by the transport"
@@ -569,7 +657,8 @@ class _Builder:
             channel_address,
             f"Capability replies ({how}). A reply's `causationid` is the request's id; the "
             "caller waits on that, not on a connection.",
-            extra={"parameters": parameters} if parameters else {})
+            extra={"parameters": parameters} if parameters else {},
+        )
         return "mesh.reply"
 
     def _capability(self, capability: Capability) -> None:
@@ -579,26 +668,36 @@ class _Builder:
         if capability.input_schema:
             payload = self._adopt(capability.input_schema, f"{capability.name}.input")
         else:
-            payload = {"description": "any JSON value (the capability declares no input "
-                                      "schema)"}
+            payload = {"description": "any JSON value (the capability declares no input schema)"}
         self.messages[mid] = self._message(
-            request_type, payload,
+            request_type,
+            payload,
             f"A request for `{capability.name}` v{capability.version}. `mesh.request` "
             "validates the data against the input schema before sending (ContractViolation, "
             "nothing sent); the provider validates again.",
-            {"type": request_type}, required=[REPLY_TO],
-            extra={"capability": capability.name, "version": capability.version})
+            {"type": request_type},
+            required=[REPLY_TO],
+            extra={"capability": capability.name, "version": capability.version},
+        )
         reply_cid = self._reply_channel()
         reply_type = REPLY_PREFIX + capability.name
         reply_mid = _key(reply_type)
         self.messages[reply_mid] = self._message(
-            reply_type, {"description": "what the capability's handler returned (any JSON)"},
-            f"The successful reply of `{capability.name}`.", {"type": reply_type},
-            required=["causationid", REPLY_TO], extra={"capability": capability.name})
+            reply_type,
+            {"description": "what the capability's handler returned (any JSON)"},
+            f"The successful reply of `{capability.name}`.",
+            {"type": reply_type},
+            required=["causationid", REPLY_TO],
+            extra={"capability": capability.name},
+        )
         error_mid = self._reply_error_message()
-        x_mesh = {"capability": capability.name, "version": capability.version,
-                  "group": capability.group, "tags": list(capability.tags),
-                  "outputTypes": list(capability.output_types)}
+        x_mesh = {
+            "capability": capability.name,
+            "version": capability.version,
+            "group": capability.group,
+            "tags": list(capability.tags),
+            "outputTypes": list(capability.output_types),
+        }
         operation: dict[str, Any] = {
             "action": "receive",
             "channel": {"$ref": f"#/channels/{cid}"},
@@ -606,13 +705,18 @@ class _Builder:
             "description": (
                 f"Capability `{capability.name}` v{capability.version}, served by consumer "
                 f"group `{capability.group}` (one member handles each request). Callers use "
-                f"`mesh.request(\"{capability.name}\", data)`; the reply goes to the caller's "
+                f'`mesh.request("{capability.name}", data)`; the reply goes to the caller\'s '
                 "reply channel. A handler that fails for good replies `mesh.reply.error` "
-                "(RemoteError at the caller) and its request is dead-lettered."),
+                "(RemoteError at the caller) and its request is dead-lettered."
+            ),
             "messages": [self._attach(cid, mid)],
-            "reply": {"channel": {"$ref": f"#/channels/{reply_cid}"},
-                      "messages": [self._attach(reply_cid, reply_mid),
-                                   self._attach(reply_cid, error_mid)]},
+            "reply": {
+                "channel": {"$ref": f"#/channels/{reply_cid}"},
+                "messages": [
+                    self._attach(reply_cid, reply_mid),
+                    self._attach(reply_cid, error_mid),
+                ],
+            },
             "x-mesh": x_mesh,
         }
         if capability.tags:
@@ -623,16 +727,23 @@ class _Builder:
         mid = _key(REPLY_ERROR_TYPE)
         if mid not in self.messages:
             self.messages[mid] = self._message(
-                REPLY_ERROR_TYPE, {
+                REPLY_ERROR_TYPE,
+                {
                     "type": "object",
                     "required": ["capability", "error_type", "message"],
                     "properties": {
                         "capability": {"type": "string"},
-                        "error_type": {"type": "string",
-                                       "description": "the exception class of the failure"},
-                        "message": {"type": "string", "maxLength": 2000}}},
+                        "error_type": {
+                            "type": "string",
+                            "description": "the exception class of the failure",
+                        },
+                        "message": {"type": "string", "maxLength": 2000},
+                    },
+                },
                 "The provider's handler failed for good; raised as RemoteError.",
-                {"type": REPLY_ERROR_TYPE}, required=["causationid", REPLY_TO])
+                {"type": REPLY_ERROR_TYPE},
+                required=["causationid", REPLY_TO],
+            )
         return mid
 
     def _sends(self) -> None:
@@ -651,9 +762,15 @@ class _Builder:
                 "action": "send",
                 "channel": {"$ref": f"#/channels/{cid}"},
                 "summary": f"publish {event_type}",
-                "description": (f"The app publishes `{event_type}` ({', '.join(reasons)})."
-                                + (" Its data is validated against the contract first and "
-                                   "the event gets `dataschema`." if contracted else "")),
+                "description": (
+                    f"The app publishes `{event_type}` ({', '.join(reasons)})."
+                    + (
+                        " Its data is validated against the contract first and "
+                        "the event gets `dataschema`."
+                        if contracted
+                        else ""
+                    )
+                ),
                 "messages": [self._attach(cid, mid)],
                 "x-mesh": {"eventType": event_type, "reasons": reasons},
             }
@@ -665,63 +782,103 @@ class _Builder:
             "type": "object",
             "required": ["name", "group"],
             "properties": {
-                "name": {"type": "string"}, "group": {"type": "string"},
-                "version": {"type": "string"}, "description": {"type": "string"},
+                "name": {"type": "string"},
+                "group": {"type": "string"},
+                "version": {"type": "string"},
+                "description": {"type": "string"},
                 "input_schema": {"type": "object"},
                 "output_types": {"type": "array", "items": {"type": "string"}},
                 "tags": {"type": "array", "items": {"type": "string"}},
-                "instance": {"type": "string"}, "source": {"type": "string"}}}
+                "instance": {"type": "string"},
+                "source": {"type": "string"},
+            },
+        }
         self._origin_lock("Capability")
-        cid = self._channel(REGISTRY_CHANNEL, (
-            "The capability registry: every instance announces its capabilities at start "
-            "and every heartbeat, asks for a resync when it starts, and says when it leaves; "
-            "entries expire a TTL after the last announcement."))
-        instance = {"type": "object", "required": ["instance"],
-                    "properties": {"instance": {"type": "string"}}}
+        cid = self._channel(
+            REGISTRY_CHANNEL,
+            (
+                "The capability registry: every instance announces its capabilities at start "
+                "and every heartbeat, asks for a resync when it starts, and says when it leaves; "
+                "entries expire a TTL after the last announcement."
+            ),
+        )
+        instance = {
+            "type": "object",
+            "required": ["instance"],
+            "properties": {"instance": {"type": "string"}},
+        }
         bodies = {
-            ANNOUNCE_TYPE: ({"type": "object", "required": ["instance", "capabilities"],
-                             "properties": {
-                                 "instance": {"type": "string"},
-                                 "source": {"type": "string"},
-                                 "ttl": {"type": "number",
-                                         "description": "seconds the entry stays live"},
-                                 "capabilities": {"type": "array", "items": {
-                                     "$ref": "#/components/schemas/Capability"}}}},
-                            "What an instance serves; sent at start, every heartbeat, and in "
-                            "answer to a resync."),
+            ANNOUNCE_TYPE: (
+                {
+                    "type": "object",
+                    "required": ["instance", "capabilities"],
+                    "properties": {
+                        "instance": {"type": "string"},
+                        "source": {"type": "string"},
+                        "ttl": {"type": "number", "description": "seconds the entry stays live"},
+                        "capabilities": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Capability"},
+                        },
+                    },
+                },
+                "What an instance serves; sent at start, every heartbeat, and in "
+                "answer to a resync.",
+            ),
             RESYNC_TYPE: (instance, "A starting instance asks every live one to announce."),
             LEAVE_TYPE: (instance, "An instance stopped gracefully; drop its entries."),
         }
         refs = []
         for event_type, (payload, description) in bodies.items():
             mid = _key(event_type)
-            self.messages[mid] = self._message(event_type, payload, description,
-                                               {"type": event_type})
+            self.messages[mid] = self._message(
+                event_type, payload, description, {"type": event_type}
+            )
             refs.append(self._attach(cid, mid))
         common = {"channel": {"$ref": f"#/channels/{cid}"}, "messages": refs}
         self.operations[self._op_id("registry.send")] = {
-            "action": "send", **common, "summary": "announce, resync, leave",
-            "x-mesh": {"heartbeat": self.mesh.config.capabilities.heartbeat}}
+            "action": "send",
+            **common,
+            "summary": "announce, resync, leave",
+            "x-mesh": {"heartbeat": self.mesh.config.capabilities.heartbeat},
+        }
         self.operations[self._op_id("registry.receive")] = {
-            "action": "receive", **common,
-            "summary": "keep the live registry (broadcast: every instance gets every entry)"}
+            "action": "receive",
+            **common,
+            "summary": "keep the live registry (broadcast: every instance gets every entry)",
+        }
 
     def _dead_letter_channel(self) -> str:
-        return self._channel(self.mesh.config.dead_letter_channel, (
-            "Dead letters: copies of events a handler could not process (after the retries, "
-            "or at once for contract violations, hop-limit and undecodable messages), with "
-            "the reason in `meshdl*` headers. `mesh dlq list` / `mesh dlq replay` use it."))
+        return self._channel(
+            self.mesh.config.dead_letter_channel,
+            (
+                "Dead letters: copies of events a handler could not process (after the retries, "
+                "or at once for contract violations, hop-limit and undecodable messages), with "
+                "the reason in `meshdl*` headers. `mesh dlq list` / `mesh dlq replay` use it."
+            ),
+        )
 
     def _dead_letter_message(self) -> str:
         mid = "DeadLetter"
         if mid not in self.messages:
             message = self._message(
-                "DeadLetter", {"description": "the original event's data, unchanged"},
-                "A dead-letter copy: original type and data, fresh id, and why.", {})
-            message["headers"] = {"allOf": [message["headers"], {
-                "type": "object",
-                "properties": {self.prefix + name: {"type": "string"} for name in DL_EXTENSIONS},
-                "required": [self.prefix + DL_ERROR, self.prefix + DL_REASON]}]}
+                "DeadLetter",
+                {"description": "the original event's data, unchanged"},
+                "A dead-letter copy: original type and data, fresh id, and why.",
+                {},
+            )
+            message["headers"] = {
+                "allOf": [
+                    message["headers"],
+                    {
+                        "type": "object",
+                        "properties": {
+                            self.prefix + name: {"type": "string"} for name in DL_EXTENSIONS
+                        },
+                        "required": [self.prefix + DL_ERROR, self.prefix + DL_REASON],
+                    },
+                ]
+            }
             self.messages[mid] = message
         return mid
 

@@ -77,8 +77,14 @@ REPLY_PREFIX = "mesh.reply."
 REPLY_ERROR_TYPE = "mesh.reply.error"
 REPLY_TO = "meshreplyto"
 
-__all__ = ["Capability", "CapabilityDirectory", "from_a2a_skill", "from_mcp_tool",
-           "to_a2a_skill", "to_mcp_tool"]
+__all__ = [
+    "Capability",
+    "CapabilityDirectory",
+    "from_a2a_skill",
+    "from_mcp_tool",
+    "to_a2a_skill",
+    "to_mcp_tool",
+]
 
 
 @dataclass(frozen=True)
@@ -111,38 +117,55 @@ class Capability:
 def to_a2a_skill(capability: Capability) -> dict[str, Any]:
     """An A2A AgentSkill describing ``capability`` (A2A skills carry no input schema:
     it travels under ``x-mesh`` so `from_a2a_skill` can restore it)."""
-    return {"id": capability.name, "name": capability.name,
-            "description": capability.description, "tags": list(capability.tags),
-            "inputModes": ["application/json"], "outputModes": ["application/json"],
-            "x-mesh": {"version": capability.version, "group": capability.group,
-                       "inputSchema": capability.input_schema,
-                       "outputTypes": list(capability.output_types)}}
+    return {
+        "id": capability.name,
+        "name": capability.name,
+        "description": capability.description,
+        "tags": list(capability.tags),
+        "inputModes": ["application/json"],
+        "outputModes": ["application/json"],
+        "x-mesh": {
+            "version": capability.version,
+            "group": capability.group,
+            "inputSchema": capability.input_schema,
+            "outputTypes": list(capability.output_types),
+        },
+    }
 
 
 def from_a2a_skill(skill: Mapping[str, Any], *, group: str | None = None) -> Capability:
     """A capability from an A2A AgentSkill (``group`` defaults to ``cap.<id>``)."""
     extra = skill.get("x-mesh") or {}
     name = str(skill.get("id") or skill["name"])
-    return Capability(name=name, group=group or extra.get("group") or f"cap.{name}",
-                      version=str(extra.get("version", "1.0.0")),
-                      description=str(skill.get("description", "")),
-                      input_schema=dict(extra.get("inputSchema") or {}),
-                      output_types=tuple(extra.get("outputTypes") or ()),
-                      tags=tuple(skill.get("tags") or ()))
+    return Capability(
+        name=name,
+        group=group or extra.get("group") or f"cap.{name}",
+        version=str(extra.get("version", "1.0.0")),
+        description=str(skill.get("description", "")),
+        input_schema=dict(extra.get("inputSchema") or {}),
+        output_types=tuple(extra.get("outputTypes") or ()),
+        tags=tuple(skill.get("tags") or ()),
+    )
 
 
 def to_mcp_tool(capability: Capability) -> dict[str, Any]:
     """An MCP tool description (name, description, inputSchema)."""
-    return {"name": capability.name, "description": capability.description,
-            "inputSchema": capability.input_schema or {"type": "object"}}
+    return {
+        "name": capability.name,
+        "description": capability.description,
+        "inputSchema": capability.input_schema or {"type": "object"},
+    }
 
 
 def from_mcp_tool(tool: Mapping[str, Any], *, group: str | None = None) -> Capability:
     """A capability from an MCP tool description."""
     name = str(tool["name"])
-    return Capability(name=name, group=group or f"cap.{name}",
-                      description=str(tool.get("description", "")),
-                      input_schema=dict(tool.get("inputSchema") or {}))
+    return Capability(
+        name=name,
+        group=group or f"cap.{name}",
+        description=str(tool.get("description", "")),
+        input_schema=dict(tool.get("inputSchema") or {}),
+    )
 
 
 class CapabilityDirectory:
@@ -165,8 +188,10 @@ class CapabilityDirectory:
         now = time.monotonic()
         for instance in [i for i, (until, _) in self._entries.items() if until < now]:
             del self._entries[instance]
-        return sorted((cap for _, caps in self._entries.values() for cap in caps),
-                      key=lambda c: (c.name, c.instance))
+        return sorted(
+            (cap for _, caps in self._entries.values() for cap in caps),
+            key=lambda c: (c.name, c.instance),
+        )
 
     def expires_in(self, instance: str) -> float:
         until = self._entries.get(instance, (0.0, []))[0]
@@ -186,8 +211,10 @@ def input_errors(capability: Capability, data: Any) -> list[str]:
     if not capability.input_schema:
         return []
     validator = _validator(json.dumps(capability.input_schema, sort_keys=True))
-    return sorted(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-                  for e in validator.iter_errors(data))
+    return sorted(
+        f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in validator.iter_errors(data)
+    )
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -216,45 +243,80 @@ class Capabilities:
 
     # --- serving ------------------------------------------------------------------------
 
-    def register(self, name: str, handler: Handler, *, input: SchemaSource | None,
-                 group: str | None, version: str, description: str | None,
-                 output: Sequence[str], tags: Sequence[str]) -> Capability:
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        input: SchemaSource | None,
+        group: str | None,
+        version: str,
+        description: str | None,
+        output: Sequence[str],
+        tags: Sequence[str],
+    ) -> Capability:
         if name in self.local:
             raise ConfigError(f"capability {name!r} is registered twice in this app")
         model = input if isinstance(input, type) and issubclass(input, BaseModel) else None
         capability = Capability(
-            name=name, group=group or f"cap.{name}", version=version,
-            description=description if description is not None
+            name=name,
+            group=group or f"cap.{name}",
+            version=version,
+            description=description
+            if description is not None
             else (handler.__doc__ or "").strip().split("\n")[0],
             input_schema=schema_of(input) if input is not None else {},
-            output_types=tuple(output), tags=tuple(tags),
-            instance=self.mesh.instance_id, source=self.mesh.source)
+            output_types=tuple(output),
+            tags=tuple(tags),
+            instance=self.mesh.instance_id,
+            source=self.mesh.source,
+        )
         self.local[name] = capability
 
         async def serve(event: Event, ctx: Context) -> None:
             await self._serve(capability, model, handler, event, ctx)
+
         serve.__name__ = f"capability:{name}"
-        self.mesh.on(REQUEST_PREFIX + name, group=capability.group,
-                     name=f"capability:{name}")(serve)
+        self.mesh.on(REQUEST_PREFIX + name, group=capability.group, name=f"capability:{name}")(
+            serve
+        )
         return capability
 
-    async def _serve(self, capability: Capability, model: type[BaseModel] | None,
-                     handler: Handler, event: Event, ctx: Context) -> None:
+    async def _serve(
+        self,
+        capability: Capability,
+        model: type[BaseModel] | None,
+        handler: Handler,
+        event: Event,
+        ctx: Context,
+    ) -> None:
         try:
             problems = input_errors(capability, event.data)
             if problems:
-                raise ContractViolation(f"request data violates the input schema of "
-                                        f"{capability.name}: " + "; ".join(problems), problems)
+                raise ContractViolation(
+                    f"request data violates the input schema of "
+                    f"{capability.name}: " + "; ".join(problems),
+                    problems,
+                )
             argument: Any = model.model_validate(event.data) if model is not None else event
             result = await handler(argument, ctx)
         except RetryLater:
             raise
-        except Exception as exc:   # tell the caller only when the mesh gives up on it
-            if isinstance(exc, DeadLetter | DataValidationError) \
-                    or ctx.attempt >= self.mesh.config.retry.max_attempts:
-                await self._reply(event, ctx, REPLY_ERROR_TYPE, {
-                    "capability": capability.name, "error_type": type(exc).__name__,
-                    "message": str(exc)[:2000]})
+        except Exception as exc:  # tell the caller only when the mesh gives up on it
+            if (
+                isinstance(exc, DeadLetter | DataValidationError)
+                or ctx.attempt >= self.mesh.config.retry.max_attempts
+            ):
+                await self._reply(
+                    event,
+                    ctx,
+                    REPLY_ERROR_TYPE,
+                    {
+                        "capability": capability.name,
+                        "error_type": type(exc).__name__,
+                        "message": str(exc)[:2000],
+                    },
+                )
             raise
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")
@@ -265,8 +327,12 @@ class Capabilities:
         if not reply_to:
             log.warning("request %s has no %s extension; no reply sent", request.id, REPLY_TO)
             return
-        await ctx.emit(reply_type, data, channel=self.mesh.transport.reply_channel(str(reply_to)),
-                       **{REPLY_TO: reply_to})
+        await ctx.emit(
+            reply_type,
+            data,
+            channel=self.mesh.transport.reply_channel(str(reply_to)),
+            **{REPLY_TO: reply_to},
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -275,15 +341,17 @@ class Capabilities:
         transport = self.mesh.transport
         self._subs = [
             await transport.subscribe(REGISTRY_CHANNEL, self._on_registry, max_in_flight=4),
-            await transport.subscribe(transport.reply_channel(self.mesh.instance_id),
-                                      self._on_reply, max_in_flight=16),
+            await transport.subscribe(
+                transport.reply_channel(self.mesh.instance_id), self._on_reply, max_in_flight=16
+            ),
         ]
         self.directory.update(self.mesh.instance_id, list(self.local.values()), self.ttl)
         await self._announce()
         await self._publish(RESYNC_TYPE, {"instance": self.mesh.instance_id})
         self._heartbeat_task = asyncio.create_task(self._beat(), name="mesh-heartbeat")
         asyncio.get_running_loop().call_later(
-            self.mesh.config.capabilities.resync_wait, self._synced.set)
+            self.mesh.config.capabilities.resync_wait, self._synced.set
+        )
         return self._subs
 
     async def stop(self, deregister: bool = True) -> None:
@@ -309,13 +377,20 @@ class Capabilities:
                 log.warning("capability heartbeat failed: %s", exc)
 
     async def _announce(self) -> None:
-        await self._publish(ANNOUNCE_TYPE, {
-            "instance": self.mesh.instance_id, "source": self.mesh.source, "ttl": self.ttl,
-            "capabilities": [cap.to_dict() for cap in self.local.values()]})
+        await self._publish(
+            ANNOUNCE_TYPE,
+            {
+                "instance": self.mesh.instance_id,
+                "source": self.mesh.source,
+                "ttl": self.ttl,
+                "capabilities": [cap.to_dict() for cap in self.local.values()],
+            },
+        )
 
     async def _publish(self, event_type: str, data: Any) -> None:
         await self.mesh.transport.publish(
-            REGISTRY_CHANNEL, Event(event_type, self.mesh.source, data))
+            REGISTRY_CHANNEL, Event(event_type, self.mesh.source, data)
+        )
 
     async def _on_registry(self, delivery: Delivery) -> None:
         try:
@@ -341,8 +416,11 @@ class Capabilities:
             await delivery.ack()
             return
         future = self._pending.get(str(event.causationid))
-        if event.extensions.get(REPLY_TO) == self.mesh.instance_id and future is not None \
-                and not future.done():
+        if (
+            event.extensions.get(REPLY_TO) == self.mesh.instance_id
+            and future is not None
+            and not future.done()
+        ):
             future.set_result(event)
         await delivery.ack()
 
@@ -352,8 +430,9 @@ class Capabilities:
         """See `mesh.Mesh.request`."""
         if not self._synced.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._synced.wait(),
-                                       self.mesh.config.capabilities.resync_wait)
+                await asyncio.wait_for(
+                    self._synced.wait(), self.mesh.config.capabilities.resync_wait
+                )
         providers = self.directory.providers(name)
         if not providers:
             names = sorted({cap.name for cap in self.directory.live()})
@@ -361,13 +440,21 @@ class Capabilities:
         capability = max(providers, key=lambda c: _version_key(c.version))
         problems = input_errors(capability, data)
         if problems:
-            raise ContractViolation(f"request data for {name} violates its input schema "
-                                    f"(nothing was sent): " + "; ".join(problems), problems)
+            raise ContractViolation(
+                f"request data for {name} violates its input schema "
+                f"(nothing was sent): " + "; ".join(problems),
+                problems,
+            )
         parent = current_event()
         extensions: dict[str, Any] = child_extensions(parent) if parent is not None else {}
         extensions[REPLY_TO] = self.mesh.instance_id
-        request = Event(REQUEST_PREFIX + name, self.mesh.source, data,
-                        id=str(uuid.uuid4()), extensions=extensions)
+        request = Event(
+            REQUEST_PREFIX + name,
+            self.mesh.source,
+            data,
+            id=str(uuid.uuid4()),
+            extensions=extensions,
+        )
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._pending[request.id] = future
         try:
@@ -375,15 +462,17 @@ class Capabilities:
             try:
                 reply = await asyncio.wait_for(future, timeout)
             except TimeoutError:
-                raise RequestTimeout(f"no reply from capability {name!r} within {timeout:g}s "
-                                     f"(request {request.id}); it may still be handled") \
-                    from None
+                raise RequestTimeout(
+                    f"no reply from capability {name!r} within {timeout:g}s "
+                    f"(request {request.id}); it may still be handled"
+                ) from None
         finally:
             self._pending.pop(request.id, None)
         if reply.type == REPLY_ERROR_TYPE:
             body = reply.data if isinstance(reply.data, dict) else {}
-            raise RemoteError(name, str(body.get("error_type", "Error")),
-                              str(body.get("message", "")))
+            raise RemoteError(
+                name, str(body.get("error_type", "Error")), str(body.get("message", ""))
+            )
         return reply
 
 

@@ -105,9 +105,11 @@ def decode_data(body: bytes, content_type: str | None) -> Any:
         except UnicodeDecodeError:
             text = None
         if text is not None and text.lstrip()[:1] not in ("{", "[", '"'):
-            return text   # an SDK's unquoted string
-        raise DecodeError(f"body is not valid JSON for content type "
-                          f"{content_type or 'application/json'}: {problem}")
+            return text  # an SDK's unquoted string
+        raise DecodeError(
+            f"body is not valid JSON for content type "
+            f"{content_type or 'application/json'}: {problem}"
+        )
     if content_type is not None and content_type.startswith("text/"):
         try:
             return body.decode("utf-8")
@@ -156,8 +158,10 @@ def to_json(event: Event) -> bytes:
 
 def from_json(body: bytes | str) -> Event:
     """Parse structured-mode JSON; raises `DecodeError` when it is not a CloudEvent."""
+
     def read(raw: bytes | str, fmt: MeshFormat, factory: Any) -> Any:
         return fmt.read(factory, raw)
+
     return decode(read, body)
 
 

@@ -41,8 +41,12 @@ class RetryConfig(BaseModel):
     max_backoff: float = Field(30.0, ge=0, description="cap on one backoff, seconds")
     multiplier: float = Field(2.0, ge=1)
     jitter: float = Field(0.2, ge=0, le=1, description="+/- fraction of random spread")
-    max_deliveries: int = Field(10, ge=0, description="deliveries of one message (by the "
-                                "broker's count) before it is dead-lettered unrun; 0: no limit")
+    max_deliveries: int = Field(
+        10,
+        ge=0,
+        description="deliveries of one message (by the "
+        "broker's count) before it is dead-lettered unrun; 0: no limit",
+    )
 
 
 class IdempotencyConfig(BaseModel):
@@ -62,8 +66,9 @@ class CapabilitiesConfig(BaseModel):
     enabled: bool = True
     heartbeat: float = Field(5.0, gt=0, description="seconds between announcements")
     ttl: float | None = Field(None, gt=0, description="expiry; default 3 heartbeats")
-    resync_wait: float = Field(1.0, ge=0, description="a newcomer waits this long for "
-                                                     "announcements before NoProvider")
+    resync_wait: float = Field(
+        1.0, ge=0, description="a newcomer waits this long for announcements before NoProvider"
+    )
 
 
 class RouteConfig(BaseModel):
@@ -84,25 +89,27 @@ class MeshConfig(BaseModel):
 
     transport: SecretStr = Field(SecretStr("memory://"), description="transport URL")
     transport_options: dict[str, Any] = Field(default_factory=dict)
-    source: str = Field(default_factory=lambda: f"/mesh/{socket.gethostname()}",
-                        description="CloudEvents source of events this app emits")
+    source: str = Field(
+        default_factory=lambda: f"/mesh/{socket.gethostname()}",
+        description="CloudEvents source of events this app emits",
+    )
     hop_limit: int = Field(10, ge=1)
     dead_letter_channel: str = "mesh.deadletter"
     shutdown_timeout: float = Field(10.0, ge=0)
     default_max_in_flight: int = Field(16, ge=1)
     retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
-    idempotency: IdempotencyConfig = Field(
-        default_factory=IdempotencyConfig)  # type: ignore[arg-type]
-    capabilities: CapabilitiesConfig = Field(
-        default_factory=CapabilitiesConfig)  # type: ignore[arg-type]
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)  # type: ignore[arg-type]
+    capabilities: CapabilitiesConfig = Field(default_factory=CapabilitiesConfig)  # type: ignore[arg-type]
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @field_validator("transport")
     @classmethod
     def _has_scheme(cls, value: SecretStr) -> SecretStr:
         if "://" not in value.get_secret_value():
-            raise ValueError("must be a URL like memory://, nats://host:4222, "
-                             "kafka://host:9092 or amqp://user:pass@host:5672/")
+            raise ValueError(
+                "must be a URL like memory://, nats://host:4222, "
+                "kafka://host:9092 or amqp://user:pass@host:5672/"
+            )
         return value
 
     @property
@@ -117,8 +124,13 @@ class MeshConfig(BaseModel):
     # --- loading ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
-             **overrides: Any) -> MeshConfig:
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> MeshConfig:
         """Defaults < YAML file at ``path`` < ``MESH_*`` environment < ``overrides``.
 
         Without ``path``, ``MESH_CONFIG`` names the file (so ``mesh run --config`` reaches
@@ -155,8 +167,10 @@ class MeshConfig(BaseModel):
         raise ConfigError(f"invalid {origin}: " + "; ".join(problems))
 
     def __repr__(self) -> str:
-        return (f"MeshConfig(transport={self.redacted_transport!r}, source={self.source!r}, "
-                f"hop_limit={self.hop_limit}, retry={self.retry!r})")
+        return (
+            f"MeshConfig(transport={self.redacted_transport!r}, source={self.source!r}, "
+            f"hop_limit={self.hop_limit}, retry={self.retry!r})"
+        )
 
 
 def _known(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -176,7 +190,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:   # its message quotes the file (a password, maybe): not kept
+    except yaml.YAMLError as exc:  # its message quotes the file (a password, maybe): not kept
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
@@ -193,10 +207,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 #: ``MESH_*`` variables that are not configuration: where the config file is, and the
 #: test suite's own settings (servers to test against, reports to write).
-_NOT_CONFIG = frozenset({
-    "MESH_CONFIG", "MESH_KAFKA_URL", "MESH_NATS_URL", "MESH_RABBITMQ_URL", "MESH_POSTGRES_URL",
-    "MESH_REDIS_URL", "MESH_KAFKA_PROXY_URL", "MESH_KAFKA_PROXY_TARGET", "MESH_CESQL_TCK",
-    "MESH_RELIABILITY_REPORT"})
+_NOT_CONFIG = frozenset(
+    {
+        "MESH_CONFIG",
+        "MESH_KAFKA_URL",
+        "MESH_NATS_URL",
+        "MESH_RABBITMQ_URL",
+        "MESH_POSTGRES_URL",
+        "MESH_REDIS_URL",
+        "MESH_KAFKA_PROXY_URL",
+        "MESH_KAFKA_PROXY_TARGET",
+        "MESH_CESQL_TCK",
+        "MESH_RELIABILITY_REPORT",
+    }
+)
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -207,7 +231,7 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         if key in _NOT_CONFIG:
             continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
+        path = key[len(ENV_PREFIX) :].lower().split("__")
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
@@ -221,8 +245,9 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
-def _warn_overridden(from_env: Mapping[str, Any], given: Mapping[str, Any],
-                     prefix: tuple[str, ...] = ()) -> None:
+def _warn_overridden(
+    from_env: Mapping[str, Any], given: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> None:
     """Say (once per variable, without its value: it may be a secret) when an explicit
     argument outranks a ``MESH_*`` variable, so a variable never seems silently ignored."""
     for key, value in given.items():
@@ -235,10 +260,14 @@ def _warn_overridden(from_env: Mapping[str, Any], given: Mapping[str, Any],
         variable = ENV_PREFIX + "__".join(part.upper() for part in here)
         if variable not in _WARNED:
             _WARNED.add(variable)
-            log.warning("%s is set, but the app passes %s explicitly, which wins (precedence: "
-                        "defaults < config file < MESH_* variables < arguments); to let the "
-                        "environment choose, build the Mesh without it (Mesh() or "
-                        "Mesh.from_config())", variable, ".".join(here))
+            log.warning(
+                "%s is set, but the app passes %s explicitly, which wins (precedence: "
+                "defaults < config file < MESH_* variables < arguments); to let the "
+                "environment choose, build the Mesh without it (Mesh() or "
+                "Mesh.from_config())",
+                variable,
+                ".".join(here),
+            )
 
 
 _WARNED: set[str] = set()

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 ID_NAMESPACE = uuid.UUID("6f1d1d1e-5b7c-4a53-9a57-0c9a3e0d4c11")
 
 _INHERITED = ("traceparent", "tracestate")
-_CURRENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar("mesh_current_event",
-                                                                       default=None)
+_CURRENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "mesh_current_event", default=None
+)
 
 
 def current_event() -> Event | None:
@@ -70,12 +71,30 @@ class Context:
     """Per-delivery context. ``attempt`` is 1 on the first try of this delivery;
     ``redeliveries`` counts earlier deliveries by the broker."""
 
-    __slots__ = ("_delivery", "_position", "attempt", "channel", "event", "group", "mesh",
-                 "redeliveries", "scope")
+    __slots__ = (
+        "_delivery",
+        "_position",
+        "attempt",
+        "channel",
+        "event",
+        "group",
+        "mesh",
+        "redeliveries",
+        "scope",
+    )
 
-    def __init__(self, mesh: Mesh, event: Event, *, channel: str, group: str | None,
-                 scope: str, attempt: int, redeliveries: int,
-                 delivery: Delivery | None = None) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        event: Event,
+        *,
+        channel: str,
+        group: str | None,
+        scope: str,
+        attempt: int,
+        redeliveries: int,
+        delivery: Delivery | None = None,
+    ) -> None:
         self.mesh = mesh
         self.event = event
         self.channel = channel
@@ -89,17 +108,19 @@ class Context:
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger named after the handler's scope that adds the event id and correlation."""
-        return logging.LoggerAdapter(logging.getLogger(f"mesh.handler.{self.scope}"),
-                                     {"event_id": self.event.id,
-                                      "correlationid": self.correlationid})
+        return logging.LoggerAdapter(
+            logging.getLogger(f"mesh.handler.{self.scope}"),
+            {"event_id": self.event.id, "correlationid": self.correlationid},
+        )
 
     @property
     def correlationid(self) -> str:
         """The conversation this event belongs to (its own id if it starts one)."""
         return self.event.correlationid or self.event.id
 
-    def child(self, type: str, data: Any = None, *, fresh_id: bool = False,
-              **attributes: Any) -> Event:
+    def child(
+        self, type: str, data: Any = None, *, fresh_id: bool = False, **attributes: Any
+    ) -> Event:
         """Build (without publishing) the next follow-up event; see the module docstring.
 
         ``fresh_id=True`` gives a random id instead of the derived one: for events that
@@ -118,8 +139,15 @@ class Context:
         attributes.setdefault("source", self.mesh.source)
         return Event(type, data=data, id=event_id, extensions=extensions, **attributes)
 
-    async def emit(self, type: str, data: Any = None, *, channel: str | None = None,
-                   fresh_id: bool = False, **attributes: Any) -> Event:
+    async def emit(
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        channel: str | None = None,
+        fresh_id: bool = False,
+        **attributes: Any,
+    ) -> Event:
         """Publish a follow-up event and wait for the broker's confirmation.
 
         ``attributes`` are CloudEvents attributes (``subject``, ``datacontenttype``,
@@ -129,8 +157,7 @@ class Context:
         await self.mesh.publish(event, channel=channel)
         return event
 
-    async def reply(self, data: Any = None, *, type: str | None = None,
-                    **attributes: Any) -> Event:
+    async def reply(self, data: Any = None, *, type: str | None = None, **attributes: Any) -> Event:
         """Emit ``<input type>.reply`` (or ``type``) as a follow-up of the input."""
         return await self.emit(type or f"{self.event.type}.reply", data, **attributes)
 

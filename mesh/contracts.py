@@ -59,8 +59,10 @@ def schema_of(source: SchemaSource) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise ConfigError(f"schema file {path} must hold a JSON object")
         return loaded
-    raise ConfigError(f"a contract is a pydantic model, a JSON Schema dict or a file path, "
-                      f"not {type(source).__name__}")
+    raise ConfigError(
+        f"a contract is a pydantic model, a JSON Schema dict or a file path, "
+        f"not {type(source).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,16 @@ class Contract:
 
     def check(self, event: Event) -> None:
         """Raise `ContractViolation` listing the errors when ``event.data`` does not fit."""
-        if self._validator.is_valid(event.data):   # the common case, without collecting
+        if self._validator.is_valid(event.data):  # the common case, without collecting
             return
         problems = self.errors(event.data)
         if problems:
             raise ContractViolation(
                 f"data of {event.type} (event {event.id}) violates contract {self.uri}: "
-                + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""),
-                errors=problems)
+                + "; ".join(problems[:10])
+                + (" ..." if len(problems) > 10 else ""),
+                errors=problems,
+            )
 
 
 class ContractRegistry:
@@ -100,22 +104,26 @@ class ContractRegistry:
         self._versions: dict[str, dict[int, Contract]] = {}
         self._latest: dict[str, Contract] = {}
 
-    def register(self, event_type: str, source: SchemaSource, *, version: int = 1,
-                 compatible: bool = True) -> Contract:
+    def register(
+        self, event_type: str, source: SchemaSource, *, version: int = 1, compatible: bool = True
+    ) -> Contract:
         """Add a version; with ``compatible`` (default) a version newer than an existing
         one must be backward compatible with it."""
         schema = schema_of(source)
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            raise ConfigError(f"contract for {event_type} is not a valid JSON Schema: "
-                              f"{exc.message}") from None
+            raise ConfigError(
+                f"contract for {event_type} is not a valid JSON Schema: {exc.message}"
+            ) from None
         uri = str(schema.get("$id") or f"urn:mesh:schema:{event_type}:v{version}")
         contract = Contract(event_type, version, schema, uri, Draft202012Validator(schema))
         versions = self._versions.setdefault(event_type, {})
         if version in versions and versions[version].schema != schema:
-            raise ConfigError(f"contract {event_type} v{version} is already registered with "
-                              "a different schema; bump the version")
+            raise ConfigError(
+                f"contract {event_type} v{version} is already registered with "
+                "a different schema; bump the version"
+            )
         older = [v for v in versions if v < version]
         if compatible and older:
             previous = versions[max(older)]
@@ -123,7 +131,9 @@ class ContractRegistry:
             if problems:
                 raise ContractViolation(
                     f"contract {event_type} v{version} is not backward compatible with "
-                    f"v{previous.version}: " + "; ".join(problems), errors=problems)
+                    f"v{previous.version}: " + "; ".join(problems),
+                    errors=problems,
+                )
         versions[version] = contract
         if event_type not in self._latest or self._latest[event_type].version <= version:
             self._latest[event_type] = contract
@@ -193,16 +203,20 @@ def _bound_change(key: str, old: Any, new: Any) -> str:
     return "narrowed" if tighter else "widened"
 
 
-def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any],
-             seen: frozenset[str]) -> tuple[Mapping[str, Any], frozenset[str]]:
+def _resolve(
+    schema: Mapping[str, Any], root: Mapping[str, Any], seen: frozenset[str]
+) -> tuple[Mapping[str, Any], frozenset[str]]:
     """Follow a local ``$ref`` (``#/$defs/..``, ``#/definitions/..``, ``#``) within ``root``."""
     ref = schema.get("$ref")
     while isinstance(ref, str) and ref.startswith("#") and ref not in seen:
         seen = seen | {ref}
         target: Any = root
         for part in ref[1:].strip("/").split("/") if ref != "#" else []:
-            target = target.get(part.replace("~1", "/").replace("~0", "~")) \
-                if isinstance(target, Mapping) else None
+            target = (
+                target.get(part.replace("~1", "/").replace("~0", "~"))
+                if isinstance(target, Mapping)
+                else None
+            )
         if not isinstance(target, Mapping):
             break
         schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
@@ -210,10 +224,14 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any],
     return schema, seen
 
 
-def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
-                           path: str = "", *, _roots: tuple[Mapping[str, Any],
-                                                             Mapping[str, Any]] | None = None,
-                           _seen: frozenset[str] = frozenset()) -> list[str]:
+def compatibility_problems(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    path: str = "",
+    *,
+    _roots: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+    _seen: frozenset[str] = frozenset(),
+) -> list[str]:
     """Why consumers written against ``old`` could not rely on events valid under ``new``.
 
     The rules (the project's contract policy): no type changes, no removed properties,
@@ -227,7 +245,7 @@ def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
     old, seen_old = _resolve(old, old_root, _seen)
     new, seen_new = _resolve(new, new_root, _seen)
     seen = seen_old | seen_new
-    if len(seen) > 64:          # a recursive schema: stop descending
+    if len(seen) > 64:  # a recursive schema: stop descending
         return []
 
     def deeper(a: Mapping[str, Any], b: Mapping[str, Any], at: str) -> list[str]:
@@ -239,8 +257,11 @@ def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
         old_branches, new_branches = old.get(union), new.get(union)
         if old_branches is None and new_branches is None:
             continue
-        if not isinstance(old_branches, list) or not isinstance(new_branches, list) \
-                or len(old_branches) != len(new_branches):
+        if (
+            not isinstance(old_branches, list)
+            or not isinstance(new_branches, list)
+            or len(old_branches) != len(new_branches)
+        ):
             problems.append(f"{where}: {union} changed")
             continue
         for index, (a, b) in enumerate(zip(old_branches, new_branches, strict=True)):
@@ -248,8 +269,10 @@ def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
                 problems.extend(deeper(a, b, f"{path}<{union}[{index}]>"))
     old_types, new_types = _types(old), _types(new)
     if old_types != new_types:
-        problems.append(f"{where}: type changed from {sorted(old_types or ['any'])} to "
-                        f"{sorted(new_types or ['any'])}")
+        problems.append(
+            f"{where}: type changed from {sorted(old_types or ['any'])} to "
+            f"{sorted(new_types or ['any'])}"
+        )
     old_enum, new_enum = old.get("enum"), new.get("enum")
     if old_enum is not None or new_enum is not None:
         before = set(map(repr, old_enum)) if old_enum is not None else None
@@ -265,8 +288,9 @@ def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any],
                 continue
             change = _bound_change(key, old[key], new.get(key))
             if change:
-                problems.append(f"{where}: {key} {change} from {old[key]} to "
-                                f"{new.get(key, 'none')}")
+                problems.append(
+                    f"{where}: {key} {change} from {old[key]} to {new.get(key, 'none')}"
+                )
     if old.get("additionalProperties", True) != new.get("additionalProperties", True):
         problems.append(f"{where}: additionalProperties changed")
     old_props = old.get("properties") or {}

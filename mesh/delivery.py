@@ -69,15 +69,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.delivery")
 
 #: Extensions a dead-letter copy carries (CloudEvents names: lower-case, <= 20 chars).
-DL_ERROR = "meshdlerror"        # exception type
-DL_REASON = "meshdlreason"      # exception message
+DL_ERROR = "meshdlerror"  # exception type
+DL_REASON = "meshdlreason"  # exception message
 DL_ATTEMPTS = "meshdlattempts"  # handler attempts made
-DL_GROUP = "meshdlgroup"        # consumer group ('' for broadcast)
-DL_CHANNEL = "meshdlchannel"    # channel the event was consumed from
-DL_ID = "meshdlid"              # the original event id (the copy gets a fresh id)
-DL_HEADERS = "meshdlheaders"    # an undecodable message's headers, as JSON
-DL_REDUCED = "meshdlreduced"    # true: the body was too large to keep (size + digest only)
-DL_TIME = "meshdltime"          # when the copy was written
+DL_GROUP = "meshdlgroup"  # consumer group ('' for broadcast)
+DL_CHANNEL = "meshdlchannel"  # channel the event was consumed from
+DL_ID = "meshdlid"  # the original event id (the copy gets a fresh id)
+DL_HEADERS = "meshdlheaders"  # an undecodable message's headers, as JSON
+DL_REDUCED = "meshdlreduced"  # true: the body was too large to keep (size + digest only)
+DL_TIME = "meshdltime"  # when the copy was written
 DL_EXTENSIONS = (DL_ERROR, DL_REASON, DL_ATTEMPTS, DL_GROUP, DL_CHANNEL, DL_ID)
 #: Set on a replayed event: only the named group (``""``: broadcast subscribers) runs it.
 REPLAY_TO = "meshreplayto"
@@ -86,7 +86,7 @@ UNDECODABLE_TYPE = "mesh.undecodable"
 REMOVED_TYPE = "mesh.dlq.removed"
 LOOP_DETECTED_TYPE = "mesh.loop.detected"
 _MAX_REASON = 2000
-_REDUCED_TEXT = 256    # reason and headers kept in a reduced copy
+_REDUCED_TEXT = 256  # reason and headers kept in a reduced copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +106,9 @@ class RetryPolicy:
 
     def backoff(self, failed_attempts: int) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure."""
-        base = min(self.max_backoff,
-                   self.initial_backoff * self.multiplier ** max(0, failed_attempts - 1))
+        base = min(
+            self.max_backoff, self.initial_backoff * self.multiplier ** max(0, failed_attempts - 1)
+        )
         return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
 
 
@@ -121,12 +122,13 @@ class ConsumerStats:
     filtered: int = 0
     duplicates: int = 0
     retry_later: int = 0
-    dropped: int = 0          # what a dead-letter handler could not handle (logged, acked)
+    dropped: int = 0  # what a dead-letter handler could not handle (logged, acked)
     errors: list[str] = field(default_factory=list)
 
 
-def dead_letter_event(event: Event, error: BaseException, *, attempts: int, group: str | None,
-                      channel: str) -> Event:
+def dead_letter_event(
+    event: Event, error: BaseException, *, attempts: int, group: str | None, channel: str
+) -> Event:
     """The copy of ``event`` that goes to the dead-letter channel.
 
     It keeps type, source and data, records why in ``meshdl*`` extensions, and
@@ -137,13 +139,22 @@ def dead_letter_event(event: Event, error: BaseException, *, attempts: int, grou
     reason = str(error) or type(error).__name__
     return event.replace(
         id=str(uuid.uuid5(ID_NAMESPACE, f"dl\x1f{group or ''}\x1f{event.source}\x1f{event.id}")),
-        **{DL_ERROR: type(error).__name__, DL_REASON: reason[:_MAX_REASON],
-           DL_ATTEMPTS: attempts, DL_GROUP: group or "", DL_CHANNEL: channel, DL_ID: event.id,
-           DL_TIME: datetime.now(UTC), REPLAY_TO: None})
+        **{
+            DL_ERROR: type(error).__name__,
+            DL_REASON: reason[:_MAX_REASON],
+            DL_ATTEMPTS: attempts,
+            DL_GROUP: group or "",
+            DL_CHANNEL: channel,
+            DL_ID: event.id,
+            DL_TIME: datetime.now(UTC),
+            REPLAY_TO: None,
+        },
+    )
 
 
-def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
-                      group: str | None) -> Event:
+def undecodable_event(
+    delivery: Delivery, error: DecodeError, *, source: str, group: str | None
+) -> Event:
     """Wrap a message that is not a CloudEvent so it can travel to the dead-letter channel.
 
     Its id is derived from everything that tells messages apart (body, headers, channel,
@@ -159,17 +170,30 @@ def undecodable_event(delivery: Delivery, error: DecodeError, *, source: str,
         event_id = str(uuid.uuid4())
     else:
         digest = hashlib.sha256()
-        for part in (delivery.channel, group or "", position,
-                     json.dumps(sorted(headers.items()), default=str)):
+        for part in (
+            delivery.channel,
+            group or "",
+            position,
+            json.dumps(sorted(headers.items()), default=str),
+        ):
             digest.update(part.encode("utf-8", "surrogatepass") + b"\x1f")
         digest.update(body)
         event_id = str(uuid.uuid5(ID_NAMESPACE, digest.hexdigest()))
     return Event(
-        UNDECODABLE_TYPE, source, bytes(body), id=event_id,
-        extensions={DL_ERROR: "DecodeError", DL_REASON: str(error)[:_MAX_REASON],
-                    DL_ATTEMPTS: 0, DL_GROUP: group or "", DL_CHANNEL: delivery.channel,
-                    DL_TIME: datetime.now(UTC),
-                    DL_HEADERS: json.dumps(dict(headers), default=str)[:_MAX_REASON]})
+        UNDECODABLE_TYPE,
+        source,
+        bytes(body),
+        id=event_id,
+        extensions={
+            DL_ERROR: "DecodeError",
+            DL_REASON: str(error)[:_MAX_REASON],
+            DL_ATTEMPTS: 0,
+            DL_GROUP: group or "",
+            DL_CHANNEL: delivery.channel,
+            DL_TIME: datetime.now(UTC),
+            DL_HEADERS: json.dumps(dict(headers), default=str)[:_MAX_REASON],
+        },
+    )
 
 
 def reduced_copy(copy: Event) -> Event:
@@ -178,23 +202,45 @@ def reduced_copy(copy: Event) -> Event:
     shortened; other extensions dropped), and as data only the size and SHA-256 of the
     body it could not hold (``meshdlreduced``)."""
     try:
-        body = copy.data if isinstance(copy.data, bytes) else \
-            codec.encode_data(copy.data, copy.datacontenttype)
+        body = (
+            copy.data
+            if isinstance(copy.data, bytes)
+            else codec.encode_data(copy.data, copy.datacontenttype)
+        )
     except MeshError:
         body = repr(copy.data).encode("utf-8", "replace")
-    keep = (*DL_EXTENSIONS, DL_HEADERS, DL_TIME, "correlationid", "causationid", "traceparent",
-            "tracestate")
+    keep = (
+        *DL_EXTENSIONS,
+        DL_HEADERS,
+        DL_TIME,
+        "correlationid",
+        "causationid",
+        "traceparent",
+        "tracestate",
+    )
     ext: dict[str, object] = {k: copy.extensions[k] for k in keep if k in copy.extensions}
     for name in (DL_REASON, DL_HEADERS):
         if isinstance(ext.get(name), str):
             ext[name] = str(ext[name])[:_REDUCED_TEXT]
     ext[DL_REDUCED] = True
-    subject = copy.subject if copy.subject is None or len(copy.subject) <= _REDUCED_TEXT \
-        else copy.subject[:_REDUCED_TEXT]   # a huge subject alone can exceed the limit
-    return Event(copy.type, copy.source, {"size": len(body),
-                                          "sha256": hashlib.sha256(body).hexdigest(),
-                                          "datacontenttype": copy.datacontenttype},
-                 id=copy.id, subject=subject, time=copy.time, extensions=ext)
+    subject = (
+        copy.subject
+        if copy.subject is None or len(copy.subject) <= _REDUCED_TEXT
+        else copy.subject[:_REDUCED_TEXT]
+    )  # a huge subject alone can exceed the limit
+    return Event(
+        copy.type,
+        copy.source,
+        {
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "datacontenttype": copy.datacontenttype,
+        },
+        id=copy.id,
+        subject=subject,
+        time=copy.time,
+        extensions=ext,
+    )
 
 
 Invoker = Callable[[Event, Context | None], Awaitable[Any]]
@@ -211,14 +257,23 @@ class Consumer:
     of the transport (a handler that ignores cancellation, say).
     """
 
-    def __init__(self, mesh: Mesh, *, invoke: Invoker, scope: str, group: str | None,
-                 wants_ctx: bool = True,
-                 predicate: Callable[[Event], bool] | None, policy: RetryPolicy,
-                 store: IdempotencyStore | None, accepts_dead_letters: bool,
-                 contracts: ContractRegistry | None = None,
-                 patterns: Sequence[str] = (),
-                 call_event: Callable[[Event], Awaitable[Any]] | None = None,
-                 name: str = "") -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        invoke: Invoker,
+        scope: str,
+        group: str | None,
+        wants_ctx: bool = True,
+        predicate: Callable[[Event], bool] | None,
+        policy: RetryPolicy,
+        store: IdempotencyStore | None,
+        accepts_dead_letters: bool,
+        contracts: ContractRegistry | None = None,
+        patterns: Sequence[str] = (),
+        call_event: Callable[[Event], Awaitable[Any]] | None = None,
+        name: str = "",
+    ) -> None:
         self.mesh = mesh
         self.invoke = invoke
         self.wants_ctx = wants_ctx
@@ -238,9 +293,10 @@ class Consumer:
         self._max_deliveries = policy.max_deliveries or 0
         self._replay_target = group or ""
         # resolved once, not per delivery
-        self._call_event = call_event   # the handler itself when it takes just the event
-        self._contract_for = contracts.get if contracts is not None \
-            and not accepts_dead_letters else None
+        self._call_event = call_event  # the handler itself when it takes just the event
+        self._contract_for = (
+            contracts.get if contracts is not None and not accepts_dead_letters else None
+        )
         self._check_hops = not accepts_dead_letters
         self._skip_channel: dict[str, bool] = {}
         self._sync = store if isinstance(store, SyncIdempotencyStore) else None
@@ -256,8 +312,10 @@ class Consumer:
             if self.accepts_dead_letters:
                 await self._drop(delivery, f"an undecodable message ({exc})")
                 return
-            await self._dead_letter(delivery, undecodable_event(
-                delivery, exc, source=self.mesh.source, group=self.group))
+            await self._dead_letter(
+                delivery,
+                undecodable_event(delivery, exc, source=self.mesh.source, group=self.group),
+            )
             return
         channel = delivery.channel
         skip = self._skip_channel.get(channel)
@@ -304,10 +362,21 @@ class Consumer:
                 if self._call_event is not None:
                     await self._call_event(event)
                 else:
-                    await self.invoke(event, Context(
-                        self.mesh, event, channel=channel, group=self.group, scope=self.scope,
-                        attempt=attempt, redeliveries=delivery.redeliveries,
-                        delivery=delivery) if self.wants_ctx else None)
+                    await self.invoke(
+                        event,
+                        Context(
+                            self.mesh,
+                            event,
+                            channel=channel,
+                            group=self.group,
+                            scope=self.scope,
+                            attempt=attempt,
+                            redeliveries=delivery.redeliveries,
+                            delivery=delivery,
+                        )
+                        if self.wants_ctx
+                        else None,
+                    )
             except RetryLater as exc:
                 self.stats.retry_later += 1
                 await delivery.nack(exc.after)
@@ -318,12 +387,24 @@ class Consumer:
             except Exception as exc:
                 self.stats.failed_attempts += 1
                 if attempt >= self.policy.max_attempts:
-                    log.error("handler %s failed %d times on %s (%s)", self.name, attempt,
-                              event.id, type(exc).__name__)
+                    log.error(
+                        "handler %s failed %d times on %s (%s)",
+                        self.name,
+                        attempt,
+                        event.id,
+                        type(exc).__name__,
+                    )
                     await self._fail(delivery, event, exc, attempts=attempt)
                     return
-                log.info("handler %s failed on %s (attempt %d/%d): %s: %s", self.name,
-                         event.id, attempt, self.policy.max_attempts, type(exc).__name__, exc)
+                log.info(
+                    "handler %s failed on %s (attempt %d/%d): %s: %s",
+                    self.name,
+                    event.id,
+                    attempt,
+                    self.policy.max_attempts,
+                    type(exc).__name__,
+                    exc,
+                )
                 await asyncio.sleep(self.policy.backoff(attempt))
                 continue
             finally:
@@ -342,25 +423,34 @@ class Consumer:
         """Whether deliveries from ``channel`` are acked unseen: a dead-letter copy
         reaching a normal handler (or the reverse), or a mesh-internal channel reaching
         a subscription that does not name ``mesh.``. Remembered per channel."""
-        skip = (channel == self._dlq_channel) != self.accepts_dead_letters or \
-            (self._skip_internal and channel.startswith("mesh."))
-        if len(self._skip_channel) < 4096:   # bounded: wildcard subscriptions see any name
+        skip = (channel == self._dlq_channel) != self.accepts_dead_letters or (
+            self._skip_internal and channel.startswith("mesh.")
+        )
+        if len(self._skip_channel) < 4096:  # bounded: wildcard subscriptions see any name
             self._skip_channel[channel] = skip
         return skip
 
-    async def _fail(self, delivery: Delivery, event: Event, error: BaseException, *,
-                    attempts: int) -> None:
+    async def _fail(
+        self, delivery: Delivery, event: Event, error: BaseException, *, attempts: int
+    ) -> None:
         """The event cannot be handled: dead-letter it (a dead-letter handler drops it)."""
         if self.accepts_dead_letters:
             await self._drop(delivery, f"{event.id} ({type(error).__name__}: {error})")
             return
-        await self._dead_letter(delivery, dead_letter_event(
-            event, error, attempts=attempts, group=self.group, channel=delivery.channel))
+        await self._dead_letter(
+            delivery,
+            dead_letter_event(
+                event, error, attempts=attempts, group=self.group, channel=delivery.channel
+            ),
+        )
 
     async def _drop(self, delivery: Delivery, what: str) -> None:
-        log.error("dead-letter handler %s could not handle %s; dropped (dead-letter copies are "
-                  "never dead-lettered again; the copy stays listed by mesh dlq list)",
-                  self.name, what)
+        log.error(
+            "dead-letter handler %s could not handle %s; dropped (dead-letter copies are "
+            "never dead-lettered again; the copy stays listed by mesh dlq list)",
+            self.name,
+            what,
+        )
         self.stats.dropped += 1
         await delivery.ack()
 
@@ -368,7 +458,8 @@ class Consumer:
         error = DeliveryLimitExceeded(
             f"delivered {delivery.redeliveries} times without being settled (max_deliveries="
             f"{self._max_deliveries}): its handler probably crashes the process or gives it "
-            "back every time; fix the handler and replay it, or raise retry.max_deliveries")
+            "back every time; fix the handler and replay it, or raise retry.max_deliveries"
+        )
         log.error("handler %s: event %s %s", self.name, event.id, error)
         await self._fail(delivery, event, error, attempts=0)
 
@@ -380,14 +471,19 @@ class Consumer:
             try:
                 await publish(self._dlq_channel, copy)
             except MessageTooLarge as exc:
-                log.warning("dead-letter copy %s is too large for the broker (%d > %d bytes); "
-                            "writing it reduced (size and digest instead of the body)",
-                            copy.id, exc.size, exc.limit)
+                log.warning(
+                    "dead-letter copy %s is too large for the broker (%d > %d bytes); "
+                    "writing it reduced (size and digest instead of the body)",
+                    copy.id,
+                    exc.size,
+                    exc.limit,
+                )
                 await publish(self._dlq_channel, reduced_copy(copy))
         except MeshError as exc:
             delay = self.policy.backoff(delivery.redeliveries + 1)
-            log.error("could not dead-letter %s (%s); redelivering it in %.2gs", copy.id,
-                      exc, delay)
+            log.error(
+                "could not dead-letter %s (%s); redelivering it in %.2gs", copy.id, exc, delay
+            )
             await delivery.nack(delay)
             return
         self.stats.dead_lettered += 1
@@ -396,18 +492,29 @@ class Consumer:
     async def _hop_limit_exceeded(self, delivery: Delivery, event: Event) -> None:
         error = HopLimitExceeded(
             f"event {event.id} of type {event.type} has meshhops={event.meshhops}, past the "
-            f"hop limit {self._hop_limit}: handlers are probably emitting in a loop")
+            f"hop limit {self._hop_limit}: handlers are probably emitting in a loop"
+        )
         log.warning("%s", error)
-        alert = Event(LOOP_DETECTED_TYPE, self.mesh.source, {
-            "event_id": event.id, "type": event.type, "source": event.source,
-            "hops": event.meshhops, "limit": self._hop_limit, "group": self.group,
-            "channel": delivery.channel},
+        alert = Event(
+            LOOP_DETECTED_TYPE,
+            self.mesh.source,
+            {
+                "event_id": event.id,
+                "type": event.type,
+                "source": event.source,
+                "hops": event.meshhops,
+                "limit": self._hop_limit,
+                "group": self.group,
+                "channel": delivery.channel,
+            },
             id=str(uuid.uuid5(ID_NAMESPACE, f"loop\x1f{self.scope}\x1f{event.id}")),
-            extensions={"correlationid": event.correlationid or event.id,
-                        "causationid": event.id})
+            extensions={"correlationid": event.correlationid or event.id, "causationid": event.id},
+        )
         try:
             await self.mesh.publish(alert)
         except MeshError as exc:
             log.error("could not publish %s: %s", LOOP_DETECTED_TYPE, exc)
-        await self._dead_letter(delivery, dead_letter_event(
-            event, error, attempts=0, group=self.group, channel=delivery.channel))
+        await self._dead_letter(
+            delivery,
+            dead_letter_event(event, error, attempts=0, group=self.group, channel=delivery.channel),
+        )

@@ -48,24 +48,41 @@ log = logging.getLogger("mesh.transport")
 class Dispatcher(Generic[T]):
     """Runs one subscription's handler calls; see the module docstring."""
 
-    __slots__ = ("_again", "_before", "_handler", "_keys", "_make", "_on_done", "_open",
-                 "_parked",
-                 "_queue", "_running", "_stopped", "_timers", "limit")
+    __slots__ = (
+        "_again",
+        "_before",
+        "_handler",
+        "_keys",
+        "_make",
+        "_on_done",
+        "_open",
+        "_parked",
+        "_queue",
+        "_running",
+        "_stopped",
+        "_timers",
+        "limit",
+    )
 
-    def __init__(self, handler: DeliveryHandler, limit: int,
-                 make: Callable[[T], Delivery | None], *,
-                 on_done: Callable[[T], None] | None = None,
-                 before: Callable[[T], Awaitable[None] | None] | None = None) -> None:
+    def __init__(
+        self,
+        handler: DeliveryHandler,
+        limit: int,
+        make: Callable[[T], Delivery | None],
+        *,
+        on_done: Callable[[T], None] | None = None,
+        before: Callable[[T], Awaitable[None] | None] | None = None,
+    ) -> None:
         self.limit = max(1, limit)
         self._handler, self._make, self._on_done = handler, make, on_done
         self._before = before
-        self._queue: deque[T] = deque()               # ready to start, in order
-        self._parked: dict[Hashable, deque[T]] = {}   # busy key -> items waiting for it
-        self._keys: dict[T, Hashable] = {}            # item -> the key it holds
+        self._queue: deque[T] = deque()  # ready to start, in order
+        self._parked: dict[Hashable, deque[T]] = {}  # busy key -> items waiting for it
+        self._keys: dict[T, Hashable] = {}  # item -> the key it holds
         self._running: dict[asyncio.Task[None], T] = {}
-        self._again: set[T] = set()                   # running items with a retry scheduled
+        self._again: set[T] = set()  # running items with a retry scheduled
         self._timers: dict[T, asyncio.TimerHandle] = {}
-        self._open = 0                                # submitted, not finished nor returned
+        self._open = 0  # submitted, not finished nor returned
         self._stopped = False
 
     # --- counts -------------------------------------------------------------------------
@@ -96,8 +113,7 @@ class Dispatcher(Generic[T]):
 
     def waiting(self) -> list[T]:
         """Items not running yet: queued, behind a busy key, or waiting out a delay."""
-        return [*self._queue, *(item for q in self._parked.values() for item in q),
-                *self._timers]
+        return [*self._queue, *(item for q in self._parked.values() for item in q), *self._timers]
 
     def resize(self, limit: int) -> None:
         """Run at most ``limit`` calls at once from now on (running ones are not stopped;
@@ -135,7 +151,7 @@ class Dispatcher(Generic[T]):
 
     def _due(self, item: T) -> None:
         del self._timers[item]
-        if item not in self._again:   # else its attempt still runs: `_ended` queues it
+        if item not in self._again:  # else its attempt still runs: `_ended` queues it
             self._queue.appendleft(item)
             self._fill()
 
@@ -149,8 +165,8 @@ class Dispatcher(Generic[T]):
                 continue
             first = self._before(item) if self._before is not None else None
             task = asyncio.get_running_loop().create_task(
-                deliver(self._handler, delivery) if first is None
-                else self._after(first, delivery))
+                deliver(self._handler, delivery) if first is None else self._after(first, delivery)
+            )
             running[task] = item
             task.add_done_callback(self._ended)
 
@@ -163,8 +179,9 @@ class Dispatcher(Generic[T]):
             await delivery._unhandled(cancelled=True)
             raise
         except Exception:
-            log.exception("preparing a delivery on channel %s failed; redelivering",
-                          delivery.channel)
+            log.exception(
+                "preparing a delivery on channel %s failed; redelivering", delivery.channel
+            )
             await delivery._unhandled(cancelled=False)
             return
         await deliver(self._handler, delivery)
@@ -175,7 +192,7 @@ class Dispatcher(Generic[T]):
             self._again.discard(item)
             if self._stopped:
                 self._finish(item)
-            elif item not in self._timers:   # due already (or no delay): next in line
+            elif item not in self._timers:  # due already (or no delay): next in line
                 self._queue.appendleft(item)
         else:
             self._finish(item)
@@ -227,5 +244,6 @@ class Dispatcher(Generic[T]):
         if tasks and timeout > 0:
             await asyncio.wait(tasks, timeout=timeout)
         running = self._running
-        return [running[task] for task in await cancel_calls(tasks, self._handler)
-                if task in running]
+        return [
+            running[task] for task in await cancel_calls(tasks, self._handler) if task in running
+        ]

@@ -39,8 +39,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mesh.context import ID_NAMESPACE
-from mesh.delivery import (DL_CHANNEL, DL_EXTENSIONS, DL_GROUP, DL_HEADERS, DL_ID, DL_REDUCED,
-                           DL_TIME, REMOVED_TYPE, REPLAY_TO, UNDECODABLE_TYPE)
+from mesh.delivery import (
+    DL_CHANNEL,
+    DL_EXTENSIONS,
+    DL_GROUP,
+    DL_HEADERS,
+    DL_ID,
+    DL_REDUCED,
+    DL_TIME,
+    REMOVED_TYPE,
+    REPLAY_TO,
+    UNDECODABLE_TYPE,
+)
 from mesh.errors import DecodeError, MeshError
 from mesh.event import Event
 from mesh.transport import pattern_matcher
@@ -76,10 +86,10 @@ def replayable(copy: Event) -> bool:
 class Selection:
     """Which entries a listing or replay takes (every criterion given must match)."""
 
-    group: str | None = None     # the group that failed ('' = broadcast handlers)
-    type: str | None = None      # an event type or channel pattern ('orders.*')
+    group: str | None = None  # the group that failed ('' = broadcast handlers)
+    type: str | None = None  # an event type or channel pattern ('orders.*')
     source: str | None = None
-    since: datetime | None = None   # dead-lettered at or after
+    since: datetime | None = None  # dead-lettered at or after
 
     def __call__(self, copy: Event) -> bool:
         if self.group is not None and str(copy.extensions.get(DL_GROUP, "")) != self.group:
@@ -142,37 +152,59 @@ class DeadLetters:
             else:
                 copies.append(event)
         if foreign:
-            log.warning("%d message(s) on %s are not CloudEvents (not written by a mesh); "
-                        "skipped", foreign, self.channel)
+            log.warning(
+                "%d message(s) on %s are not CloudEvents (not written by a mesh); skipped",
+                foreign,
+                self.channel,
+            )
         seen: set[str] = set()
         live = []
-        for copy in copies:   # the same copy written twice (a retried write) is one entry
+        for copy in copies:  # the same copy written twice (a retried write) is one entry
             if copy.id not in removed and copy.id not in seen:
                 seen.add(copy.id)
                 live.append(copy)
         return live
 
-    async def list(self, limit: int = 100, idle: float = 1.0, *, group: str | None = None,
-                   type: str | None = None, source: str | None = None,
-                   since: datetime | None = None) -> builtins.list[Event]:
+    async def list(
+        self,
+        limit: int = 100,
+        idle: float = 1.0,
+        *,
+        group: str | None = None,
+        type: str | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+    ) -> builtins.list[Event]:
         """Up to ``limit`` entries matching the filters, oldest first; nothing is
         consumed. ``idle`` bounds the wait for more on brokers that cannot tell where the
         channel ends."""
         wanted = Selection(group, type, source, since)
         return [copy for copy in await self.entries(idle=idle) if wanted(copy)][:limit]
 
-    async def replay(self, ids: Collection[str] | None = None, limit: int = 1000,
-                     idle: float = 1.0, *, all_groups: bool = False, group: str | None = None,
-                     type: str | None = None, source: str | None = None,
-                     since: datetime | None = None) -> builtins.list[Event]:
+    async def replay(
+        self,
+        ids: Collection[str] | None = None,
+        limit: int = 1000,
+        idle: float = 1.0,
+        *,
+        all_groups: bool = False,
+        group: str | None = None,
+        type: str | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+    ) -> builtins.list[Event]:
         """Republish entries (all matching the filters, or those whose copy id or original
         id is in ``ids``) to their original channels, for the group that failed only
         unless ``all_groups``; then remove them. Returns the replayed events. An entry
         whose republish fails (it still violates its contract, say) stays listed."""
         wanted = Selection(group, type, source, since)
-        chosen = [copy for copy in await self.entries(idle=idle) if wanted(copy)
-                  and replayable(copy) and (ids is None or copy.id in ids
-                                            or copy.extensions.get(DL_ID) in ids)][:limit]
+        chosen = [
+            copy
+            for copy in await self.entries(idle=idle)
+            if wanted(copy)
+            and replayable(copy)
+            and (ids is None or copy.id in ids or copy.extensions.get(DL_ID) in ids)
+        ][:limit]
         replayed: builtins.list[Event] = []
         done: builtins.list[str] = []
         try:
@@ -187,7 +219,9 @@ class DeadLetters:
                 replayed.append(original)
                 done.append(copy.id)
         finally:
-            if done:   # written after the replays were confirmed: at worst replayed twice
-                await self._mesh.transport.publish(self.channel, Event(
-                    REMOVED_TYPE, self._mesh.source, {"ids": done, "reason": "replayed"}))
+            if done:  # written after the replays were confirmed: at worst replayed twice
+                await self._mesh.transport.publish(
+                    self.channel,
+                    Event(REMOVED_TYPE, self._mesh.source, {"ids": done, "reason": "replayed"}),
+                )
         return replayed

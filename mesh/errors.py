@@ -142,8 +142,10 @@ class NoProvider(RequestError):
         self.capability = capability
         self.similar = list(similar or [])
         hint = f" Did you mean: {', '.join(self.similar)}?" if self.similar else ""
-        super().__init__(f"no live provider for capability {capability!r}.{hint} "
-                         "Check that an instance serving it is running (mesh agents).")
+        super().__init__(
+            f"no live provider for capability {capability!r}.{hint} "
+            "Check that an instance serving it is running (mesh agents)."
+        )
 
 
 class RequestTimeout(RequestError, TimeoutError):

@@ -36,8 +36,14 @@ _EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
 _INT32 = (-(2**31), 2**31 - 1)
 
 #: Extensions the mesh itself sets and reads.
-MESH_EXTENSIONS = ("correlationid", "causationid", "traceparent", "tracestate", "partitionkey",
-                   "meshhops")
+MESH_EXTENSIONS = (
+    "correlationid",
+    "causationid",
+    "traceparent",
+    "tracestate",
+    "partitionkey",
+    "meshhops",
+)
 
 #: Mesh extensions that are counters: a non-negative integer on every transport (binary
 #: modes carry them as strings; decoding turns them back into ints, strictly).
@@ -55,8 +61,8 @@ _fromtimestamp = datetime.fromtimestamp
 
 
 _ID_POOL = 256  # ids per os.urandom call
-_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))     # byte 6: version nibble 4
-_VARIANT_RFC = bytes((b & 0x3F) | 0x80 for b in range(256))   # byte 8: variant bits 10
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6: version nibble 4
+_VARIANT_RFC = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: variant bits 10
 
 
 def _fresh_ids(count: int = _ID_POOL) -> list[str]:
@@ -158,7 +164,7 @@ def _check_extensions(extensions: Mapping[str, Any]) -> Mapping[str, Any]:
     checked = dict(extensions)
     for name, value in checked.items():
         if name in COUNTER_EXTENSIONS:
-            checked[name] = _counter(name, value)   # same keys: safe while iterating
+            checked[name] = _counter(name, value)  # same keys: safe while iterating
             continue
         if name in _RESERVED or not _EXT_NAME.fullmatch(name):
             raise InvalidEvent(
@@ -192,8 +198,19 @@ class Event:
     Use `replace` to derive a changed copy.
     """
 
-    __slots__ = ("_time", "_view", "data", "datacontenttype", "dataschema", "extensions", "id",
-                 "source", "specversion", "subject", "type")
+    __slots__ = (
+        "_time",
+        "_view",
+        "data",
+        "datacontenttype",
+        "dataschema",
+        "extensions",
+        "id",
+        "source",
+        "specversion",
+        "subject",
+        "type",
+    )
 
     id: str
     source: str
@@ -204,7 +221,7 @@ class Event:
     subject: str | None
     data: Any
     extensions: Mapping[str, Any]
-    _time: datetime | float | None   # a float: the creation instant, made a datetime when read
+    _time: datetime | float | None  # a float: the creation instant, made a datetime when read
     _view: Mapping[str, Any] | None
 
     def __init__(
@@ -309,13 +326,21 @@ class Event:
         specversion = attrs.pop("specversion", None)
         if specversion is None:
             raise InvalidEvent("attribute 'specversion' is required")
-        for name in _TYPED:   # four lookups, not a pass over the attributes
+        for name in _TYPED:  # four lookups, not a pass over the attributes
             if name in attrs:
                 attrs[name] = _typed(name, attrs[name])
-        event = cls(etype, source, data, id=event_id, specversion=specversion,
-                    datacontenttype=attrs.pop("datacontenttype", None),
-                    dataschema=attrs.pop("dataschema", None),
-                    subject=attrs.pop("subject", None), time=time, extensions=attrs)
+        event = cls(
+            etype,
+            source,
+            data,
+            id=event_id,
+            specversion=specversion,
+            datacontenttype=attrs.pop("datacontenttype", None),
+            dataschema=attrs.pop("dataschema", None),
+            subject=attrs.pop("subject", None),
+            time=time,
+            extensions=attrs,
+        )
         if time is None:  # absent on the wire stays absent
             object.__setattr__(event, "_time", None)
         return event
@@ -336,9 +361,14 @@ class Event:
         """
         ext = dict(changes.pop("extensions", self.extensions))
         fields = {
-            "type": self.type, "source": self.source, "data": self.data, "id": self.id,
-            "datacontenttype": self.datacontenttype, "dataschema": self.dataschema,
-            "subject": self.subject, "time": self.time,
+            "type": self.type,
+            "source": self.source,
+            "data": self.data,
+            "id": self.id,
+            "datacontenttype": self.datacontenttype,
+            "dataschema": self.dataschema,
+            "subject": self.subject,
+            "time": self.time,
         }
         for key, value in changes.items():
             if key in fields:
@@ -348,8 +378,9 @@ class Event:
             else:
                 ext[key] = value
         keep_no_time = fields["time"] is None
-        event = Event(fields.pop("type"), fields.pop("source"), fields.pop("data"),
-                      extensions=ext, **fields)
+        event = Event(
+            fields.pop("type"), fields.pop("source"), fields.pop("data"), extensions=ext, **fields
+        )
         if keep_no_time:
             object.__setattr__(event, "_time", None)
         return event
@@ -358,7 +389,7 @@ class Event:
     def time(self) -> datetime | None:
         """When the event happened (UTC unless given otherwise); None when absent."""
         stamp = self._time
-        if isinstance(stamp, float):   # made by the constructor: converted once, when read
+        if isinstance(stamp, float):  # made by the constructor: converted once, when read
             stamp = _fromtimestamp(stamp, UTC)
             object.__setattr__(self, "_time", stamp)
         return stamp
@@ -440,8 +471,12 @@ class Event:
     def get_attributes(self) -> dict[str, Any]:
         """Context attributes and extensions in one flat dict (absent ones left out);
         a new dict on each call (the SDK protocol lets callers modify it)."""
-        attrs: dict[str, Any] = {"id": self.id, "source": self.source, "type": self.type,
-                                 "specversion": self.specversion}
+        attrs: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "specversion": self.specversion,
+        }
         if self.datacontenttype is not None:
             attrs["datacontenttype"] = self.datacontenttype
         if self.dataschema is not None:
@@ -456,9 +491,18 @@ class Event:
     # --- value semantics ---------------------------------------------------------------
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.id, self.source, self.type, self.specversion, self.datacontenttype,
-                self.dataschema, self.subject, self.time, self.data,
-                tuple(sorted(self.extensions.items())))
+        return (
+            self.id,
+            self.source,
+            self.type,
+            self.specversion,
+            self.datacontenttype,
+            self.dataschema,
+            self.subject,
+            self.time,
+            self.data,
+            tuple(sorted(self.extensions.items())),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
@@ -483,4 +527,3 @@ class _Draft:
 
 
 _as_draft = object.__setattr__
-

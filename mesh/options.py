@@ -48,7 +48,7 @@ class TransportURL:
 
     scheme: str
     hosts: tuple[tuple[str, int | None], ...]
-    username: str | None = field(default=None, repr=False)   # may be a token
+    username: str | None = field(default=None, repr=False)  # may be a token
     password: SecretStr | None = field(default=None, repr=False)
     path: str = ""
     query: dict[str, str] = field(default_factory=dict)
@@ -57,13 +57,13 @@ class TransportURL:
         """``host:port`` strings (IPv6 hosts in brackets); a host without a port gets
         ``default_port`` (or, when that is None, raises `ConfigError`)."""
         if not self.hosts:
-            raise ConfigError(f"the {self.scheme}:// URL names no host; write it as "
-                              f"{self.scheme}://host:port")
+            raise ConfigError(
+                f"the {self.scheme}:// URL names no host; write it as {self.scheme}://host:port"
+            )
         out = []
         for host, port in self.hosts:
             if port is None and default_port is None:
-                raise ConfigError(f"host {host!r} has no port; list hosts as host:port"
-                                  "[,host:port]")
+                raise ConfigError(f"host {host!r} has no port; list hosts as host:port[,host:port]")
             shown = f"[{host}]" if ":" in host else host
             out.append(f"{shown}:{port if port is not None else default_port}")
         return out
@@ -78,9 +78,11 @@ def parse_url(url: str, schemes: tuple[str, ...], example: str) -> TransportURL:
     shown = redact_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in schemes:
-        raise ConfigError(f"{shown!r} is not a {' / '.join(s + '://' for s in schemes)} URL; "
-                          f"write it as {example}")
-    rest = re.sub(r",\s*[A-Za-z][A-Za-z0-9+.-]*://", ",", rest)   # a:1,nats://b:2
+        raise ConfigError(
+            f"{shown!r} is not a {' / '.join(s + '://' for s in schemes)} URL; "
+            f"write it as {example}"
+        )
+    rest = re.sub(r",\s*[A-Za-z][A-Za-z0-9+.-]*://", ",", rest)  # a:1,nats://b:2
     rest, _, query = rest.partition("?")
     rest = rest.partition("#")[0]
     netloc, slash, path = rest.partition("/")
@@ -91,10 +93,11 @@ def parse_url(url: str, schemes: tuple[str, ...], example: str) -> TransportURL:
         if not raw:
             raise ConfigError(f"{shown!r} has an empty host; write the URL as {example}")
         match = _HOST.fullmatch(raw)
-        if not match:   # name the host only when no user info could have leaked into it
+        if not match:  # name the host only when no user info could have leaked into it
             host = "a host" if "@" in url else f"host {raw!r}"
-            raise ConfigError(f"{shown!r}: {host} is not host or host:port; write the "
-                              f"URL as {example}")
+            raise ConfigError(
+                f"{shown!r}: {host} is not host or host:port; write the URL as {example}"
+            )
         port = int(match.group(2)) if match.group(2) else None
         if port is not None and not 0 < port < 65536:
             raise ConfigError(f"{shown!r}: port {port} is out of range")
@@ -104,13 +107,17 @@ def parse_url(url: str, schemes: tuple[str, ...], example: str) -> TransportURL:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user)
         password = SecretStr(unquote(secret)) if colon else None
-    return TransportURL(scheme=scheme.lower(), hosts=tuple(hosts), username=username,
-                        password=password, path=unquote(path) if slash else "",
-                        query=dict(parse_qsl(query, keep_blank_values=True)))
+    return TransportURL(
+        scheme=scheme.lower(),
+        hosts=tuple(hosts),
+        username=username,
+        password=password,
+        path=unquote(path) if slash else "",
+        query=dict(parse_qsl(query, keep_blank_values=True)),
+    )
 
 
-def build_options(model: type[M], values: Mapping[str, Any], *, transport: str,
-                  url: str) -> M:
+def build_options(model: type[M], values: Mapping[str, Any], *, transport: str, url: str) -> M:
     """Validate ``values`` against ``model``; raise `ConfigError` naming every unknown
     option (with the nearest known one) or bad value (never echoing it)."""
     known = sorted(model.model_fields)
@@ -120,16 +127,18 @@ def build_options(model: type[M], values: Mapping[str, Any], *, transport: str,
         for name in unknown:
             near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hints.append(f"{name} (did you mean {near[0]}?)" if near else name)
-        raise ConfigError(f"unknown {transport} transport option(s): {', '.join(hints)}; "
-                          f"known options: {', '.join(known)}")
+        raise ConfigError(
+            f"unknown {transport} transport option(s): {', '.join(hints)}; "
+            f"known options: {', '.join(known)}"
+        )
     try:
         return model.model_validate(dict(values))
-    except ValidationError as exc:   # raised below, outside: the error holds the inputs
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or transport}: "
-                             f"{err['msg']}"
-                             for err in exc.errors(include_input=False, include_url=False))
-    raise ConfigError(f"invalid {transport} transport option(s) for {redact_url(url)}: "
-                      f"{problems}")
+    except ValidationError as exc:  # raised below, outside: the error holds the inputs
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or transport}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+    raise ConfigError(f"invalid {transport} transport option(s) for {redact_url(url)}: {problems}")
 
 
 def scrub(text: str, *secrets: SecretStr | str | None) -> str:
@@ -142,32 +151,41 @@ def scrub(text: str, *secrets: SecretStr | str | None) -> str:
     return text
 
 
-def tls_context(ca_file: str | None = None, cert_file: str | None = None,
-                key_file: str | None = None, *, verify: bool = True) -> ssl.SSLContext:
+def tls_context(
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    *,
+    verify: bool = True,
+) -> ssl.SSLContext:
     """A client TLS context: system CAs or ``ca_file``, an optional client certificate
     (``cert_file``, PEM, its key inside or in ``key_file``); ``verify=False`` skips
     certificate checks (tests only). Unreadable files raise `ConfigError`."""
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls_ca_file {ca_file!r} is not a readable PEM CA bundle: "
-                          f"{exc}") from None
+        raise ConfigError(
+            f"tls_ca_file {ca_file!r} is not a readable PEM CA bundle: {exc}"
+        ) from None
     if key_file and not cert_file:
         raise ConfigError("tls_key_file needs tls_cert_file (the client certificate)")
     if cert_file:
         try:
             context.load_cert_chain(cert_file, key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"tls_cert_file/tls_key_file could not be loaded (PEM "
-                              f"certificate and unencrypted key expected): {exc}") from None
+            raise ConfigError(
+                f"tls_cert_file/tls_key_file could not be loaded (PEM "
+                f"certificate and unencrypted key expected): {exc}"
+            ) from None
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
 
 
-async def ensure_listening(addresses: Sequence[tuple[str, int]], *, timeout: float,
-                           broker: str) -> None:
+async def ensure_listening(
+    addresses: Sequence[tuple[str, int]], *, timeout: float, broker: str
+) -> None:
     """Raise `ConnectError` at once when every ``(host, port)`` refuses a TCP connection
     or does not resolve; return as soon as one accepts, or when an attempt is still
     pending after ``timeout`` seconds (a slow network: the client's own connect timeout
@@ -184,8 +202,11 @@ async def ensure_listening(addresses: Sequence[tuple[str, int]], *, timeout: flo
         try:
             _, writer = await asyncio.open_connection(host, port)
         except (OSError, socket.gaierror) as exc:
-            reason = "connection refused" if isinstance(exc, ConnectionRefusedError) \
+            reason = (
+                "connection refused"
+                if isinstance(exc, ConnectionRefusedError)
                 else (exc.strerror or type(exc).__name__)
+            )
             shown = f"[{host}]" if ":" in host else host
             failures.append(f"{shown}:{port} ({reason})")
             return False
@@ -200,10 +221,12 @@ async def ensure_listening(addresses: Sequence[tuple[str, int]], *, timeout: flo
             if await next_done:
                 return
     except TimeoutError:
-        return   # still trying somewhere: not a refusal, leave it to the client
+        return  # still trying somewhere: not a refusal, leave it to the client
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    raise ConnectError(f"nothing accepts connections for {broker} at {', '.join(failures)}; "
-                       "check that the broker runs there and the host and port are right")
+    raise ConnectError(
+        f"nothing accepts connections for {broker} at {', '.join(failures)}; "
+        "check that the broker runs there and the host and port are right"
+    )

@@ -164,8 +164,9 @@ async def deliver(handler: DeliveryHandler, delivery: Delivery) -> None:
 ABANDON_GRACE = 1.0
 
 
-async def cancel_calls(tasks: Collection[asyncio.Task[Any]], handler: object,
-                       grace: float = ABANDON_GRACE) -> list[asyncio.Task[Any]]:
+async def cancel_calls(
+    tasks: Collection[asyncio.Task[Any]], handler: object, grace: float = ABANDON_GRACE
+) -> list[asyncio.Task[Any]]:
     """Cancel running handler calls and wait at most ``grace`` seconds for them to end.
 
     A handler that swallows `CancelledError` would otherwise make ``close()`` (and so
@@ -179,12 +180,17 @@ async def cancel_calls(tasks: Collection[asyncio.Task[Any]], handler: object,
     done, pending = await asyncio.wait(tasks, timeout=grace)
     for task in done:
         if not task.cancelled():
-            task.exception()   # retrieved: deliver() already logged what failed
+            task.exception()  # retrieved: deliver() already logged what failed
     if pending:
         name = getattr(handler, "name", None) or getattr(handler, "__qualname__", repr(handler))
-        log.warning("handler %s ignored cancellation for %gs after the shutdown timeout; "
-                    "abandoned %d call(s) (their deliveries are not acked: the broker "
-                    "redelivers them)", name, grace, len(pending))
+        log.warning(
+            "handler %s ignored cancellation for %gs after the shutdown timeout; "
+            "abandoned %d call(s) (their deliveries are not acked: the broker "
+            "redelivers them)",
+            name,
+            grace,
+            len(pending),
+        )
     return list(pending)
 
 
@@ -247,8 +253,10 @@ class Transport(ABC):
         retains what is published from now on (the mesh does this for the dead-letter
         group). The default subscribes and closes at once; transports override it when
         the broker can declare a group directly."""
+
         async def give_back(delivery: Delivery) -> None:
             await delivery.nack()
+
         sub = await self.subscribe(pattern, give_back, group=group)
         await sub.close()
 
@@ -259,8 +267,10 @@ class Transport(ABC):
         declare something that retains (a RabbitMQ stream queue). Idempotent; it never
         redeclares anything with other settings. Transports that cannot do this keep the
         default, which raises `ConfigError`."""
-        raise ConfigError(f"{type(self).__name__} cannot retain channels for reading; "
-                          "the dead-letter tools need a transport with retained_reads")
+        raise ConfigError(
+            f"{type(self).__name__} cannot retain channels for reading; "
+            "the dead-letter tools need a transport with retained_reads"
+        )
 
     def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
         """The messages retained on ``channel`` (see `retain`), oldest first, up to the
@@ -269,8 +279,10 @@ class Transport(ABC):
         cannot be settled (ack and nack do nothing) and count no redeliveries. ``idle``
         bounds the wait for more on brokers that cannot tell where a channel ends.
         The default raises `ConfigError` (see `retain`)."""
-        raise ConfigError(f"{type(self).__name__} cannot read channels without consuming; "
-                          "the dead-letter tools need a transport with retained_reads")
+        raise ConfigError(
+            f"{type(self).__name__} cannot read channels without consuming; "
+            "the dead-letter tools need a transport with retained_reads"
+        )
 
     async def delete_channels(self, pattern: str) -> None:
         """Remove broker-side state for channels matching ``pattern`` (test clean-up).
@@ -284,15 +296,19 @@ def validate_pattern(pattern: str) -> str:
     """Check a neutral channel pattern; return it or raise `ConfigError`."""
     tokens = pattern.split(".")
     if not pattern or any(not token for token in tokens):
-        raise ConfigError(f"channel pattern {pattern!r} has an empty token; "
-                          "use names like 'orders.created' or 'orders.*'")
+        raise ConfigError(
+            f"channel pattern {pattern!r} has an empty token; "
+            "use names like 'orders.created' or 'orders.*'"
+        )
     for index, token in enumerate(tokens):
         if token == ">" and index != len(tokens) - 1:
             raise ConfigError(f"channel pattern {pattern!r}: '>' may only be the last token")
-        if "#" in token:   # AMQP's "zero or more" would otherwise silently match nothing
-            raise ConfigError(f"channel pattern {pattern!r}: '#' is not a mesh wildcard; use "
-                              "'>' for one or more trailing tokens ('orders.>') or '*' for "
-                              "exactly one ('orders.*')")
+        if "#" in token:  # AMQP's "zero or more" would otherwise silently match nothing
+            raise ConfigError(
+                f"channel pattern {pattern!r}: '#' is not a mesh wildcard; use "
+                "'>' for one or more trailing tokens ('orders.>') or '*' for "
+                "exactly one ('orders.*')"
+            )
         if token not in ("*", ">") and ("*" in token or ">" in token):
             raise ConfigError(f"channel pattern {pattern!r}: wildcards must be whole tokens")
     return pattern
@@ -342,15 +358,18 @@ def redact_url(url: str) -> str:
     userinfo, at, rest = rest.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
-        scheme += sep + (f"{user}:***@" if colon and user and "/" not in user
-                         and "?" not in user else "***@")
+        scheme += sep + (
+            f"{user}:***@" if colon and user and "/" not in user and "?" not in user else "***@"
+        )
         sep = ""
     rest, qmark, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     if query:
         query = "&".join(
             f"{name}=***" if _SECRET_PARAM.search(name) and value else part
-            for part in query.split("&") for name, _, value in [part.partition("=")])
+            for part in query.split("&")
+            for name, _, value in [part.partition("=")]
+        )
     return f"{scheme}{sep}{netloc}{slash}{path}{qmark}{query}"
 
 
@@ -358,8 +377,12 @@ TransportFactory = Callable[[str, Mapping[str, Any]], Transport]
 
 #: The broker plugins that ship with event-mesh (in its repository's plugins/ folder, not
 #: published to a package index yet): URL scheme -> the directory to ``pip install``.
-BUNDLED_PLUGINS = {"kafka": "plugins/kafka", "nats": "plugins/nats",
-                   "amqp": "plugins/rabbitmq", "amqps": "plugins/rabbitmq"}
+BUNDLED_PLUGINS = {
+    "kafka": "plugins/kafka",
+    "nats": "plugins/nats",
+    "amqp": "plugins/rabbitmq",
+    "amqps": "plugins/rabbitmq",
+}
 
 
 def install_hint(schemes: Collection[str]) -> str:
@@ -368,8 +391,9 @@ def install_hint(schemes: Collection[str]) -> str:
     missing = sorted({d for scheme, d in BUNDLED_PLUGINS.items() if scheme not in schemes})
     if not missing:
         return ""
-    return ("from a clone of the event-mesh repository: pip install "
-            + " ".join(f"./{d}" for d in missing))
+    return "from a clone of the event-mesh repository: pip install " + " ".join(
+        f"./{d}" for d in missing
+    )
 
 
 class TransportRegistry:
@@ -386,8 +410,10 @@ class TransportRegistry:
     def register(self, scheme: str, factory: TransportFactory, *, description: str = "") -> None:
         scheme = scheme.lower()
         if scheme in self._factories:
-            raise ConfigError(f"transport scheme {scheme!r} is registered twice; "
-                              "uninstall one of the plugins that provide it")
+            raise ConfigError(
+                f"transport scheme {scheme!r} is registered twice; "
+                "uninstall one of the plugins that provide it"
+            )
         self._factories[scheme] = (factory, description)
 
     @property
@@ -402,8 +428,10 @@ class TransportRegistry:
         listing the installed ones and suggesting the nearest."""
         scheme, sep, _ = url.partition("://")
         if not sep or not scheme:
-            raise ConfigError(f"transport URL {redact_url(url)!r} has no scheme; "
-                              f"write it as scheme://..., installed: {', '.join(self.schemes)}")
+            raise ConfigError(
+                f"transport URL {redact_url(url)!r} has no scheme; "
+                f"write it as scheme://..., installed: {', '.join(self.schemes)}"
+            )
         entry = self._factories.get(scheme.lower())
         if entry is None:
             import difflib
@@ -411,9 +439,16 @@ class TransportRegistry:
             near = difflib.get_close_matches(scheme.lower(), self.schemes, n=1, cutoff=0.4)
             hint = f" Did you mean '{near[0]}://'?" if near else ""
             plugin = BUNDLED_PLUGINS.get(scheme.lower())
-            install = (f" {scheme.lower()}:// is served by a plugin: from a clone of the "
-                       f"event-mesh repository, pip install ./{plugin}") if plugin else ""
+            install = (
+                (
+                    f" {scheme.lower()}:// is served by a plugin: from a clone of the "
+                    f"event-mesh repository, pip install ./{plugin}"
+                )
+                if plugin
+                else ""
+            )
             raise ConfigError(
                 f"unknown transport scheme {scheme!r}.{hint} Installed schemes: "
-                f"{', '.join(s + '://' for s in self.schemes)}.{install}")
+                f"{', '.join(s + '://' for s in self.schemes)}.{install}"
+            )
         return entry[0](url, options or {})

@@ -39,13 +39,17 @@ def _changed(*, with_pid: bool) -> list[str]:
                 _first_seen[name] = seen
             continue
         now = brokers.identify(url, with_pid=with_pid)
-        same = now is not None and now.socket == before.socket and (
-            not with_pid or before.same_server(now))
+        same = (
+            now is not None
+            and now.socket == before.socket
+            and (not with_pid or before.same_server(now))
+        )
         if not same and name not in _reported:
-            _reported.add(name)   # report each server once, in the test that changed it
-            now = brokers.identify(url)   # with its PID, for the message
-            problems.append(f"{name} at {brokers.redact(url)} was {before}, now "
-                            f"{now or 'not listening'}")
+            _reported.add(name)  # report each server once, in the test that changed it
+            now = brokers.identify(url)  # with its PID, for the message
+            problems.append(
+                f"{name} at {brokers.redact(url)} was {before}, now {now or 'not listening'}"
+            )
     return problems
 
 
@@ -58,8 +62,11 @@ def _servers_we_did_not_start_are_untouched() -> Iterator[None]:
     yield
     problems = _changed(with_pid=False)
     if problems:
-        pytest.fail("this test stopped or restarted a server the tests did not start "
-                    "(DEVELOPERS.md): " + "; ".join(problems), pytrace=False)
+        pytest.fail(
+            "this test stopped or restarted a server the tests did not start "
+            "(DEVELOPERS.md): " + "; ".join(problems),
+            pytrace=False,
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -67,8 +74,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     problems = _changed(with_pid=True)
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = ("a server the tests did not start was stopped or restarted during "
-                   "the run (DEVELOPERS.md): " + "; ".join(problems))
+        message = (
+            "a server the tests did not start was stopped or restarted during "
+            "the run (DEVELOPERS.md): " + "; ".join(problems)
+        )
         if reporter is not None:
             reporter.ensure_newline()
             reporter.write_line(message, red=True, bold=True)

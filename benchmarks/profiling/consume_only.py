@@ -20,8 +20,9 @@ from benchmarks.env import Brokers
 from benchmarks.profiling.plugin_runs import SIDES
 
 
-async def consume_only(side_name: str, target: Target, settings: Settings,
-                       consumers: int) -> dict[str, float]:
+async def consume_only(
+    side_name: str, target: Target, settings: Settings, consumers: int
+) -> dict[str, float]:
     async with SIDES[side_name]().session(target, settings) as session:
         await session.declare()
         for chunk in chunks(payloads(settings.events), settings.publish_chunk):
@@ -32,8 +33,10 @@ async def consume_only(side_name: str, target: Target, settings: Settings,
         await session.start_consumers(consumers, counter.hit)
         await asyncio.wait_for(asyncio.shield(counter.done), settings.run_timeout)
         cpu = time.process_time() - cpu0
-        return {"events_per_s": settings.events / (counter.last - start),
-                "cpu_us_per_event": cpu / settings.events * 1e6}
+        return {
+            "events_per_s": settings.events / (counter.last - start),
+            "cpu_us_per_event": cpu / settings.events * 1e6,
+        }
 
 
 def main() -> None:
@@ -46,15 +49,27 @@ def main() -> None:
     args = p.parse_args()
     settings = replace(Settings(), events=args.events)
     url = Brokers().url(args.transport)
-    asyncio.run(consume_only(args.side, Target(args.transport, url),
-                             replace(settings, events=500), args.consumers))  # warm-up
+    asyncio.run(
+        consume_only(
+            args.side, Target(args.transport, url), replace(settings, events=500), args.consumers
+        )
+    )  # warm-up
     for _ in range(args.runs):
-        value = asyncio.run(consume_only(args.side, Target(args.transport, url), settings,
-                                         args.consumers))
-        print(json.dumps({"tag": os.environ.get("AB_TAG", ""), "side": args.side,
-                          "scenario": "consume_only",
-                          **{k: round(v, 3) for k, v in value.items()},
-                          "load": os.getloadavg()[0]}), flush=True)
+        value = asyncio.run(
+            consume_only(args.side, Target(args.transport, url), settings, args.consumers)
+        )
+        print(
+            json.dumps(
+                {
+                    "tag": os.environ.get("AB_TAG", ""),
+                    "side": args.side,
+                    "scenario": "consume_only",
+                    **{k: round(v, 3) for k, v in value.items()},
+                    "load": os.getloadavg()[0],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -42,15 +42,21 @@ def child(args: argparse.Namespace) -> None:
     import mesh_kafka
 
     settings = replace(Settings(), events=args.events, latency_sends=args.latency_sends)
-    if args.raw_conf:   # extra consumer properties for the raw side (like-for-like checks)
+    if args.raw_conf:  # extra consumer properties for the raw side (like-for-like checks)
         from benchmarks.raw import KafkaSession
 
-        extra = {k: int(v) if v.isdigit() else v
-                 for k, v in (item.split("=", 1) for item in args.raw_conf)}
+        extra = {
+            k: int(v) if v.isdigit() else v
+            for k, v in (item.split("=", 1) for item in args.raw_conf)
+        }
         conf = KafkaSession._consumer_conf
         KafkaSession._consumer_conf = lambda self: {**conf(self), **extra}  # type: ignore
-    side = {"mesh": MeshSide(), "mesh-noidem": MeshSide(False), "raw": RawSide(),
-            "raw+conf": RawSide()}[args.side]
+    side = {
+        "mesh": MeshSide(),
+        "mesh-noidem": MeshSide(False),
+        "raw": RawSide(),
+        "raw+conf": RawSide(),
+    }[args.side]
     value = asyncio.run(_run(side, Target("kafka", args.url), settings, args.scenario))
     value["_module"] = str(Path(mesh_kafka.__file__).parent)
     print("RESULT " + json.dumps(value), flush=True)
@@ -69,41 +75,73 @@ def parent(args: argparse.Namespace) -> None:
         for scenario in args.scenario or ["e2e_1"]:
             for repeat in range(args.repeat):
                 order = list(variants.items())
-                for name, path in order if repeat % 2 == 0 else order[::-1]:   # ABBA
+                for name, path in order if repeat % 2 == 0 else order[::-1]:  # ABBA
                     for side in sides:
                         if side.startswith("raw") and name != order[0][0]:
-                            continue   # the raw side does not depend on the variant
+                            continue  # the raw side does not depend on the variant
                         tansu.restart()
                         env = dict(os.environ)
                         pythonpath = [str(ROOT)]
                         if path != "tree":
                             pythonpath.insert(0, path)
                         env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-                        cmd = [sys.executable, "-m", "benchmarks.profiling.kafka_ab", "--child",
-                               "--url", tansu.url, "--scenario", scenario, "--side", side,
-                               "--events", str(args.events),
-                               "--latency-sends", str(args.latency_sends)]
+                        cmd = [
+                            sys.executable,
+                            "-m",
+                            "benchmarks.profiling.kafka_ab",
+                            "--child",
+                            "--url",
+                            tansu.url,
+                            "--scenario",
+                            scenario,
+                            "--side",
+                            side,
+                            "--events",
+                            str(args.events),
+                            "--latency-sends",
+                            str(args.latency_sends),
+                        ]
                         if side == "raw+conf":
                             cmd += [a for item in args.raw_conf for a in ("--raw-conf", item)]
                         if args.pyspy and side.startswith("mesh"):
                             out = Path(args.pyspy) / f"{scenario}-{name}-{repeat}.txt"
                             spy = str(Path(sys.executable).parent / "py-spy")
-                            cmd = [spy, "record", "--format", "raw", "--nonblocking",
-                                   "--threads", "--gil", "-r", "1000", "-o", str(out),
-                                   "--", *cmd]
-                        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
-                                              text=True, timeout=300)
-                        line = next((ln for ln in proc.stdout.splitlines()
-                                     if ln.startswith("RESULT ")), None)
+                            cmd = [
+                                spy,
+                                "record",
+                                "--format",
+                                "raw",
+                                "--nonblocking",
+                                "--threads",
+                                "--gil",
+                                "-r",
+                                "1000",
+                                "-o",
+                                str(out),
+                                "--",
+                                *cmd,
+                            ]
+                        proc = subprocess.run(
+                            cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+                        )
+                        line = next(
+                            (ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")),
+                            None,
+                        )
                         if line is None:
-                            print(f"  {scenario} #{repeat} {name} {side}: FAILED\n"
-                                  f"{proc.stderr[-2000:]}", flush=True)
+                            print(
+                                f"  {scenario} #{repeat} {name} {side}: FAILED\n"
+                                f"{proc.stderr[-2000:]}",
+                                flush=True,
+                            )
                             continue
                         value = json.loads(line[7:])
                         value.pop("_module", None)
                         results[(scenario, name, side)].append(value)
-                        print(f"  {scenario:9s} #{repeat} {name:8s} {side:11s} "
-                              f"{_brief(value)}", flush=True)
+                        print(
+                            f"  {scenario:9s} #{repeat} {name:8s} {side:11s} {_brief(value)}",
+                            flush=True,
+                        )
     finally:
         tansu.stop()
     print(f"load average at end: {os.getloadavg()}")
@@ -120,14 +158,26 @@ def _brief(value: dict[str, float]) -> str:
 
 
 #: stacks left out of `fold`: start-up, group joins and tear-down
-DROP = ("importlib", "__aenter__", "__aexit__", "start_consumers", "Mesh.start", "Mesh.stop",
-        "_shutdown", "_on_assign", "_on_revoke")
+DROP = (
+    "importlib",
+    "__aenter__",
+    "__aexit__",
+    "start_consumers",
+    "Mesh.start",
+    "Mesh.stop",
+    "_shutdown",
+    "_on_assign",
+    "_on_revoke",
+)
 #: components of the measured path: (label, a frame name in the stack, thread prefix)
 COMPONENTS = (
     ("publish: Event() + publish_many", "MeshSession.publish_batch", ""),
     ("  of it: to_record (SDK binding + JSON)", "to_record", ""),
-    ("  of it: produce() C call",
-     "KafkaTransport.publish_batch (mesh_kafka/transport.py:{produce})", ""),
+    (
+        "  of it: produce() C call",
+        "KafkaTransport.publish_batch (mesh_kafka/transport.py:{produce})",
+        "",
+    ),
     ("consume: dispatch (_arrive -> Dispatcher.submit -> tasks)", "KafkaSubscription._arrive", ""),
     ("consume: deliver (mesh Consumer + handler + ack)", "deliver (", ""),
     ("  of it: decode (from_record)", "_decode", ""),
@@ -148,8 +198,9 @@ def fold(path: str, top: int) -> None:
 
     source = Path(mesh_kafka.transport.__file__).read_text().splitlines()
     produce = next(i for i, text in enumerate(source, 1) if "producer.produce(" in text)
-    components = [(label, frame.format(produce=produce), prefix)
-                  for label, frame, prefix in COMPONENTS]
+    components = [
+        (label, frame.format(produce=produce), prefix) for label, frame, prefix in COMPONENTS
+    ]
     total = 0
     for line in Path(path).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -190,8 +241,12 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--latency-sends", type=int, default=500)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--raw-conf", action="append", default=[],
-                   help="prop=value added to the consumer config of the 'raw+conf' side")
+    p.add_argument(
+        "--raw-conf",
+        action="append",
+        default=[],
+        help="prop=value added to the consumer config of the 'raw+conf' side",
+    )
     p.add_argument("--pyspy")
     p.add_argument("--fold")
     p.add_argument("--top", type=int, default=40)

@@ -41,8 +41,16 @@ def _records(count: int) -> list[Message]:
     out = []
     for offset in range(count):
         record = to_record(Event(TOPIC, "/bench/publisher", payload(offset)))
-        out.append(Message(topic=TOPIC, partition=0, offset=offset, key=None,
-                           value=record.value, headers=list(record.headers.items())))
+        out.append(
+            Message(
+                topic=TOPIC,
+                partition=0,
+                offset=offset,
+                key=None,
+                value=record.value,
+                headers=list(record.headers.items()),
+            )
+        )
     return out
 
 
@@ -67,22 +75,31 @@ async def consume(count: int, mode: str = "mesh") -> float:
     await app.start()
     try:
         handler: Any = next(iter(app._consumers.values())) if mode == "mesh" else bare
-        sub = KafkaSubscription(conf={"group.id": "paths", "bootstrap.servers": "-"},
-                                topics=[TOPIC], handler=handler, max_in_flight=64,
-                                broadcast=False, admin=None,  # type: ignore[arg-type]
-                                commit_interval=0.5, on_closed=lambda _s: None)
+        sub = KafkaSubscription(
+            conf={"group.id": "paths", "bootstrap.servers": "-"},
+            topics=[TOPIC],
+            handler=handler,
+            max_in_flight=64,
+            broadcast=False,
+            admin=None,  # type: ignore[arg-type]
+            commit_interval=0.5,
+            on_closed=lambda _s: None,
+        )
         part = _Partition((TOPIC, 0), -1, 0)
         sub._parts[part.key] = part
         messages = _records(count)
         # _take(consumer, messages) since the crash counts (the consumer is only used for
         # a suspect partition's watermarks); _take(messages) before
-        take = sub._take if len(inspect.signature(sub._take).parameters) == 1 else \
-            functools.partial(sub._take, None)
+        take = (
+            sub._take
+            if len(inspect.signature(sub._take).parameters) == 1
+            else functools.partial(sub._take, None)
+        )
         cpu0, fed = time.process_time(), 0
         while handled < count:
             room = 64 - (sub._received - sub._finished)
-            if room >= 32 and fed < count:   # what the poll thread takes at a time
-                take(messages[fed:fed + room])
+            if room >= 32 and fed < count:  # what the poll thread takes at a time
+                take(messages[fed : fed + room])
                 fed += min(room, count - fed)
             await asyncio.sleep(0)
         return (time.process_time() - cpu0) / count * 1e6
@@ -99,27 +116,38 @@ def parts() -> dict[str, float]:
     record = to_record(event)
     headers = list(record.headers.items())
     message = KafkaMessage(headers=dict(record.headers), key=None, value=record.value)
-    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "linger.ms": 100000,
-                         "queue.buffering.max.messages": 2_000_000,
-                         "queue.buffering.max.kbytes": 2_000_000, "log_level": 0})
+    producer = Producer(
+        {
+            "bootstrap.servers": "127.0.0.1:9",
+            "linger.ms": 100000,
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2_000_000,
+            "log_level": 0,
+        }
+    )
 
     def report(_err: Any, _msg: Any) -> None:
         pass
+
     try:
         return {
             "Event() (publisher side)": _best(lambda: Event(TOPIC, "/p", payload(1))),
             "to_record (mesh)": _best(lambda: to_record(event)),
             "SDK to_binary alone": _best(lambda: kafka.to_binary(event, codec.FORMAT)),
             "JSON data encoding alone": _best(lambda: codec.encode_data(event.data, None)),
-            "produce() with the CE headers": _best(lambda: producer.produce(
-                TOPIC, value=record.value, headers=headers, on_delivery=report)),
-            "produce() bare value": _best(lambda: producer.produce(
-                TOPIC, value=record.value, on_delivery=report)),
+            "produce() with the CE headers": _best(
+                lambda: producer.produce(
+                    TOPIC, value=record.value, headers=headers, on_delivery=report
+                )
+            ),
+            "produce() bare value": _best(
+                lambda: producer.produce(TOPIC, value=record.value, on_delivery=report)
+            ),
             "from_record (mesh)": _best(lambda: from_record(headers, None, record.value)),
             "SDK from_kafka alone (Event factory)": _best(
-                lambda: kafka.from_kafka(message, codec.FORMAT, Event.from_attributes)),
-            "json.loads of the data alone": _best(lambda: codec.decode_data(record.value,
-                                                                            None)),
+                lambda: kafka.from_kafka(message, codec.FORMAT, Event.from_attributes)
+            ),
+            "json.loads of the data alone": _best(lambda: codec.decode_data(record.value, None)),
         }
     finally:
         producer.purge()
@@ -133,8 +161,11 @@ def main() -> None:
     import mesh_kafka
 
     print(f"mesh_kafka from {mesh_kafka.__file__}")
-    for mode, what in (("mesh", "the mesh's Consumer + handler"), ("decode", "decode + ack"),
-                       ("ack", "ack only")):
+    for mode, what in (
+        ("mesh", "the mesh's Consumer + handler"),
+        ("decode", "decode + ack"),
+        ("ack", "ack only"),
+    ):
         best = min(asyncio.run(consume(args.events, mode)) for _ in range(args.rounds))
         print(f"  {best:7.2f} us  consume path per record, loop side: {what}")
     for name, value in parts().items():

@@ -31,35 +31,58 @@ def sdk(headers: Any, key: Any, value: bytes | None) -> Event:
 
 
 def cases() -> list[tuple[Any, Any, bytes | None]]:
-    event = Event("t.x", "/s", {"a": 1}, subject="s", datacontenttype="application/json",
-                  dataschema="http://x", extensions={"partitionkey": "k", "meshhops": 3,
-                                                     "flag": True, "when": datetime.now(UTC)})
+    event = Event(
+        "t.x",
+        "/s",
+        {"a": 1},
+        subject="s",
+        datacontenttype="application/json",
+        dataschema="http://x",
+        extensions={"partitionkey": "k", "meshhops": 3, "flag": True, "when": datetime.now(UTC)},
+    )
     record = to_record(event)
     base = list(record.headers.items())
     value = record.value
 
     def timed(text: bytes) -> list[tuple[str, bytes]]:
         return [*base, ("ce_time", text)]
+
     structured = [("content-type", b"application/cloudevents+json")]
     return [
-        (base, b"k", value), (base, None, value), ({n: v.decode() for n, v in base}, "k", value),
+        (base, b"k", value),
+        (base, None, value),
+        ({n: v.decode() for n, v in base}, "k", value),
         ([(n, v) for n, v in base if n != "ce_time"], None, value),
         ([(n.upper(), v) for n, v in base], None, value),
         ([("Content-Type", b"application/json"), *base], b"\xff", value),
-        *((timed(t), None, value) for t in (
-            b"2026-11-25T24:00:00Z", b"2026-11-25t10:00:00.123456789z", b"2026-11-25T10:00:00",
-            b"garbage", b"", b"2026-11-25T10:00:00+0530", b"2026-11-25T10:00:00.5-08:00",
-            b"2026-W48-3T10:00:00Z", b"2026-11-25")),
-        ([*base, ("ce_id", None)], None, value), ([*base, ("ce_id", b"\xff")], None, value),
-        ([*base, ("x-other", b"\xff")], None, value), ([*base, ("ce_meshhops", b"x")], None, value),
+        *(
+            (timed(t), None, value)
+            for t in (
+                b"2026-11-25T24:00:00Z",
+                b"2026-11-25t10:00:00.123456789z",
+                b"2026-11-25T10:00:00",
+                b"garbage",
+                b"",
+                b"2026-11-25T10:00:00+0530",
+                b"2026-11-25T10:00:00.5-08:00",
+                b"2026-W48-3T10:00:00Z",
+                b"2026-11-25",
+            )
+        ),
+        ([*base, ("ce_id", None)], None, value),
+        ([*base, ("ce_id", b"\xff")], None, value),
+        ([*base, ("x-other", b"\xff")], None, value),
+        ([*base, ("ce_meshhops", b"x")], None, value),
         ([*base[:-1], ("ce_specversion", b"0.3")], None, b"{}"),
         ([("ce_type", b"t"), ("ce_source", b"/s"), ("ce_specversion", b"1.0")], None, b"{}"),
         ([*base, ("content-type", b"text/plain")], None, b"hello"),
         ([*base, ("content-type", b"application/octet-stream")], None, b"\x00\x01"),
         ([*base, ("content-type", b"application/json")], None, b"not json"),
-        (structured, b"kk", codec.to_json(event)), (structured, None, b"{bad"),
+        (structured, b"kk", codec.to_json(event)),
+        (structured, None, b"{bad"),
         ([*structured, ("x", b"\xff")], None, codec.to_json(event)),
-        (None, None, b"{}"), (None, None, None),
+        (None, None, b"{}"),
+        (None, None, None),
     ]
 
 
@@ -79,8 +102,11 @@ def main() -> None:
     record = to_record(Event("bench.x", "/bench/publisher", {"a": "x" * 200}))
     headers = list(record.headers.items())
     for name, fn in (("from_record", from_record), ("SDK from_kafka", sdk)):
-        best = min(timeit.repeat(lambda f=fn: f(headers, None, record.value), number=20000,
-                                 repeat=7)) / 20000 * 1e6
+        best = (
+            min(timeit.repeat(lambda f=fn: f(headers, None, record.value), number=20000, repeat=7))
+            / 20000
+            * 1e6
+        )
         print(f"  {best:6.2f} us  {name}")
 
 

@@ -24,8 +24,12 @@ from benchmarks.mesh_side import MeshSide
 from benchmarks.raw import RawSide
 from benchmarks.runner import _run
 
-SIDES = {"mesh": MeshSide, "mesh-noidem": lambda: MeshSide(idempotency=False),
-         "raw": RawSide, "faststream": FastStreamSide}
+SIDES = {
+    "mesh": MeshSide,
+    "mesh-noidem": lambda: MeshSide(idempotency=False),
+    "raw": RawSide,
+    "faststream": FastStreamSide,
+}
 
 
 def main() -> None:
@@ -43,8 +47,14 @@ def main() -> None:
     url = brokers.url(args.transport)
     side = SIDES[args.side]()
     # warm-up run (imports, connections), not reported
-    asyncio.run(_run(side, Target(args.transport, url), replace(settings, events=1000),
-                     "e2e_1" if args.scenario != "latency" else "latency"))
+    asyncio.run(
+        _run(
+            side,
+            Target(args.transport, url),
+            replace(settings, events=1000),
+            "e2e_1" if args.scenario != "latency" else "latency",
+        )
+    )
     for i in range(args.runs):
         prof = cProfile.Profile() if args.profile and i == args.runs - 1 else None
         if prof is not None:
@@ -53,9 +63,18 @@ def main() -> None:
         if prof is not None:
             prof.disable()
             prof.dump_stats(args.profile)
-        print(json.dumps({"tag": args.tag, "side": args.side, "scenario": args.scenario,
-                          **{k: round(v, 3) for k, v in value.items()},
-                          "load": os.getloadavg()[0]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "tag": args.tag,
+                    "side": args.side,
+                    "scenario": args.scenario,
+                    **{k: round(v, 3) for k, v in value.items()},
+                    "load": os.getloadavg()[0],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

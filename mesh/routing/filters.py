@@ -31,11 +31,14 @@ DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "sql")
 def attribute_getter(name: str) -> Callable[[Event], str | None]:
     """A function reading attribute ``name`` of an event as its canonical string."""
     if name in CONTEXT_ATTRIBUTES:
+
         def get(event: Event) -> str | None:
             return _canonical(getattr(event, name))
     else:
+
         def get(event: Event) -> str | None:
             return _canonical(event.extensions.get(name))
+
     return get
 
 
@@ -51,8 +54,10 @@ def _canonical(value: Any) -> str | None:
 
 def _attr_dialect(kind: str, spec: Any) -> Predicate:
     if not isinstance(spec, Mapping) or not spec:
-        raise ConfigError(f"filter dialect '{kind}' takes a non-empty mapping of attribute "
-                          f"to value, e.g. {{'{kind}': {{'type': 'order.placed'}}}}")
+        raise ConfigError(
+            f"filter dialect '{kind}' takes a non-empty mapping of attribute "
+            f"to value, e.g. {{'{kind}': {{'type': 'order.placed'}}}}"
+        )
     tests: list[tuple[Callable[[Event], str | None], str]] = []
     for name, value in spec.items():
         if not isinstance(value, str):
@@ -68,11 +73,12 @@ def _attr_dialect(kind: str, spec: Any) -> Predicate:
     else:
         check = str.endswith
     if len(tests) == 1:
-        (get, want), = tests
+        ((get, want),) = tests
 
         def one(event: Event) -> bool:
             actual = get(event)
             return actual is not None and check(actual, want)
+
         return one
 
     def every(event: Event) -> bool:
@@ -81,6 +87,7 @@ def _attr_dialect(kind: str, spec: Any) -> Predicate:
             if actual is None or not check(actual, want):
                 return False
         return True
+
     return every
 
 
@@ -100,9 +107,11 @@ def compile_filter(spec: FilterSpec) -> Predicate:
     if isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
         return _all([compile_filter(item) for item in spec])
     if not isinstance(spec, Mapping) or len(spec) != 1:
-        raise ConfigError(f"a filter is a mapping with exactly one dialect key "
-                          f"({', '.join(DIALECTS)}); got {spec!r}")
-    (kind, body), = spec.items()
+        raise ConfigError(
+            f"a filter is a mapping with exactly one dialect key "
+            f"({', '.join(DIALECTS)}); got {spec!r}"
+        )
+    ((kind, body),) = spec.items()
     if kind in ("exact", "prefix", "suffix"):
         return _attr_dialect(kind, body)
     if kind in ("all", "any"):

@@ -40,9 +40,11 @@ def amqp_binding_key(pattern: str) -> str:
     ``#`` token cannot be expressed in AMQP and raises `ConfigError`."""
     tokens = validate_pattern(pattern).split(".")
     if "#" in tokens:
-        raise ConfigError(f"channel pattern {pattern!r}: '#' is not a mesh wildcard and "
-                          "cannot be a channel token on AMQP; use '>' for one or more "
-                          "trailing tokens")
+        raise ConfigError(
+            f"channel pattern {pattern!r}: '#' is not a mesh wildcard and "
+            "cannot be a channel token on AMQP; use '>' for one or more "
+            "trailing tokens"
+        )
     if tokens[-1] == ">":
         tokens[-1:] = ["*", "#"]
     return ".".join(tokens)

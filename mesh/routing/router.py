@@ -58,9 +58,12 @@ def type_constraint(spec: FilterSpec | None) -> TypeConstraint:
         return _intersect([type_constraint(item) for item in spec])
     if not isinstance(spec, Mapping) or len(spec) != 1:
         return NONE
-    (kind, body), = spec.items()
-    if kind in ("exact", "prefix") and isinstance(body, Mapping) \
-            and isinstance(body.get("type"), str):
+    ((kind, body),) = spec.items()
+    if (
+        kind in ("exact", "prefix")
+        and isinstance(body, Mapping)
+        and isinstance(body.get("type"), str)
+    ):
         complete = len(body) == 1
         if kind == "exact":
             return TypeConstraint(exact=frozenset({body["type"]}), complete=complete)
@@ -97,8 +100,10 @@ def _intersect(parts: list[TypeConstraint]) -> TypeConstraint:
 
 def _union(parts: list[TypeConstraint]) -> TypeConstraint:
     if all(p.exact is not None for p in parts):
-        return TypeConstraint(exact=frozenset().union(*(p.exact or () for p in parts)),
-                              complete=all(p.complete for p in parts))
+        return TypeConstraint(
+            exact=frozenset().union(*(p.exact or () for p in parts)),
+            complete=all(p.complete for p in parts),
+        )
     return NONE
 
 
@@ -112,17 +117,31 @@ def _sql_constraint(node: object) -> TypeConstraint:
             return _union([_sql_constraint(node.left), _sql_constraint(node.right)])
         if node.op == "=":
             for attr, lit in ((node.left, node.right), (node.right, node.left)):
-                if isinstance(attr, ast.Attribute) and attr.name == "type" \
-                        and isinstance(lit, ast.Literal) and isinstance(lit.value, str):
+                if (
+                    isinstance(attr, ast.Attribute)
+                    and attr.name == "type"
+                    and isinstance(lit, ast.Literal)
+                    and isinstance(lit.value, str)
+                ):
                     return TypeConstraint(exact=frozenset({lit.value}), complete=True)
-    if isinstance(node, ast.In) and not node.negated and isinstance(node.expr, ast.Attribute) \
-            and node.expr.name == "type" and node.values:
+    if (
+        isinstance(node, ast.In)
+        and not node.negated
+        and isinstance(node.expr, ast.Attribute)
+        and node.expr.name == "type"
+        and node.values
+    ):
         values = [v.value for v in node.values if isinstance(v, ast.Literal)]
         if len(values) == len(node.values) and all(isinstance(v, str) for v in values):
             return TypeConstraint(exact=frozenset(str(v) for v in values), complete=True)
-    if isinstance(node, ast.Like) and not node.negated and isinstance(node.expr, ast.Attribute) \
-            and node.expr.name == "type" and node.pattern.endswith("%") \
-            and not _LIKE_SPECIAL & set(node.pattern[:-1]):
+    if (
+        isinstance(node, ast.Like)
+        and not node.negated
+        and isinstance(node.expr, ast.Attribute)
+        and node.expr.name == "type"
+        and node.pattern.endswith("%")
+        and not _LIKE_SPECIAL & set(node.pattern[:-1])
+    ):
         return TypeConstraint(prefix=node.pattern[:-1])
     return NONE
 
@@ -136,8 +155,12 @@ def channel_patterns(constraint: TypeConstraint) -> list[str]:
     if constraint.exact is not None:
         return sorted(constraint.exact)
     prefix = constraint.prefix
-    if prefix and prefix.endswith(".") and all(prefix[:-1].split(".")) \
-            and not {"*", ">"} & set(prefix[:-1].split(".")):
+    if (
+        prefix
+        and prefix.endswith(".")
+        and all(prefix[:-1].split("."))
+        and not {"*", ">"} & set(prefix[:-1].split("."))
+    ):
         return [prefix + ">"]
     return [">"]
 
@@ -146,19 +169,21 @@ def channel_patterns(constraint: TypeConstraint) -> list[str]:
 class Plan:
     """How to run one filter: broker-side patterns plus a client-side residual."""
 
-    patterns: tuple[str, ...]           # neutral syntax
-    native: tuple[str, ...]             # the transport's syntax
-    residual: Predicate | None          # None: the broker filters everything
+    patterns: tuple[str, ...]  # neutral syntax
+    native: tuple[str, ...]  # the transport's syntax
+    residual: Predicate | None  # None: the broker filters everything
 
 
-def plan(spec: FilterSpec | None, syntax: PatternSyntax = "mesh", *,
-         types: Sequence[str] | None = None) -> Plan:
+def plan(
+    spec: FilterSpec | None, syntax: PatternSyntax = "mesh", *, types: Sequence[str] | None = None
+) -> Plan:
     """Plan ``spec`` (optionally restricted to channel patterns ``types``) for a broker."""
     constraint = type_constraint(spec)
     patterns = list(types) if types else channel_patterns(constraint)
     exact_channels = constraint.exact is not None and not types
-    residual = None if spec is None or (constraint.complete and exact_channels) \
-        else compile_filter(spec)
+    residual = (
+        None if spec is None or (constraint.complete and exact_channels) else compile_filter(spec)
+    )
     return Plan(tuple(patterns), tuple(translate(p, syntax) for p in patterns), residual)
 
 
@@ -219,6 +244,8 @@ class RuleIndex(Generic[K]):
 
     def match(self, event: Event) -> list[K]:
         """Keys of every rule whose filter matches ``event``."""
-        return [rule.key for rule in self.candidates(event.type)
-                if rule.predicate is None or rule.predicate(event)]
-
+        return [
+            rule.key
+            for rule in self.candidates(event.type)
+            if rule.predicate is None or rule.predicate(event)
+        ]

@@ -97,14 +97,16 @@ class SQLiteIdempotencyStore:
         if self._db is None:
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS mesh_handled "
-                       "(key TEXT PRIMARY KEY, at REAL NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS mesh_handled (key TEXT PRIMARY KEY, at REAL NOT NULL)"
+            )
             self._db = db
         return self._db
 
     def _seen(self, key: str) -> bool:
-        row = self._connect().execute("SELECT at FROM mesh_handled WHERE key = ?",
-                                      (key,)).fetchone()
+        row = (
+            self._connect().execute("SELECT at FROM mesh_handled WHERE key = ?", (key,)).fetchone()
+        )
         return row is not None and time.time() - row[0] <= self._ttl
 
     def _mark(self, key: str) -> None:
@@ -122,10 +124,13 @@ class SQLiteIdempotencyStore:
 
     async def purge(self) -> int:
         """Delete expired keys; returns how many."""
+
         def run() -> int:
-            cur = self._connect().execute("DELETE FROM mesh_handled WHERE at < ?",
-                                          (time.time() - self._ttl,))
+            cur = self._connect().execute(
+                "DELETE FROM mesh_handled WHERE at < ?", (time.time() - self._ttl,)
+            )
             return cur.rowcount
+
         async with self._lock:
             return await asyncio.to_thread(run)
 
@@ -158,9 +163,11 @@ class StoreRegistry:
         scheme, sep, _ = url.partition("://")
         factory = self._factories.get(scheme)
         if not sep or factory is None:
-            raise ConfigError(f"idempotency.store {url!r} is not a known store URL; use one of "
-                              f"{', '.join(s + '://' for s in self.schemes)} "
-                              "(e.g. sqlite:///var/lib/myapp/idempotency.db)")
+            raise ConfigError(
+                f"idempotency.store {url!r} is not a known store URL; use one of "
+                f"{', '.join(s + '://' for s in self.schemes)} "
+                "(e.g. sqlite:///var/lib/myapp/idempotency.db)"
+            )
         return factory(url)
 
 

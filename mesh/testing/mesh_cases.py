@@ -63,8 +63,9 @@ class MeshCases:
 
         async def new(**config: Any) -> Mesh:
             config.setdefault("dead_letter_channel", f"{self.prefix}.deadletter")
-            config.setdefault("retry", {"max_attempts": 3, "initial_backoff": 0.01,
-                                        "max_backoff": 0.05})
+            config.setdefault(
+                "retry", {"max_attempts": 3, "initial_backoff": 0.01, "max_backoff": 0.05}
+            )
             config.setdefault("shutdown_timeout", 5)
             # the registry costs two broadcast subscriptions per mesh; cases that need
             # capabilities turn it on
@@ -152,8 +153,11 @@ class MeshCases:
         await self.started(mesh)
         await mesh.publish(Event(self.t("task"), "/t", {"title": "ok", "priority": 1}))
         await mesh.publish(Event(self.t("task"), "/t", {"title": "bad", "priority": "high"}))
-        await wait_until(lambda: len(handled) == 1 and len(dead) == 1, self.timeout,
-                         "one handled and one dead-lettered")
+        await wait_until(
+            lambda: len(handled) == 1 and len(dead) == 1,
+            self.timeout,
+            "one handled and one dead-lettered",
+        )
         assert handled[0] == _Task(title="ok", priority=1)
         assert dead[0].extensions[DL_ERROR] == "DataValidationError"
         assert "priority" in str(dead[0].extensions[DL_REASON])
@@ -202,9 +206,10 @@ class MeshCases:
         event = Event(self.t("order"), "/shop", {"total": 10})
         await mesh.publish(event)
         await wait_until(lambda: seen[event.id] == 1, self.timeout, "first delivery")
-        await mesh.publish(event)   # the same (source, id): a duplicate
-        await wait_until(lambda: mesh.stats("bill").duplicates == 1, self.timeout,
-                         "duplicate acked unseen")
+        await mesh.publish(event)  # the same (source, id): a duplicate
+        await wait_until(
+            lambda: mesh.stats("bill").duplicates == 1, self.timeout, "duplicate acked unseen"
+        )
         assert seen[event.id] == 1
 
     @pytest.mark.asyncio
@@ -226,8 +231,11 @@ class MeshCases:
 
         await self.started(mesh)
         await mesh.publish(Event(self.t("question"), "/t", {"q": "why?"}))
-        await wait_until(lambda: len(emitted) == 2 and mesh.stats("solve").duplicates >= 3,
-                         self.timeout, "retry re-emitting the same ids")
+        await wait_until(
+            lambda: len(emitted) == 2 and mesh.stats("solve").duplicates >= 3,
+            self.timeout,
+            "retry re-emitting the same ids",
+        )
         assert emitted[0] == emitted[1]
         assert all(count == 1 for count in downstream.values()) and len(downstream) == 3
 
@@ -268,8 +276,11 @@ class MeshCases:
         await self.started(mesh)
         await self.publish_undecodable(mesh.transport, self.t("in"))
         await mesh.publish(Event(self.t("in"), "/t", {"after": "garbage"}))
-        await wait_until(lambda: bool(dead) and mesh.stats("read").handled == 1, self.timeout,
-                         "the garbage dead-lettered and the next event handled")
+        await wait_until(
+            lambda: bool(dead) and mesh.stats("read").handled == 1,
+            self.timeout,
+            "the garbage dead-lettered and the next event handled",
+        )
         assert dead[0].type == "mesh.undecodable"
         assert dead[0].extensions[DL_ERROR] == "DecodeError"
         assert isinstance(dead[0].data, bytes)
@@ -293,8 +304,9 @@ class MeshCases:
         await self.started(mesh)
         await mesh.publish(Event(self.t("item"), "/t", {"poison": True, "n": -1}))
         n = scaled(50, 10)
-        await mesh.publish_many([Event(self.t("item"), "/t", {"poison": False, "n": i})
-                                 for i in range(n)])
+        await mesh.publish_many(
+            [Event(self.t("item"), "/t", {"poison": False, "n": i}) for i in range(n)]
+        )
         await wait_until(lambda: len(good) == n, self.timeout, "the good events")
         assert not dead, "good events must not wait for the poison event's retries"
         await wait_until(lambda: len(dead) == 1, self.timeout, "the poison dead-lettered")
@@ -322,25 +334,37 @@ class MeshCases:
         await first.stop(timeout=0.1)
         assert first.stats("slow").handled == 0 and first.stats("slow").dead_lettered == 0
         await self.started(second)
-        await wait_until(lambda: finished == [event.id], self.timeout,
-                         "the cancelled event redelivered to another instance")
+        await wait_until(
+            lambda: finished == [event.id],
+            self.timeout,
+            "the cancelled event redelivered to another instance",
+        )
 
     @pytest.mark.asyncio
     async def test_mesh_filter_acks_and_counts_rejected_events(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         got: list[str] = []
 
-        @mesh.on(filter={"all": [{"prefix": {"type": f"{self.prefix}.doc."}},
-                                 {"suffix": {"subject": ".pdf"}}]},
-                 group=f"{self.prefix}-pdf")
+        @mesh.on(
+            filter={
+                "all": [
+                    {"prefix": {"type": f"{self.prefix}.doc."}},
+                    {"suffix": {"subject": ".pdf"}},
+                ]
+            },
+            group=f"{self.prefix}-pdf",
+        )
         async def pdf(event: Event) -> None:
             got.append(str(event.subject))
 
         await self.started(mesh)
         for subject in ("a.pdf", "b.txt", "c.pdf"):
             await mesh.publish(Event(self.t("doc.uploaded"), "/t", {}, subject=subject))
-        await wait_until(lambda: len(got) == 2 and mesh.stats("pdf").filtered == 1,
-                         self.timeout, "two matches and one filtered")
+        await wait_until(
+            lambda: len(got) == 2 and mesh.stats("pdf").filtered == 1,
+            self.timeout,
+            "two matches and one filtered",
+        )
         assert sorted(got) == ["a.pdf", "c.pdf"]
 
     @pytest.mark.asyncio
@@ -348,18 +372,26 @@ class MeshCases:
         mesh = await meshes()
         got: list[int] = []
 
-        @mesh.on(filter={"sql": f"type LIKE '{self.prefix}.alert.%' AND data.severity > 3 "
-                                "AND EXISTS subject"}, group=f"{self.prefix}-escalation")
+        @mesh.on(
+            filter={
+                "sql": f"type LIKE '{self.prefix}.alert.%' AND data.severity > 3 AND EXISTS subject"
+            },
+            group=f"{self.prefix}-escalation",
+        )
         async def escalate(event: Event) -> None:
             got.append(event.data["severity"])
 
         await self.started(mesh)
         for severity in (1, 5, 9):
-            await mesh.publish(Event(self.t("alert.disk"), "/t", {"severity": severity},
-                                     subject="host-1"))
-        await mesh.publish(Event(self.t("alert.cpu"), "/t", {"severity": 7}))   # no subject
-        await wait_until(lambda: len(got) == 2 and mesh.stats("escalate").filtered == 2,
-                         self.timeout, "two escalations and two filtered")
+            await mesh.publish(
+                Event(self.t("alert.disk"), "/t", {"severity": severity}, subject="host-1")
+            )
+        await mesh.publish(Event(self.t("alert.cpu"), "/t", {"severity": 7}))  # no subject
+        await wait_until(
+            lambda: len(got) == 2 and mesh.stats("escalate").filtered == 2,
+            self.timeout,
+            "two escalations and two filtered",
+        )
         assert sorted(got) == [5, 9]
 
     @pytest.mark.asyncio
@@ -389,11 +421,15 @@ class MeshCases:
         await self.started(mesh, tool)
         sent = Event(self.t("fragile"), "/t", {"v": 1})
         await mesh.publish(sent)
-        await wait_until(lambda: mesh.stats("fragile").dead_lettered == 1 and bool(others)
-                         and bool(repaired), self.timeout, "dead-lettering")
+        await wait_until(
+            lambda: mesh.stats("fragile").dead_lettered == 1 and bool(others) and bool(repaired),
+            self.timeout,
+            "dead-lettering",
+        )
         idle = 1.0 + self.settle_time
-        first, second = await asyncio.gather(mesh.dead_letters.list(idle=idle),
-                                             tool.dead_letters.list(idle=idle))
+        first, second = await asyncio.gather(
+            mesh.dead_letters.list(idle=idle), tool.dead_letters.list(idle=idle)
+        )
         assert [e.extensions[DL_ID] for e in first] == [sent.id]
         assert [e.id for e in second] == [e.id for e in first], "a listing hid an entry"
         broken = False
@@ -423,15 +459,17 @@ class MeshCases:
         await mesh.stop()
         other = await meshes()
         await other.start()
-        await other.publish(Event(self.t("again"), "/t", {"n": 2}))   # while it is stopped
+        await other.publish(Event(self.t("again"), "/t", {"n": 2}))  # while it is stopped
         await self.started(mesh)
         await mesh.publish(Event(self.t("again"), "/t", {"n": 3}))
-        await wait_until(lambda: sorted(got) == [1, 2, 3], self.timeout,
-                         "the events after the restart")
+        await wait_until(
+            lambda: sorted(got) == [1, 2, 3], self.timeout, "the events after the restart"
+        )
 
     @pytest.mark.asyncio
     async def test_mesh_each_undecodable_message_is_its_own_entry(
-            self, meshes: MeshFactory) -> None:
+        self, meshes: MeshFactory
+    ) -> None:
         mesh = await meshes()
 
         @mesh.on(self.t("raw"), group=f"{self.prefix}-raw")
@@ -439,20 +477,23 @@ class MeshCases:
             pass
 
         await self.started(mesh)
-        for _ in range(3):   # the same body each time
+        for _ in range(3):  # the same body each time
             await self.publish_undecodable(mesh.transport, self.t("raw"))
-        await wait_until(lambda: mesh.stats("read").dead_lettered == 3, self.timeout,
-                         "three undecodable messages dead-lettered")
+        await wait_until(
+            lambda: mesh.stats("read").dead_lettered == 3,
+            self.timeout,
+            "three undecodable messages dead-lettered",
+        )
         listed = await mesh.dead_letters.list(idle=1.0 + self.settle_time)
         assert len({e.id for e in listed}) == 3, "different messages collapsed into one entry"
 
     @pytest.mark.asyncio
     async def test_mesh_message_delivered_too_often_is_dead_lettered(
-            self, meshes: MeshFactory) -> None:
+        self, meshes: MeshFactory
+    ) -> None:
         """``max_deliveries`` counts the broker's deliveries (a handler that kills its
         process never reaches ``max_attempts``; here it gives the event back each time)."""
-        mesh = await meshes(retry={"max_attempts": 1, "initial_backoff": 0.01,
-                                   "max_deliveries": 3})
+        mesh = await meshes(retry={"max_attempts": 1, "initial_backoff": 0.01, "max_deliveries": 3})
         seen: list[int] = []
         dead: list[Event] = []
 
@@ -471,13 +512,13 @@ class MeshCases:
         assert seen == [0, 1, 2]
         assert dead[0].extensions[DL_ERROR] == "DeliveryLimitExceeded"
         # the mesh's own extensions have one type on every transport
-        assert dead[0].extensions[DL_ATTEMPTS] == 0 and \
-            type(dead[0].extensions[DL_ATTEMPTS]) is int
+        assert dead[0].extensions[DL_ATTEMPTS] == 0 and type(dead[0].extensions[DL_ATTEMPTS]) is int
         assert isinstance(dead[0].extensions["meshdltime"], datetime)
 
     @pytest.mark.asyncio
     async def test_mesh_failing_dead_letter_handler_never_dead_letters(
-            self, meshes: MeshFactory) -> None:
+        self, meshes: MeshFactory
+    ) -> None:
         mesh = await meshes()
         runs: list[str] = []
 
@@ -501,7 +542,8 @@ class MeshCases:
 
     @pytest.mark.asyncio
     async def test_mesh_capability_requests_spread_and_survive_a_crash(
-            self, meshes: MeshFactory) -> None:
+        self, meshes: MeshFactory
+    ) -> None:
         caps = {"enabled": True, "heartbeat": 0.3, "resync_wait": 2.0 + self.settle_time}
         group = f"{self.prefix}-optimizers"
         name = f"{self.prefix}.optimize.route"
@@ -509,18 +551,30 @@ class MeshCases:
         caller = await meshes(capabilities=caps)
         served: Counter[str] = Counter()
         for index, provider in enumerate(providers):
+
             def serve(tag: str) -> Callable[..., Awaitable[dict[str, Any]]]:
                 async def optimize(request: _Route, ctx: Context) -> dict[str, Any]:
                     served[tag] += 1
                     if request.order == "explode":
                         raise ValueError("no route exists")
                     return {"route": f"R-{request.order}", "by": tag}
+
                 return optimize
-            provider.capability(name, serve(f"p{index}"), input=_Route, group=group,
-                                description="route optimizer", tags=["logistics"])
+
+            provider.capability(
+                name,
+                serve(f"p{index}"),
+                input=_Route,
+                group=group,
+                description="route optimizer",
+                tags=["logistics"],
+            )
         await self.started(*providers, caller)
-        await wait_until(lambda: len(caller.capabilities()) == 2, self.timeout,
-                         "both providers in the caller's registry")
+        await wait_until(
+            lambda: len(caller.capabilities()) == 2,
+            self.timeout,
+            "both providers in the caller's registry",
+        )
         record = caller.capabilities()[0]
         assert record.name == name and record.group == group and record.tags == ("logistics",)
         assert record.input_schema["properties"]["order"]["type"] == "string"
@@ -536,10 +590,12 @@ class MeshCases:
             await caller.request(name, {"order": "explode"}, timeout=self.timeout)
         assert failure.value.error_type == "ValueError"
         crashed = providers[0]
-        await crashed.stop(timeout=0, deregister=False)       # a crash: no leave notice
-        await wait_until(lambda: [c.instance for c in caller.capabilities()]
-                         == [providers[1].instance_id], self.timeout,
-                         "the crashed provider expiring after its TTL")
+        await crashed.stop(timeout=0, deregister=False)  # a crash: no leave notice
+        await wait_until(
+            lambda: [c.instance for c in caller.capabilities()] == [providers[1].instance_id],
+            self.timeout,
+            "the crashed provider expiring after its TTL",
+        )
         for i in range(3):
             reply = await caller.request(name, {"order": f"after-{i}"}, timeout=self.timeout)
             assert reply.data["by"] == "p1"
@@ -548,8 +604,11 @@ class MeshCases:
     async def test_mesh_contracts_on_publish_and_consume(self, meshes: MeshFactory) -> None:
         strict, lax = await meshes(), await meshes()
         event_type = self.t("shipment.delayed")
-        schema = {"type": "object", "required": ["order", "hours"],
-                  "properties": {"order": {"type": "string"}, "hours": {"type": "integer"}}}
+        schema = {
+            "type": "object",
+            "required": ["order", "hours"],
+            "properties": {"order": {"type": "string"}, "hours": {"type": "integer"}},
+        }
         strict.contract(event_type, schema)
         handled: list[Event] = []
         dead: list[Event] = []
@@ -567,8 +626,11 @@ class MeshCases:
             await strict.publish(Event(event_type, "/t", {"order": "o-1"}))
         await strict.publish(Event(event_type, "/t", {"order": "o-2", "hours": 30}))
         await lax.publish(Event(event_type, "/t", {"order": "o-3", "hours": "many"}))
-        await wait_until(lambda: len(handled) == 1 and len(dead) == 1, self.timeout,
-                         "one valid event handled, one violation dead-lettered")
+        await wait_until(
+            lambda: len(handled) == 1 and len(dead) == 1,
+            self.timeout,
+            "one valid event handled, one violation dead-lettered",
+        )
         assert handled[0].data["order"] == "o-2"
         assert handled[0].dataschema == f"urn:mesh:schema:{event_type}:v1"
         assert dead[0].extensions[DL_ERROR] == "ContractViolation"

@@ -29,7 +29,7 @@ from mesh.app import Mesh
 
 try:
     import pytest_asyncio
-except ImportError:   # pytest without pytest-asyncio: every other test must still run
+except ImportError:  # pytest without pytest-asyncio: every other test must still run
     pytest_asyncio = None  # type: ignore[assignment]
 
 FAST_RETRY = {"max_attempts": 3, "initial_backoff": 0.001, "max_backoff": 0.01}
@@ -61,7 +61,10 @@ async def _memory_mesh() -> AsyncIterator[Mesh]:
 if pytest_asyncio is not None:
     memory_mesh = pytest_asyncio.fixture(_memory_mesh, name="memory_mesh")
 else:
+
     @pytest.fixture(name="memory_mesh")
     def _memory_mesh_needs_pytest_asyncio() -> Any:
-        pytest.fail("the memory_mesh fixture is async: pip install pytest-asyncio "
-                    "(and mark the test with @pytest.mark.asyncio or set asyncio_mode=auto)")
+        pytest.fail(
+            "the memory_mesh fixture is async: pip install pytest-asyncio "
+            "(and mark the test with @pytest.mark.asyncio or set asyncio_mode=auto)"
+        )

@@ -34,8 +34,9 @@ class TcpProxy:
         self._listen_port = listen_port
         self.port = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="mesh-tcp-proxy")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="mesh-tcp-proxy"
+        )
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._down_until = 0.0
@@ -64,8 +65,12 @@ class TcpProxy:
     def __enter__(self) -> TcpProxy:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # --- inside the proxy's loop -------------------------------------------------------
@@ -79,7 +84,7 @@ class TcpProxy:
             self._server.close()
         await self._drop_all()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:   # connection pumps: end them before the loop stops
+        for task in others:  # connection pumps: end them before the loop stops
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
 
@@ -99,8 +104,9 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._conns.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
         for w in (writer, up_writer):
             self._conns.discard(w)
             w.transport.abort()

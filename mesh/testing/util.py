@@ -53,8 +53,7 @@ class Collector:
         while len(self.events) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                pytest.fail(f"expected {count} events within {timeout:g}s, got "
-                            f"{len(self.events)}")
+                pytest.fail(f"expected {count} events within {timeout:g}s, got {len(self.events)}")
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
@@ -68,8 +67,6 @@ async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> No
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.02)
-
-
 
 
 def chain_text(exc: BaseException) -> str:
@@ -86,8 +83,11 @@ def chain_text(exc: BaseException) -> str:
             continue
         seen.add(id(current))
         parts += [str(current), repr(current), *(repr(arg) for arg in current.args)]
-        parts += [repr(value) for value in vars(current).values()] \
-            if hasattr(current, "__dict__") else []
+        parts += (
+            [repr(value) for value in vars(current).values()]
+            if hasattr(current, "__dict__")
+            else []
+        )
         pending += [e for e in (current.__cause__, current.__context__) if e is not None]
         if isinstance(current, BaseExceptionGroup):
             pending += list(current.exceptions)

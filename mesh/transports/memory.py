@@ -26,9 +26,18 @@ from mesh import codec
 from mesh.errors import TransportClosed
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
-from mesh.transport import (Delivery, DeliveryHandler, Subscription, Transport,
-                            TransportFeatures, TransportRegistry, cancel_calls, deliver,
-                            pattern_list, pattern_matcher)
+from mesh.transport import (
+    Delivery,
+    DeliveryHandler,
+    Subscription,
+    Transport,
+    TransportFeatures,
+    TransportRegistry,
+    cancel_calls,
+    deliver,
+    pattern_list,
+    pattern_matcher,
+)
 
 
 class _Queue:
@@ -41,7 +50,7 @@ class _Queue:
     def __init__(self, patterns: set[str]) -> None:
         self.patterns = patterns
         self.pending: deque[_MemoryDelivery | Event] = deque()
-        self.busy: set[Any] = set()        # partition keys with a message in flight
+        self.busy: set[Any] = set()  # partition keys with a message in flight
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     def put(self, entry: _MemoryDelivery | Event) -> None:
@@ -53,8 +62,11 @@ class _Queue:
         """A delivery came back unsettled: its message is first in line again (as a new
         delivery), its key free."""
         self.busy.discard(delivery.key)
-        self.pending.appendleft(_MemoryDelivery(self, delivery.channel, delivery.message,
-                                                delivery.key, delivery.redeliveries + 1))
+        self.pending.appendleft(
+            _MemoryDelivery(
+                self, delivery.channel, delivery.message, delivery.key, delivery.redeliveries + 1
+            )
+        )
         self.wake()
 
     def release(self, key: Any) -> None:
@@ -70,10 +82,10 @@ class _Queue:
 
     def take_nowait(self) -> _MemoryDelivery | None:
         pending = self.pending
-        if pending and isinstance(entry := pending[0], Event):   # the common case
+        if pending and isinstance(entry := pending[0], Event):  # the common case
             pending.popleft()
             return _MemoryDelivery(self, entry.type, entry, None)
-        for index, entry in enumerate(pending):   # the first message whose key is free
+        for index, entry in enumerate(pending):  # the first message whose key is free
             if isinstance(entry, Event):
                 del pending[index]
                 return _MemoryDelivery(self, entry.type, entry, None)
@@ -100,9 +112,9 @@ class _Queue:
 class _Broker:
     def __init__(self) -> None:
         self.groups: dict[str, _Queue] = {}
-        self.retained: dict[str, _Queue] = {}   # channel -> its never-consumed log
+        self.retained: dict[str, _Queue] = {}  # channel -> its never-consumed log
         self.queues: list[_Queue] = []
-        self.routes: dict[str, list[_Queue]] = {}   # channel -> queues, cached
+        self.routes: dict[str, list[_Queue]] = {}  # channel -> queues, cached
 
     def bind(self, queue: _Queue) -> None:
         if queue not in self.queues:
@@ -113,7 +125,8 @@ class _Broker:
         queues = self.routes.get(channel)
         if queues is None:
             queues = self.routes[channel] = [
-                q for q in self.queues if any(pattern_matcher(p)(channel) for p in q.patterns)]
+                q for q in self.queues if any(pattern_matcher(p)(channel) for p in q.patterns)
+            ]
         return queues
 
 
@@ -127,10 +140,15 @@ class _MemoryDelivery(Delivery):
 
     __slots__ = ("_queue", "key", "message")
 
-    def __init__(self, queue: _Queue, channel: str, message: Event | bytes, key: Any,
-                 redeliveries: int = 0) -> None:
-        _init_delivery(self, channel, redeliveries,  # not super(): no proxy object per event
-                       message if isinstance(message, Event) else None)
+    def __init__(
+        self, queue: _Queue, channel: str, message: Event | bytes, key: Any, redeliveries: int = 0
+    ) -> None:
+        _init_delivery(
+            self,
+            channel,
+            redeliveries,  # not super(): no proxy object per event
+            message if isinstance(message, Event) else None,
+        )
         self._queue, self.message, self.key = queue, message, key
 
     def _decode(self) -> Event:
@@ -159,13 +177,19 @@ class _MemoryDelivery(Delivery):
 
 
 class _MemorySubscription(Subscription):
-    def __init__(self, broker: _Broker, queue: _Queue, handler: DeliveryHandler,
-                 workers: int, exclusive: bool) -> None:
+    def __init__(
+        self,
+        broker: _Broker,
+        queue: _Queue,
+        handler: DeliveryHandler,
+        workers: int,
+        exclusive: bool,
+    ) -> None:
         self._broker, self._queue, self._handler = broker, queue, handler
         self._exclusive = exclusive
         self._idle: set[asyncio.Task[None]] = set()
-        self._current: dict[asyncio.Task[None], _MemoryDelivery] = {}   # worker -> delivery
-        self._max = workers   # workers start on demand: an idle subscription costs one task
+        self._current: dict[asyncio.Task[None], _MemoryDelivery] = {}  # worker -> delivery
+        self._max = workers  # workers start on demand: an idle subscription costs one task
         self._tasks = [asyncio.create_task(self._work())]
         self._closed = False
 
@@ -177,7 +201,7 @@ class _MemorySubscription(Subscription):
         while not self._closed:
             delivery = queue.take_nowait()
             if delivery is None:
-                idle.add(task)   # not handling anything: close() cancels it at once
+                idle.add(task)  # not handling anything: close() cancels it at once
                 delivery = await queue.take()
                 idle.discard(task)
             if not idle and queue.pending and len(tasks) < self._max:
@@ -192,13 +216,13 @@ class _MemorySubscription(Subscription):
         if self._closed:
             return
         self._closed = True
-        for task in list(self._idle):          # not handling anything: stop taking now
+        for task in list(self._idle):  # not handling anything: stop taking now
             task.cancel()
         if timeout > 0:
             await asyncio.wait(self._tasks, timeout=timeout)
-        for task in await cancel_calls(self._tasks, self._handler):   # abandoned: give back
+        for task in await cancel_calls(self._tasks, self._handler):  # abandoned: give back
             if (delivery := self._current.get(task)) and not delivery.settled:
-                delivery._settled = True   # what the abandoned call does later is void
+                delivery._settled = True  # what the abandoned call does later is void
                 self._queue.requeue(delivery)
         if self._exclusive:  # a broadcast subscriber's queue goes with it
             self._broker.queues.remove(self._queue)
@@ -209,10 +233,17 @@ class MemoryTransport(Transport):
     """The in-process transport; see the module docstring."""
 
     schemes = ("memory",)
-    features = TransportFeatures(consumer_groups=True, broadcast=True, per_key_ordering=True,
-                                 persistence=False, replay_for_new_groups=False,
-                                 native_dedup=False, wildcard_patterns=True,
-                                 pattern_syntax="mesh", retained_reads=True)
+    features = TransportFeatures(
+        consumer_groups=True,
+        broadcast=True,
+        per_key_ordering=True,
+        persistence=False,
+        replay_for_new_groups=False,
+        native_dedup=False,
+        wildcard_patterns=True,
+        pattern_syntax="mesh",
+        retained_reads=True,
+    )
 
     def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
         name = url.partition("://")[2].strip("/")
@@ -239,13 +270,13 @@ class MemoryTransport(Transport):
     async def publish_batch(self, items: Sequence[tuple[str, Event]]) -> None:
         self._check()
         route, last, queues = self._broker.route, None, []
-        for channel, event in items:   # nothing to wait for: no await per event
+        for channel, event in items:  # nothing to wait for: no await per event
             if channel != event.type or "partitionkey" in event.extensions:
                 self._put(channel, event)
                 continue
             if channel != last:
                 last, queues = channel, route(channel)
-            for queue in queues:           # _put's common case, inline
+            for queue in queues:  # _put's common case, inline
                 queue.pending.append(event)
                 if queue.waiters:
                     queue.wake()
@@ -258,7 +289,7 @@ class MemoryTransport(Transport):
     def _put(self, channel: str, message: Event | bytes) -> None:
         if isinstance(message, Event):
             key = message.extensions.get("partitionkey")
-            if key is None and channel == message.type:   # the bare event will do
+            if key is None and channel == message.type:  # the bare event will do
                 for queue in self._broker.route(channel):
                     queue.put(message)
                 return
@@ -269,20 +300,26 @@ class MemoryTransport(Transport):
 
     async def retain(self, channel: str) -> None:
         self._check()
-        if channel not in self._broker.retained:   # a queue on exactly this channel
+        if channel not in self._broker.retained:  # a queue on exactly this channel
             self._broker.bind(self._broker.retained.setdefault(channel, _Queue({channel})))
 
     async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
         self._check()
         log = self._broker.retained.get(channel, _Queue(set()))
-        for entry in list(log.pending):   # settled from the start: ack and nack do nothing
+        for entry in list(log.pending):  # settled from the start: ack and nack do nothing
             message = entry if isinstance(entry, Event) else entry.message
             delivery = _MemoryDelivery(log, channel, message, None)
             delivery._settled = True
             yield delivery
 
-    async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
-                        group: str | None = None, max_in_flight: int = 1) -> Subscription:
+    async def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        max_in_flight: int = 1,
+    ) -> Subscription:
         self._check()
         patterns = pattern_list(pattern)
         if group is None:
@@ -291,13 +328,17 @@ class MemoryTransport(Transport):
             queue = self._broker.groups.setdefault(group, _Queue(set()))
             queue.patterns.update(patterns)
         self._broker.bind(queue)
-        sub = _MemorySubscription(self._broker, queue, handler, max(1, max_in_flight),
-                                  exclusive=group is None)
+        sub = _MemorySubscription(
+            self._broker, queue, handler, max(1, max_in_flight), exclusive=group is None
+        )
         self._subs.append(sub)
         return sub
 
 
 @hookimpl
 def mesh_register_transports(registry: TransportRegistry) -> None:
-    registry.register("memory", MemoryTransport,
-                      description="in-process broker (tests, examples, single-process apps)")
+    registry.register(
+        "memory",
+        MemoryTransport,
+        description="in-process broker (tests, examples, single-process apps)",
+    )

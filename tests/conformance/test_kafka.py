@@ -41,8 +41,12 @@ pytestmark = pytest.mark.broker
 TEST_OPTIONS: dict[str, Any] = {
     "commit_interval": 0.1,
     "client_config": {"reconnect.backoff.max.ms": 500},
-    "consumer_config": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500,
-                        "fetch.wait.max.ms": 20, "topic.metadata.refresh.interval.ms": 500},
+    "consumer_config": {
+        "session.timeout.ms": 2000,
+        "heartbeat.interval.ms": 500,
+        "fetch.wait.max.ms": 20,
+        "topic.metadata.refresh.interval.ms": 500,
+    },
 }
 #: the reconnect case outlives 2 s outages without losing group membership
 RECONNECT_OPTIONS: dict[str, Any] = {
@@ -80,8 +84,10 @@ def proxied_url() -> Iterator[tuple[str, TcpProxy]]:
         url = os.environ.get("MESH_KAFKA_PROXY_URL", "")
         host, _, port = os.environ.get("MESH_KAFKA_PROXY_TARGET", "").partition(":")
         if not url or not port:
-            pytest.skip("reconnect case against MESH_KAFKA_URL needs MESH_KAFKA_PROXY_URL and "
-                        "MESH_KAFKA_PROXY_TARGET (a listener advertising the proxy port)")
+            pytest.skip(
+                "reconnect case against MESH_KAFKA_URL needs MESH_KAFKA_PROXY_URL and "
+                "MESH_KAFKA_PROXY_TARGET (a listener advertising the proxy port)"
+            )
         proxy = TcpProxy(host, int(port), listen_port=int(url.rsplit(":", 1)[1])).start()
     yield url, proxy
     proxy.stop()
@@ -93,7 +99,7 @@ def proxied_url() -> Iterator[tuple[str, TcpProxy]]:
 
 class TestKafkaTransport(TransportConformance):
     features = KafkaTransport.features
-    settle_time = 0.0      # subscribe() returns only after the group assigned partitions
+    settle_time = 0.0  # subscribe() returns only after the group assigned partitions
     timeout = 60.0
 
     @pytest.fixture(autouse=True)
@@ -137,7 +143,8 @@ async def test_fatal_producer_error_replaces_the_producer() -> None:
 def test_url_and_options_parse() -> None:
     config = KafkaConfig.from_url(
         "kafka://app:s%40cret@k1:9092,k2:9093?partitions=3&consumer.fetch.wait.max.ms=50",
-        {"replication_factor": 3, "ssl_ca_location": "/etc/ca.pem"})
+        {"replication_factor": 3, "ssl_ca_location": "/etc/ca.pem"},
+    )
     assert config.bootstrap_servers == "k1:9092,k2:9093"
     assert config.partitions == 3 and config.replication_factor == 3
     common = config.common()
@@ -146,16 +153,19 @@ def test_url_and_options_parse() -> None:
     assert "s@cret" not in repr(config)
 
 
-@pytest.mark.parametrize("options,fragment", [
-    ({"consumer_config": {"enable.auto.commit": True}}, "enable.auto.commit"),
-    ({"producer.acks": "1"}, "acks"),
-    ({"producer_config": {"enable.idempotence": False}}, "enable.idempotence"),
-    ({"client_config": {"sasl.password": "hunter2"}}, "sasl_password"),
-    ({"consumer_config": {"partition.assignment.strategy": "cooperative-sticky"}}, "eager"),
-    ({"partitions": 0}, "partitions"),
-    ({"sasl_username": "only-user", "sasl_password": None}, "sasl_password"),
-    ({"nonsense": 1}, "nonsense"),
-])
+@pytest.mark.parametrize(
+    "options,fragment",
+    [
+        ({"consumer_config": {"enable.auto.commit": True}}, "enable.auto.commit"),
+        ({"producer.acks": "1"}, "acks"),
+        ({"producer_config": {"enable.idempotence": False}}, "enable.idempotence"),
+        ({"client_config": {"sasl.password": "hunter2"}}, "sasl_password"),
+        ({"consumer_config": {"partition.assignment.strategy": "cooperative-sticky"}}, "eager"),
+        ({"partitions": 0}, "partitions"),
+        ({"sasl_username": "only-user", "sasl_password": None}, "sasl_password"),
+        ({"nonsense": 1}, "nonsense"),
+    ],
+)
 def test_bad_options_raise_config_error(options: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment) as info:
         KafkaConfig.from_url("kafka://u:topsecret@localhost:9092", options)

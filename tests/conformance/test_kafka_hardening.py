@@ -33,15 +33,27 @@ from confluent_kafka.admin import AdminClient
 from mesh_kafka import KafkaConfig, KafkaTransport
 from mesh_kafka.wire import from_record, size_bound, to_record, wire_size
 
-from mesh import (ConfigError, ConnectError, DecodeError, Delivery, Event, Mesh, MessageTooLarge,
-                  codec)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    Delivery,
+    Event,
+    Mesh,
+    MessageTooLarge,
+    codec,
+)
 from mesh.testing import brokers
 from mesh.testing.util import Collector, wait_until
 
 TEST_OPTIONS: dict[str, Any] = {
     "commit_interval": 0.1,
-    "consumer_config": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500,
-                        "fetch.wait.max.ms": 20, "topic.metadata.refresh.interval.ms": 500},
+    "consumer_config": {
+        "session.timeout.ms": 2000,
+        "heartbeat.interval.ms": 500,
+        "fetch.wait.max.ms": 20,
+        "topic.metadata.refresh.interval.ms": 500,
+    },
 }
 
 
@@ -79,23 +91,36 @@ def test_wire_size_is_what_librdkafka_checks() -> None:
     """`wire_size` equals librdkafka's own check: a record of exactly message.max.bytes is
     accepted by produce(), one byte more is refused (no broker needed: the check is local)."""
     limit = 5000
-    producer = Producer({"bootstrap.servers": f"127.0.0.1:{_free_port()}",
-                         "message.max.bytes": limit, "log_level": 0})
-    base = to_record(Event("size.check", "/size", b"", extensions={
-        "partitionkey": "k" * 300, "flag": True, "n": 7, "long": "é" * 200}))
+    producer = Producer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{_free_port()}",
+            "message.max.bytes": limit,
+            "log_level": 0,
+        }
+    )
+    base = to_record(
+        Event(
+            "size.check",
+            "/size",
+            b"",
+            extensions={"partitionkey": "k" * 300, "flag": True, "n": 7, "long": "é" * 200},
+        )
+    )
     for extra, accepted in ((0, True), (1, False)):
-        record = KafkaMessage(base.headers, base.key,
-                              b"y" * (limit + extra - wire_size(base)))
+        record = KafkaMessage(base.headers, base.key, b"y" * (limit + extra - wire_size(base)))
         assert wire_size(record) == limit + extra <= size_bound(record)
         try:
-            producer.produce("size.check", value=record.value, key=record.key,
-                             headers=record.headers)  # type: ignore[arg-type]
+            producer.produce(
+                "size.check", value=record.value, key=record.key, headers=record.headers
+            )  # type: ignore[arg-type]
             ok = True
         except KafkaException as exc:
             assert exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
             ok = False
-        assert ok is accepted, f"librdkafka {'refused' if accepted else 'accepted'} " \
-                               f"a record of {limit + extra} bytes (limit {limit})"
+        assert ok is accepted, (
+            f"librdkafka {'refused' if accepted else 'accepted'} "
+            f"a record of {limit + extra} bytes (limit {limit})"
+        )
     producer.purge()
 
 
@@ -116,12 +141,13 @@ class _SpyProducer:
 @pytest.mark.broker
 async def test_too_large_record_raises_message_too_large_before_produce() -> None:
     limit = 20_000
-    t = KafkaTransport(kafka_url(), {**TEST_OPTIONS,
-                                     "producer_config": {"message.max.bytes": limit}})
+    t = KafkaTransport(
+        kafka_url(), {**TEST_OPTIONS, "producer_config": {"message.max.bytes": limit}}
+    )
     await t.connect()
     channel = f"large{uuid.uuid4().hex[:10]}.events"
     try:
-        await t.publish(channel, Event(channel, "/t", {"small": True}))   # topic exists
+        await t.publish(channel, Event(channel, "/t", {"small": True}))  # topic exists
         assert t._producer is not None
         spy = _SpyProducer(t._producer)
         t._producer = spy  # type: ignore[assignment]
@@ -147,8 +173,9 @@ class _ReportingProducer:
     def __init__(self, code: int) -> None:
         self.code = code
 
-    def produce(self, topic: str, *, value: bytes, key: Any, headers: Any,
-                on_delivery: Any) -> None:
+    def produce(
+        self, topic: str, *, value: bytes, key: Any, headers: Any, on_delivery: Any
+    ) -> None:
         message = _Reported(topic, value, key, headers)
         threading.Timer(0.01, on_delivery, (KafkaError(self.code), message)).start()
 
@@ -178,12 +205,12 @@ class _Reported:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("code", [KafkaError.MSG_SIZE_TOO_LARGE,
-                                  KafkaError.RECORD_LIST_TOO_LARGE])
+@pytest.mark.parametrize("code", [KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE])
 async def test_broker_refusing_a_record_as_too_large_raises_message_too_large(
-        transport: KafkaTransport, code: int) -> None:
+    transport: KafkaTransport, code: int
+) -> None:
     channel = f"{transport.prefix}.refused"  # type: ignore[attr-defined]
-    await transport.publish(channel, Event(channel, "/t", {}))   # creates the topic
+    await transport.publish(channel, Event(channel, "/t", {}))  # creates the topic
     real = transport._producer
     transport._producer = _ReportingProducer(code)  # type: ignore[assignment]
     try:
@@ -204,9 +231,13 @@ async def test_dead_letter_copy_too_large_is_written_reduced() -> None:
     url, limit = kafka_url(), 20_000
     prefix = f"dlsize{uuid.uuid4().hex[:8]}"
     options = {**TEST_OPTIONS, "producer_config": {"message.max.bytes": limit}}
-    mesh = Mesh(url, transport_options=options, source="/dlsize",
-                dead_letter_channel=f"{prefix}.deadletter",
-                retry={"max_attempts": 1, "initial_backoff": 0.05})
+    mesh = Mesh(
+        url,
+        transport_options=options,
+        source="/dlsize",
+        dead_letter_channel=f"{prefix}.deadletter",
+        retry={"max_attempts": 1, "initial_backoff": 0.05},
+    )
     channel, handled = f"{prefix}.in", []
 
     @mesh.on(channel, group=f"{prefix}-g")
@@ -215,16 +246,19 @@ async def test_dead_letter_copy_too_large_is_written_reduced() -> None:
 
     try:
         async with mesh:
-            raw = Producer({"bootstrap.servers": url.split("://", 1)[1],
-                            "message.max.bytes": limit})
-            raw.produce(channel, value=b"\xff" * (limit - 400), key=b"k",
-                        headers=[("x-note", b"n" * 100)])
+            raw = Producer(
+                {"bootstrap.servers": url.split("://", 1)[1], "message.max.bytes": limit}
+            )
+            raw.produce(
+                channel, value=b"\xff" * (limit - 400), key=b"k", headers=[("x-note", b"n" * 100)]
+            )
             assert await asyncio.to_thread(raw.flush, 30) == 0
             after = Event(channel, "/dlsize", {"later": 1}, extensions={"partitionkey": "k"})
             await mesh.publish(after)
             await wait_until(lambda: handled == [after.id], 60, "the record behind it")
-            await wait_until(lambda: mesh.stats("handle").dead_lettered == 1, 30,
-                             "the reduced dead-letter copy")
+            await wait_until(
+                lambda: mesh.stats("handle").dead_lettered == 1, 30, "the reduced dead-letter copy"
+            )
             entries = [d async for d in mesh.transport.read(f"{prefix}.deadletter", idle=2)]
             assert len(entries) == 1
             copy = entries[0].event
@@ -241,10 +275,10 @@ async def test_dead_letter_copy_too_large_is_written_reduced() -> None:
 
 def test_consumer_defaults_reassign_a_dead_members_partitions_within_10s() -> None:
     conf = KafkaConfig.from_url("kafka://k:9092").consumer("g")
-    assert conf["session.timeout.ms"] == 6000       # Kafka's smallest default-allowed
+    assert conf["session.timeout.ms"] == 6000  # Kafka's smallest default-allowed
     assert conf["heartbeat.interval.ms"] * 3 <= conf["session.timeout.ms"]
     tuned = KafkaConfig.from_url("kafka://k:9092?consumer.session.timeout.ms=10000")
-    assert tuned.consumer("g")["session.timeout.ms"] == "10000"   # still overridable
+    assert tuned.consumer("g")["session.timeout.ms"] == "10000"  # still overridable
 
 
 # --- item 12: canonical attribute strings -------------------------------------------------
@@ -252,10 +286,23 @@ def test_consumer_defaults_reassign_a_dead_members_partitions_within_10s() -> No
 
 def test_attributes_are_written_in_canonical_form() -> None:
     when = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
-    event = Event("t.canon", "/c", {"x": 1}, time=when, extensions={
-        "flag": True, "off": False, "count": 42, "negative": -3, "stamp": when,
-        "local": when.astimezone(timezone(timedelta(hours=2))), "text": "True",
-        "meshhops": 2, "partitionkey": "p"})
+    event = Event(
+        "t.canon",
+        "/c",
+        {"x": 1},
+        time=when,
+        extensions={
+            "flag": True,
+            "off": False,
+            "count": 42,
+            "negative": -3,
+            "stamp": when,
+            "local": when.astimezone(timezone(timedelta(hours=2))),
+            "text": "True",
+            "meshhops": 2,
+            "partitionkey": "p",
+        },
+    )
     headers = to_record(event).headers
     assert headers["ce_flag"] == b"true" and headers["ce_off"] == b"false"
     assert headers["ce_count"] == b"42" and headers["ce_negative"] == b"-3"
@@ -264,8 +311,9 @@ def test_attributes_are_written_in_canonical_form() -> None:
     assert headers["ce_local"] == b"2026-03-04T07:06:07.890000+02:00"
     assert headers["ce_text"] == b"True" and headers["ce_meshhops"] == b"2"
     # the official SDK reads them as the canonical strings
-    sdk = kafka.from_binary(KafkaMessage(headers, b"p", to_record(event).value), JSONFormat(),
-                            CloudEvent)
+    sdk = kafka.from_binary(
+        KafkaMessage(headers, b"p", to_record(event).value), JSONFormat(), CloudEvent
+    )
     assert sdk.get_extension("flag") == "true" and sdk.get_extension("count") == "42"
     # and the mesh reads its own counters back as ints
     again = from_record(list(headers.items()), b"p", to_record(event).value)
@@ -283,12 +331,24 @@ def test_canonical_binary_is_base64() -> None:
 
 
 def test_structured_record_with_ce_headers_is_read_as_structured() -> None:
-    body = CloudEvent(attributes={"id": "from-body", "source": "/body", "type": "t.s",
-                                  "specversion": "1.0", "datacontenttype": "application/json"},
-                      data={"where": "body"})
+    body = CloudEvent(
+        attributes={
+            "id": "from-body",
+            "source": "/body",
+            "type": "t.s",
+            "specversion": "1.0",
+            "datacontenttype": "application/json",
+        },
+        data={"where": "body"},
+    )
     record = kafka.to_structured(body, JSONFormat())
-    headers = {**record.headers, "ce_id": b"from-header", "ce_source": b"/header",
-               "ce_type": b"t.header", "ce_specversion": b"1.0"}
+    headers = {
+        **record.headers,
+        "ce_id": b"from-header",
+        "ce_source": b"/header",
+        "ce_type": b"t.header",
+        "ce_specversion": b"1.0",
+    }
     event = from_record(headers, b"key-1", record.value)
     assert (event.id, event.source, event.type) == ("from-body", "/body", "t.s")
     assert event.data == {"where": "body"} and event.extensions["partitionkey"] == "key-1"
@@ -299,15 +359,16 @@ def test_structured_record_with_ce_headers_is_read_as_structured() -> None:
 
 def test_structured_record_in_another_format_is_undecodable() -> None:
     with pytest.raises(DecodeError, match="cloudevents\\+avro"):
-        from_record({"content-type": b"application/cloudevents+avro", "ce_id": b"x"}, None,
-                    b"\x00\x01")
+        from_record(
+            {"content-type": b"application/cloudevents+avro", "ce_id": b"x"}, None, b"\x00\x01"
+        )
 
 
 def test_binary_record_still_reads_as_binary() -> None:
     event = Event("t.b", "/b", {"n": 1}, extensions={"partitionkey": "k"})
     record = to_record(event)
     assert from_record(record.headers, record.key, record.value) == event
-    structured = codec.to_json(event)   # no headers at all: structured JSON, as the SDK
+    structured = codec.to_json(event)  # no headers at all: structured JSON, as the SDK
     assert from_record(None, None, structured).id == event.id
 
 
@@ -327,6 +388,7 @@ def kafka_logs() -> Iterator[list[logging.LogRecord]]:
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
+
     handler, logger = Keep(logging.DEBUG), logging.getLogger("mesh_kafka")
     old = logger.level
     logger.addHandler(handler)
@@ -337,8 +399,9 @@ def kafka_logs() -> Iterator[list[logging.LogRecord]]:
 
 
 async def test_refused_connection_fails_fast_without_log_lines(
-        kafka_logs: list[logging.LogRecord]) -> None:
-    port = _free_port()   # nothing listens there
+    kafka_logs: list[logging.LogRecord],
+) -> None:
+    port = _free_port()  # nothing listens there
     t = KafkaTransport(f"kafka://127.0.0.1:{port}", {"connect_timeout": 8})
     started = time.monotonic()
     with pytest.raises(ConnectError) as info:
@@ -346,7 +409,7 @@ async def test_refused_connection_fails_fast_without_log_lines(
     elapsed = time.monotonic() - started
     assert f"127.0.0.1:{port}" in str(info.value) and "refused" in str(info.value)
     assert elapsed < 8, "waited for the client's connect timeout on a refused connection"
-    await asyncio.sleep(0.5)   # anything librdkafka would still log
+    await asyncio.sleep(0.5)  # anything librdkafka would still log
     assert [r.getMessage() for r in kafka_logs] == []
 
 
@@ -371,8 +434,7 @@ async def test_silent_listener_still_gets_the_whole_connect_timeout() -> None:
 
 
 @pytest.mark.broker
-async def test_position_is_topic_partition_offset_and_stable(
-        transport: KafkaTransport) -> None:
+async def test_position_is_topic_partition_offset_and_stable(transport: KafkaTransport) -> None:
     channel = f"{transport.prefix}.pos"  # type: ignore[attr-defined]
     seen: list[Delivery] = []
 
@@ -382,6 +444,7 @@ async def test_position_is_topic_partition_offset_and_stable(
             await delivery.nack()
         else:
             await delivery.ack()
+
     await transport.subscribe(channel, nack_once, group=f"{transport.prefix}-g")  # type: ignore[attr-defined]
     await transport.publish(channel, Event(channel, "/p", {}, extensions={"partitionkey": "a"}))
     await wait_until(lambda: len(seen) == 2, 30, "a delivery and its redelivery")
@@ -401,7 +464,7 @@ async def test_read_joins_no_group_and_commits_nothing(transport: KafkaTransport
     group = Collector()
     await transport.subscribe(channel, group, group=f"{transport.prefix}-workers")  # type: ignore[attr-defined]
     events = [Event(channel, "/r", {"n": i}) for i in range(30)]
-    await transport.publish_batch([(channel, e) for e in events])   # one batch (Tansu quirk)
+    await transport.publish_batch([(channel, e) for e in events])  # one batch (Tansu quirk)
     await group.wait_for(30, 30)
     admin = AdminClient({"bootstrap.servers": kafka_url().split("://", 1)[1]})
     before = {g.group_id for g in admin.list_consumer_groups().result(10).valid}
@@ -409,14 +472,16 @@ async def test_read_joins_no_group_and_commits_nothing(transport: KafkaTransport
     assert sorted(d.event.id for d in read) == sorted(e.id for e in events)
     assert all(d.settled and d.redeliveries == 0 and d.position for d in read)
     after = {g.group_id for g in admin.list_consumer_groups().result(10).valid}
-    assert not {g for g in after - before if g.startswith("mesh-reader")}, \
+    assert not {g for g in after - before if g.startswith("mesh-reader")}, (
         "reading created a consumer group"
+    )
     assert len(group.events) == 30
 
 
 @pytest.mark.broker
 async def test_read_of_a_missing_channel_is_empty_and_creates_nothing(
-        transport: KafkaTransport) -> None:
+    transport: KafkaTransport,
+) -> None:
     channel = f"{transport.prefix}.never"  # type: ignore[attr-defined]
     assert [d async for d in transport.read(channel, idle=0.5)] == []
     admin = AdminClient({"bootstrap.servers": kafka_url().split("://", 1)[1]})
@@ -428,9 +493,20 @@ async def test_read_keeps_offset_order_per_partition(transport: KafkaTransport) 
     channel = f"{transport.prefix}.ordered"  # type: ignore[attr-defined]
     await transport.retain(channel)
     for batch in range(3):
-        await transport.publish_batch([
-            (channel, Event(channel, "/o", {"b": batch, "i": i},
-                            extensions={"partitionkey": f"k{i % 3}"})) for i in range(9)])
+        await transport.publish_batch(
+            [
+                (
+                    channel,
+                    Event(
+                        channel,
+                        "/o",
+                        {"b": batch, "i": i},
+                        extensions={"partitionkey": f"k{i % 3}"},
+                    ),
+                )
+                for i in range(9)
+            ]
+        )
     read = [d async for d in transport.read(channel, idle=2.0)]
     assert len(read) == 27
     by_partition: dict[str, list[int]] = {}

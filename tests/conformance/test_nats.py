@@ -38,8 +38,14 @@ from mesh.testing.proxy import TcpProxy
 from mesh.testing.util import wait_until
 
 TEST_OPTIONS: dict[str, Any] = {
-    "stream": "MESH_TEST", "subject_prefix": "meshtest", "max_age": 3600,
-    "reconnect_wait": 0.25, "pull_expires": 2.0, "ack_wait": 5.0, "publish_timeout": 2.0}
+    "stream": "MESH_TEST",
+    "subject_prefix": "meshtest",
+    "max_age": 3600,
+    "reconnect_wait": 0.25,
+    "pull_expires": 2.0,
+    "ack_wait": 5.0,
+    "publish_timeout": 2.0,
+}
 
 
 def broker_url_or_skip() -> str:
@@ -100,9 +106,12 @@ class TestNatsTransport(TransportConformance):
         yield
         cfg = parse(self.url, TEST_OPTIONS)
         nc = await nats.connect(
-            cfg.servers, user=cfg.user, max_reconnect_attempts=1,
+            cfg.servers,
+            user=cfg.user,
+            max_reconnect_attempts=1,
             password=cfg.password.get_secret_value() if cfg.password else None,
-            token=cfg.token.get_secret_value() if cfg.token else None)
+            token=cfg.token.get_secret_value() if cfg.token else None,
+        )
         try:
             js = nc.jetstream()
             await js.purge_stream(cfg.stream, subject=cfg.subject(f"{self.prefix}.>"))
@@ -120,7 +129,7 @@ class TestNatsTransport(TransportConformance):
         await transport.publish_raw(channel, b"\x00not a cloudevent{", {"x-origin": "garbage"})
 
     async def disrupt(self) -> None:
-        if self.private is not None:   # ours: restart it for real (stop, start, same data)
+        if self.private is not None:  # ours: restart it for real (stop, start, same data)
             await asyncio.to_thread(self.private.restart)
         elif self.proxy is not None:
             self.proxy.cut(down_for=2.0)
@@ -168,8 +177,11 @@ class TestNatsTransport(TransportConformance):
 
         await self.started(mesh)
         await mesh.publish(Event(self.t("q"), "/t", {"q": "why?"}))
-        await wait_until(lambda: len(emitted) == 2 and len(downstream) == 3, self.timeout,
-                         "the retry re-emitting the same ids")
+        await wait_until(
+            lambda: len(emitted) == 2 and len(downstream) == 3,
+            self.timeout,
+            "the retry re-emitting the same ids",
+        )
         await asyncio.sleep(1.0)
         assert emitted[0] == emitted[1]
         assert all(count == 1 for count in downstream.values())

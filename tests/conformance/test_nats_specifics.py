@@ -44,14 +44,28 @@ from typing import Any
 import pytest
 from mesh_nats import NatsTransport, create, parse
 
-from mesh import (ConfigError, ConnectError, DecodeError, Delivery, Event, Mesh, MessageTooLarge,
-                  PublishError, TransportClosed)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    Delivery,
+    Event,
+    Mesh,
+    MessageTooLarge,
+    PublishError,
+    TransportClosed,
+)
 from mesh.testing import brokers
 from mesh.testing.util import Collector, wait_until
 
 OPTIONS: dict[str, Any] = {
-    "stream": "MESH_TEST", "subject_prefix": "meshtest", "max_age": 3600,
-    "reconnect_wait": 0.25, "pull_expires": 2.0, "publish_timeout": 2.0}
+    "stream": "MESH_TEST",
+    "subject_prefix": "meshtest",
+    "max_age": 3600,
+    "reconnect_wait": 0.25,
+    "pull_expires": 2.0,
+    "publish_timeout": 2.0,
+}
 HEADER_LINE = b"NATS/1.0\r\n"
 
 
@@ -64,8 +78,11 @@ def _free_port() -> int:
 
 def _header_block(headers: dict[str, str]) -> int:
     """Bytes of the header block nats-py writes (``NATS/1.0``, ``k: v`` lines, blank line)."""
-    return len(HEADER_LINE) + sum(len(k.encode()) + 2 + len(v.encode()) + 2
-                                  for k, v in headers.items()) + 2
+    return (
+        len(HEADER_LINE)
+        + sum(len(k.encode()) + 2 + len(v.encode()) + 2 for k, v in headers.items())
+        + 2
+    )
 
 
 class RawCollector:
@@ -102,6 +119,7 @@ async def transports(shared_url: str, prefix: str) -> AsyncIterator[Any]:
         await transport.connect()
         made.append(transport)
         return transport
+
     yield new
     await asyncio.gather(*(t.close() for t in made), return_exceptions=True)
     cleaner = create(shared_url, OPTIONS)
@@ -120,9 +138,11 @@ def private_server(tmp_path: Path) -> Iterator[str]:
             pytest.fail("nats-server binary not installed")
         pytest.skip("nats-server binary not installed")
     port = _free_port()
-    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js",
-                             "-sd", str(tmp_path / "js")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"nats://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 10
@@ -149,26 +169,27 @@ async def test_headers_count_against_max_payload(transports: Any, prefix: str) -
     headers = {"x-probe": "1"}
     on_wire = {**headers, "Nats-Expected-Stream": OPTIONS["stream"]}
     body = b"x" * (limit - _header_block(on_wire))
-    await t.publish_raw(channel, body, headers)           # exactly at the limit: stored
+    await t.publish_raw(channel, body, headers)  # exactly at the limit: stored
     with pytest.raises(MessageTooLarge) as exc:
         await t.publish_raw(channel, body + b"y", headers)
     assert (exc.value.size, exc.value.limit) == (limit + 1, limit)
     assert str(limit + 1) in str(exc.value) and str(limit) in str(exc.value)
-    event = Event(channel, "/t", b"z" * (limit - 100))    # body under nats-py's own check
+    event = Event(channel, "/t", b"z" * (limit - 100))  # body under nats-py's own check
     with pytest.raises(MessageTooLarge) as exc:
         await t.publish(channel, event)
     assert exc.value.size > limit
-    with pytest.raises(MessageTooLarge):                  # a batch: nothing of it is sent
+    with pytest.raises(MessageTooLarge):  # a batch: nothing of it is sent
         await t.publish_batch([(channel, Event(channel, "/t", {"ok": 1})), (channel, event)])
     small = Event(channel, "/t", {"n": 1})
-    await t.publish(channel, small)                       # the connection survived
+    await t.publish(channel, small)  # the connection survived
     await got.wait_for(2, 20)
     await asyncio.sleep(0.5)
     assert len(got.deliveries) == 2 and got.deliveries[1].event.id == small.id
 
 
 async def test_transport_recovers_when_the_server_closes_the_connection(
-        transports: Any, prefix: str) -> None:
+    transports: Any, prefix: str
+) -> None:
     """A fatal ``-ERR`` closes nats-py's client for good; the transport connects a fresh
     one, restores its subscriptions, never raises `TransportClosed` while open, and an
     event held by a handler across the recovery is acked once, not redelivered."""
@@ -182,14 +203,16 @@ async def test_transport_recovers_when_the_server_closes_the_connection(
         if delivery.event.data == {"n": 0}:
             await release.wait()
         await delivery.ack()
+
     await t.subscribe(channel, handler, group=f"{prefix}-g", max_in_flight=4)
     held = Event(channel, "/t", {"n": 0})
     await t.publish(channel, held)
     await wait_until(lambda: seen[held.id] == 1, 20, "the first event")
     # what an oversize dead-letter copy did: a publish the server answers with -ERR
     client = t._nc
-    await client.publish(f"meshtest.{channel}", b"x" * (client.max_payload - 10),
-                         headers={"ce-id": "y" * 64})
+    await client.publish(
+        f"meshtest.{channel}", b"x" * (client.max_payload - 10), headers={"ce-id": "y" * 64}
+    )
     with contextlib.suppress(Exception):
         await client.flush(2)
     await wait_until(lambda: client.is_closed, 10, "the server closing the connection")
@@ -214,7 +237,8 @@ async def test_transport_recovers_when_the_server_closes_the_connection(
 
 
 async def test_near_limit_undecodable_message_keeps_the_transport_alive(
-        transports: Any, prefix: str) -> None:
+    transports: Any, prefix: str
+) -> None:
     """An undecodable message just under the limit: its dead-letter wrapper is over it, so
     writing it raises `MessageTooLarge`; the connection and the subscriptions survive."""
     t = await transports()
@@ -239,6 +263,7 @@ async def test_near_limit_undecodable_message_keeps_the_transport_alive(
         except Exception as exc:
             failures.append(exc)
             raise
+
     t.publish = recording
     await mesh.start()
     try:
@@ -262,11 +287,15 @@ async def _raw_hpub(url: str, subject: str, headers: bytes, body: bytes) -> None
     host, port = parse(url).servers[0].removeprefix("nats://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
     try:
-        await reader.readline()                                   # INFO
+        await reader.readline()  # INFO
         block = HEADER_LINE + headers + b"\r\n"
-        writer.write(b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n'
-                     + f"HPUB {subject} {len(block)} {len(block) + len(body)}\r\n".encode()
-                     + block + body + b"\r\nPING\r\n")
+        writer.write(
+            b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n'
+            + f"HPUB {subject} {len(block)} {len(block) + len(body)}\r\n".encode()
+            + block
+            + body
+            + b"\r\nPING\r\n"
+        )
         await writer.drain()
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"PONG")
     finally:
@@ -274,15 +303,19 @@ async def _raw_hpub(url: str, subject: str, headers: bytes, body: bytes) -> None
 
 
 async def test_non_utf8_header_bytes_make_the_message_undecodable(
-        transports: Any, shared_url: str, prefix: str) -> None:
+    transports: Any, shared_url: str, prefix: str
+) -> None:
     t = await transports()
     channel = f"{prefix}.bytes"
     got = RawCollector()
     await t.subscribe(channel, got, group=f"{prefix}-g")
     for bad in (b"bad-\xff", b"bad-\xfe"):
-        await _raw_hpub(shared_url, f"meshtest.{channel}",
-                        b"ce-specversion: 1.0\r\nce-type: t\r\nce-source: /s\r\nce-id: " + bad
-                        + b"\r\n", b"{}")
+        await _raw_hpub(
+            shared_url,
+            f"meshtest.{channel}",
+            b"ce-specversion: 1.0\r\nce-type: t\r\nce-source: /s\r\nce-id: " + bad + b"\r\n",
+            b"{}",
+        )
     await got.wait_for(2, 20)
     for delivery in got.deliveries:
         with pytest.raises(DecodeError, match="ce-id"):
@@ -303,6 +336,7 @@ async def test_position_is_the_stream_sequence(transports: Any, prefix: str) -> 
             await delivery.nack()
         else:
             await delivery.ack()
+
     await t.subscribe(channel, handler, group=f"{prefix}-g")
     await t.publish(channel, Event(channel, "/t", {"n": 0}))
     await wait_until(lambda: len(positions) >= 2, 20, "the redelivery")
@@ -335,12 +369,14 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _start_worker(url: str, channel: str, group: str, out: Path,
-                  options: dict[str, Any]) -> subprocess.Popen[bytes]:
+def _start_worker(
+    url: str, channel: str, group: str, out: Path, options: dict[str, Any]
+) -> subprocess.Popen[bytes]:
     ready = Path(f"{out}.ready")
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER, url, channel, group, str(out),
-                             json.dumps(options)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, url, channel, group, str(out), json.dumps(options)]
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert proc.poll() is None, "the worker died while starting"
@@ -354,7 +390,8 @@ def _lines(out: Path) -> list[str]:
 
 
 async def test_redeliveries_count_across_a_consumer_killed_with_sigkill(
-        private_server: str, tmp_path: Path) -> None:
+    private_server: str, tmp_path: Path
+) -> None:
     """The count the core's ``max_deliveries`` relies on comes from the server: each worker
     killed mid-handler leaves it one higher for the next."""
     options = {"ack_wait": 1.0, "pull_expires": 1.0}
@@ -368,8 +405,11 @@ async def test_redeliveries_count_across_a_consumer_killed_with_sigkill(
         for run in range(3):
             worker = _start_worker(private_server, channel, group, out, options)
             try:
-                await wait_until(lambda r=run: len(_lines(out)) > r, 30,  # type: ignore[misc]
-                                 f"delivery {run + 1}")
+                await wait_until(
+                    lambda r=run: len(_lines(out)) > r,
+                    30,  # type: ignore[misc]
+                    f"delivery {run + 1}",
+                )
             finally:
                 os.kill(worker.pid, signal.SIGKILL)
                 worker.wait(10)
@@ -382,7 +422,8 @@ async def test_redeliveries_count_across_a_consumer_killed_with_sigkill(
 
 
 async def test_killed_worker_messages_reach_another_member_soon(
-        private_server: str, tmp_path: Path) -> None:
+    private_server: str, tmp_path: Path
+) -> None:
     """Default settings: a worker killed with SIGKILL mid-handler; another member of the
     group gets its message within 10 s (the bound waited for here is generous, 20 s, so
     a loaded machine does not fail it; the old default took 30 s)."""
@@ -401,8 +442,9 @@ async def test_killed_worker_messages_reach_another_member_soon(
             async def member(delivery: Delivery) -> None:
                 got.append(time.monotonic())
                 await delivery.ack()
+
             await t.subscribe(channel, member, group=group)
-            await asyncio.sleep(2.0)   # the worker's in-progress signals hold the message
+            await asyncio.sleep(2.0)  # the worker's in-progress signals hold the message
             assert not got, "the message was redelivered while its worker was alive"
         finally:
             killed = time.monotonic()
@@ -415,7 +457,8 @@ async def test_killed_worker_messages_reach_another_member_soon(
 
 
 async def test_messages_waiting_for_a_slot_are_kept_in_progress(
-        transports: Any, prefix: str) -> None:
+    transports: Any, prefix: str
+) -> None:
     """With two patterns and ``max_in_flight=1`` a message may wait client-side behind a
     long handler; it must not be redelivered meanwhile (ack_wait is short now)."""
     t = await transports(ack_wait=1.0)
@@ -425,6 +468,7 @@ async def test_messages_waiting_for_a_slot_are_kept_in_progress(
         seen[delivery.event.id] += 1
         await asyncio.sleep(3.0)
         await delivery.ack()
+
     a, b = f"{prefix}.a", f"{prefix}.b"
     await t.subscribe([a, b], slow, group=f"{prefix}-g", max_in_flight=1)
     await t.publish_batch([(a, Event(a, "/t", {"n": 1})), (b, Event(b, "/t", {"n": 2}))])
@@ -434,7 +478,8 @@ async def test_messages_waiting_for_a_slot_are_kept_in_progress(
 
 
 async def test_closing_subscription_keeps_running_handlers_in_progress(
-        transports: Any, prefix: str) -> None:
+    transports: Any, prefix: str
+) -> None:
     """``close(timeout)`` lets a handler finish; while it does, its message must not go to
     another member (the in-progress signals continue during the close)."""
     t1, t2 = await transports(ack_wait=1.0), await transports(ack_wait=1.0)
@@ -447,6 +492,7 @@ async def test_closing_subscription_keeps_running_handlers_in_progress(
         await asyncio.sleep(3.5)
         done.append(delivery.event.id)
         await delivery.ack()
+
     sub = await t1.subscribe(channel, finishing, group=group)
     event = Event(channel, "/t", {"n": 1})
     await t1.publish(channel, event)
@@ -462,13 +508,12 @@ async def test_closing_subscription_keeps_running_handlers_in_progress(
 # --- item 24: refused connections fail fast ----------------------------------------------
 
 
-async def test_refused_connection_fails_fast_and_quietly(
-        caplog: pytest.LogCaptureFixture) -> None:
-    port = _free_port()   # nothing listens there
+async def test_refused_connection_fails_fast_and_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    port = _free_port()  # nothing listens there
     transport = create(f"nats://127.0.0.1:{port}", {"connect_timeout": 30})
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ConnectError) as exc:
-        await asyncio.wait_for(transport.connect(), 15)   # not the 30 s connect timeout
+        await asyncio.wait_for(transport.connect(), 15)  # not the 30 s connect timeout
     assert "refused" in str(exc.value) and f"127.0.0.1:{port}" in str(exc.value)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     with pytest.raises(TransportClosed):
@@ -481,8 +526,7 @@ async def test_silent_server_still_gets_the_connect_timeout() -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        transport = create(f"nats://127.0.0.1:{silent.getsockname()[1]}",
-                           {"connect_timeout": 1.5})
+        transport = create(f"nats://127.0.0.1:{silent.getsockname()[1]}", {"connect_timeout": 1.5})
         with pytest.raises(ConnectError, match=r"within 1\.5s"):
             await asyncio.wait_for(transport.connect(), 20)
 
@@ -512,7 +556,7 @@ async def test_read_stops_at_the_call_and_leaves_no_consumer(private_server: str
         assert all(d.settled and d.redeliveries == 0 for d in reading)
         async for _ in t.read(channel, idle=0.5):
             break
-        await asyncio.sleep(0.2)   # the early stop's clean-up runs as the generator closes
+        await asyncio.sleep(0.2)  # the early stop's clean-up runs as the generator closes
         _, js = t._client()
         assert (await js.stream_info("MESH")).state.consumer_count == 0
     finally:

@@ -57,7 +57,7 @@ def rabbitmq() -> Iterator[tuple[str, TcpProxy | None]]:
     parts = urlsplit(url)
     try:
         proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    except ValueError:   # the proxy only forwards to loopback: no disrupt() there
+    except ValueError:  # the proxy only forwards to loopback: no disrupt() there
         yield url, None
         return
     user, _, _ = parts.netloc.rpartition("@")
@@ -91,11 +91,12 @@ class TestRabbitMQTransport(TransportConformance):
 
     async def publish_undecodable(self, transport: Transport, channel: str) -> None:
         assert isinstance(transport, RabbitMQTransport)
-        await transport.send_raw(channel, aio_pika.Message(b"\x00not a cloudevent{",
-                                                           headers={"x-origin": "garbage"}))
+        await transport.send_raw(
+            channel, aio_pika.Message(b"\x00not a cloudevent{", headers={"x-origin": "garbage"})
+        )
 
     async def disrupt(self) -> None:
-        if self.private is not None:   # ours: restart it for real (stop, start, same data)
+        if self.private is not None:  # ours: restart it for real (stop, start, same data)
             await asyncio.to_thread(self.private.restart)
         elif self.proxy is not None:
             self.proxy.cut(down_for=2.0)
@@ -107,30 +108,45 @@ class TestRabbitMQTransport(TransportConformance):
 
 
 def test_config_from_url_query_and_options() -> None:
-    cfg = RabbitMQConfig.from_url("amqps://ann:p%40ss@mq.example:5671/prod?exchange=ev&"
-                                  "tls_verify=false", {"delivery_limit": 50})
+    cfg = RabbitMQConfig.from_url(
+        "amqps://ann:p%40ss@mq.example:5671/prod?exchange=ev&tls_verify=false",
+        {"delivery_limit": 50},
+    )
     assert (cfg.tls, cfg.host, cfg.port, cfg.vhost, cfg.username) == (
-        True, "mq.example", 5671, "prod", "ann")
+        True,
+        "mq.example",
+        5671,
+        "prod",
+        "ann",
+    )
     assert cfg.password.get_secret_value() == "p@ss"
-    assert (cfg.exchange, cfg.dlx, cfg.delivery_limit, cfg.tls_verify) == ("ev", "ev.dlx", 50,
-                                                                            False)
+    assert (cfg.exchange, cfg.dlx, cfg.delivery_limit, cfg.tls_verify) == (
+        "ev",
+        "ev.dlx",
+        50,
+        False,
+    )
     assert RabbitMQConfig.from_url("amqp://h/%2F", {}).vhost == "/"
     assert RabbitMQConfig.from_url("amqps://h", {}).port == 5671
     transport = RabbitMQTransport("amqp://ann:hunter2@h/", {})
     assert "hunter2" not in repr(transport) and "hunter2" not in repr(transport.config)
 
 
-@pytest.mark.parametrize("url,options,needle", [
-    ("amqp://u:hunter2@h/", {"prefetch": 3}, "prefetch"),
-    ("amqp://u:hunter2@h/?delivery_limit=0", {}, "delivery_limit"),
-    ("amqp://u:hunter2@h/", {"tls_ca_file": "/ca.pem"}, "amqps://"),
-    ("amqp://u:hunter2@h/", {"exchange": "amq.topic"}, "exchange"),
-    ("amqps://u:hunter2@h/", {"tls_cert_file": "/c.pem"}, "tls_key_file"),
-    ("kafka://u:hunter2@h/", {}, "amqp://"),
-    ("amqp://u:hunter2@h/?tls=true", {}, "amqps://"),
-])
-def test_bad_options_name_the_option_and_hide_the_password(url: str, options: dict[str, object],
-                                                           needle: str) -> None:
+@pytest.mark.parametrize(
+    "url,options,needle",
+    [
+        ("amqp://u:hunter2@h/", {"prefetch": 3}, "prefetch"),
+        ("amqp://u:hunter2@h/?delivery_limit=0", {}, "delivery_limit"),
+        ("amqp://u:hunter2@h/", {"tls_ca_file": "/ca.pem"}, "amqps://"),
+        ("amqp://u:hunter2@h/", {"exchange": "amq.topic"}, "exchange"),
+        ("amqps://u:hunter2@h/", {"tls_cert_file": "/c.pem"}, "tls_key_file"),
+        ("kafka://u:hunter2@h/", {}, "amqp://"),
+        ("amqp://u:hunter2@h/?tls=true", {}, "amqps://"),
+    ],
+)
+def test_bad_options_name_the_option_and_hide_the_password(
+    url: str, options: dict[str, object], needle: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         RabbitMQTransport(url, options)
     assert needle in str(info.value) and "hunter2" not in str(info.value)
@@ -156,7 +172,7 @@ async def test_connect_error_hides_the_password() -> None:
 
 def test_patterns_become_exact_binding_keys_and_legal_queue_names() -> None:
     assert binding_key("a.*.c") == "a.*.c"
-    assert binding_key("a.>") == "a.*.#"       # one or more, never the parent 'a' itself
+    assert binding_key("a.>") == "a.*.#"  # one or more, never the parent 'a' itself
     with pytest.raises(ConfigError):
         binding_key("a.#")
     name = group_queue("mesh", "billing:eu", ["orders.>", "invoices.*"])
@@ -195,8 +211,10 @@ class TestRabbitMQSpecifics:
             await t.publish(channel, Event(channel, "/t"))
         await got.wait_for(2, 10)
         await asyncio.sleep(0.3)
-        assert sorted(e.type for e in got.events) == [f"{self.prefix}.orders.created",
-                                                      f"{self.prefix}.orders.eu.created"]
+        assert sorted(e.type for e in got.events) == [
+            f"{self.prefix}.orders.created",
+            f"{self.prefix}.orders.eu.created",
+        ]
 
     async def test_unroutable_publish_is_dropped_not_failed(self) -> None:
         t = await self.transport()
@@ -212,26 +230,29 @@ class TestRabbitMQSpecifics:
         async def handler(delivery: Delivery) -> None:
             seen.append(delivery.redeliveries)
             await (delivery.ack() if len(seen) == 3 else delivery.nack())
+
         channel = f"{self.prefix}.retry"
         await t.subscribe(channel, handler, group=f"{self.prefix}-g")
         await t.publish(channel, Event(channel, "/t"))
         await wait_until(lambda: len(seen) == 3, 10, "three deliveries")
         assert seen == [0, 1, 2]
 
-    async def test_group_queue_is_quorum_with_explicit_limit_and_dead_letter_exchange(
-            self) -> None:
+    async def test_group_queue_is_quorum_with_explicit_limit_and_dead_letter_exchange(self) -> None:
         t = await self.transport(delivery_limit=77)
         channel, group = f"{self.prefix}.q", f"{self.prefix}-g"
         await t.ensure_group(channel, group)
         name = group_queue(t.config.exchange, group, [channel])
         async with await aio_pika.connect(self.url) as conn:
-            ch = await conn.channel()   # equal arguments: the declaration is a no-op
+            ch = await conn.channel()  # equal arguments: the declaration is a no-op
             await ch.declare_queue(name, durable=True, arguments=group_arguments(t.config))
             assert group_arguments(t.config)["x-delivery-limit"] == 77
             ch = await conn.channel()
             with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
-                await ch.declare_queue(name, durable=True, arguments={
-                    **group_arguments(t.config), "x-delivery-limit": 20})
+                await ch.declare_queue(
+                    name,
+                    durable=True,
+                    arguments={**group_arguments(t.config), "x-delivery-limit": 20},
+                )
 
     async def test_existing_queue_with_other_settings_is_a_config_error(self) -> None:
         t = await self.transport()
@@ -246,15 +267,18 @@ class TestRabbitMQSpecifics:
                 await (await conn.channel()).queue_delete(name)
 
     async def test_publish_during_an_outage_fails_fast_then_recovers(self) -> None:
-        await self.transport()   # a direct one first: it does the clean-up
+        await self.transport()  # a direct one first: it does the clean-up
         parts = urlsplit(self.url)
         if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             pytest.skip("the outage is simulated with a loopback-only TcpProxy")
         with TcpProxy(parts.hostname, parts.port or 5672) as proxy:
             user = parts.netloc.rpartition("@")[0]
-            t = await self.transport(urlunsplit((parts.scheme, f"{user}@127.0.0.1:{proxy.port}",
-                                                 parts.path, parts.query, "")),
-                                     publish_timeout=1.0)
+            t = await self.transport(
+                urlunsplit(
+                    (parts.scheme, f"{user}@127.0.0.1:{proxy.port}", parts.path, parts.query, "")
+                ),
+                publish_timeout=1.0,
+            )
             got = Collector()
             channel = f"{self.prefix}.outage"
             await t.subscribe(channel, got, group=f"{self.prefix}-g")
@@ -272,6 +296,6 @@ class TestRabbitMQSpecifics:
                 except PublishError:
                     assert time.monotonic() < deadline, "no recovery after the outage"
                     await asyncio.sleep(0.2)
-            await got.wait_for(1, 20)     # the consumer came back by itself
+            await got.wait_for(1, 20)  # the consumer came back by itself
             assert got.events[-1].id == sent.id
             await t.close()

@@ -31,8 +31,16 @@ from mesh_rabbitmq import RabbitMQTransport
 from mesh_rabbitmq import topology
 from mesh_rabbitmq.topology import group_queue
 
-from mesh import (ConfigError, ConnectError, DecodeError, Delivery, Event, Mesh, MessageTooLarge,
-                  PublishError)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    Delivery,
+    Event,
+    Mesh,
+    MessageTooLarge,
+    PublishError,
+)
 from mesh.testing import brokers
 from mesh.testing.util import Collector, uid, wait_until
 
@@ -82,16 +90,19 @@ class Rig:
         self.made.append(t)
         return t
 
-    async def raw_publish(self, channel: str, body: bytes, headers: dict[str, Any],
-                          content_type: str | None = None) -> None:
+    async def raw_publish(
+        self, channel: str, body: bytes, headers: dict[str, Any], content_type: str | None = None
+    ) -> None:
         async with await aio_pika.connect(self.url) as conn:
             ch = await conn.channel(publisher_confirms=True)
             exchange = await ch.get_exchange("mesh")
-            await exchange.publish(aio_pika.Message(body, headers=headers,
-                                                    content_type=content_type), channel)
+            await exchange.publish(
+                aio_pika.Message(body, headers=headers, content_type=content_type), channel
+            )
 
-    async def raw_queue(self, channel: str) -> tuple[aio_pika.abc.AbstractConnection,
-                                                     aio_pika.abc.AbstractQueue]:
+    async def raw_queue(
+        self, channel: str
+    ) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractQueue]:
         conn = await aio_pika.connect(self.url)
         ch = await conn.channel()
         queue = await ch.declare_queue(exclusive=True)
@@ -112,8 +123,13 @@ class Rig:
 
 
 def ce_headers(**more: Any) -> dict[str, Any]:
-    return {"ce-specversion": "1.0", "ce-type": "t.raw", "ce-source": "/raw",
-            "ce-id": f"id-{uid()}", **more}
+    return {
+        "ce-specversion": "1.0",
+        "ce-type": "t.raw",
+        "ce-source": "/raw",
+        "ce-id": f"id-{uid()}",
+        **more,
+    }
 
 
 async def received(rig: Rig, publish: list[tuple[bytes, dict[str, Any]]]) -> list[Delivery]:
@@ -129,12 +145,29 @@ async def received(rig: Rig, publish: list[tuple[bytes, dict[str, Any]]]) -> lis
 
 async def test_item4_header_field_types_become_canonical_strings(rig: Rig) -> None:
     when = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
-    [delivery] = await received(rig, [(b'{"a":1}', ce_headers(**{
-        "ce-id": bytearray(b"order-\xc3\xa9"), "ce-subject": "s",
-        "ce-flag": True, "ce-off": False, "ce-count": 7, "ce-big": 2**40,
-        "ce-stamp": when, "ce-time": when, "x-other": 1.5}))])
+    [delivery] = await received(
+        rig,
+        [
+            (
+                b'{"a":1}',
+                ce_headers(
+                    **{
+                        "ce-id": bytearray(b"order-\xc3\xa9"),
+                        "ce-subject": "s",
+                        "ce-flag": True,
+                        "ce-off": False,
+                        "ce-count": 7,
+                        "ce-big": 2**40,
+                        "ce-stamp": when,
+                        "ce-time": when,
+                        "x-other": 1.5,
+                    }
+                ),
+            )
+        ],
+    )
     event = delivery.event
-    assert event.id == "order-\u00e9"                       # a byte array is UTF-8 text
+    assert event.id == "order-\u00e9"  # a byte array is UTF-8 text
     assert event.extensions["flag"] == "true" and event.extensions["off"] == "false"
     assert event.extensions["count"] == "7" and event.extensions["big"] == str(2**40)
     assert event.extensions["stamp"] == "2026-03-04T05:06:07Z"
@@ -155,14 +188,18 @@ _ORIGINAL_ENCODE = pamqp.encode.encode_table_value
 
 
 async def test_item4_non_utf8_headers_and_non_ce_types_are_decode_errors(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pamqp.encode, "encode_table_value", _longstr_bytes)
-    bad = await received(rig, [
-        (b"{}", ce_headers(**{"ce-id": bytearray(b"\xff\xfe-1")})),    # byte array
-        (b"{}", ce_headers(**{"ce-id": b"\xff\xfe-2"})),               # long string
-        (b"{}", ce_headers(**{"ce-ratio": 0.5})),                      # float
-        (b"{}", ce_headers(**{"ce-list": [1, 2]})),                    # array
-    ])
+    bad = await received(
+        rig,
+        [
+            (b"{}", ce_headers(**{"ce-id": bytearray(b"\xff\xfe-1")})),  # byte array
+            (b"{}", ce_headers(**{"ce-id": b"\xff\xfe-2"})),  # long string
+            (b"{}", ce_headers(**{"ce-ratio": 0.5})),  # float
+            (b"{}", ce_headers(**{"ce-list": [1, 2]})),  # array
+        ],
+    )
     reasons: list[str] = []
     for delivery in bad:
         with pytest.raises(DecodeError) as info:
@@ -173,7 +210,7 @@ async def test_item4_non_utf8_headers_and_non_ce_types_are_decode_errors(
     assert text.count("'ce-id'") == 2 and "UTF-8" in text
     assert "'ce-ratio'" in text and "'ce-list'" in text
     headers = [delivery.raw()[0] for delivery in bad]
-    assert headers[0]["ce-id"] != headers[1]["ce-id"]    # no lossy U+FFFD collapsing
+    assert headers[0]["ce-id"] != headers[1]["ce-id"]  # no lossy U+FFFD collapsing
     assert not any("\ufffd" in h["ce-id"] for h in headers[:2])
     assert all(isinstance(v, str) for h in headers for v in h.values())
 
@@ -208,8 +245,10 @@ async def test_item12_attributes_are_written_canonically(rig: Rig) -> None:
     conn, queue = await rig.raw_queue(channel)
     try:
         when = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC)
-        await t.publish(channel, Event(channel, "/t", {"x": 1}, time=when, flag=True,
-                                       off=False, count=3, stamp=when))
+        await t.publish(
+            channel,
+            Event(channel, "/t", {"x": 1}, time=when, flag=True, off=False, count=3, stamp=when),
+        )
         message = await queue.get(timeout=10, fail=True)
         assert message is not None
         await message.ack()
@@ -231,7 +270,7 @@ async def test_item22_transport_connects_again_after_close(rig: Rig) -> None:
     channel = rig.channel("again")
     await t.ensure_group(channel, f"{rig.prefix}-g")
     await t.close()
-    await t.close()                      # idempotent
+    await t.close()  # idempotent
     await t.connect()
     got = Collector()
     await t.subscribe(channel, got, group=f"{rig.prefix}-g")
@@ -241,8 +280,9 @@ async def test_item22_transport_connects_again_after_close(rig: Rig) -> None:
 
 async def test_item22_stopped_mesh_starts_again(rig: Rig) -> None:
     channel = rig.channel("restart")
-    mesh = Mesh(rig.url, dead_letter_channel=rig.channel("deadletter"),
-                transport_options=TEST_OPTIONS)
+    mesh = Mesh(
+        rig.url, dead_letter_channel=rig.channel("deadletter"), transport_options=TEST_OPTIONS
+    )
     seen: list[str] = []
 
     @mesh.on(channel, group=f"{rig.prefix}-g")
@@ -253,16 +293,18 @@ async def test_item22_stopped_mesh_starts_again(rig: Rig) -> None:
         async with mesh:
             sent = Event(channel, "/t", {"round": round_})
             await mesh.publish(sent)
-            await wait_until(lambda s=sent: s.id in seen, 15,  # type: ignore[misc]
-                             f"the event of round {round_}")
+            await wait_until(
+                lambda s=sent: s.id in seen,
+                15,  # type: ignore[misc]
+                f"the event of round {round_}",
+            )
     assert len(seen) == 2
 
 
 # --- item 23: changed queue arguments are a ConfigError that says what to do -----------
 
 
-async def test_item23_changed_delivery_limit_names_queue_values_and_migration(
-        rig: Rig) -> None:
+async def test_item23_changed_delivery_limit_names_queue_values_and_migration(rig: Rig) -> None:
     channel, group = rig.channel("limit"), f"{rig.prefix}-g"
     first = await rig.transport(delivery_limit=77)
     await first.ensure_group(channel, group)
@@ -273,9 +315,9 @@ async def test_item23_changed_delivery_limit_names_queue_values_and_migration(
     text = str(info.value)
     assert name in text and "x-delivery-limit" in text
     assert "77" in text and "20" in text
-    assert "delivery_limit=77" in text            # how to keep running now
+    assert "delivery_limit=77" in text  # how to keep running now
     assert "docs/transports/rabbitmq.md" in text  # where the migration is described
-    await second.publish(channel, Event(channel, "/t"))   # the transport is still usable
+    await second.publish(channel, Event(channel, "/t"))  # the transport is still usable
 
 
 async def test_item23_ensure_group_uses_an_existing_queue_as_it_is(rig: Rig) -> None:
@@ -298,11 +340,12 @@ async def test_item23_retain_never_redeclares_an_existing_stream(rig: Rig) -> No
     t = await rig.transport()
     channel = rig.channel("kept")
     name = topology.retained_queue("mesh", channel)
-    async with await aio_pika.connect(rig.url) as conn:   # made by someone else, other age
+    async with await aio_pika.connect(rig.url) as conn:  # made by someone else, other age
         await (await conn.channel()).declare_queue(
-            name, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "1D"})
+            name, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "1D"}
+        )
     rig.raw_queues.append(name)
-    await t.retain(channel)              # no PRECONDITION_FAILED: declared passively
+    await t.retain(channel)  # no PRECONDITION_FAILED: declared passively
     sent = Event(channel, "/t")
     await t.publish(channel, sent)
     assert [d.event.id async for d in t.read(channel, idle=5.0)] == [sent.id]
@@ -318,17 +361,20 @@ def free_port() -> int:
 
 
 async def test_item24_refused_connection_is_one_clean_error(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = free_port()
-    transport = RabbitMQTransport(f"amqp://u:hunter2@127.0.0.1:{port}/",
-                                  {"connect_timeout": 10})
+    transport = RabbitMQTransport(f"amqp://u:hunter2@127.0.0.1:{port}/", {"connect_timeout": 10})
     caplog.set_level(logging.DEBUG)
     started = time.monotonic()
     with pytest.raises(ConnectError) as info:
         await transport.connect()
     took = time.monotonic() - started
-    stray = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records
-             if r.name.startswith(("aiormq", "aio_pika", "mesh_rabbitmq"))]
+    stray = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith(("aiormq", "aio_pika", "mesh_rabbitmq"))
+    ]
     assert stray == [], stray
     assert f"127.0.0.1:{port}" in str(info.value) and "hunter2" not in str(info.value)
     assert "refused" in str(info.value)
@@ -372,8 +418,9 @@ def worker_script(tmp_path: Path) -> Iterator[Path]:
     yield script
 
 
-async def test_item5_redeliveries_count_process_kills(rig: Rig, worker_script: Path,
-                                                      tmp_path: Path) -> None:
+async def test_item5_redeliveries_count_process_kills(
+    rig: Rig, worker_script: Path, tmp_path: Path
+) -> None:
     t = await rig.transport()
     channel, group = rig.channel("crash"), f"{rig.prefix}-g"
     await t.ensure_group(channel, group)
@@ -383,12 +430,19 @@ async def test_item5_redeliveries_count_process_kills(rig: Rig, worker_script: P
     err = b""
     for _ in range(4):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(worker_script), rig.url, channel, group, str(record),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            str(worker_script),
+            rig.url,
+            channel,
+            group,
+            str(record),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             _, err = await asyncio.wait_for(proc.communicate(), 60)
         finally:
-            if proc.returncode is None:   # ours, by PID: never left running
+            if proc.returncode is None:  # ours, by PID: never left running
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
@@ -415,7 +469,7 @@ async def test_read_yields_stream_positions_and_needs_no_idle_wait(rig: Rig) -> 
     positions = [d.position for d in first]
     assert len(set(positions)) == 5 and all(p is not None for p in positions)
     again = [d async for d in t.read(channel, idle=20.0)]
-    assert [d.position for d in again] == positions       # stable across reads
+    assert [d.position for d in again] == positions  # stable across reads
     assert all(d.redeliveries == 0 and d.settled for d in first)
     print(f"read of 5 retained events took {took * 1000:.0f} ms with idle=20 s")
 
@@ -432,18 +486,19 @@ async def test_read_refuses_a_queue_that_is_not_a_stream(rig: Rig, kind: str) ->
     name = topology.retained_queue("mesh", channel)
     async with await aio_pika.connect(rig.url) as conn:
         ch = await conn.channel()
-        queue = await ch.declare_queue(name, durable=True,
-                                       arguments={"x-queue-type": kind})
+        queue = await ch.declare_queue(name, durable=True, arguments={"x-queue-type": kind})
         await queue.bind("mesh", channel)
     rig.raw_queues.append(name)
     await t.publish(channel, Event(channel, "/t"))
     with pytest.raises(ConfigError, match="not a stream"):
         [d async for d in t.read(channel, idle=5.0)]
+
     async def count() -> int:
         async with await aio_pika.connect(rig.url) as conn:
             queue = await (await conn.channel()).declare_queue(name, passive=True)
             return int(queue.declaration_result.message_count or 0)
-    deadline = time.monotonic() + 10    # a delivery given back by a closed channel
+
+    deadline = time.monotonic() + 10  # a delivery given back by a closed channel
     while await count() != 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert await count() == 1, "reading took the message from a queue that is no stream"
@@ -456,23 +511,37 @@ async def test_delete_channels_removes_retained_streams(rig: Rig) -> None:
     await t.delete_channels(f"{rig.prefix}.>")
     async with await aio_pika.connect(rig.url) as conn:
         with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
-            await (await conn.channel()).declare_queue(topology.retained_queue("mesh", channel),
-                                                       passive=True)
+            await (await conn.channel()).declare_queue(
+                topology.retained_queue("mesh", channel), passive=True
+            )
 
 
-@pytest.mark.parametrize("text,current,wanted", [
-    ("received '20' but current is '77'", "x-delivery-limit=77", "x-delivery-limit=20"),
-    ("received none but current is the value '77' of type 'byte'", "x-delivery-limit=77",
-     "no x-delivery-limit"),
-    ("received the value '20' of type 'long' but current is none", "no x-delivery-limit",
-     "x-delivery-limit=20"),
-])
-def test_item23_every_precondition_text_of_rabbitmq_is_parsed(text: str, current: str,
-                                                               wanted: str) -> None:
+@pytest.mark.parametrize(
+    "text,current,wanted",
+    [
+        ("received '20' but current is '77'", "x-delivery-limit=77", "x-delivery-limit=20"),
+        (
+            "received none but current is the value '77' of type 'byte'",
+            "x-delivery-limit=77",
+            "no x-delivery-limit",
+        ),
+        (
+            "received the value '20' of type 'long' but current is none",
+            "no x-delivery-limit",
+            "x-delivery-limit=20",
+        ),
+    ],
+)
+def test_item23_every_precondition_text_of_rabbitmq_is_parsed(
+    text: str, current: str, wanted: str
+) -> None:
     from aiormq.exceptions import ChannelPreconditionFailed
+
     transport = RabbitMQTransport("amqp://h/", {})
-    exc = ChannelPreconditionFailed(f"PRECONDITION_FAILED - inequivalent arg "
-                                    f"'x-delivery-limit' for queue 'mesh:g@c' in vhost '/': {text}")
+    exc = ChannelPreconditionFailed(
+        f"PRECONDITION_FAILED - inequivalent arg "
+        f"'x-delivery-limit' for queue 'mesh:g@c' in vhost '/': {text}"
+    )
     error = transport._declare_error(exc, "queue 'mesh:g@c'")
     assert isinstance(error, ConfigError)
     assert f"{current}, but this transport declares {wanted}" in str(error)
@@ -488,13 +557,13 @@ async def test_oversize_publish_is_message_too_large_and_nothing_is_sent(rig: Ri
     got = Collector()
     await t.subscribe(channel, got, group=f"{rig.prefix}-g")
     small = Event(channel, "/t", "x" * 100)
-    big = Event(channel, "/t", "x" * 3000, note="y" * 1500)   # the headers tip it over
+    big = Event(channel, "/t", "x" * 3000, note="y" * 1500)  # the headers tip it over
     with pytest.raises(MessageTooLarge) as info:
         await t.publish(channel, big)
     assert info.value.limit == 4096 and info.value.size > 4096
     assert str(info.value.size) in str(info.value) and "4096" in str(info.value)
     with pytest.raises(MessageTooLarge):
-        await t.publish_batch([(channel, small), (channel, big)])   # none of the batch
+        await t.publish_batch([(channel, small), (channel, big)])  # none of the batch
     await t.publish(channel, small)
     await got.wait_for(1, 10)
     await asyncio.sleep(0.3)
@@ -513,7 +582,7 @@ async def test_broker_size_limit_refusal_is_message_too_large(rig: Rig) -> None:
     assert info.value.size > info.value.limit > 0
     after = Event(channel, "/t")
     deadline = time.monotonic() + 15
-    while True:    # the robust publisher channel comes back
+    while True:  # the robust publisher channel comes back
         try:
             await t.publish(channel, after)
             break
@@ -533,25 +602,34 @@ async def test_send_raw_sends_bytes_header_values_as_byte_arrays(rig: Rig) -> No
     kept = Kept()
     await t.subscribe(channel, kept, group=f"{rig.prefix}-g")
     for id_ in (b"fine-1", b"bad-\xff\xfe"):
-        await t.send_raw(channel, aio_pika.Message(b"{}", content_type="application/json",
-                                                   headers=ce_headers(**{"ce-id": id_})))
+        await t.send_raw(
+            channel,
+            aio_pika.Message(
+                b"{}", content_type="application/json", headers=ce_headers(**{"ce-id": id_})
+            ),
+        )
     await wait_until(lambda: len(kept.deliveries) == 2, 15, "both raw messages")
     assert kept.deliveries[0].event.id == "fine-1"
     with pytest.raises(DecodeError, match="'ce-id'"):
         _ = kept.deliveries[1].event
 
 
-@pytest.mark.parametrize("headers,redelivered,expected", [
-    ({}, False, 0),
-    ({}, True, 1),                                            # classic queue: only the flag
-    ({"x-delivery-count": 2}, True, 2),                       # 3.10 - 4.2: every return
-    ({"x-delivery-count": 1, "x-acquired-count": 4}, True, 4),  # 4.3: nacks only acquired
-    ({"x-delivery-count": True}, True, 1),                    # a forged bool is no count
-])
+@pytest.mark.parametrize(
+    "headers,redelivered,expected",
+    [
+        ({}, False, 0),
+        ({}, True, 1),  # classic queue: only the flag
+        ({"x-delivery-count": 2}, True, 2),  # 3.10 - 4.2: every return
+        ({"x-delivery-count": 1, "x-acquired-count": 4}, True, 4),  # 4.3: nacks only acquired
+        ({"x-delivery-count": True}, True, 1),  # a forged bool is no count
+    ],
+)
 def test_item5_redeliveries_count_every_earlier_delivery_on_every_version(
-        headers: dict[str, Any], redelivered: bool, expected: int) -> None:
+    headers: dict[str, Any], redelivered: bool, expected: int
+) -> None:
     from types import SimpleNamespace
 
     from mesh_rabbitmq.consumer import earlier_deliveries
+
     message: Any = SimpleNamespace(headers=headers, redelivered=redelivered)
     assert earlier_deliveries(message) == expected

@@ -67,17 +67,28 @@ class Report:
     rows: dict[tuple[str, str], Row] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
 
-    def record(self, scenario: str, transport: str, *, lost: int | None = None,
-               rerun: int | None = None, to_dead_letter: float | None = None,
-               recovery: float | None = None, note: str = "") -> None:
+    def record(
+        self,
+        scenario: str,
+        transport: str,
+        *,
+        lost: int | None = None,
+        rerun: int | None = None,
+        to_dead_letter: float | None = None,
+        recovery: float | None = None,
+        note: str = "",
+    ) -> None:
         if scenario not in self.order:
             self.order.append(scenario)
         self.rows[(scenario, transport)] = Row(
-            scenario, transport,
+            scenario,
+            transport,
             lost="-" if lost is None else str(lost),
             rerun="-" if rerun is None else str(rerun),
             to_dead_letter="-" if to_dead_letter is None else f"{to_dead_letter:.2f} s",
-            recovery="-" if recovery is None else f"{recovery:.2f} s", note=note)
+            recovery="-" if recovery is None else f"{recovery:.2f} s",
+            note=note,
+        )
 
     def markdown(self) -> str:
         lines = [
@@ -105,8 +116,10 @@ class Report:
             for transport in (*TRANSPORTS, "all"):
                 row = self.rows.get((scenario, transport))
                 if row is not None:
-                    lines.append(f"| {scenario} | {transport} | {row.lost} | {row.rerun} | "
-                                 f"{row.to_dead_letter} | {row.recovery} | {row.note} |")
+                    lines.append(
+                        f"| {scenario} | {transport} | {row.lost} | {row.rerun} | "
+                        f"{row.to_dead_letter} | {row.recovery} | {row.note} |"
+                    )
         lines += [
             "",
             "## Reading the figures",
@@ -163,11 +176,15 @@ class Target:
         return f"{self.prefix}.{name}"
 
     def mesh_config(self, **extra: Any) -> dict[str, Any]:
-        return {"transport_options": self.options, "source": "/faults",
-                "capabilities": {"enabled": False}, "shutdown_timeout": 2.0,
-                "dead_letter_channel": self.channel("deadletter"),
-                "retry": {"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.05},
-                **extra}
+        return {
+            "transport_options": self.options,
+            "source": "/faults",
+            "capabilities": {"enabled": False},
+            "shutdown_timeout": 2.0,
+            "dead_letter_channel": self.channel("deadletter"),
+            "retry": {"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.05},
+            **extra,
+        }
 
     async def transport(self) -> Transport:
         from mesh import plugins
@@ -190,8 +207,11 @@ class Target:
 
 
 def target_for(name: str) -> Target:
-    url = f"memory://faults-{uuid.uuid4().hex[:8]}" if name == "memory" \
+    url = (
+        f"memory://faults-{uuid.uuid4().hex[:8]}"
+        if name == "memory"
         else brokers.ensure_or_skip(name)
+    )
     return Target(name, url, OPTIONS[name], f"flt{uuid.uuid4().hex[:10]}")
 
 
@@ -217,23 +237,35 @@ async def broker_target(request: pytest.FixtureRequest) -> AsyncIterator[Target]
 class Worker:
     """A `worker.py` process; see its docstring for the lines it writes."""
 
-    def __init__(self, target: Target, channel: str, group: str, out: Path,
-                 **behaviour: Any) -> None:
+    def __init__(
+        self, target: Target, channel: str, group: str, out: Path, **behaviour: Any
+    ) -> None:
         self.out = out
         target.groups.append((channel, group))
-        self.config = {"url": target.url, "options": target.options, "channel": channel,
-                       "group": group, "out": str(out),
-                       "dead_letter_channel": target.channel("deadletter"), **behaviour}
+        self.config = {
+            "url": target.url,
+            "options": target.options,
+            "channel": channel,
+            "group": group,
+            "out": str(out),
+            "dead_letter_channel": target.channel("deadletter"),
+            **behaviour,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.killed_at: float | None = None
         self.starts = 0
 
     def start(self) -> Worker:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"),
-                                      json.dumps(self.config)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "worker.py"), json.dumps(self.config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.starts += 1
         return self
 
@@ -253,10 +285,12 @@ class Worker:
     async def wait_ready(self, count: int = 1, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while self.ready_count() < count:
-            if self.proc is not None and self.proc.poll() is not None and \
-                    self.ready_count() < count:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr \
-                    else ""
+            if (
+                self.proc is not None
+                and self.proc.poll() is not None
+                and self.ready_count() < count
+            ):
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise AssertionError(f"worker exited ({self.proc.returncode}): {err[-2000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError("worker did not become ready")

@@ -36,7 +36,7 @@ class Outage:
     name: str
     url: str
     options: dict[str, object]
-    disrupt: Callable[[int], None]   # blocking: the n-th outage (0, 1), returns when back
+    disrupt: Callable[[int], None]  # blocking: the n-th outage (0, 1), returns when back
     scenario: str
 
 
@@ -60,33 +60,50 @@ async def outage(request: pytest.FixtureRequest) -> AsyncIterator[Outage]:
         try:
             if not brokers.wait_reachable(f"kafka://127.0.0.1:{target}", 30):
                 pytest.fail("the private Tansu did not start")
-            yield Outage(name, f"kafka://127.0.0.1:{proxy.port}",
-                         {"consumer_config": {"session.timeout.ms": 6000}},
-                         lambda n: proxy.cut(down_for=2.0), CUT)
+            yield Outage(
+                name,
+                f"kafka://127.0.0.1:{proxy.port}",
+                {"consumer_config": {"session.timeout.ms": 6000}},
+                lambda n: proxy.cut(down_for=2.0),
+                CUT,
+            )
         finally:
             proxy.stop()
             tansu.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 tansu.wait(10)
         return
-    server: brokers.PrivateServer = brokers.PrivateNats() if name == "nats" \
-        else brokers.PrivateRabbitMQ()
+    server: brokers.PrivateServer = (
+        brokers.PrivateNats() if name == "nats" else brokers.PrivateRabbitMQ()
+    )
     await asyncio.to_thread(server.start)
     try:
-        yield Outage(name, server.url, {**OPTIONS[name], "reconnect_wait": 0.25}
-                     if name == "nats" else {**OPTIONS[name], "reconnect_interval": 0.3},
-                     lambda n: server.restart(kill=n == 1), SCENARIO)
+        yield Outage(
+            name,
+            server.url,
+            {**OPTIONS[name], "reconnect_wait": 0.25}
+            if name == "nats"
+            else {**OPTIONS[name], "reconnect_interval": 0.3},
+            lambda n: server.restart(kill=n == 1),
+            SCENARIO,
+        )
     finally:
         await asyncio.to_thread(server.close)
 
 
-async def test_nothing_confirmed_is_lost_through_two_outages(outage: Outage,
-                                                             reliability: Report) -> None:
+async def test_nothing_confirmed_is_lost_through_two_outages(
+    outage: Outage, reliability: Report
+) -> None:
     prefix = f"rst{uuid.uuid4().hex[:8]}"
     channel, n = f"{prefix}.orders", scaled(2000, 400)
-    mesh = Mesh(outage.url, transport_options=outage.options, source="/faults",
-                capabilities={"enabled": False}, shutdown_timeout=2.0,
-                dead_letter_channel=f"{prefix}.deadletter")
+    mesh = Mesh(
+        outage.url,
+        transport_options=outage.options,
+        source="/faults",
+        capabilities={"enabled": False},
+        shutdown_timeout=2.0,
+        dead_letter_channel=f"{prefix}.deadletter",
+    )
     handled: list[tuple[float, str]] = []
 
     @mesh.on(channel, group=f"{prefix}-g", max_in_flight=16)
@@ -104,7 +121,7 @@ async def test_nothing_confirmed_is_lost_through_two_outages(outage: Outage,
                     confirmed.append(event.id)
                     break
                 except MeshError:
-                    await asyncio.sleep(0.2)   # broker away: publish the same event again
+                    await asyncio.sleep(0.2)  # broker away: publish the same event again
             if i % 25 == 0:
                 await asyncio.sleep(0.005)
 
@@ -127,6 +144,12 @@ async def test_nothing_confirmed_is_lost_through_two_outages(outage: Outage,
     lost = len(set(confirmed) - seen)
     rerun = len(handled) - len(seen)
     recovery = max(min((t for t, _ in handled if t >= up), default=up) - up for up in back)
-    reliability.record(outage.scenario, outage.name, lost=lost, rerun=rerun,
-                       recovery=recovery, note=f"{n} events, private instance")
+    reliability.record(
+        outage.scenario,
+        outage.name,
+        lost=lost,
+        rerun=rerun,
+        recovery=recovery,
+        note=f"{n} events, private instance",
+    )
     assert lost == 0, f"{lost} of {len(confirmed)} confirmed events were lost"

@@ -55,7 +55,10 @@ async def test_one_hostile_event_barely_stalls_the_loop(name: str, reliability: 
         elapsed = time.perf_counter() - began
         tick.cancel()
     stall = max(gaps)
-    reliability.record(f"CESQL LIKE worst case against a 1 MB subject: {name}", "memory",
-                       note=f"loop stalled {stall * 1000:.0f} ms at most; event filtered in "
-                            f"{elapsed * 1000:.0f} ms")
+    reliability.record(
+        f"CESQL LIKE worst case against a 1 MB subject: {name}",
+        "memory",
+        note=f"loop stalled {stall * 1000:.0f} ms at most; event filtered in "
+        f"{elapsed * 1000:.0f} ms",
+    )
     assert stall < 2.0, f"one event stalled the loop for {stall:.2f}s"

@@ -22,14 +22,15 @@ SCENARIO = "oversize publish, and a near-limit event whose dead-letter copy is t
 
 def limit_of(target: Target, transport: Transport) -> int:
     if target.name == "nats":
-        return int(transport.max_payload)   # type: ignore[attr-defined]
+        return int(transport.max_payload)  # type: ignore[attr-defined]
     if target.name == "rabbitmq":
-        return int(transport.config.max_message_size)   # type: ignore[attr-defined]
-    return 1_000_000   # librdkafka's message.max.bytes
+        return int(transport.config.max_message_size)  # type: ignore[attr-defined]
+    return 1_000_000  # librdkafka's message.max.bytes
 
 
-async def test_oversize_publish_and_reduced_dead_letter(broker_target: Target,
-                                                        reliability: Report) -> None:
+async def test_oversize_publish_and_reduced_dead_letter(
+    broker_target: Target, reliability: Report
+) -> None:
     target = broker_target
     if target.name == "rabbitmq":
         target.options = {**target.options, "max_message_size": 2 * 1024 * 1024}
@@ -54,7 +55,7 @@ async def test_oversize_publish_and_reduced_dead_letter(broker_target: Target,
             await mesh.publish(Event(channel, "/faults", {"blob": "x" * (limit + 1)}))
         assert info.value.limit == limit and info.value.size > limit
         assert str(limit) in str(info.value)
-        room = 150   # the largest event that fits: its dead-letter copy (with the
+        room = 150  # the largest event that fits: its dead-letter copy (with the
         while True:  # meshdl* extensions, ~400 bytes more) cannot
             near = Event(channel, "/faults", {"fail": True, "blob": "y" * (limit - room)})
             sent = time.time()
@@ -64,19 +65,26 @@ async def test_oversize_publish_and_reduced_dead_letter(broker_target: Target,
             except MessageTooLarge:
                 room += 100
         after = Event(channel, "/faults", {"n": 1})
-        await mesh.publish(after)   # the transport is still up
+        await mesh.publish(after)  # the transport is still up
         deadline = time.monotonic() + 60
         while not (dead and after.id in handled):
             if time.monotonic() > deadline:
-                pytest.fail(f"dead-lettered: {len(dead)}, later event handled: "
-                            f"{after.id in handled}")
+                pytest.fail(
+                    f"dead-lettered: {len(dead)}, later event handled: {after.id in handled}"
+                )
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
     when, copy = dead[0]
     assert len(dead) == 1 and copy.extensions.get("meshdlreduced") is True
     assert copy.data["size"] > limit - room and copy.extensions["meshdlid"] == near.id
-    reliability.record(SCENARIO, target.name, lost=0, rerun=0, to_dead_letter=when - sent,
-                       note=f"limit {limit} bytes; the copy written reduced")
+    reliability.record(
+        SCENARIO,
+        target.name,
+        lost=0,
+        rerun=0,
+        to_dead_letter=when - sent,
+        note=f"limit {limit} bytes; the copy written reduced",
+    )
 
 
 def test_memory_has_no_size_limit(reliability: Report) -> None:

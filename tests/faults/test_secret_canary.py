@@ -48,8 +48,11 @@ def every_log_line() -> Iterator[Everything]:
     root = logging.getLogger()
     level = root.level
     # every logger at DEBUG and heard by the root, whatever earlier tests configured
-    loggers = [logger for logger in logging.root.manager.loggerDict.values()
-               if isinstance(logger, logging.Logger)]
+    loggers = [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
     saved = [(logger, logger.level, logger.disabled, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.NOTSET)
@@ -79,9 +82,24 @@ def _nats_with_auth() -> Iterator[str]:
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     port = _free_port()
     with tempfile.TemporaryDirectory() as store:
-        proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store,
-                                 "--user", "app", "--pass", "the-right-one"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                binary,
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-js",
+                "-sd",
+                store,
+                "--user",
+                "app",
+                "--pass",
+                "the-right-one",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             if not brokers.wait_reachable(f"nats://127.0.0.1:{port}", 20):
                 pytest.fail("the private nats-server did not start")
@@ -110,8 +128,11 @@ async def _probe(url: str) -> list[str]:
     exposed: list[str] = []
     mesh = None
     try:
-        mesh = Mesh(url, transport_options={"connect_timeout": 3}
-                    if url.startswith("kafka") else {}, capabilities={"enabled": False})
+        mesh = Mesh(
+            url,
+            transport_options={"connect_timeout": 3} if url.startswith("kafka") else {},
+            capabilities={"enabled": False},
+        )
         exposed += [repr(mesh), repr(mesh.transport), repr(mesh.config), str(mesh.config)]
         await mesh.start()
         await mesh.publish(Event("canary.probe", "/faults", {}))
@@ -122,13 +143,12 @@ async def _probe(url: str) -> list[str]:
             with contextlib.suppress(MeshError):
                 await mesh.stop(timeout=0.5)
     if mesh is not None:
-        with contextlib.suppress(MeshError):   # a publish on the never-started mesh
+        with contextlib.suppress(MeshError):  # a publish on the never-started mesh
             await mesh.publish(Event("canary.probe", "/faults", {}))
     return exposed
 
 
-async def test_no_probe_exposes_the_secret(every_log_line: Everything,
-                                           reliability: Report) -> None:
+async def test_no_probe_exposes_the_secret(every_log_line: Everything, reliability: Report) -> None:
     exposed: list[str] = []
     probes = 0
     with _nats_with_auth() as nats_auth:
@@ -138,30 +158,44 @@ async def test_no_probe_exposes_the_secret(every_log_line: Everything,
     leaks = [text for text in [*exposed, *every_log_line.lines] if CANARY in text]
     assert not leaks, f"the secret leaked: {leaks[:3]}"
     debug = [line for line in every_log_line.lines if " DEBUG " in line]
-    assert debug and len({line.split()[0] for line in every_log_line.lines}) >= 3, \
+    assert debug and len({line.split()[0] for line in every_log_line.lines}) >= 3, (
         "the capture must see DEBUG lines of several loggers (the mesh's and the clients')"
-    reliability.record(SCENARIO, "all", lost=0,
-                       note=f"0 leaks in {probes} failing URLs, {len(exposed)} reprs and "
-                            f"errors, {len(every_log_line.lines)} DEBUG log lines")
+    )
+    reliability.record(
+        SCENARIO,
+        "all",
+        lost=0,
+        note=f"0 leaks in {probes} failing URLs, {len(exposed)} reprs and "
+        f"errors, {len(every_log_line.lines)} DEBUG log lines",
+    )
 
 
-@pytest.mark.parametrize("command", [
-    ["publish", "canary.probe", "--data", "{}"],
-    ["tail", "--count", "1"],
-    ["dlq", "list", "--wait", "0.2"],
-    ["dlq", "replay", "--all", "--wait", "0.2"],
-    ["agents", "--wait", "0.2"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "canary.probe", "--data", "{}"],
+        ["tail", "--count", "1"],
+        ["dlq", "list", "--wait", "0.2"],
+        ["dlq", "replay", "--all", "--wait", "0.2"],
+        ["agents", "--wait", "0.2"],
+    ],
+)
 def test_cli_output_never_shows_the_secret(command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["PYTHONPATH"] = str(REPO)
     shown = []
-    for url in (f"amqp://guest:{CANARY}@127.0.0.1:{_free_port()}/",
-                f"nats://u:{CANARY}@127.0.0.1:{_free_port()}"):
+    for url in (
+        f"amqp://guest:{CANARY}@127.0.0.1:{_free_port()}/",
+        f"nats://u:{CANARY}@127.0.0.1:{_free_port()}",
+    ):
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "mesh", *command, "--transport", url,
-                                 "--log-level", "debug"], capture_output=True, text=True,
-                                env=env, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "mesh", *command, "--transport", url, "--log-level", "debug"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         shown.append(result.stdout + result.stderr)
         assert result.returncode == 1, result.stdout + result.stderr
         assert time.monotonic() - started < 30

@@ -29,19 +29,29 @@ async def main(config: dict[str, Any], out: TextIO) -> None:
         out.write(f"{text} {time.time():.6f}\n")
         out.flush()
 
-    mesh = Mesh(config["url"], transport_options=config.get("options", {}), source="/faults",
-                capabilities={"enabled": False}, shutdown_timeout=1.0,
-                retry={"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.05,
-                       "max_deliveries": config.get("max_deliveries", 10)},
-                dead_letter_channel=config.get("dead_letter_channel", "mesh.deadletter"))
+    mesh = Mesh(
+        config["url"],
+        transport_options=config.get("options", {}),
+        source="/faults",
+        capabilities={"enabled": False},
+        shutdown_timeout=1.0,
+        retry={
+            "max_attempts": 2,
+            "initial_backoff": 0.01,
+            "max_backoff": 0.05,
+            "max_deliveries": config.get("max_deliveries", 10),
+        },
+        dead_letter_channel=config.get("dead_letter_channel", "mesh.deadletter"),
+    )
     work = float(config.get("work", 0.0))
 
-    @mesh.on(config["channel"], group=config["group"],
-             max_in_flight=int(config.get("max_in_flight", 8)))
+    @mesh.on(
+        config["channel"], group=config["group"], max_in_flight=int(config.get("max_in_flight", 8))
+    )
     async def handle(event: Event, ctx: Context) -> None:
         line(f"S {event.id}")
         if isinstance(event.data, dict) and event.data.get("poison"):
-            os._exit(137)   # the handler takes its process down
+            os._exit(137)  # the handler takes its process down
         if work:
             await asyncio.sleep(work)
         line(f"D {event.id}")

@@ -7,5 +7,6 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "benchmark: runs the benchmark harness in smoke mode "
-        "(deselect with -m 'not benchmark')")
+        "markers",
+        "benchmark: runs the benchmark harness in smoke mode (deselect with -m 'not benchmark')",
+    )

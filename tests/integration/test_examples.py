@@ -19,8 +19,14 @@ EXAMPLES = REPO / "examples"
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def test_research_swarm_recovers_the_crashed_task_on_another_worker() -> None:
@@ -29,8 +35,11 @@ def test_research_swarm_recovers_the_crashed_task_on_another_worker() -> None:
     out = proc.stdout
     assert "\x1b[" not in out, "piped output must be plain lines, not terminal codes"
 
-    recovered = re.search(r"task (\d+) crashed on (worker-\d+), redelivered, completed by "
-                          r"(worker-\d+)", out)
+    recovered = re.search(
+        r"task (\d+) crashed on (worker-\d+), redelivered, completed by "
+        r"(worker-\d+)",
+        out,
+    )
     assert recovered is not None, out
     task, crashed_on, completed_by = recovered.groups()
     assert crashed_on != completed_by
@@ -39,7 +48,7 @@ def test_research_swarm_recovers_the_crashed_task_on_another_worker() -> None:
 
     sections = re.findall(r"^  (\d)\. .*\[(worker-\d+)\]$", out, re.MULTILINE)
     assert [index for index, _ in sections] == ["1", "2", "3", "4", "5", "6"]
-    after_crash = out[out.index(f"task {task} crashed on {crashed_on}:"):]
+    after_crash = out[out.index(f"task {task} crashed on {crashed_on}:") :]
     assert f"started on {crashed_on}" not in after_crash, "a crashed worker takes no more"
 
 
@@ -69,27 +78,44 @@ def test_supply_chain_fans_out_requests_a_capability_and_enforces_the_contract()
     assert event_id == correlation
     # one event, every consumer group
     for group in ("route-optimizer", "customer-service", "inventory", "supervisor"):
-        assert (f"fan-out: {group} [group {group}] got shipment.delayed SHP-1042 "
-                f"(event {event_id})") in out
+        assert (
+            f"fan-out: {group} [group {group}] got shipment.delayed SHP-1042 (event {event_id})"
+        ) in out
     # the capability found through the registry, and its request/reply correlated
-    assert re.search(r"^registry: optimize.route v1.2.0 served by "
-                     r"/supply-chain/route-optimizer .*group route-optimizers", out, re.M)
-    served = re.search(rf"route-optimizer: serving optimize.route request (\S+) "
-                       rf"\(correlationid {correlation}, reply to instance (\w+)\)", out)
+    assert re.search(
+        r"^registry: optimize.route v1.2.0 served by "
+        r"/supply-chain/route-optimizer .*group route-optimizers",
+        out,
+        re.M,
+    )
+    served = re.search(
+        rf"route-optimizer: serving optimize.route request (\S+) "
+        rf"\(correlationid {correlation}, reply to instance (\w+)\)",
+        out,
+    )
     assert served is not None, out
     request_id = served.group(1)
-    assert re.search(rf"supervisor: reply mesh.reply.optimize.route \S+ to request "
-                     rf"{request_id} \(correlationid {correlation}\): via Lyon", out), out
+    assert re.search(
+        rf"supervisor: reply mesh.reply.optimize.route \S+ to request "
+        rf"{request_id} \(correlationid {correlation}\): via Lyon",
+        out,
+    ), out
     # the outcomes, and the contract refusing the bad event before the broker saw it
     assert "supervisor: emitted shipment.decision" in out
-    assert re.search(r"customer-service: emitted customer.notified \S+ "
-                     rf"\(causationid {event_id}\)", out)
+    assert re.search(
+        r"customer-service: emitted customer.notified \S+ "
+        rf"\(causationid {event_id}\)",
+        out,
+    )
     assert "inventory: emitted inventory.rebalanced" in out
-    assert re.search(r"dispatch: refused an invalid shipment.delayed at the publisher, nothing "
-                     r"was sent: ContractViolation: .*delay_hours: -3 is less than the "
-                     r"minimum of 0", out)
+    assert re.search(
+        r"dispatch: refused an invalid shipment.delayed at the publisher, nothing "
+        r"was sent: ContractViolation: .*delay_hours: -3 is less than the "
+        r"minimum of 0",
+        out,
+    )
     assert out.count("got shipment.delayed") == 4, "the refused event reached nobody"
-    summary = out[out.index("SUMMARY for SHP-1042"):]
+    summary = out[out.index("SUMMARY for SHP-1042") :]
     assert f"request {request_id} -> reply" in summary
     assert "decision: reroute via Lyon (shipment.decision)" in summary
     assert "inventory: 40 x SKU-7 from Turin to Milan" in summary

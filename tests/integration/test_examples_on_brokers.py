@@ -20,15 +20,16 @@ from tests.integration.test_examples import run_example
 
 pytestmark = pytest.mark.broker
 
-KAFKA_TEST_TUNING = {"consumer.session.timeout.ms": 2000,
-                     "consumer.heartbeat.interval.ms": 500,
-                     "consumer.fetch.wait.max.ms": 20,
-                     "consumer.topic.metadata.refresh.interval.ms": 500}
+KAFKA_TEST_TUNING = {
+    "consumer.session.timeout.ms": 2000,
+    "consumer.heartbeat.interval.ms": 500,
+    "consumer.fetch.wait.max.ms": 20,
+    "consumer.topic.metadata.refresh.interval.ms": 500,
+}
 
 
 def _url(name: str, private_kafka: str | None = None) -> str:
-    url = private_kafka if name == "kafka" and private_kafka \
-        else brokers.ensure_or_skip(name)
+    url = private_kafka if name == "kafka" and private_kafka else brokers.ensure_or_skip(name)
     if name == "kafka":
         url += ("&" if "?" in url else "?") + urlencode(KAFKA_TEST_TUNING)
     return url
@@ -65,8 +66,11 @@ def private_tansu() -> Iterator[str | None]:
 def test_research_swarm_on_each_broker(broker: str, private_tansu: str | None) -> None:
     proc = run_example("research_swarm.py", "--transport", _url(broker, private_tansu))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    recovered = re.search(r"task (\d+) crashed on (worker-\d+), redelivered, completed by "
-                          r"(worker-\d+)", proc.stdout)
+    recovered = re.search(
+        r"task (\d+) crashed on (worker-\d+), redelivered, completed by "
+        r"(worker-\d+)",
+        proc.stdout,
+    )
     assert recovered is not None, proc.stdout[-3000:]
     assert recovered.group(2) != recovered.group(3)
 

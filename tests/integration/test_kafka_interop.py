@@ -33,8 +33,12 @@ from mesh.testing.util import wait_until
 pytestmark = pytest.mark.broker
 
 OPTIONS: dict[str, Any] = {
-    "consumer_config": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500,
-                        "fetch.wait.max.ms": 20, "topic.metadata.refresh.interval.ms": 500},
+    "consumer_config": {
+        "session.timeout.ms": 2000,
+        "heartbeat.interval.ms": 500,
+        "fetch.wait.max.ms": 20,
+        "topic.metadata.refresh.interval.ms": 500,
+    },
 }
 SENT_TIME = datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC)
 
@@ -47,8 +51,12 @@ def url() -> str:
 @pytest.fixture
 async def mesh(url: str) -> Any:
     prefix = f"interop{uuid.uuid4().hex[:10]}"
-    app = Mesh(url, transport_options=OPTIONS, source="/interop",
-               dead_letter_channel=f"{prefix}.deadletter")
+    app = Mesh(
+        url,
+        transport_options=OPTIONS,
+        source="/interop",
+        dead_letter_channel=f"{prefix}.deadletter",
+    )
     app.prefix = prefix  # type: ignore[attr-defined]
     yield app
     await app.stop(timeout=1)
@@ -63,8 +71,14 @@ def _bootstrap(url: str) -> str:
 
 def _read_one(url: str, topic: str, timeout: float = 30.0) -> Message:
     """The first record of ``topic`` with a plain consumer (manual assignment, no group)."""
-    consumer = Consumer({"bootstrap.servers": _bootstrap(url), "group.id": f"raw-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": _bootstrap(url),
+            "group.id": f"raw-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -79,21 +93,34 @@ def _read_one(url: str, topic: str, timeout: float = 30.0) -> Message:
 
 def _write(url: str, topic: str, record: KafkaMessage) -> None:
     producer = Producer({"bootstrap.servers": _bootstrap(url), "enable.idempotence": True})
-    producer.produce(topic, value=record.value, key=record.key,
-                     headers=list(record.headers.items()))
+    producer.produce(
+        topic, value=record.value, key=record.key, headers=list(record.headers.items())
+    )
     assert producer.flush(30) == 0
 
 
 async def test_mesh_event_reads_with_plain_client_and_sdk(mesh: Mesh, url: str) -> None:
     channel = f"{mesh.prefix}.orders.created"  # type: ignore[attr-defined]
-    sent = Event(channel, "https://example.com/shop", {"order": 7, "items": ["a", "b"]},
-                 id=f"id-{uuid.uuid4()}", subject="order/7", time=SENT_TIME,
-                 datacontenttype="application/json", dataschema="https://example.com/o.json",
-                 extensions={"partitionkey": "customer-9", "correlationid": "corr-1",
-                             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-"
-                                            "b7ad6b7169203331-01", "custom": "x y/z",
-                             "urgent": True, "archived": False, "priority": 5,
-                             "due": datetime(2026, 12, 1, 8, 0, tzinfo=UTC)})
+    sent = Event(
+        channel,
+        "https://example.com/shop",
+        {"order": 7, "items": ["a", "b"]},
+        id=f"id-{uuid.uuid4()}",
+        subject="order/7",
+        time=SENT_TIME,
+        datacontenttype="application/json",
+        dataschema="https://example.com/o.json",
+        extensions={
+            "partitionkey": "customer-9",
+            "correlationid": "corr-1",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "custom": "x y/z",
+            "urgent": True,
+            "archived": False,
+            "priority": 5,
+            "due": datetime(2026, 12, 1, 8, 0, tzinfo=UTC),
+        },
+    )
     async with mesh:
         await mesh.publish(sent)
     record = await asyncio.to_thread(_read_one, url, channel)
@@ -101,17 +128,30 @@ async def test_mesh_event_reads_with_plain_client_and_sdk(mesh: Mesh, url: str) 
     assert headers["ce_id"] == sent.id.encode() and headers["ce_specversion"] == b"1.0"
     assert headers["content-type"] == b"application/json"
     assert record.key() == b"customer-9"
-    message = KafkaMessage(headers={k: v or b"" for k, v in headers.items()},
-                           key=record.key(), value=record.value() or b"")
+    message = KafkaMessage(
+        headers={k: v or b"" for k, v in headers.items()},
+        key=record.key(),
+        value=record.value() or b"",
+    )
     got = kafka.from_binary(message, JSONFormat(), CloudEvent)
     assert got.get_attributes() == {
-        "id": sent.id, "source": sent.source, "type": sent.type, "specversion": "1.0",
-        "subject": "order/7", "time": SENT_TIME, "datacontenttype": "application/json",
-        "dataschema": "https://example.com/o.json", "partitionkey": "customer-9",
-        "correlationid": "corr-1", "custom": "x y/z",
+        "id": sent.id,
+        "source": sent.source,
+        "type": sent.type,
+        "specversion": "1.0",
+        "subject": "order/7",
+        "time": SENT_TIME,
+        "datacontenttype": "application/json",
+        "dataschema": "https://example.com/o.json",
+        "partitionkey": "customer-9",
+        "correlationid": "corr-1",
+        "custom": "x y/z",
         "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        "urgent": "true", "archived": "false", "priority": "5",
-        "due": "2026-12-01T08:00:00Z"}
+        "urgent": "true",
+        "archived": "false",
+        "priority": "5",
+        "due": "2026-12-01T08:00:00Z",
+    }
     assert got.get_data() == {"order": 7, "items": ["a", "b"]}
 
 
@@ -124,23 +164,45 @@ async def test_sdk_records_reach_a_mesh_handler(mesh: Mesh, url: str, mode: str)
     async def work(event: Event) -> None:
         received.append(event)
 
-    sdk_event = CloudEvent(attributes={
-        "id": f"sdk-{uuid.uuid4()}", "source": "/java-or-go-service", "type": channel,
-        "specversion": "1.0", "time": SENT_TIME, "subject": "t/1",
-        "datacontenttype": "application/json", "correlationid": "c-42",
-        "partitionkey": "tenant-3"}, data={"task": "summarize", "n": 3})
+    sdk_event = CloudEvent(
+        attributes={
+            "id": f"sdk-{uuid.uuid4()}",
+            "source": "/java-or-go-service",
+            "type": channel,
+            "specversion": "1.0",
+            "time": SENT_TIME,
+            "subject": "t/1",
+            "datacontenttype": "application/json",
+            "correlationid": "c-42",
+            "partitionkey": "tenant-3",
+        },
+        data={"task": "summarize", "n": 3},
+    )
     write = kafka.to_binary if mode == "binary" else kafka.to_structured
     record = write(sdk_event, JSONFormat())
-    if mode == "structured-with-ce-headers":   # misleading headers: the value is the event
-        record = KafkaMessage({**record.headers, "ce_id": b"header-id", "ce_type": b"other",
-                               "ce_source": b"/header", "ce_specversion": b"1.0"},
-                              record.key, record.value)
+    if mode == "structured-with-ce-headers":  # misleading headers: the value is the event
+        record = KafkaMessage(
+            {
+                **record.headers,
+                "ce_id": b"header-id",
+                "ce_type": b"other",
+                "ce_source": b"/header",
+                "ce_specversion": b"1.0",
+            },
+            record.key,
+            record.value,
+        )
     async with mesh:
         await asyncio.to_thread(_write, url, channel, record)
         await wait_until(lambda: len(received) == 1, 30, f"the {mode} SDK record")
     event = received[0]
     assert (event.id, event.source, event.type, event.subject, event.time) == (
-        sdk_event.get_id(), "/java-or-go-service", channel, "t/1", SENT_TIME)
+        sdk_event.get_id(),
+        "/java-or-go-service",
+        channel,
+        "t/1",
+        SENT_TIME,
+    )
     assert event.datacontenttype == "application/json"
     assert event.extensions == {"correlationid": "c-42", "partitionkey": "tenant-3"}
     assert event.data == {"task": "summarize", "n": 3}

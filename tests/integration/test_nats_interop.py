@@ -46,9 +46,11 @@ async def raw(url: str) -> AsyncIterator[Any]:
     """A plain nats-py connection with the same servers and credentials."""
     cfg = parse(url)
     nc = await nats.connect(
-        cfg.servers, user=cfg.user,
+        cfg.servers,
+        user=cfg.user,
         password=cfg.password.get_secret_value() if cfg.password else None,
-        token=cfg.token.get_secret_value() if cfg.token else None)
+        token=cfg.token.get_secret_value() if cfg.token else None,
+    )
     yield nc
     await nc.close()
 
@@ -67,18 +69,29 @@ async def mesh(url: str) -> AsyncIterator[Mesh]:
 
 def expected_attributes(event: Event) -> dict[str, Any]:
     """Attributes as a binary-mode reader sees them: extensions are strings on the wire."""
-    return {k: v if isinstance(v, str | datetime) else codec.canonical(v)
-            for k, v in event.get_attributes().items()}
+    return {
+        k: v if isinstance(v, str | datetime) else codec.canonical(v)
+        for k, v in event.get_attributes().items()
+    }
 
 
 async def test_mesh_event_read_by_plain_client_and_sdk(mesh: Mesh, raw: Any) -> None:
     channel = f"{mesh.prefix}.order.created"  # type: ignore[attr-defined]
     sub = await raw.subscribe(f"meshtest.{channel}")
-    sent = Event(channel, "https://example.com/shop?x=1", {"text": "héllo ✓", "n": [1, 2.5]},
-                 subject="Euro € 😀 100%", dataschema="https://example.com/s.json",
-                 time=datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC),
-                 extensions={"correlationid": "c-1", "partitionkey": "k", "meshhops": 2,
-                             "custom": "with spaces"})
+    sent = Event(
+        channel,
+        "https://example.com/shop?x=1",
+        {"text": "héllo ✓", "n": [1, 2.5]},
+        subject="Euro € 😀 100%",
+        dataschema="https://example.com/s.json",
+        time=datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC),
+        extensions={
+            "correlationid": "c-1",
+            "partitionkey": "k",
+            "meshhops": 2,
+            "custom": "with spaces",
+        },
+    )
     await mesh.start()
     await mesh.publish(sent)
     msg = await sub.next_msg(timeout=10)
@@ -108,11 +121,18 @@ async def test_sdk_message_handled_by_mesh(mesh: Mesh, raw: Any, mode: str) -> N
         arrived.set()
 
     await mesh.start()
-    sdk = CloudEvent(attributes={
-        "type": channel, "source": "urn:sdk:producer", "id": f"sdk-{mode}",
-        "subject": "a b/ü", "time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-        "datacontenttype": "application/json", "correlationid": "corr-9"},
-        data={"answer": 42, "text": "ünïcode"})
+    sdk = CloudEvent(
+        attributes={
+            "type": channel,
+            "source": "urn:sdk:producer",
+            "id": f"sdk-{mode}",
+            "subject": "a b/ü",
+            "time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            "datacontenttype": "application/json",
+            "correlationid": "corr-9",
+        },
+        data={"answer": 42, "text": "ünïcode"},
+    )
     to_message = binding.to_binary if mode == "binary" else binding.to_structured
     message = to_message(sdk, JSONFormat())
     js = raw.jetstream()
@@ -135,9 +155,24 @@ def auth_server(tmp_path: Any) -> Iterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
-                             str(tmp_path), "--user", "mesh", "--pass", "s3cret!"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(tmp_path),
+            "--user",
+            "mesh",
+            "--pass",
+            "s3cret!",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not brokers.reachable(f"nats://127.0.0.1:{port}", 0.2):
@@ -149,14 +184,17 @@ def auth_server(tmp_path: Any) -> Iterator[int]:
         proc.wait(10)
 
 
-async def test_credentials_from_url_and_options(auth_server: int,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_credentials_from_url_and_options(
+    auth_server: int, caplog: pytest.LogCaptureFixture
+) -> None:
     good = create(f"nats://mesh:s3cret%21@127.0.0.1:{auth_server}", {"connect_timeout": 5})
     await good.connect()
     await good.publish("auth.ok", Event("auth.ok", "/t", {}))
     await good.close()
-    by_option = create(f"nats://127.0.0.1:{auth_server}",
-                       {"user": "mesh", "password": "s3cret!", "connect_timeout": 5})
+    by_option = create(
+        f"nats://127.0.0.1:{auth_server}",
+        {"user": "mesh", "password": "s3cret!", "connect_timeout": 5},
+    )
     await by_option.connect()
     await by_option.close()
     bad = create(f"nats://mesh:wrong-pw@127.0.0.1:{auth_server}", {"connect_timeout": 2})

@@ -61,19 +61,36 @@ def specs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return Path(given)
     npm = shutil.which("npm")
     if npm is None:
-        _unavailable("npm is not installed, so @asyncapi/specs (the official AsyncAPI "
-                     "JSON Schema) cannot be fetched")
+        _unavailable(
+            "npm is not installed, so @asyncapi/specs (the official AsyncAPI "
+            "JSON Schema) cannot be fetched"
+        )
     prefix = tmp_path_factory.mktemp("asyncapi-specs")
     try:
         proc = subprocess.run(
-            [str(npm), "install", "--prefix", str(prefix), "--no-save", "--no-audit",
-             "--no-fund", "--no-package-lock", "--loglevel=error", SPECS_PACKAGE],
-            capture_output=True, text=True, timeout=300)
+            [
+                str(npm),
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--no-package-lock",
+                "--loglevel=error",
+                SPECS_PACKAGE,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except subprocess.TimeoutExpired:
         _unavailable(f"npm install {SPECS_PACKAGE} timed out (is the npm registry reachable?)")
     if proc.returncode != 0:
-        _unavailable(f"npm install {SPECS_PACKAGE} failed (is the npm registry reachable?): "
-                     f"{proc.stderr.strip()[-500:]}")
+        _unavailable(
+            f"npm install {SPECS_PACKAGE} failed (is the npm registry reachable?): "
+            f"{proc.stderr.strip()[-500:]}"
+        )
     return prefix / "node_modules" / "@asyncapi" / "specs"
 
 
@@ -86,15 +103,17 @@ def validator(specs_dir: Path) -> Draft7Validator:
     # Every definition is bundled with its own $id; crawling registers them all, so the
     # absolute $refs between them resolve offline. The draft-07 meta-schema it refers to
     # comes with jsonschema.
-    registry: Registry[Any] = Registry().with_resource(
-        schema["$id"], DRAFT7.create_resource(schema)).crawl()
-    return Draft7Validator(schema, registry=registry,
-                           format_checker=Draft7Validator.FORMAT_CHECKER)
+    registry: Registry[Any] = (
+        Registry().with_resource(schema["$id"], DRAFT7.create_resource(schema)).crawl()
+    )
+    return Draft7Validator(schema, registry=registry, format_checker=Draft7Validator.FORMAT_CHECKER)
 
 
 def schema_errors(validator: Draft7Validator, document: Mapping[str, Any]) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}"
-            for e in sorted(validator.iter_errors(document), key=lambda e: e.path)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}"
+        for e in sorted(validator.iter_errors(document), key=lambda e: e.path)
+    ]
 
 
 # --- what JSON Schema cannot check --------------------------------------------------------
@@ -131,9 +150,11 @@ def semantic_problems(document: Mapping[str, Any]) -> list[str]:
         except (KeyError, IndexError, ValueError):
             problems.append(f"unresolvable $ref {ref}")
     for section in ("messages", "schemas"):
-        problems += [f"bad components.{section} key {k!r}"
-                     for k in document.get("components", {}).get(section, {})
-                     if not COMPONENT_KEY.match(k)]
+        problems += [
+            f"bad components.{section} key {k!r}"
+            for k in document.get("components", {}).get(section, {})
+            if not COMPONENT_KEY.match(k)
+        ]
     for op_id, op in document.get("operations", {}).items():
         channel = op["channel"]["$ref"]
         for message in op.get("messages", []):
@@ -143,8 +164,9 @@ def semantic_problems(document: Mapping[str, Any]) -> list[str]:
         if reply:
             for message in reply.get("messages", []):
                 if not message["$ref"].startswith(reply["channel"]["$ref"] + "/messages/"):
-                    problems.append(f"operation {op_id}: reply {message['$ref']} not in "
-                                    "its channel")
+                    problems.append(
+                        f"operation {op_id}: reply {message['$ref']} not in its channel"
+                    )
     if "$defs" in set(_keys(document)):
         problems.append("a $defs block was left inside a schema")
     return problems
@@ -163,7 +185,7 @@ def _keys(node: Any) -> Iterator[str]:
 def assert_valid(validator: Draft7Validator, document: Mapping[str, Any]) -> None:
     assert schema_errors(validator, document) == []
     assert semantic_problems(document) == []
-    json.dumps(document)      # JSON-ready
+    json.dumps(document)  # JSON-ready
     assert yaml.safe_load(yaml.safe_dump(document)) == document
 
 
@@ -171,8 +193,9 @@ def assert_valid(validator: Draft7Validator, document: Mapping[str, Any]) -> Non
 
 
 def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_example_{name}",
-                                                  REPO / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"_example_{name}", REPO / "examples" / f"{name}.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -212,21 +235,42 @@ def rich_app(url: str = "nats://alice:s3cret@broker.internal:4222?token=t0ken") 
     """Contracts (two versions, a file-style JSON Schema with $id and definitions),
     capabilities, typed and untyped handlers, a filter, a dead-letter handler, and
     config routes of both kinds."""
-    config = MeshConfig.load(transport=url, source="/tests/rich", routes=[
-        {"name": "vip", "filter": {"prefix": {"type": "orders.vip."}}, "group": "vip"},
-        {"name": "audit", "filter": {"exact": {"type": "orders.created"}},
-         "to": "audit.orders"}])
+    config = MeshConfig.load(
+        transport=url,
+        source="/tests/rich",
+        routes=[
+            {"name": "vip", "filter": {"prefix": {"type": "orders.vip."}}, "group": "vip"},
+            {
+                "name": "audit",
+                "filter": {"exact": {"type": "orders.created"}},
+                "to": "audit.orders",
+            },
+        ],
+    )
     app = Mesh(MemoryTransport(), config=config)
     app.contract("plan.made", RoutePlan)
-    app.contract("legacy.thing", {
-        "$id": "https://schemas.example.com/legacy.json", "type": "object",
-        "definitions": {"Item": {"type": "object", "properties": {"n": {"type": "integer"}}}},
-        "properties": {"item": {"$ref": "#/definitions/Item"}, "again": {"$ref": "#"}}})
-    app.contract("orders.created", {"type": "object", "required": ["id"],
-                                    "properties": {"id": {"type": "integer"}}})
-    app.contract("orders.created", {"type": "object", "required": ["id"],
-                                    "properties": {"id": {"type": "integer"},
-                                                   "note": {"type": "string"}}}, version=2)
+    app.contract(
+        "legacy.thing",
+        {
+            "$id": "https://schemas.example.com/legacy.json",
+            "type": "object",
+            "definitions": {"Item": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+            "properties": {"item": {"$ref": "#/definitions/Item"}, "again": {"$ref": "#"}},
+        },
+    )
+    app.contract(
+        "orders.created",
+        {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}},
+    )
+    app.contract(
+        "orders.created",
+        {
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "integer"}, "note": {"type": "string"}},
+        },
+        version=2,
+    )
 
     @app.on("plan.made", group="planners")
     async def plan(p: RoutePlan, ctx: Context) -> None: ...
@@ -243,8 +287,13 @@ def rich_app(url: str = "nats://alice:s3cret@broker.internal:4222?token=t0ken") 
     @app.on_dead_letter(group="repair")
     async def repair(event: Event) -> None: ...
 
-    @app.capability("plan.route", input=RoutePlan, output=["plan.made", "route.ready"],
-                    tags=["routing", "planning"], version="2.1.0")
+    @app.capability(
+        "plan.route",
+        input=RoutePlan,
+        output=["plan.made", "route.ready"],
+        tags=["routing", "planning"],
+        version="2.1.0",
+    )
     async def plan_route(request: RoutePlan, ctx: Context) -> dict[str, Any]:
         """Plan a route through every stop."""
         return {}
@@ -263,7 +312,7 @@ def test_the_validator_is_real(validator: Draft7Validator) -> None:
     """A document AsyncAPI 3.0 rejects must fail here, or the other tests prove nothing."""
     document = asyncapi_document(rich_app())
     broken = json.loads(json.dumps(document))
-    next(iter(broken["operations"].values()))["action"] = "publish"   # AsyncAPI 2 wording
+    next(iter(broken["operations"].values()))["action"] = "publish"  # AsyncAPI 2 wording
     broken["channels"]["plan.made"]["bogus"] = True
     errors = schema_errors(validator, broken)
     assert any("publish" in e for e in errors) and any("bogus" in e for e in errors), errors
@@ -297,13 +346,16 @@ def test_app_without_capabilities_has_no_registry(validator: Draft7Validator) ->
     assert set(document["channels"]) == {"a.b", "mesh.deadletter"}
 
 
-@pytest.mark.parametrize("url", [
-    "kafka://svc:pw@k1:9092,k2:9092?sasl_mechanism=PLAIN",
-    "amqps://guest:guest@rabbit.example.com:5671/production",
-    "nats://t0ken@127.0.0.1:4222",
-    "memory://",
-    "memory://supply-chain",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://svc:pw@k1:9092,k2:9092?sasl_mechanism=PLAIN",
+        "amqps://guest:guest@rabbit.example.com:5671/production",
+        "nats://t0ken@127.0.0.1:4222",
+        "memory://",
+        "memory://supply-chain",
+    ],
+)
 def test_servers_validate_for_every_transport(validator: Draft7Validator, url: str) -> None:
     document = asyncapi_document(rich_app(url))
     assert_valid(validator, document)
@@ -312,24 +364,44 @@ def test_servers_validate_for_every_transport(validator: Draft7Validator, url: s
 # --- structure ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "key", "server"), [
-    ("nats://alice:s3cret@broker.internal:4222?token=t0ken", "nats",
-     {"host": "broker.internal:4222", "protocol": "nats"}),
-    ("nats://t0ken@127.0.0.1:4222", "nats", {"host": "127.0.0.1:4222", "protocol": "nats"}),
-    ("kafka://svc:s3cret@k1:9092,k2:9092?sasl_password=t0ken", "kafka",
-     {"host": "k1:9092,k2:9092", "protocol": "kafka"}),
-    ("amqp://guest:s3cret@rabbit:5672/prod?heartbeat=5", "amqp",
-     {"host": "rabbit:5672", "protocol": "amqp", "protocolVersion": "0.9.1",
-      "pathname": "/prod"}),
-    ("amqps://guest:s3cret@rabbit:5671/", "amqps",
-     {"host": "rabbit:5671", "protocol": "amqps", "protocolVersion": "0.9.1"}),
-    ("memory://supply-chain", "memory", {"host": "supply-chain", "protocol": "memory"}),
-    ("memory://", "memory", {"host": "localhost", "protocol": "memory"}),
-])
-def test_server_from_the_transport_url_without_credentials(url: str, key: str,
-                                                           server: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("url", "key", "server"),
+    [
+        (
+            "nats://alice:s3cret@broker.internal:4222?token=t0ken",
+            "nats",
+            {"host": "broker.internal:4222", "protocol": "nats"},
+        ),
+        ("nats://t0ken@127.0.0.1:4222", "nats", {"host": "127.0.0.1:4222", "protocol": "nats"}),
+        (
+            "kafka://svc:s3cret@k1:9092,k2:9092?sasl_password=t0ken",
+            "kafka",
+            {"host": "k1:9092,k2:9092", "protocol": "kafka"},
+        ),
+        (
+            "amqp://guest:s3cret@rabbit:5672/prod?heartbeat=5",
+            "amqp",
+            {
+                "host": "rabbit:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "pathname": "/prod",
+            },
+        ),
+        (
+            "amqps://guest:s3cret@rabbit:5671/",
+            "amqps",
+            {"host": "rabbit:5671", "protocol": "amqps", "protocolVersion": "0.9.1"},
+        ),
+        ("memory://supply-chain", "memory", {"host": "supply-chain", "protocol": "memory"}),
+        ("memory://", "memory", {"host": "localhost", "protocol": "memory"}),
+    ],
+)
+def test_server_from_the_transport_url_without_credentials(
+    url: str, key: str, server: dict[str, str]
+) -> None:
     document = asyncapi_document(rich_app(url))
-    (found_key, found), = document["servers"].items()
+    ((found_key, found),) = document["servers"].items()
     assert found_key == key
     assert {k: v for k, v in found.items() if k not in ("title", "description")} == server
     text = json.dumps(document)
@@ -353,7 +425,8 @@ def test_handlers_become_receive_operations_with_group_and_filter() -> None:
     assert channel["address"] == "alerts.*" and channel["x-mesh"] == {"pattern": True}
     # a wildcard handler's model describes what it takes from the pattern
     assert document["components"]["messages"]["Alert"]["payload"]["properties"] == {
-        "severity": {"title": "Severity", "type": "integer"}}
+        "severity": {"title": "Severity", "type": "integer"}
+    }
 
     # several types: one operation per channel
     assert ops["receive.billing.bill.1"]["channel"] == {"$ref": "#/channels/orders.created"}
@@ -379,12 +452,18 @@ def test_capabilities_are_request_reply_operations() -> None:
     assert op["channel"] == {"$ref": "#/channels/mesh.request.plan.route"}
     assert op["summary"] == "Plan a route through every stop."
     assert op["tags"] == [{"name": "routing"}, {"name": "planning"}]
-    assert op["x-mesh"] == {"capability": "plan.route", "version": "2.1.0",
-                            "group": "cap.plan.route", "tags": ["routing", "planning"],
-                            "outputTypes": ["plan.made", "route.ready"]}
+    assert op["x-mesh"] == {
+        "capability": "plan.route",
+        "version": "2.1.0",
+        "group": "cap.plan.route",
+        "tags": ["routing", "planning"],
+        "outputTypes": ["plan.made", "route.ready"],
+    }
     assert op["reply"]["channel"] == {"$ref": "#/channels/mesh.reply"}
     assert [m["$ref"].rsplit("/", 1)[1] for m in op["reply"]["messages"]] == [
-        "mesh.reply.plan.route", "mesh.reply.error"]
+        "mesh.reply.plan.route",
+        "mesh.reply.error",
+    ]
 
     reply = document["channels"]["mesh.reply"]
     assert reply["address"] == "mesh.reply.{instance}"
@@ -396,8 +475,11 @@ def test_capabilities_are_request_reply_operations() -> None:
     assert "capability.echo" in document["operations"]
 
     # output types and contracted types are what the app sends
-    sends = {op["x-mesh"]["eventType"]: op for op in document["operations"].values()
-             if op["action"] == "send" and "eventType" in op.get("x-mesh", {})}
+    sends = {
+        op["x-mesh"]["eventType"]: op
+        for op in document["operations"].values()
+        if op["action"] == "send" and "eventType" in op.get("x-mesh", {})
+    }
     assert set(sends) == {"plan.made", "route.ready", "legacy.thing", "orders.created"}
     assert sends["plan.made"]["x-mesh"]["reasons"] == ["contract", "output of plan.route"]
 
@@ -426,14 +508,15 @@ def test_pydantic_defs_move_to_components_schemas() -> None:
     assert schemas["Stop"]["properties"]["eta_hours"]["minimum"] == 0
     # the recursive model refers to itself through components.schemas
     assert schemas["Node"]["properties"]["children"]["items"] == {
-        "$ref": "#/components/schemas/Node"}
+        "$ref": "#/components/schemas/Node"
+    }
     # a JSON Schema with $id and a root self-reference moves there whole, without $id
     legacy = document["components"]["messages"]["legacy.thing"]
     assert legacy["payload"] == {"$ref": "#/components/schemas/legacy.thing"}
     assert schemas["legacy.thing"]["properties"]["again"] == {
-        "$ref": "#/components/schemas/legacy.thing"}
-    assert schemas["legacy.thing"]["properties"]["item"] == {
-        "$ref": "#/components/schemas/Item"}
+        "$ref": "#/components/schemas/legacy.thing"
+    }
+    assert schemas["legacy.thing"]["properties"]["item"] == {"$ref": "#/components/schemas/Item"}
     assert "$id" not in schemas["legacy.thing"]
     assert legacy["x-mesh"]["dataschema"] == "https://schemas.example.com/legacy.json"
     assert semantic_problems(document) == []
@@ -465,8 +548,12 @@ def test_supply_chain_route_optimizer(supply_chain: Any) -> None:
     capability = ops["capability.optimize.route"]
     assert capability["x-mesh"]["group"] == "route-optimizers"
     request = document["components"]["messages"]["mesh.request.optimize.route"]
-    assert set(request["payload"]["required"]) == {"shipment_id", "origin", "destination",
-                                                    "max_hours"}
+    assert set(request["payload"]["required"]) == {
+        "shipment_id",
+        "origin",
+        "destination",
+        "max_hours",
+    }
     dispatch = asyncapi_document(supply_chain.dispatch)
     send = dispatch["operations"]["send.shipment.delayed"]
     assert send["action"] == "send"
@@ -484,5 +571,5 @@ def test_document_is_pure_and_deterministic(supply_chain: Any) -> None:
 
 def test_served_capabilities_are_known_before_start() -> None:
     app = rich_app()
-    assert app.capabilities() == []          # the live registry: empty until started
+    assert app.capabilities() == []  # the live registry: empty until started
     assert [c.name for c in app.served_capabilities()] == ["plan.route", "echo"]

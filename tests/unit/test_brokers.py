@@ -37,8 +37,7 @@ def test_restart_refuses_servers_the_tests_did_not_start(name: str) -> None:
     with pytest.raises(brokers.NotStartedHere, match="Private"):
         brokers.restart(name)
     after = brokers.identify(brokers.broker_url(name))
-    assert (before is None and after is None) or (before is not None
-                                                  and before.same_server(after))
+    assert (before is None and after is None) or (before is not None and before.same_server(after))
 
 
 def test_identify_fingerprints_a_loopback_listener_only() -> None:
@@ -128,7 +127,8 @@ def test_private_rabbitmq_is_a_separate_node_killed_by_pid() -> None:
         data = rabbit.dir
     assert not data.exists() and not rabbit.running
     assert system is None or system.same_server(
-        brokers.identify(brokers.BROKERS["rabbitmq"].default_url))
+        brokers.identify(brokers.BROKERS["rabbitmq"].default_url)
+    )
 
 
 def _declare_and_publish(url: str) -> None:
@@ -138,11 +138,12 @@ def _declare_and_publish(url: str) -> None:
         connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel()
-            await channel.declare_queue("kept", durable=True,
-                                        arguments={"x-queue-type": "quorum"})
+            await channel.declare_queue("kept", durable=True, arguments={"x-queue-type": "quorum"})
             await channel.default_exchange.publish(
                 aio_pika.Message(b"x", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key="kept")
+                routing_key="kept",
+            )
+
     asyncio.run(run())
 
 
@@ -155,4 +156,5 @@ def _message_count(url: str) -> int:
             channel = await connection.channel()
             queue = await channel.declare_queue("kept", passive=True)
             return queue.declaration_result.message_count or 0
+
     return asyncio.run(run())

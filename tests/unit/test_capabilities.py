@@ -6,13 +6,31 @@ import asyncio
 
 import pytest
 
-from mesh import (Capability, ConfigError, Context, Event, Mesh, RequestTimeout,
-                  TransportClosed, from_a2a_skill, from_mcp_tool, to_a2a_skill, to_mcp_tool)
+from mesh import (
+    Capability,
+    ConfigError,
+    Context,
+    Event,
+    Mesh,
+    RequestTimeout,
+    TransportClosed,
+    from_a2a_skill,
+    from_mcp_tool,
+    to_a2a_skill,
+    to_mcp_tool,
+)
 
-CAP = Capability(name="summarize", group="summarizers", version="2.1.0",
-                 description="Summarize a text", tags=("nlp",),
-                 input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
-                 output_types=("summary.ready",), instance="i1", source="/agents/s")
+CAP = Capability(
+    name="summarize",
+    group="summarizers",
+    version="2.1.0",
+    description="Summarize a text",
+    tags=("nlp",),
+    input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+    output_types=("summary.ready",),
+    instance="i1",
+    source="/agents/s",
+)
 
 
 def test_dict_round_trip() -> None:
@@ -25,19 +43,30 @@ def test_a2a_skill_round_trip() -> None:
     assert skill["id"] == "summarize" and skill["tags"] == ["nlp"]
     assert skill["inputModes"] == ["application/json"]
     back = from_a2a_skill(skill)
-    assert (back.name, back.group, back.version, back.input_schema, back.output_types) == \
-        (CAP.name, CAP.group, CAP.version, CAP.input_schema, CAP.output_types)
+    assert (back.name, back.group, back.version, back.input_schema, back.output_types) == (
+        CAP.name,
+        CAP.group,
+        CAP.version,
+        CAP.input_schema,
+        CAP.output_types,
+    )
     plain = from_a2a_skill({"id": "translate", "name": "Translate", "description": "d"})
     assert plain.group == "cap.translate" and plain.input_schema == {}
 
 
 def test_mcp_tool_round_trip() -> None:
     tool = to_mcp_tool(CAP)
-    assert tool == {"name": "summarize", "description": "Summarize a text",
-                    "inputSchema": CAP.input_schema}
+    assert tool == {
+        "name": "summarize",
+        "description": "Summarize a text",
+        "inputSchema": CAP.input_schema,
+    }
     back = from_mcp_tool(tool, group="summarizers")
-    assert (back.name, back.group, back.input_schema) == ("summarize", "summarizers",
-                                                         CAP.input_schema)
+    assert (back.name, back.group, back.input_schema) == (
+        "summarize",
+        "summarizers",
+        CAP.input_schema,
+    )
 
 
 async def test_request_edge_cases() -> None:

@@ -69,16 +69,19 @@ async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
 
 
 def test_help_runs_as_python_dash_m() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mesh", "--help"], capture_output=True,
-                          text=True, timeout=60, env=cli_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "mesh", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+    )
     assert proc.returncode == 0, proc.stderr
-    for command in ("run", "publish", "tail", "dlq", "transports", "agents", "docs",
-                    "contracts"):
+    for command in ("run", "publish", "tail", "dlq", "transports", "agents", "docs", "contracts"):
         assert command in proc.stdout
 
 
-def test_subcommand_help_explains_private_memory_broker(capsys: pytest.CaptureFixture[str]
-                                                        ) -> None:
+def test_subcommand_help_explains_private_memory_broker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tail", "--help"]) == 0
     assert "private in-process broker" in capsys.readouterr().out
 
@@ -100,7 +103,8 @@ def test_transports_lists_memory(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_transports_hints_only_at_plugins_not_installed(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 10 item 27: it always printed "more: pip install ..." (names that install
     nothing) even with every plugin installed."""
     from mesh import plugins
@@ -116,12 +120,14 @@ def test_transports_hints_only_at_plugins_not_installed(
     monkeypatch.setattr(plugins, "transport_registry", lambda: Registry(everything))
     assert main(["transports"]) == 0
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(plugins, "transport_registry",
-                        lambda: Registry({"memory": "m", "kafka": "k"}))
+    monkeypatch.setattr(
+        plugins, "transport_registry", lambda: Registry({"memory": "m", "kafka": "k"})
+    )
     assert main(["transports"]) == 0
     assert capsys.readouterr().err.strip() == (
         "more brokers from a clone of the event-mesh repository: pip install ./plugins/nats "
-        "./plugins/rabbitmq")
+        "./plugins/rabbitmq"
+    )
 
 
 def test_publish_invalid_json_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,15 +145,17 @@ def test_publish_bad_extension_exits_2(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_publish_prints_the_event_id(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["publish", "orders.created", "--data", '{"id": 7}',
-                 "--transport", "memory://"]) == 0
+    assert (
+        main(["publish", "orders.created", "--data", '{"id": 7}', "--transport", "memory://"]) == 0
+    )
     captured = capsys.readouterr()
     uuid.UUID(captured.out.strip())
     assert "private in-process broker" in captured.err
 
 
 def test_unknown_scheme_exits_1_with_suggestion_and_no_password(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["publish", "a.b", "--transport", "memry://user:hunter2@host:1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unknown transport scheme")
@@ -156,7 +164,8 @@ def test_unknown_scheme_exits_1_with_suggestion_and_no_password(
 
 
 def test_transport_option_is_accepted_before_the_command(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["--transport", "memry://", "publish", "a.b"]) == 1
     assert "Did you mean" in capsys.readouterr().err
 
@@ -193,7 +202,9 @@ def test_parse_filter() -> None:
     assert parse_filter(None) == (">", None)
     assert parse_filter("orders.*") == ("orders.*", None)
     assert parse_filter('{"prefix": {"type": "orders."}}') == (
-        None, {"prefix": {"type": "orders."}})
+        None,
+        {"prefix": {"type": "orders."}},
+    )
     assert parse_filter('[{"exact": {"type": "a"}}]') == (None, [{"exact": {"type": "a"}}])
     with pytest.raises(UsageError, match="FILTER is not valid JSON"):
         parse_filter("[1")
@@ -210,11 +221,16 @@ def test_split_target() -> None:
 
 
 def test_format_event_line_is_one_compact_line() -> None:
-    event = Event("orders.created", "/shop", {"id": 7, "text": "x\ny" * 200}, id="e1",
-                  time="2024-01-02T03:04:05Z")
+    event = Event(
+        "orders.created",
+        "/shop",
+        {"id": 7, "text": "x\ny" * 200},
+        id="e1",
+        time="2024-01-02T03:04:05Z",
+    )
     line = format_event_line(event)
     assert "\n" not in line
-    assert line.startswith("2024-01-02T03:04:05Z  orders.created  /shop  e1  {\"id\":7")
+    assert line.startswith('2024-01-02T03:04:05Z  orders.created  /shop  e1  {"id":7')
     assert line.endswith("\u2026")
 
 
@@ -245,9 +261,14 @@ async def ping(event: Event) -> None:
 
 def _run_until_handled(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
     out = tmp_path / "handled.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "mesh", "run", *args], cwd=tmp_path,
-                            env=cli_env(APP_OUT=str(out)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh", "run", *args],
+        cwd=tmp_path,
+        env=cli_env(APP_OUT=str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (out.exists() and out.read_text()):
@@ -266,15 +287,16 @@ def _run_until_handled(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
 
 def test_run_app_file_until_sigint(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
-    code, handled, stderr = _run_until_handled(["app.py", "--transport",
-                                                "memory://runtest"], tmp_path)
+    code, handled, stderr = _run_until_handled(
+        ["app.py", "--transport", "memory://runtest"], tmp_path
+    )
     assert code == 0, stderr
     assert handled == "handled 1 on memory://runtest max_attempts=3\n"
     assert "press Ctrl-C to stop" in stderr
     assert "mesh: stopped" in stderr
 
 
-STUBBORN_APP = '''
+STUBBORN_APP = """
 import asyncio, os
 from mesh import Event, Mesh
 
@@ -295,7 +317,7 @@ async def stubborn(event: Event) -> None:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             continue   # ignores every cancellation
-'''
+"""
 
 
 def test_run_ends_although_a_handler_ignores_cancellation(tmp_path: Path) -> None:
@@ -303,8 +325,7 @@ def test_run_ends_although_a_handler_ignores_cancellation(tmp_path: Path) -> Non
     naming it, and the process ends (asyncio.run alone would wait for it forever)."""
     (tmp_path / "app.py").write_text(STUBBORN_APP)
     began = time.monotonic()
-    code, handled, stderr = _run_until_handled(["app.py", "--transport", "memory://stub"],
-                                               tmp_path)
+    code, handled, stderr = _run_until_handled(["app.py", "--transport", "memory://stub"], tmp_path)
     assert code == 0, stderr
     assert handled == "started\n" and time.monotonic() - began < 20
     assert "handler stubborn ignored cancellation" in stderr and "mesh: stopped" in stderr
@@ -312,10 +333,10 @@ def test_run_ends_although_a_handler_ignores_cancellation(tmp_path: Path) -> Non
 
 def test_run_module_attr_with_config_file(tmp_path: Path) -> None:
     (tmp_path / "demoapp.py").write_text(APP)
-    (tmp_path / "mesh.yaml").write_text("transport: memory://fromconfig\n"
-                                        "retry:\n  max_attempts: 5\n")
-    code, handled, stderr = _run_until_handled(["demoapp:mesh", "--config", "mesh.yaml"],
-                                               tmp_path)
+    (tmp_path / "mesh.yaml").write_text(
+        "transport: memory://fromconfig\nretry:\n  max_attempts: 5\n"
+    )
+    code, handled, stderr = _run_until_handled(["demoapp:mesh", "--config", "mesh.yaml"], tmp_path)
     assert code == 0, stderr
     assert handled == "handled 1 on memory://fromconfig max_attempts=5\n"
 
@@ -332,35 +353,39 @@ def test_run_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_run_missing_attr_names_the_meshes_found(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_missing_attr_names_the_meshes_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "app_attr.py").write_text(APP)
     assert main(["run", f"{tmp_path / 'app_attr.py'}:agents"]) == 2
     err = capsys.readouterr().err
     assert "has no attribute 'agents'" in err and "app_attr.py:mesh" in err
 
 
-def test_run_attr_that_is_not_a_mesh_exits_2(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_attr_that_is_not_a_mesh_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "app_notmesh.py").write_text(APP)
     assert main(["run", f"{tmp_path / 'app_notmesh.py'}:not_a_mesh"]) == 2
     assert "is a int, not a mesh.Mesh" in capsys.readouterr().err
 
 
-def test_run_app_that_fails_to_import_exits_1(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_app_that_fails_to_import_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "app_broken.py").write_text("raise RuntimeError('boom at import')\n")
     assert main(["run", str(tmp_path / "app_broken.py")]) == 1
     err = capsys.readouterr().err
     assert "RuntimeError: boom at import" in err and "traceback above" in err
 
 
-def test_run_refuses_transport_the_app_hardcodes(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("MESH_TRANSPORT", "memory://")   # restored after the test
+def test_run_refuses_transport_the_app_hardcodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MESH_TRANSPORT", "memory://")  # restored after the test
     (tmp_path / "app_fixed.py").write_text(
-        "from mesh import Mesh\nmesh = Mesh('memory://hardcoded')\n")
+        "from mesh import Mesh\nmesh = Mesh('memory://hardcoded')\n"
+    )
     assert main(["run", str(tmp_path / "app_fixed.py"), "--transport", "memory://other"]) == 2
     assert "explicit transport (memory://hardcoded)" in capsys.readouterr().err
 
@@ -382,8 +407,9 @@ async def test_publish_event_reaches_a_subscriber(url: str) -> None:
         got.append(event)
 
     async with app, Mesh(url) as cli:
-        event = Event("orders.created", "/cli", {"id": 7}, subject="o-7",
-                      extensions={"partitionkey": "o-7"})
+        event = Event(
+            "orders.created", "/cli", {"id": 7}, subject="o-7", extensions={"partitionkey": "o-7"}
+        )
         assert await publish_event(cli, event) == event.id
         await wait_for(lambda: len(got) == 1)
     assert got[0].id == event.id and got[0].data == {"id": 7}
@@ -392,8 +418,9 @@ async def test_publish_event_reaches_a_subscriber(url: str) -> None:
 
 async def test_tail_prints_count_events_then_returns(url: str) -> None:
     out, ready = io.StringIO(), asyncio.Event()
-    tail = asyncio.create_task(tail_events(Mesh(url), pattern="orders.>", count=2, out=out,
-                                           ready=ready))
+    tail = asyncio.create_task(
+        tail_events(Mesh(url), pattern="orders.>", count=2, out=out, ready=ready)
+    )
     await asyncio.wait_for(ready.wait(), 5)
     async with Mesh(url) as publisher:
         for n in range(3):
@@ -402,16 +429,18 @@ async def test_tail_prints_count_events_then_returns(url: str) -> None:
         assert await asyncio.wait_for(tail, 5) == 2
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    assert "orders.created  /shop  e0  {\"n\":0}" in lines[0]
+    assert 'orders.created  /shop  e0  {"n":0}' in lines[0]
     assert "e1" in lines[1]
 
 
 async def test_tail_json_filter_and_json_output(url: str) -> None:
     out, ready = io.StringIO(), asyncio.Event()
-    _, spec = parse_filter('{"all": [{"prefix": {"type": "orders."}}, '
-                           '{"sql": "subject = \'vip\'"}]}')
-    tail = asyncio.create_task(tail_events(Mesh(url), filter=spec, count=1, as_json=True,
-                                           out=out, ready=ready))
+    _, spec = parse_filter(
+        '{"all": [{"prefix": {"type": "orders."}}, {"sql": "subject = \'vip\'"}]}'
+    )
+    tail = asyncio.create_task(
+        tail_events(Mesh(url), filter=spec, count=1, as_json=True, out=out, ready=ready)
+    )
     await asyncio.wait_for(ready.wait(), 5)
     async with Mesh(url) as publisher:
         await publisher.publish(Event("users.created", "/shop", {}, subject="vip"))
@@ -419,14 +448,12 @@ async def test_tail_json_filter_and_json_output(url: str) -> None:
         wanted = Event("orders.paid", "/shop", {"n": 2}, subject="vip")
         await publisher.publish(wanted)
         await asyncio.wait_for(tail, 5)
-    assert [json.loads(line) for line in out.getvalue().splitlines()] == \
-        [codec.to_dict(wanted)]
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [codec.to_dict(wanted)]
 
 
 async def test_tail_stops_when_told(url: str) -> None:
     stop, ready = asyncio.Event(), asyncio.Event()
-    tail = asyncio.create_task(tail_events(Mesh(url), out=io.StringIO(), ready=ready,
-                                           stop=stop))
+    tail = asyncio.create_task(tail_events(Mesh(url), out=io.StringIO(), ready=ready, stop=stop))
     await asyncio.wait_for(ready.wait(), 5)
     stop.set()
     assert await asyncio.wait_for(tail, 5) == 0
@@ -434,8 +461,11 @@ async def test_tail_stops_when_told(url: str) -> None:
 
 async def test_tail_in_a_group_hands_back_what_it_did_not_show(url: str) -> None:
     out, ready = io.StringIO(), asyncio.Event()
-    tail = asyncio.create_task(tail_events(Mesh(url), pattern="jobs.created", group="workers",
-                                           count=1, out=out, ready=ready))
+    tail = asyncio.create_task(
+        tail_events(
+            Mesh(url), pattern="jobs.created", group="workers", count=1, out=out, ready=ready
+        )
+    )
     await asyncio.wait_for(ready.wait(), 5)
     async with Mesh(url) as publisher:
         await publisher.publish(Event("jobs.created", "/q", {"n": 1}, id="job-1"))
@@ -478,10 +508,23 @@ async def test_dlq_list_shows_why_and_leaves_copies(url: str) -> None:
             copies = await list_dead_letters(cli, out=out, idle=0.3)
             assert len(copies) == 1
             header, row = out.getvalue().splitlines()
-            assert header.split() == ["ID", "TYPE", "CHANNEL", "GROUP", "ATTEMPTS", "ERROR",
-                                      "REASON"]
-            assert row.split()[:6] == [copies[0].id, "orders.created", "orders.created",
-                                       "billing", "1", "DeadLetter"]
+            assert header.split() == [
+                "ID",
+                "TYPE",
+                "CHANNEL",
+                "GROUP",
+                "ATTEMPTS",
+                "ERROR",
+                "REASON",
+            ]
+            assert row.split()[:6] == [
+                copies[0].id,
+                "orders.created",
+                "orders.created",
+                "billing",
+                "1",
+                "DeadLetter",
+            ]
             assert row.endswith("customer 42 is unknown")
 
             out = io.StringIO()
@@ -508,19 +551,22 @@ async def test_dlq_replay_by_id_republishes_to_the_original_channel(url: str) ->
         async with Mesh(url) as cli:
             out = io.StringIO()
             replayed, missing = await replay_dead_letters(
-                cli, ids=[original.id, "no-such-id"], out=out, idle=0.3)
+                cli, ids=[original.id, "no-such-id"], out=out, idle=0.3
+            )
             assert missing == ["no-such-id"]
             assert [e.extensions["meshreplayof"] for e in replayed] == [original.id]
-            assert out.getvalue() == (f"replayed orders.created {original.id} as "
-                                      f"{replayed[0].id} to group billing\n")
+            assert out.getvalue() == (
+                f"replayed orders.created {original.id} as {replayed[0].id} to group billing\n"
+            )
             await wait_for(lambda: len(got) == 2)
             assert got[1].extensions["meshreplayof"] == original.id
 
             # the replay failed again: one new copy, found by its copy id this time
             await wait_for(lambda: app.stats("bill").dead_lettered == 2)
             (copy,) = await list_dead_letters(cli, out=io.StringIO(), idle=0.3)
-            replayed, missing = await replay_dead_letters(cli, ids=[copy.id],
-                                                          out=io.StringIO(), idle=0.3)
+            replayed, missing = await replay_dead_letters(
+                cli, ids=[copy.id], out=io.StringIO(), idle=0.3
+            )
             assert len(replayed) == 1 and missing == []
     finally:
         await app.stop()
@@ -568,15 +614,16 @@ async def test_dlq_replay_reaches_only_the_group_that_failed(url: str) -> None:
             await asyncio.sleep(0.2)
             assert len(runs["shipping"]) == 1, "a group that had succeeded ran it again"
             assert app.stats("ship").handled == 1
-            await cli.publish(Event("orders.created", "/shop", {"n": 2}))   # both still run
+            await cli.publish(Event("orders.created", "/shop", {"n": 2}))  # both still run
             await wait_for(lambda: len(runs["shipping"]) == 2 and len(runs["billing"]) == 3)
             # --all-groups reaches everyone
             broken = True
             await cli.publish(Event("orders.created", "/shop", {"n": 3}))
             await wait_for(lambda: app.stats("bill").dead_lettered == 2)
             broken = False
-            replayed, _ = await replay_dead_letters(cli, out=io.StringIO(), idle=0.2,
-                                                    all_groups=True)
+            replayed, _ = await replay_dead_letters(
+                cli, out=io.StringIO(), idle=0.2, all_groups=True
+            )
             assert len(replayed) == 1
             await wait_for(lambda: len(runs["shipping"]) == 4)
 
@@ -601,7 +648,8 @@ async def test_concurrent_dlq_lists_each_see_every_entry(url: str) -> None:
         await wait_for(lambda: app.stats("work").dead_lettered == 5 and len(seen_by_repair) == 5)
         async with Mesh(url) as one, Mesh(url) as two:
             first, second = await asyncio.gather(
-                one.dead_letters.list(idle=0.3), two.dead_letters.list(idle=0.3))
+                one.dead_letters.list(idle=0.3), two.dead_letters.list(idle=0.3)
+            )
             again = await one.dead_letters.list(idle=0.3)
         assert len(first) == len(second) == 5
         assert [e.id for e in first] == [e.id for e in second] == [e.id for e in again]
@@ -630,23 +678,39 @@ async def test_dlq_filters_and_an_apps_own_channel(url: str) -> None:
         await shop.publish(Event("orders.created", "/web", {}))
         await shop.publish(Event("orders.paid", "/pos", {}))
         await other.publish(Event("leads.created", "/web", {}))
-        await wait_for(lambda: shop.stats("bill").dead_lettered == 1
-                       and shop.stats("mail").dead_lettered == 1
-                       and other.stats("sell").dead_lettered == 1)
-        async with Mesh(url, dead_letter_channel="shop.deadletter") as tool, \
-                Mesh(url) as default_tool:
+        await wait_for(
+            lambda: (
+                shop.stats("bill").dead_lettered == 1
+                and shop.stats("mail").dead_lettered == 1
+                and other.stats("sell").dead_lettered == 1
+            )
+        )
+        async with (
+            Mesh(url, dead_letter_channel="shop.deadletter") as tool,
+            Mesh(url) as default_tool,
+        ):
             assert {e.type for e in await tool.dead_letters.list(idle=0.2)} == {
-                "orders.created", "orders.paid"}
+                "orders.created",
+                "orders.paid",
+            }
             assert [e.type for e in await default_tool.dead_letters.list(idle=0.2)] == [
-                "leads.created"]
+                "leads.created"
+            ]
             assert [e.type for e in await tool.dead_letters.list(idle=0.2, group="mail")] == [
-                "orders.paid"]
-            assert [e.type for e in await tool.dead_letters.list(idle=0.2, type="orders.*",
-                                                                 source="/web")] == [
-                "orders.created"]
+                "orders.paid"
+            ]
+            assert [
+                e.type
+                for e in await tool.dead_letters.list(idle=0.2, type="orders.*", source="/web")
+            ] == ["orders.created"]
             from datetime import UTC, datetime, timedelta
-            assert await tool.dead_letters.list(
-                idle=0.2, since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
+            assert (
+                await tool.dead_letters.list(
+                    idle=0.2, since=datetime.now(UTC) + timedelta(minutes=1)
+                )
+                == []
+            )
             assert len(await tool.dead_letters.list(idle=0.2, since=parse_since("5m"))) == 2
 
 
@@ -672,8 +736,9 @@ async def test_tail_shows_dead_letters_with_their_reason(url: str) -> None:
     wanted = "[dead letter of billing from orders.created: DeadLetter: customer 42 is unknown]"
     for pattern in ("mesh.deadletter", None):
         out, ready, stop = io.StringIO(), asyncio.Event(), asyncio.Event()
-        tail = asyncio.create_task(tail_events(Mesh(url), pattern=pattern, out=out, ready=ready,
-                                               stop=stop))
+        tail = asyncio.create_task(
+            tail_events(Mesh(url), pattern=pattern, out=out, ready=ready, stop=stop)
+        )
         await asyncio.wait_for(ready.wait(), 5)
         async with app:
             await app.publish(Event("orders.created", "/shop", {"customer": 42}))
@@ -694,8 +759,7 @@ class Summarize(BaseModel):
 def _provider(url: str, name: str, *, tags: tuple[str, ...] = ()) -> Mesh:
     app = Mesh(url, source=f"/agents/{name}")
 
-    @app.capability(name, input=Summarize, tags=tags, version="1.2.0",
-                    group=f"{name}-workers")
+    @app.capability(name, input=Summarize, tags=tags, version="1.2.0", group=f"{name}-workers")
     async def serve(request: Summarize, ctx: Context) -> dict[str, str]:
         """Serve the test capability, one line of docs."""
         return {"ok": request.text}
@@ -708,18 +772,34 @@ async def test_agents_lists_capabilities_of_other_instances(url: str) -> None:
     async with one, two:
         out = io.StringIO()
         listing = await list_agents(Mesh(url), out=out, wait=0.3)
-    assert [(c.name, c.instance) for c in listing] == [("summarize", one.instance_id),
-                                                       ("translate", two.instance_id)]
+    assert [(c.name, c.instance) for c in listing] == [
+        ("summarize", one.instance_id),
+        ("translate", two.instance_id),
+    ]
     header, *rows = out.getvalue().splitlines()
-    assert header.split() == ["NAME", "VERSION", "GROUP", "INSTANCE", "SOURCE", "TAGS",
-                              "EXPIRES", "DESCRIPTION"]
+    assert header.split() == [
+        "NAME",
+        "VERSION",
+        "GROUP",
+        "INSTANCE",
+        "SOURCE",
+        "TAGS",
+        "EXPIRES",
+        "DESCRIPTION",
+    ]
     first = rows[0].split()
-    assert first[:6] == ["summarize", "1.2.0", "summarize-workers", one.instance_id,
-                         "/agents/summarize", "nlp,text"]
+    assert first[:6] == [
+        "summarize",
+        "1.2.0",
+        "summarize-workers",
+        one.instance_id,
+        "/agents/summarize",
+        "nlp,text",
+    ]
     ttl = 3 * one.config.capabilities.heartbeat
     assert first[6].endswith("s") and 0 < int(first[6][:-1]) <= ttl
     assert rows[0].endswith("Serve the test capability, one line of docs.")
-    assert rows[1].split()[5] == "-"      # no tags
+    assert rows[1].split()[5] == "-"  # no tags
 
 
 async def test_agents_json_has_expiry_and_schema(url: str) -> None:
@@ -737,11 +817,12 @@ async def test_agents_watch_refreshes_and_sees_a_leave(url: str) -> None:
     await one.start()
     await two.start()
     out, stop = io.StringIO(), asyncio.Event()
-    watching = asyncio.create_task(list_agents(Mesh(url), out=out, wait=0.3, interval=0.2,
-                                               count=None, as_json=True, stop=stop))
+    watching = asyncio.create_task(
+        list_agents(Mesh(url), out=out, wait=0.3, interval=0.2, count=None, as_json=True, stop=stop)
+    )
     try:
         await wait_for(lambda: len(out.getvalue().splitlines()) >= 1)
-        await two.stop()                      # a graceful stop announces the leave
+        await two.stop()  # a graceful stop announces the leave
         await wait_for(lambda: len(json.loads(out.getvalue().splitlines()[-1])) == 1)
         stop.set()
         last = await asyncio.wait_for(watching, 5)
@@ -776,8 +857,7 @@ def test_agents_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["agents", "--interval", "-1"]) == 2
 
 
-def test_agents_help_explains_private_memory_broker(capsys: pytest.CaptureFixture[str]
-                                                    ) -> None:
+def test_agents_help_explains_private_memory_broker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agents", "--help"]) == 0
     out = capsys.readouterr().out
     assert "private in-process broker" in out and "--watch" in out
@@ -824,20 +904,28 @@ def _write_app(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_docs_writes_asyncapi_json_to_stdout(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_docs_writes_asyncapi_json_to_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, DOCS_APP)
     assert main(["docs", str(app), "--title", "Shop", "--api-version", "2.0.0"]) == 0
     out = capsys.readouterr().out
     document = json.loads(out)
     assert document["asyncapi"] == "3.0.0"
     assert document["info"]["title"] == "Shop" and document["info"]["version"] == "2.0.0"
-    assert document["servers"] == {"amqp": {
-        "host": "rabbit.internal:5672", "protocol": "amqp", "title": "RabbitMQ",
-        "protocolVersion": "0.9.1", "pathname": "/shop"}}
+    assert document["servers"] == {
+        "amqp": {
+            "host": "rabbit.internal:5672",
+            "protocol": "amqp",
+            "title": "RabbitMQ",
+            "protocolVersion": "0.9.1",
+            "pathname": "/shop",
+        }
+    }
     assert "hunter2" not in out
     assert {"receive.billing.bill", "capability.refund", "send.orders.created"} <= set(
-        document["operations"])
+        document["operations"]
+    )
 
 
 def test_docs_yaml_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -852,8 +940,9 @@ def test_docs_yaml_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert yaml.safe_load(explicit.read_text()) == document
 
 
-def test_docs_app_that_fails_to_import_exits_1(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_docs_app_that_fails_to_import_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, "raise RuntimeError('boom at import')\n")
     assert main(["docs", str(app)]) == 1
     assert "RuntimeError: boom at import" in capsys.readouterr().err
@@ -879,28 +968,36 @@ mesh.contract("orders.created", {"type": "object", "required": ["id"],
                                                 "tags": {"type": "array"}}}, version=2)
 """
 
-BROKEN_ON_PURPOSE = CONTRACTS_APP + """\
+BROKEN_ON_PURPOSE = (
+    CONTRACTS_APP
+    + """\
 mesh.contract("orders.created", {"type": "object", "required": ["id", "customer"],
                                  "properties": {"id": {"type": "string"},
                                                 "customer": {"type": "string"}}},
               version=3, compatible=False)
 """
+)
 
-REFUSED_AT_IMPORT = CONTRACTS_APP + """\
+REFUSED_AT_IMPORT = (
+    CONTRACTS_APP
+    + """\
 mesh.contract("orders.created", {"type": "object", "required": ["id"],
                                  "properties": {"id": {"type": "integer"}}}, version=3)
 """
+)
 
 
-def test_contracts_check_passes_a_compatible_history(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_contracts_check_passes_a_compatible_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, CONTRACTS_APP)
     assert main(["contracts", "check", str(app)]) == 0
     assert capsys.readouterr().out == "contracts ok: 1 contract(s)\n"
 
 
 def test_contracts_check_reports_versions_registered_incompatible(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, BROKEN_ON_PURPOSE)
     assert main(["contracts", "check", str(app)]) == 1
     lines = capsys.readouterr().out.splitlines()
@@ -911,7 +1008,8 @@ def test_contracts_check_reports_versions_registered_incompatible(
 
 
 def test_contracts_check_reports_an_app_refused_at_import(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, REFUSED_AT_IMPORT)
     assert main(["contracts", "check", str(app)]) == 1
     captured = capsys.readouterr()
@@ -921,8 +1019,9 @@ def test_contracts_check_reports_an_app_refused_at_import(
     assert captured.out.splitlines()[-1].startswith("contracts check failed: the app refused")
 
 
-def test_contracts_snapshot_then_check_against_it(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_contracts_snapshot_then_check_against_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, CONTRACTS_APP)
     snapshot = tmp_path / "contracts.json"
     assert main(["contracts", "snapshot", str(app), "-o", str(snapshot)]) == 0
@@ -932,9 +1031,13 @@ def test_contracts_snapshot_then_check_against_it(tmp_path: Path,
     assert f"against {snapshot}" in capsys.readouterr().out
 
     # the next build narrows the contract (in one step, so it imports) and drops none
-    changed = _write_app(tmp_path, CONTRACTS_APP.replace(
-        '"tags": {"type": "array"}}}, version=2)',
-        '"tags": {"type": "array", "maxItems": 3}}}, version=2)'))
+    changed = _write_app(
+        tmp_path,
+        CONTRACTS_APP.replace(
+            '"tags": {"type": "array"}}}, version=2)',
+            '"tags": {"type": "array", "maxItems": 3}}}, version=2)',
+        ),
+    )
     assert main(["contracts", "check", str(changed), "--against", str(snapshot)]) == 1
     out = capsys.readouterr().out
     assert "orders.created v2 -> v2: tags: maxItems 3 added (narrowed)" in out
@@ -945,8 +1048,9 @@ def test_contracts_snapshot_then_check_against_it(tmp_path: Path,
     assert "orders.created: contract removed" in capsys.readouterr().out
 
 
-def test_contracts_snapshot_to_stdout_is_stable(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_contracts_snapshot_to_stdout_is_stable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, CONTRACTS_APP)
     assert main(["contracts", "snapshot", str(app)]) == 0
     first = capsys.readouterr().out
@@ -955,8 +1059,9 @@ def test_contracts_snapshot_to_stdout_is_stable(tmp_path: Path,
     assert json.loads(first)["orders.created"]["schema"]["required"] == ["id"]
 
 
-def test_contracts_check_bad_snapshot_exits_2(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_contracts_check_bad_snapshot_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _write_app(tmp_path, CONTRACTS_APP)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -975,8 +1080,15 @@ def test_contracts_without_action_shows_help(capsys: pytest.CaptureFixture[str])
 
 def test_contract_report_merges_history_and_snapshot(tmp_path: Path) -> None:
     app = load_app(str(_write_app(tmp_path, CONTRACTS_APP)))
-    snapshot = {"orders.created": {"version": 1, "schema": {
-        "type": "object", "properties": {"id": {"type": "integer"}, "gone": {}}}}}
+    snapshot = {
+        "orders.created": {
+            "version": 1,
+            "schema": {"type": "object", "properties": {"id": {"type": "integer"}, "gone": {}}},
+        }
+    }
     assert contract_report(app, snapshot) == {
-        "orders.created v1 -> v2": ["(root): property 'gone' removed",
-                                    "(root): new required field 'id'"]}
+        "orders.created v1 -> v2": [
+            "(root): property 'gone' removed",
+            "(root): new required field 'id'",
+        ]
+    }

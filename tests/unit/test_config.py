@@ -19,8 +19,9 @@ def test_defaults() -> None:
 def test_precedence_yaml_env_kwargs(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
     path.write_text("transport: memory://file\nhop_limit: 4\nretry:\n  max_attempts: 7\n")
-    config = MeshConfig.load(path, env={"MESH_HOP_LIMIT": "5",
-                                        "MESH_RETRY__INITIAL_BACKOFF": "0.5"})
+    config = MeshConfig.load(
+        path, env={"MESH_HOP_LIMIT": "5", "MESH_RETRY__INITIAL_BACKOFF": "0.5"}
+    )
     assert config.transport_url == "memory://file"
     assert config.hop_limit == 5 and config.retry.max_attempts == 7
     assert config.retry.initial_backoff == 0.5
@@ -32,13 +33,19 @@ def test_test_variables_are_not_config() -> None:
     assert MeshConfig.load(env=env).transport_url == "memory://"
 
 
-@pytest.mark.parametrize("data,fragment", [
-    ({"transport": "localhost:4222"}, "transport: "),
-    ({"hop_limit": 0}, "hop_limit"),
-    ({"retry": {"max_attempts": "many"}}, "retry.max_attempts"),
-    ({"retrys": {}}, "retrys: unknown field; known fields: "),
-    ({"retry": {"attempts": 3}}, "retry.attempts: unknown field; known fields: initial_backoff"),
-])
+@pytest.mark.parametrize(
+    "data,fragment",
+    [
+        ({"transport": "localhost:4222"}, "transport: "),
+        ({"hop_limit": 0}, "hop_limit"),
+        ({"retry": {"max_attempts": "many"}}, "retry.max_attempts"),
+        ({"retrys": {}}, "retrys: unknown field; known fields: "),
+        (
+            {"retry": {"attempts": 3}},
+            "retry.attempts: unknown field; known fields: initial_backoff",
+        ),
+    ],
+)
 def test_bad_config_names_the_field(data: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         MeshConfig.build(data)
@@ -86,12 +93,14 @@ def test_mesh_config_variable_names_the_file(tmp_path: Path) -> None:
 
 def test_token_user_info_is_masked() -> None:
     from mesh import redact_url
+
     assert redact_url("nats://s3cr3ttoken@host:4222") == "nats://***@host:4222"
     assert redact_url("nats://host:4222") == "nats://host:4222"
 
 
 def test_an_argument_that_outranks_a_variable_is_reported(
-        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 10 item 21: MESH_TRANSPORT was silently ignored when the app passed a URL.
     The documented precedence stays (arguments win); the override is logged by name,
     never with the value (a URL may hold a password)."""
@@ -108,5 +117,5 @@ def test_an_argument_that_outranks_a_variable_is_reported(
     assert "MESH_RETRY__MAX_ATTEMPTS" in text and "Canary-pw" not in text
     caplog.clear()
     with caplog.at_level("WARNING", logger="mesh.config"):
-        MeshConfig.load()   # nothing passed: the variable decides, nothing to report
+        MeshConfig.load()  # nothing passed: the variable decides, nothing to report
     assert caplog.text == ""

@@ -8,14 +8,18 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from mesh import (ConfigError, ContractRegistry, ContractViolation, Event,
-                  compatibility_problems)
+from mesh import ConfigError, ContractRegistry, ContractViolation, Event, compatibility_problems
 
-BASE = {"type": "object", "required": ["order"],
-        "properties": {"order": {"type": "string", "maxLength": 20},
-                       "hours": {"type": "integer", "minimum": 0},
-                       "kind": {"enum": ["late", "lost"]},
-                       "stops": {"type": "array", "items": {"type": "string"}}}}
+BASE = {
+    "type": "object",
+    "required": ["order"],
+    "properties": {
+        "order": {"type": "string", "maxLength": 20},
+        "hours": {"type": "integer", "minimum": 0},
+        "kind": {"enum": ["late", "lost"]},
+        "stops": {"type": "array", "items": {"type": "string"}},
+    },
+}
 
 
 def _with(**changes: object) -> dict:
@@ -32,29 +36,35 @@ def _with(**changes: object) -> dict:
     return schema
 
 
-@pytest.mark.parametrize("new,fragment", [
-    (_with(properties__hours__type="string"), "hours: type changed"),
-    (_with(properties__hours=None), "property 'hours' removed"),
-    (_with(required=["order", "hours"]), "new required field 'hours'"),
-    (_with(properties__order__maxLength=10), "maxLength narrowed"),
-    (_with(properties__order__maxLength=30), "maxLength widened"),
-    (_with(properties__hours__minimum=5), "minimum narrowed"),
-    (_with(properties__kind__enum=["late"]), "enum narrowed"),
-    (_with(properties__kind__enum=["late", "lost", "stolen"]), "enum changed"),
-    (_with(properties__stops__items={"type": "integer"}), "stops[]: type changed"),
-    (_with(additionalProperties=False), "additionalProperties changed"),
-    (_with(properties__order__minLength=1), "minLength 1 added"),
-])
+@pytest.mark.parametrize(
+    "new,fragment",
+    [
+        (_with(properties__hours__type="string"), "hours: type changed"),
+        (_with(properties__hours=None), "property 'hours' removed"),
+        (_with(required=["order", "hours"]), "new required field 'hours'"),
+        (_with(properties__order__maxLength=10), "maxLength narrowed"),
+        (_with(properties__order__maxLength=30), "maxLength widened"),
+        (_with(properties__hours__minimum=5), "minimum narrowed"),
+        (_with(properties__kind__enum=["late"]), "enum narrowed"),
+        (_with(properties__kind__enum=["late", "lost", "stolen"]), "enum changed"),
+        (_with(properties__stops__items={"type": "integer"}), "stops[]: type changed"),
+        (_with(additionalProperties=False), "additionalProperties changed"),
+        (_with(properties__order__minLength=1), "minLength 1 added"),
+    ],
+)
 def test_incompatible_changes(new: dict, fragment: str) -> None:
     problems = compatibility_problems(BASE, new)
     assert any(fragment in p for p in problems), problems
 
 
-@pytest.mark.parametrize("new", [
-    BASE,
-    _with(properties__note={"type": "string"}),                 # a new optional field
-    _with(properties__order__description="the order id"),      # documentation only
-])
+@pytest.mark.parametrize(
+    "new",
+    [
+        BASE,
+        _with(properties__note={"type": "string"}),  # a new optional field
+        _with(properties__order__description="the order id"),  # documentation only
+    ],
+)
 def test_compatible_changes(new: dict) -> None:
     assert compatibility_problems(BASE, new) == []
 
@@ -69,8 +79,10 @@ def test_registry_sources_versions_and_validation(tmp_path: Path) -> None:
     v1 = registry.register("shipment.delayed", Delay)
     assert v1.uri == "urn:mesh:schema:shipment.delayed:v1"
     assert v1.errors({"order": "o", "hours": 1}) == []
-    assert v1.errors({"order": 1}) == ["(root): 'hours' is a required property",
-                                       "order: 1 is not of type 'string'"]
+    assert v1.errors({"order": 1}) == [
+        "(root): 'hours' is a required property",
+        "order: 1 is not of type 'string'",
+    ]
     with pytest.raises(ContractViolation) as info:
         v1.check(Event("shipment.delayed", "/s", {"order": "o"}))
     assert info.value.errors == ["(root): 'hours' is a required property"]
@@ -90,7 +102,8 @@ def test_registry_sources_versions_and_validation(tmp_path: Path) -> None:
     later.register("shipment.delayed", {"type": "object"}, version=4)
     assert "shipment.delayed v3 -> v4" in later.problems_against(snapshot)
     assert ContractRegistry().problems_against(snapshot) == {
-        "shipment.delayed": ["contract removed (consumers still expect it)"]}
+        "shipment.delayed": ["contract removed (consumers still expect it)"]
+    }
 
 
 def test_bad_schemas_are_config_errors(tmp_path: Path) -> None:
@@ -139,7 +152,13 @@ def test_nested_models_and_optionals_are_compared_through_refs() -> None:
 
 
 def test_recursive_schemas_terminate() -> None:
-    tree = {"$defs": {"node": {"type": "object", "properties": {
-        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
-        "$ref": "#/$defs/node"}
+    tree = {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+            }
+        },
+        "$ref": "#/$defs/node",
+    }
     assert compatibility_problems(tree, tree) == []

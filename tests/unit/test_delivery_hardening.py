@@ -34,8 +34,9 @@ class Recording(MemoryTransport):
     """A memory transport that records every publish (channel, event) and can refuse
     events above a size (like a broker's max payload)."""
 
-    def __init__(self, url: str = "memory://", limit: int | None = None,
-                 fail_dead_letters: int = 0) -> None:
+    def __init__(
+        self, url: str = "memory://", limit: int | None = None, fail_dead_letters: int = 0
+    ) -> None:
         super().__init__(url)
         self.sent: list[tuple[str, Event]] = []
         self.limit = limit
@@ -48,8 +49,9 @@ class Recording(MemoryTransport):
         if self.limit is not None and size > self.limit:
             self.refused.append((channel, time.monotonic()))
             self.refused_ids.append(event.id)
-            raise MessageTooLarge(f"{size} bytes over the limit {self.limit}", size=size,
-                                  limit=self.limit)
+            raise MessageTooLarge(
+                f"{size} bytes over the limit {self.limit}", size=size, limit=self.limit
+            )
         if channel == "mesh.deadletter" and self.fail_dead_letters > 0:
             self.fail_dead_letters -= 1
             self.refused.append((channel, time.monotonic()))
@@ -62,7 +64,8 @@ class Recording(MemoryTransport):
 
 
 async def test_failing_dead_letter_handler_drops_the_copy_and_counts_it(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     transport = Recording()
     mesh = fast_mesh(transport)
     runs: Counter[str] = Counter()
@@ -83,8 +86,11 @@ async def test_failing_dead_letter_handler_drops_the_copy_and_counts_it(
     copies = [e for channel, e in transport.sent if channel == "mesh.deadletter"]
     assert len(copies) == 1, f"{len(copies)} dead-letter copies; expected exactly one"
     assert sum(runs.values()) == 2 and mesh.stats("repair").dead_lettered == 0
-    assert any("repair" in r.getMessage() and "dropped" in r.getMessage()
-               for r in caplog.records if r.levelno >= logging.ERROR)
+    assert any(
+        "repair" in r.getMessage() and "dropped" in r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+    )
 
 
 # --- item 9: a forged meshhops is invalid input ----------------------------------------------
@@ -102,11 +108,15 @@ async def test_forged_meshhops_is_dead_lettered_not_run(hops: str) -> None:
         await ctx.emit("loop", {})
 
     async with mesh:
-        body = json.dumps({"specversion": "1.0", "id": "x1", "source": "/evil", "type": "loop",
-                           "meshhops": hops}).encode()
+        body = json.dumps(
+            {"specversion": "1.0", "id": "x1", "source": "/evil", "type": "loop", "meshhops": hops}
+        ).encode()
         await transport.publish_raw("loop", body)
-        await wait_until(lambda: any(c == "mesh.deadletter" for c, _ in transport.sent), 5,
-                         "the dead-letter copy")
+        await wait_until(
+            lambda: any(c == "mesh.deadletter" for c, _ in transport.sent),
+            5,
+            "the dead-letter copy",
+        )
     assert runs == []
     copy = next(e for c, e in transport.sent if c == "mesh.deadletter")
     assert "meshhops" in str(copy.extensions[DL_REASON])
@@ -117,12 +127,17 @@ def test_meshhops_must_be_a_non_negative_integer() -> None:
 
     for bad in (-1, True, "-3", "x"):
         with pytest.raises(InvalidEvent, match="meshhops"):
-            Event.from_attributes({"specversion": "1.0", "id": "1", "source": "/s", "type": "t",
-                                   "meshhops": bad})
+            Event.from_attributes(
+                {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "meshhops": bad}
+            )
     with pytest.raises(InvalidEvent, match="meshhops"):
         Event("t", "/s", meshhops=-2)
-    assert Event.from_attributes({"specversion": "1.0", "id": "1", "source": "/s", "type": "t",
-                                  "meshhops": "7"}).extensions["meshhops"] == 7
+    assert (
+        Event.from_attributes(
+            {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "meshhops": "7"}
+        ).extensions["meshhops"]
+        == 7
+    )
 
 
 # --- item 12 (core): mesh-defined extensions have one type everywhere -------------------------
@@ -131,10 +146,18 @@ def test_meshhops_must_be_a_non_negative_integer() -> None:
 def test_mesh_extensions_decode_to_their_types() -> None:
     from datetime import UTC, datetime
 
-    event = Event.from_attributes({"specversion": "1.0", "id": "1", "source": "/s", "type": "t",
-                                   "meshdlattempts": "3", "meshhops": "2",
-                                   "meshdlreduced": "true",
-                                   "meshdltime": "2026-12-01T10:00:00Z"})
+    event = Event.from_attributes(
+        {
+            "specversion": "1.0",
+            "id": "1",
+            "source": "/s",
+            "type": "t",
+            "meshdlattempts": "3",
+            "meshhops": "2",
+            "meshdlreduced": "true",
+            "meshdltime": "2026-12-01T10:00:00Z",
+        }
+    )
     assert event.extensions["meshdlattempts"] == 3 and event.extensions["meshhops"] == 2
     assert event.extensions["meshdlreduced"] is True
     assert event.extensions["meshdltime"] == datetime(2026, 12, 1, 10, tzinfo=UTC)
@@ -153,8 +176,11 @@ async def test_undecodable_messages_with_the_same_body_stay_apart() -> None:
     async with mesh:
         for _ in range(3):
             await transport.publish_raw("in", b"\x00not json")
-        await wait_until(lambda: sum(c == "mesh.deadletter" for c, _ in transport.sent) == 3, 5,
-                         "three dead-letter copies")
+        await wait_until(
+            lambda: sum(c == "mesh.deadletter" for c, _ in transport.sent) == 3,
+            5,
+            "three dead-letter copies",
+        )
         listed = await mesh.dead_letters.list(idle=0.2)
     copies = [e for c, e in transport.sent if c == "mesh.deadletter"]
     assert len({c.id for c in copies}) == 3, "different messages collapsed into one entry"
@@ -182,22 +208,23 @@ def test_undecodable_ids_follow_headers_and_position() -> None:
         async def _nack(self, delay: float) -> None: ...
 
     def dl_id(headers: dict[str, str], body: bytes, position: str | None) -> str:
-        return undecodable_event(Raw(headers, body, position), DecodeError("bad"), source="/s",
-                                 group="g").id
+        return undecodable_event(
+            Raw(headers, body, position), DecodeError("bad"), source="/s", group="g"
+        ).id
 
     same = dl_id({"ce-id": "\ufffd1"}, b"x", "7")
     assert same == dl_id({"ce-id": "\ufffd1"}, b"x", "7"), "a redelivery must keep its id"
     assert same != dl_id({"ce-id": "\ufffd2"}, b"x", "7")
     assert same != dl_id({"ce-id": "\ufffd1"}, b"x", "8")
-    assert dl_id({}, b"x", None) != dl_id({}, b"x", None), \
+    assert dl_id({}, b"x", None) != dl_id({}, b"x", None), (
         "without a broker position two identical messages must still stay apart"
+    )
 
 
 # --- items 1/2 (core): a dead-letter copy too large to write is written reduced ---------------
 
 
-@pytest.mark.parametrize("data,size", [("x" * 900, 902), (b"y" * 999, 999)],
-                         ids=["json", "bytes"])
+@pytest.mark.parametrize("data,size", [("x" * 900, 902), (b"y" * 999, 999)], ids=["json", "bytes"])
 async def test_too_large_dead_letter_copy_is_written_reduced(data: Any, size: int) -> None:
     event = Event("big", "/t", data)
     transport = Recording(limit=len(codec.to_json(event)) + 10)
@@ -208,9 +235,10 @@ async def test_too_large_dead_letter_copy_is_written_reduced(data: Any, size: in
         raise RuntimeError("fails")
 
     async with mesh:
-        await mesh.publish(event)   # fits; its copy (with the meshdl* extensions) does not
-        await wait_until(lambda: any(c == "mesh.deadletter" for c, _ in transport.sent), 5,
-                         "the reduced copy")
+        await mesh.publish(event)  # fits; its copy (with the meshdl* extensions) does not
+        await wait_until(
+            lambda: any(c == "mesh.deadletter" for c, _ in transport.sent), 5, "the reduced copy"
+        )
     [copy] = [e for c, e in transport.sent if c == "mesh.deadletter"]
     assert len(transport.refused) == 1
     assert copy.extensions.get("meshdlreduced") is True
@@ -221,17 +249,20 @@ async def test_too_large_dead_letter_copy_is_written_reduced(data: Any, size: in
 def test_a_reduced_copy_is_small_whatever_the_original_carried() -> None:
     from mesh.delivery import dead_letter_event, reduced_copy
 
-    event = Event("big", "/t", "x" * 100_000, subject="s" * 100_000,
-                  extensions={"custom": "c" * 100_000})
-    copy = dead_letter_event(event, RuntimeError("r" * 100_000), attempts=3, group="g",
-                             channel="big")
+    event = Event(
+        "big", "/t", "x" * 100_000, subject="s" * 100_000, extensions={"custom": "c" * 100_000}
+    )
+    copy = dead_letter_event(
+        event, RuntimeError("r" * 100_000), attempts=3, group="g", channel="big"
+    )
     assert len(codec.to_json(reduced_copy(copy))) < 2000
 
 
 async def test_failing_dead_letter_writes_back_off() -> None:
     transport = Recording(fail_dead_letters=4)
-    mesh = fast_mesh(transport, retry={**FAST, "initial_backoff": 0.05, "max_backoff": 1.0,
-                                        "jitter": 0.0})
+    mesh = fast_mesh(
+        transport, retry={**FAST, "initial_backoff": 0.05, "max_backoff": 1.0, "jitter": 0.0}
+    )
 
     @mesh.on("job", group="workers")
     async def work(event: Event) -> None:
@@ -239,12 +270,16 @@ async def test_failing_dead_letter_writes_back_off() -> None:
 
     async with mesh:
         await mesh.publish(Event("job", "/t", {}))
-        await wait_until(lambda: any(c == "mesh.deadletter" for c, _ in transport.sent), 10,
-                         "the copy after the broker came back")
+        await wait_until(
+            lambda: any(c == "mesh.deadletter" for c, _ in transport.sent),
+            10,
+            "the copy after the broker came back",
+        )
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(transport.refused)]
     assert len(transport.refused) == 4
-    assert all(later > earlier * 1.3 for earlier, later in itertools.pairwise(gaps)), \
+    assert all(later > earlier * 1.3 for earlier, later in itertools.pairwise(gaps)), (
         f"dead-letter retries must back off, gaps were {gaps}"
+    )
 
 
 # --- item 5: a message delivered max_deliveries times is dead-lettered ------------------------
@@ -258,12 +293,15 @@ async def test_crash_looping_message_is_dead_lettered_after_max_deliveries() -> 
     @mesh.on("poison", group="workers")
     async def work(event: Event, ctx: Any) -> None:
         runs.append(ctx.redeliveries)
-        raise RetryLater(0)   # given back each time, like a process that dies on it
+        raise RetryLater(0)  # given back each time, like a process that dies on it
 
     async with mesh:
         await mesh.publish(Event("poison", "/t", {}))
-        await wait_until(lambda: any(c == "mesh.deadletter" for c, _ in transport.sent), 5,
-                         "the dead-letter copy")
+        await wait_until(
+            lambda: any(c == "mesh.deadletter" for c, _ in transport.sent),
+            5,
+            "the dead-letter copy",
+        )
         await asyncio.sleep(0.2)
     assert runs == [0, 1, 2, 3]
     copy = next(e for c, e in transport.sent if c == "mesh.deadletter")
@@ -274,7 +312,8 @@ async def test_crash_looping_message_is_dead_lettered_after_max_deliveries() -> 
 
 
 async def test_stop_abandons_handlers_that_ignore_cancellation(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     mesh = fast_mesh()
     started, release = asyncio.Event(), asyncio.Event()
     task: list[asyncio.Task[Any] | None] = []
@@ -287,7 +326,7 @@ async def test_stop_abandons_handlers_that_ignore_cancellation(
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:
-                continue   # swallows every cancellation
+                continue  # swallows every cancellation
 
     await mesh.start()
     await mesh.publish(Event("slow", "/t", {}))
@@ -297,10 +336,13 @@ async def test_stop_abandons_handlers_that_ignore_cancellation(
         await mesh.stop(timeout=0.5)
         assert time.monotonic() - began < 5.0, "stop() must not wait for a stubborn handler"
         assert not mesh.started
-        assert any("stubborn" in r.getMessage() and "cancel" in r.getMessage()
-                   for r in caplog.records if r.levelno >= logging.WARNING)
+        assert any(
+            "stubborn" in r.getMessage() and "cancel" in r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING
+        )
     finally:
-        release.set()   # let the abandoned call end, or the test's loop would wait for it
+        release.set()  # let the abandoned call end, or the test's loop would wait for it
         if task and task[0] is not None:
             task[0].cancel()
             await asyncio.wait([task[0]], timeout=5)

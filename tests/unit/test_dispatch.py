@@ -18,7 +18,7 @@ import pytest
 from mesh.dispatch import Dispatcher
 from mesh.transport import Delivery
 
-WAIT = 5.0   # generous upper bound for anything awaited through an event
+WAIT = 5.0  # generous upper bound for anything awaited through an event
 
 
 class Rec(Delivery):
@@ -53,13 +53,20 @@ class Harness:
 
     Actions: "ack", "nack" (with ``delay``), "raise", "return" (leave unsettled)."""
 
-    def __init__(self, limit: int, *, manual: bool = True, drop: Iterable[str] = (),
-                 script: dict[str, list[str]] | None = None,
-                 delivery_cls: type[Rec] = Rec) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        manual: bool = True,
+        drop: Iterable[str] = (),
+        script: dict[str, list[str]] | None = None,
+        delivery_cls: type[Rec] = Rec,
+    ) -> None:
         self.manual, self.drop, self.script = manual, set(drop), script or {}
         self.delivery_cls = delivery_cls
-        self.pool: Dispatcher[str] = Dispatcher(self.handler, limit, self.make,
-                                                on_done=self.on_done)
+        self.pool: Dispatcher[str] = Dispatcher(
+            self.handler, limit, self.make, on_done=self.on_done
+        )
         self.started: list[tuple[str, int]] = []
         self.attempts: Counter[str] = Counter()
         self.active: set[str] = set()
@@ -122,8 +129,7 @@ class Harness:
             self.gates[key] = asyncio.get_running_loop().create_future()
         return self.gates[key]
 
-    def release(self, item: str, attempt: int = 1, action: str = "ack",
-                delay: float = 0.0) -> None:
+    def release(self, item: str, attempt: int = 1, action: str = "ack", delay: float = 0.0) -> None:
         self._gate(item, attempt).set_result((action, delay))
 
     async def wait_started(self, item: str, attempt: int = 1) -> None:
@@ -153,8 +159,8 @@ async def test_limit_bounds_concurrent_calls_and_keyless_items_start_in_arrival_
         h.pool.submit(item)
     assert h.pool.running == 3 and h.pool.load == 12
     await h.wait_done(*items)
-    assert h.max_active == 3          # reached the limit, never more
-    assert h.starts() == items        # no key: arrival order
+    assert h.max_active == 3  # reached the limit, never more
+    assert h.starts() == items  # no key: arrival order
     assert sorted(h.done) == sorted(items) and len(h.done) == 12
     assert (h.pool.load, h.pool.running, h.pool.delayed) == (0, 0, 0)
 
@@ -167,7 +173,7 @@ async def test_waiting_items_start_in_arrival_order_as_slots_free() -> None:
     assert h.starts() == ["a", "b"]
     assert (h.pool.running, h.pool.load, h.pool.delayed) == (2, 5, 0)
     assert h.pool.waiting() == ["c", "d", "e"]
-    assert h.pool.items() == ["a", "b", "c", "d", "e"]   # running first
+    assert h.pool.items() == ["a", "b", "c", "d", "e"]  # running first
     h.release("b")
     await h.wait_started("c")
     assert h.starts() == ["a", "b", "c"]
@@ -180,7 +186,7 @@ async def test_waiting_items_start_in_arrival_order_as_slots_free() -> None:
     h.release("e")
     await h.wait_done(*"abcde")
     assert h.starts() == list("abcde")
-    assert h.done == ["b", "a", "c", "d", "e"]      # finish order
+    assert h.done == ["b", "a", "c", "d", "e"]  # finish order
     assert h.acked == h.done
     assert (h.pool.load, h.pool.running) == (0, 0)
 
@@ -217,14 +223,14 @@ async def test_different_keys_and_keyless_items_run_concurrently() -> None:
     h.pool.submit("a2", key="A")
     h.pool.submit("free")
     await settle()
-    assert h.starts() == ["a1", "b1", "free"]   # a2 waits for its key, not for a slot
+    assert h.starts() == ["a1", "b1", "free"]  # a2 waits for its key, not for a slot
     assert h.max_active == 3 and h.pool.running == 3 and h.pool.load == 4
     assert h.pool.waiting() == ["a2"]
     h.release("b1")
     h.release("free")
     await h.wait_done("b1", "free")
     await settle()
-    assert "a2" not in h.starts()               # key A is still held by a1
+    assert "a2" not in h.starts()  # key A is still held by a1
     h.release("a1")
     await h.wait_started("a2")
     h.release("a2")
@@ -251,14 +257,14 @@ async def test_immediate_retry_keeps_the_key_and_is_not_overtaken(action: str) -
     h.pool.submit("first", key="K")
     h.pool.submit("second", key="K")
     await h.wait_started("first")
-    h.release("first", 1, action)   # nack(0); raise / return: deliver nacks it
+    h.release("first", 1, action)  # nack(0); raise / return: deliver nacks it
     await h.wait_started("first", 2)
     await settle()
     assert h.started == [("first", 1), ("first", 2)]
     attempt = h.made["first"][0]
     assert attempt.acks == 0 and attempt.nacks == [0.0] and attempt.retried == [True]
     assert attempt.unhandled == ([] if action == "nack" else [False])
-    assert h.done == []                          # not finished while retried
+    assert h.done == []  # not finished while retried
     assert (h.pool.running, h.pool.load) == (1, 2)
     await finish_first_then_second(h)
     assert h.made["first"][1].acks == 1 and len(h.made["first"]) == 2
@@ -280,7 +286,7 @@ async def test_delayed_retry_keeps_the_key_and_counts_as_delayed() -> None:
     assert (h.pool.running, h.pool.delayed, h.pool.load) == (1, 0, 2)
     assert h.made["first"][0].nacks == [0.3]
     await settle()
-    assert h.starts() == ["first", "first"]       # second still waits for the key
+    assert h.starts() == ["first", "first"]  # second still waits for the key
     await finish_first_then_second(h)
 
 
@@ -307,7 +313,7 @@ async def test_delayed_retry_is_queued_ahead_of_items_that_never_ran() -> None:
         h.pool.submit(item)
     await h.wait_started("x")
     h.release("x", 1, "nack", delay=0.3)
-    await h.wait_started("y")                    # the slot is free during the delay
+    await h.wait_started("y")  # the slot is free during the delay
     assert h.pool.delayed == 1
     # wait until x is due: it is then queued ahead of z
     for _ in range(int(WAIT / 0.01)):
@@ -338,15 +344,19 @@ async def test_raising_handler_is_nacked_by_deliver_and_retried() -> None:
 
 
 async def test_on_done_once_per_item_after_its_last_attempt() -> None:
-    script = {"n": ["nack", "ack"], "r": ["raise", "ack"], "u": ["return", "return", "ack"],
-              "ok": ["ack"]}
+    script = {
+        "n": ["nack", "ack"],
+        "r": ["raise", "ack"],
+        "u": ["return", "return", "ack"],
+        "ok": ["ack"],
+    }
     h = Harness(2, manual=False, script=script)
     for item in ("n", "r", "u", "ok"):
         h.pool.submit(item, key="same" if item in ("n", "u") else None)
     h.pool.submit("n2", key="same")
     await h.wait_done("n", "r", "u", "ok", "n2")
     await settle()
-    assert Counter(h.done) == Counter(["n", "r", "u", "ok", "n2"])   # exactly once each
+    assert Counter(h.done) == Counter(["n", "r", "u", "ok", "n2"])  # exactly once each
     assert h.done_attempts == {"n": 2, "r": 2, "u": 3, "ok": 1, "n2": 1}
     assert h.done.index("n") < h.done.index("u") < h.done.index("n2")  # key order
     assert h.max_active <= 2 and not h.same_item_overlap
@@ -401,7 +411,7 @@ async def test_make_is_called_for_every_attempt_and_may_drop_a_retry() -> None:
     h.pool.submit("x", key="K")
     h.pool.submit("y", key="K")
     await h.wait_started("x")
-    h.drop.add("x")                  # e.g. its partition was revoked meanwhile
+    h.drop.add("x")  # e.g. its partition was revoked meanwhile
     h.release("x", 1, "nack")
     await h.wait_started("y")
     assert h.starts() == ["x", "y"] and len(h.made["x"]) == 1
@@ -422,7 +432,7 @@ async def test_stop_returns_queued_parked_and_delayed_items_and_cancels_timers()
         h.pool.submit(item, key="A" if item == "parked" else None)
     await h.wait_started("retry")
     h.release("retry", 1, "nack", delay=0.5)
-    await h.wait_started("q1")                    # took the slot "retry" left
+    await h.wait_started("q1")  # took the slot "retry" left
     await settle()
     assert (h.pool.running, h.pool.delayed, h.pool.load) == (2, 1, 5)
     assert h.pool.waiting() == ["q2", "q3", "parked", "retry"]
@@ -437,20 +447,20 @@ async def test_stop_returns_queued_parked_and_delayed_items_and_cancels_timers()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     try:
-        await asyncio.sleep(0.7)                 # past the retry delay
+        await asyncio.sleep(0.7)  # past the retry delay
     finally:
         loop.set_exception_handler(previous)
-    assert ("retry", 2) not in h.started         # its timer was cancelled: it never
-    assert errors == []                          # fired (nor failed in a callback)
+    assert ("retry", 2) not in h.started  # its timer was cancelled: it never
+    assert errors == []  # fired (nor failed in a callback)
 
     h.release("run")
     h.release("q1")
     await h.wait_done("run", "q1")
     await settle()
-    assert sorted(h.done) == ["q1", "run"]       # never on_done for returned items
+    assert sorted(h.done) == ["q1", "run"]  # never on_done for returned items
     assert h.starts() == ["run", "retry", "q1"]  # "parked" did not get key A
     assert (h.pool.load, h.pool.running) == (0, 0)
-    assert h.pool.stop() == []                   # idempotent
+    assert h.pool.stop() == []  # idempotent
 
 
 async def test_items_submitted_after_stop_never_run_and_come_back_from_the_next_stop() -> None:
@@ -493,7 +503,7 @@ async def test_stop_during_an_attempt_with_a_scheduled_retry_finishes_it_once() 
         async def _nack(self, delay: float) -> None:
             await super()._nack(delay)
             nacked.set()
-            await resume    # still inside this attempt after scheduling the retry
+            await resume  # still inside this attempt after scheduling the retry
 
     h = Harness(2, delivery_cls=Slow)
     h.pool.submit("x")
@@ -527,7 +537,7 @@ async def test_drain_cancels_a_handler_past_the_timeout_without_acking() -> None
     h = Harness(2)
     h.pool.submit("slow")
     h.pool.submit("quick")
-    h.pool.submit("queued")   # limit 2: never starts
+    h.pool.submit("queued")  # limit 2: never starts
     await h.wait_started("slow")
     await h.wait_started("quick")
     assert h.pool.stop() == ["queued"]
@@ -537,7 +547,7 @@ async def test_drain_cancels_a_handler_past_the_timeout_without_acking() -> None
     slow = h.made["slow"][0]
     assert slow.acks == 0 and "slow" not in h.acked
     assert slow.unhandled == [True]
-    assert slow.nacks == [0.0] and slow.retried == [False]   # default _unhandled nacks
+    assert slow.nacks == [0.0] and slow.retried == [False]  # default _unhandled nacks
     assert h.attempts["slow"] == 1 and "queued" not in h.starts()
     assert sorted(h.done) == ["quick", "slow"]
     assert (h.pool.running, h.pool.load, h.pool.delayed) == (0, 0, 0)

@@ -17,20 +17,23 @@ def test_defaults_fill_id_time_and_specversion() -> None:
     assert event.datacontenttype is None
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    ({"type": "", "source": "/s"}, "'type'"),
-    ({"type": "t", "source": ""}, "'source'"),
-    ({"type": "t", "source": "/s", "id": ""}, "'id'"),
-    ({"type": "t", "source": "/s", "subject": ""}, "'subject'"),
-    ({"type": "t", "source": "/s", "specversion": "0.3"}, "specversion"),
-    ({"type": "t", "source": "/s", "time": datetime(2026, 1, 1)}, "timezone-aware"),
-    ({"type": "t", "source": "/s", "time": "yesterday"}, "RFC 3339"),
-    ({"type": "t", "source": "/s", "extensions": {"Bad": "x"}}, "extension name"),
-    ({"type": "t", "source": "/s", "extensions": {"data": "x"}}, "extension name"),
-    ({"type": "t", "source": "/s", "extensions": {"a" * 21: "x"}}, "extension name"),
-    ({"type": "t", "source": "/s", "extensions": {"big": 2**31}}, "32-bit"),
-    ({"type": "t", "source": "/s", "extensions": {"f": 1.5}}, "float"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        ({"type": "", "source": "/s"}, "'type'"),
+        ({"type": "t", "source": ""}, "'source'"),
+        ({"type": "t", "source": "/s", "id": ""}, "'id'"),
+        ({"type": "t", "source": "/s", "subject": ""}, "'subject'"),
+        ({"type": "t", "source": "/s", "specversion": "0.3"}, "specversion"),
+        ({"type": "t", "source": "/s", "time": datetime(2026, 1, 1)}, "timezone-aware"),
+        ({"type": "t", "source": "/s", "time": "yesterday"}, "RFC 3339"),
+        ({"type": "t", "source": "/s", "extensions": {"Bad": "x"}}, "extension name"),
+        ({"type": "t", "source": "/s", "extensions": {"data": "x"}}, "extension name"),
+        ({"type": "t", "source": "/s", "extensions": {"a" * 21: "x"}}, "extension name"),
+        ({"type": "t", "source": "/s", "extensions": {"big": 2**31}}, "32-bit"),
+        ({"type": "t", "source": "/s", "extensions": {"f": 1.5}}, "float"),
+    ],
+)
 def test_invalid_events_are_rejected(kwargs: dict, fragment: str) -> None:
     with pytest.raises(InvalidEvent, match=fragment):
         Event(kwargs.pop("type"), kwargs.pop("source"), **kwargs)
@@ -60,10 +63,22 @@ def test_immutable_and_replace() -> None:
 
 
 def test_extension_accessors() -> None:
-    event = Event("t", "/s", correlationid="c", causationid="p", traceparent="00-x",
-                  partitionkey="k", meshhops=4)
-    assert (event.correlationid, event.causationid, event.traceparent, event.partitionkey,
-            event.meshhops) == ("c", "p", "00-x", "k", 4)
+    event = Event(
+        "t",
+        "/s",
+        correlationid="c",
+        causationid="p",
+        traceparent="00-x",
+        partitionkey="k",
+        meshhops=4,
+    )
+    assert (
+        event.correlationid,
+        event.causationid,
+        event.traceparent,
+        event.partitionkey,
+        event.meshhops,
+    ) == ("c", "p", "00-x", "k", 4)
     assert Event("t", "/s").meshhops == 0
 
 
@@ -91,5 +106,6 @@ def test_from_attributes_requires_core_attributes() -> None:
     with pytest.raises(InvalidEvent, match="specversion"):
         Event.from_attributes({"id": "1", "type": "t", "source": "/s"})
     with pytest.raises(InvalidEvent, match="meshhops"):
-        Event.from_attributes({"id": "1", "type": "t", "source": "/s", "specversion": "1.0",
-                               "meshhops": "many"})
+        Event.from_attributes(
+            {"id": "1", "type": "t", "source": "/s", "specversion": "1.0", "meshhops": "many"}
+        )

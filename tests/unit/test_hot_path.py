@@ -23,8 +23,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from mesh import (Delivery, Event, InvalidEvent, MemoryIdempotencyStore, Mesh, RetryLater,
-                  RetryPolicy, codec)
+from mesh import (
+    Delivery,
+    Event,
+    InvalidEvent,
+    MemoryIdempotencyStore,
+    Mesh,
+    RetryLater,
+    RetryPolicy,
+    codec,
+)
 from mesh.app import _adapt
 from mesh.context import current_event
 from mesh.delivery import Consumer
@@ -38,21 +46,34 @@ from mesh.transports.memory import MemoryTransport, _MemoryDelivery
 def test_fast_construction_gives_a_plain_immutable_event() -> None:
     event = Event("t", "/s", {"a": 1}, subject="x", partitionkey="k")
     assert type(event) is Event and not isinstance(event, _Draft)
-    assert (event.type, event.source, event.data, event.subject, event.partitionkey) == \
-        ("t", "/s", {"a": 1}, "x", "k")
+    assert (event.type, event.source, event.data, event.subject, event.partitionkey) == (
+        "t",
+        "/s",
+        {"a": 1},
+        "x",
+        "k",
+    )
     with pytest.raises(AttributeError, match="immutable"):
         event.type = "other"  # type: ignore[misc]
     with pytest.raises(AttributeError, match="immutable"):
         del event.data
 
 
-@pytest.mark.parametrize("args,kwargs", [
-    (("", "/s"), {}), ((1, "/s"), {}), (("t", None), {}), (("t", "/s"), {"id": ""}),
-    (("t", "/s"), {"id": 7}), (("t", "/s"), {"dataschema": ""}),
-    (("t", "/s"), {"datacontenttype": 3}),
-])
-def test_inlined_checks_still_reject_bad_attributes(args: tuple[Any, ...],
-                                                     kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [
+        (("", "/s"), {}),
+        ((1, "/s"), {}),
+        (("t", None), {}),
+        (("t", "/s"), {"id": ""}),
+        (("t", "/s"), {"id": 7}),
+        (("t", "/s"), {"dataschema": ""}),
+        (("t", "/s"), {"datacontenttype": 3}),
+    ],
+)
+def test_inlined_checks_still_reject_bad_attributes(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     with pytest.raises(InvalidEvent):
         Event(*args, **kwargs)
 
@@ -60,6 +81,7 @@ def test_inlined_checks_still_reject_bad_attributes(args: tuple[Any, ...],
 def test_str_subclasses_are_still_accepted() -> None:
     class Name(str):
         pass
+
     event = Event(Name("t"), Name("/s"), id=Name("1"))
     assert event.type == "t" and event.source == "/s" and event.id == "1"
 
@@ -93,6 +115,7 @@ def test_each_thread_has_its_own_id_pool() -> None:
 
     def make() -> None:
         found.append([Event("t", "/s").id for _ in range(600)])
+
     threads = [threading.Thread(target=make) for _ in range(4)]
     for thread in threads:
         thread.start()
@@ -104,8 +127,8 @@ def test_each_thread_has_its_own_id_pool() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_reuse_the_parents_ids() -> None:
-    Event("t", "/s")                   # the pool is filled
-    upcoming = set(_ids.pool)          # what the parent hands out next
+    Event("t", "/s")  # the pool is filled
+    upcoming = set(_ids.pool)  # what the parent hands out next
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -126,7 +149,7 @@ def test_time_is_the_creation_instant_in_utc_and_stable() -> None:
     stamp = event.time
     assert stamp is not None and stamp.tzinfo is UTC
     assert before - timedelta(milliseconds=1) <= stamp <= after + timedelta(milliseconds=1)
-    assert event.time is stamp                                  # converted once
+    assert event.time is stamp  # converted once
     assert event.replace(subject="s").time == stamp
     assert event.get_time() == stamp and event.get_attributes()["time"] == stamp
     again = codec.from_json(codec.to_json(event))
@@ -137,8 +160,16 @@ def test_absent_and_given_times_are_kept() -> None:
     wire = Event.from_attributes({"id": "1", "type": "t", "source": "/s", "specversion": "1.0"})
     assert wire.time is None and wire.replace(subject="x").time is None
     assert "time" not in wire.get_attributes()
-    sdk = Event({"id": "1", "type": "t", "source": "/s", "specversion": "1.0",  # type: ignore[arg-type]
-                 "time": "2026-01-01T00:00:00Z"}, {"a": 1})
+    sdk = Event(
+        {
+            "id": "1",
+            "type": "t",
+            "source": "/s",
+            "specversion": "1.0",  # type: ignore[arg-type]
+            "time": "2026-01-01T00:00:00Z",
+        },
+        {"a": 1},
+    )
     assert sdk.time == datetime(2026, 1, 1, tzinfo=UTC) and sdk.data == {"a": 1}
     assert sdk.attributes["id"] == "1"
     given = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -151,8 +182,9 @@ def test_absent_and_given_times_are_kept() -> None:
 class FakeDelivery(Delivery):
     __slots__ = ("acked", "nacked", "on_ack")
 
-    def __init__(self, event: Event, channel: str = "t",
-                 on_ack: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, event: Event, channel: str = "t", on_ack: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(channel, 0, event)
         self.acked = self.nacked = 0
         self.on_ack = on_ack
@@ -209,15 +241,25 @@ class AsyncOnlyStore:
         pass
 
 
-def consumer_for(handler: Callable[..., Awaitable[Any]], store: Any = None,
-                 max_attempts: int = 2) -> Consumer:
+def consumer_for(
+    handler: Callable[..., Awaitable[Any]], store: Any = None, max_attempts: int = 2
+) -> Consumer:
     mesh = Mesh("memory://", capabilities={"enabled": False})
     invoke, wants_ctx, call_event = _adapt(handler)
-    return Consumer(mesh, invoke=invoke, wants_ctx=wants_ctx, call_event=call_event,
-                    scope="g", group="g", predicate=None,
-                    policy=RetryPolicy(max_attempts=max_attempts, initial_backoff=0.0),
-                    store=store, accepts_dead_letters=False, contracts=mesh.contracts,
-                    patterns=["t"])
+    return Consumer(
+        mesh,
+        invoke=invoke,
+        wants_ctx=wants_ctx,
+        call_event=call_event,
+        scope="g",
+        group="g",
+        predicate=None,
+        policy=RetryPolicy(max_attempts=max_attempts, initial_backoff=0.0),
+        store=store,
+        accepts_dead_letters=False,
+        contracts=mesh.contracts,
+        patterns=["t"],
+    )
 
 
 def test_memory_store_offers_the_sync_protocol() -> None:
@@ -232,6 +274,7 @@ async def test_duplicates_are_acked_unseen_on_both_store_paths(store_class: type
 
     async def handler(event: Event) -> None:
         seen.append(current_event())
+
     consumer = consumer_for(handler, store)
     event = Event("t", "/s", {})
     first, second = FakeDelivery(event), FakeDelivery(event)
@@ -250,9 +293,14 @@ async def test_the_key_is_recorded_before_the_ack() -> None:
 
     async def handler(event: Event) -> None:
         pass
+
     consumer = consumer_for(handler, store)
-    await consumer(FakeDelivery(event, on_ack=lambda: recorded.append(
-        store.seen_nowait(f"g\x1f{event.source}\x1f{event.id}"))))
+    await consumer(
+        FakeDelivery(
+            event,
+            on_ack=lambda: recorded.append(store.seen_nowait(f"g\x1f{event.source}\x1f{event.id}")),
+        )
+    )
     assert recorded == [True]
 
 
@@ -263,16 +311,17 @@ async def test_failed_attempts_and_retry_later_do_not_mark() -> None:
     async def handler(event: Event) -> None:
         calls.append(1)
         if len(calls) == 1:
-            raise ValueError("first attempt fails")   # retried in-process
+            raise ValueError("first attempt fails")  # retried in-process
         if len(calls) == 2:
-            raise RetryLater(after=0)                 # back to the broker
+            raise RetryLater(after=0)  # back to the broker
+
     consumer = consumer_for(handler, store, max_attempts=3)
     event = Event("t", "/s", {})
     first = FakeDelivery(event)
     await consumer(first)
     assert len(calls) == 2 and first.nacked == 1 and first.acked == 0
     assert "mark" not in store.calls and consumer.stats.failed_attempts == 1
-    again = FakeDelivery(event)                        # the redelivery runs the handler
+    again = FakeDelivery(event)  # the redelivery runs the handler
     await consumer(again)
     assert len(calls) == 3 and again.acked == 1 and consumer.stats.duplicates == 0
     assert store.calls.count("mark") == 1
@@ -285,6 +334,7 @@ async def test_a_cancelled_handler_is_neither_marked_nor_acked() -> None:
     async def handler(event: Event) -> None:
         started.set()
         await asyncio.sleep(3600)
+
     consumer = consumer_for(handler, store)
     delivery = FakeDelivery(Event("t", "/s", {}))
     task = asyncio.create_task(consumer(delivery))
@@ -308,6 +358,7 @@ async def test_handlers_with_context_or_model_keep_their_adapters() -> None:
 
     async def with_model(data: Data) -> None:
         got.append(data.n)
+
     assert _adapt(with_ctx)[2] is None and _adapt(with_model)[2] is None
     event = Event("t", "/s", {"n": 5})
     await consumer_for(with_ctx)(FakeDelivery(event))
@@ -320,6 +371,7 @@ async def test_the_skip_verdict_is_remembered_per_channel_and_bounded() -> None:
 
     async def handler(event: Event) -> None:
         handled.append(event.type)
+
     consumer = consumer_for(handler)
     dlq = consumer.mesh.config.dead_letter_channel
     for channel in ("t", "mesh.reply.x", dlq, "t", "mesh.reply.x", dlq):
@@ -346,21 +398,35 @@ async def test_bare_and_wrapped_queue_entries_deliver_alike() -> None:
             await delivery.nack()
         else:
             await delivery.ack()
+
     await transport.subscribe(["t", "other"], handler, group="g", max_in_flight=4)
-    await transport.publish_batch([("t", Event("t", "/s")),           # bare: channel = type
-                                   ("other", Event("t", "/s")),       # wrapped: own channel
-                                   ("t", Event("t", "/s", partitionkey="k"))])  # wrapped: key
+    await transport.publish_batch(
+        [
+            ("t", Event("t", "/s")),  # bare: channel = type
+            ("other", Event("t", "/s")),  # wrapped: own channel
+            ("t", Event("t", "/s", partitionkey="k")),
+        ]
+    )  # wrapped: key
     for _ in range(100):
         if len(got) == 6:
             break
         await asyncio.sleep(0.01)
     await transport.close()
-    assert sorted(got) == sorted([("t", "t", 0), ("t", "t", 1), ("other", "t", 0),
-                                  ("other", "t", 1), ("t", "t", 0), ("t", "t", 1)])
+    assert sorted(got) == sorted(
+        [
+            ("t", "t", 0),
+            ("t", "t", 1),
+            ("other", "t", 0),
+            ("other", "t", 1),
+            ("t", "t", 0),
+            ("t", "t", 1),
+        ]
+    )
 
 
 async def test_the_memory_worker_keeps_the_deliver_contract(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     transport = MemoryTransport("memory://")
     await transport.connect()
     deliveries: list[Delivery] = []
@@ -369,11 +435,12 @@ async def test_the_memory_worker_keeps_the_deliver_contract(
     async def handler(delivery: Delivery) -> None:
         deliveries.append(delivery)
         if len(deliveries) == 1:
-            raise RuntimeError("boom")      # logged, redelivered
+            raise RuntimeError("boom")  # logged, redelivered
         if len(deliveries) == 2:
-            return                          # unsettled: redelivered
+            return  # unsettled: redelivered
         blocked.set()
-        await asyncio.sleep(3600)           # cancelled by close: never acked
+        await asyncio.sleep(3600)  # cancelled by close: never acked
+
     sub = await transport.subscribe("t", handler, group="g")
     with caplog.at_level(logging.ERROR, logger="mesh.transport"):
         await transport.publish("t", Event("t", "/s"))
@@ -381,12 +448,13 @@ async def test_the_memory_worker_keeps_the_deliver_contract(
     assert "handler failed on channel t" in caplog.text
     assert [d.redeliveries for d in deliveries] == [0, 1, 2]
     await sub.close(timeout=0.01)
-    assert all(d.settled for d in deliveries)     # given back, not acked...
+    assert all(d.settled for d in deliveries)  # given back, not acked...
     again: list[int] = []
 
     async def second(delivery: Delivery) -> None:
         again.append(delivery.redeliveries)
         await delivery.ack()
+
     await transport.subscribe("t", second, group="g")  # ...so the group gets it again
     for _ in range(100):
         if again:
@@ -404,9 +472,10 @@ async def test_a_mesh_batch_is_handled_once_each_with_idempotency() -> None:
     @mesh.on("t", group="g", max_in_flight=8)
     async def handle(event: Event) -> None:
         seen.append(event.id)
+
     async with mesh:
         events = [Event("t", "/s", {"n": n}) for n in range(500)]
-        await mesh.publish_many(events + events[:50])       # 50 duplicates
+        await mesh.publish_many(events + events[:50])  # 50 duplicates
         for _ in range(200):
             if mesh.stats("handle").handled + mesh.stats("handle").duplicates == 550:
                 break

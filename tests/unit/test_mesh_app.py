@@ -14,11 +14,15 @@ from mesh import ConfigError, Context, Event, Mesh, RetryPolicy, TransportClosed
 def test_handler_signatures_are_checked_at_registration() -> None:
     mesh = Mesh("memory://")
     with pytest.raises(ConfigError, match="async def"):
+
         @mesh.on("a")
         def sync(event: Event) -> None: ...
+
     with pytest.raises(ConfigError, match=r"\(event\) or \(event, ctx\)"):
+
         @mesh.on("b")
         async def three(a: Event, b: Context, c: int) -> None: ...
+
     with pytest.raises(ConfigError, match="needs an event type"):
         mesh.on()
     with pytest.raises(ConfigError, match="empty token"):
@@ -32,7 +36,9 @@ def test_a_group_belongs_to_one_handler() -> None:
 
     @mesh.on("a", group="g")
     async def one(event: Event) -> None: ...
+
     with pytest.raises(ConfigError, match="already used by handler one"):
+
         @mesh.on("b", group="g")
         async def two(event: Event) -> None: ...
 
@@ -55,8 +61,9 @@ async def test_emit_inherits_correlation_causation_trace_hops() -> None:
         children.append(event)
 
     async with mesh:
-        parent = Event("task.created", "/ui", {}, traceparent="00-abc-def-01",
-                       tracestate="a=b", meshhops=2)
+        parent = Event(
+            "task.created", "/ui", {}, traceparent="00-abc-def-01", tracestate="a=b", meshhops=2
+        )
         await mesh.publish(parent)
         while not children:
             await asyncio.sleep(0.01)
@@ -97,6 +104,7 @@ async def test_sqlite_idempotency_across_restarts(tmp_path: Path) -> None:
         @mesh.on("pay", group="payments")
         async def pay(event: Event) -> None:
             handled.append(event.id)
+
         async with mesh:
             await mesh.publish(event)
             while mesh.stats("pay").handled + mesh.stats("pay").duplicates < 1:
@@ -112,8 +120,10 @@ class Order(BaseModel):
 def test_unresolvable_model_annotation_is_a_config_error() -> None:
     class Local(BaseModel):
         x: int
+
     mesh = Mesh("memory://")
     with pytest.raises(ConfigError, match="cannot resolve"):
+
         @mesh.on("t")
         async def handler(item: Local) -> None: ...
 

@@ -17,12 +17,21 @@ binding = pytest.importorskip("mesh_nats.binding")
 NATSMessage = binding.NATSMessage
 
 FULL = Event(
-    "com.example.order.created", "https://example.com/shop?x=1", {"text": "héllo ✓", "n": [1, 2.5]},
-    id="id-1", subject="Euro € 😀 \"quoted\" 100%", datacontenttype="application/json",
+    "com.example.order.created",
+    "https://example.com/shop?x=1",
+    {"text": "héllo ✓", "n": [1, 2.5]},
+    id="id-1",
+    subject='Euro € 😀 "quoted" 100%',
+    datacontenttype="application/json",
     dataschema="https://example.com/schema.json",
     time=datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC),
-    extensions={"correlationid": "corr-1", "partitionkey": "order-7", "meshhops": 3,
-                "custom": "spaces and/colons: ok"})
+    extensions={
+        "correlationid": "corr-1",
+        "partitionkey": "order-7",
+        "meshhops": 3,
+        "custom": "spaces and/colons: ok",
+    },
+)
 
 
 def roundtrip_binary(event: Event) -> Event:
@@ -47,10 +56,17 @@ def test_spec_example_encoding() -> None:
     assert binding.encode_header_value("Euro € 😀") == "Euro%20%E2%82%AC%20%F0%9F%98%80"
 
 
-@pytest.mark.parametrize("data,content_type", [
-    (b"\x00\x01binary\xff", "application/octet-stream"), ("plain ✓", "text/plain"),
-    ([1, "two"], "application/json"), ("a JSON string", "application/json"), (None, None),
-    ({"deep": [True, None]}, "application/vnd.example+json; charset=utf-8")])
+@pytest.mark.parametrize(
+    "data,content_type",
+    [
+        (b"\x00\x01binary\xff", "application/octet-stream"),
+        ("plain ✓", "text/plain"),
+        ([1, "two"], "application/json"),
+        ("a JSON string", "application/json"),
+        (None, None),
+        ({"deep": [True, None]}, "application/vnd.example+json; charset=utf-8"),
+    ],
+)
 def test_binary_round_trip(data: object, content_type: str | None) -> None:
     event = FULL.replace(data=data, datacontenttype=content_type)
     assert roundtrip_binary(event) == event
@@ -75,17 +91,25 @@ def test_structured_round_trip_and_detection() -> None:
 
 
 def test_cloudevents_content_type_in_binary_mode_is_not_mistaken_for_structured() -> None:
-    inner = FULL.replace(datacontenttype="application/cloudevents+json",
-                         data={"specversion": "1.0"})
+    inner = FULL.replace(
+        datacontenttype="application/cloudevents+json", data={"specversion": "1.0"}
+    )
     msg = binding.to_binary(inner, codec.FORMAT)
     assert "content-type" not in msg.headers and not binding.is_structured(msg)
     assert roundtrip_binary(inner) == inner
 
 
 def test_decoding_is_lenient_where_the_spec_says_so() -> None:
-    headers = {"CE-ID": "%69d-1", "Ce-Source": '"/a \\"b\\""', "ce-specversion": "1.0",
-               "ce-type": "t", "ce-subject": "caf%c3%a9", "Content-Type": "text/plain",
-               "ce-time": "2026-01-01t00:00:00z", "Nats-Msg-Id": "ignored"}
+    headers = {
+        "CE-ID": "%69d-1",
+        "Ce-Source": '"/a \\"b\\""',
+        "ce-specversion": "1.0",
+        "ce-type": "t",
+        "ce-subject": "caf%c3%a9",
+        "Content-Type": "text/plain",
+        "ce-time": "2026-01-01t00:00:00z",
+        "Nats-Msg-Id": "ignored",
+    }
     event = codec.decode(binding.from_nats, NATSMessage(headers, b"hi"))
     assert (event.id, event.source, event.subject) == ("id-1", '/a "b"', "café")
     assert event.datacontenttype == "text/plain" and event.data == "hi"
@@ -93,24 +117,52 @@ def test_decoding_is_lenient_where_the_spec_says_so() -> None:
     assert "nats-msg-id" not in event.extensions and "natsmsgid" not in event.extensions
 
 
-@pytest.mark.parametrize("headers,body", [
-    ({"ce-id": "1", "ce-source": "/s", "ce-specversion": "1.0", "ce-type": "%C0%A0"}, b""),
-    ({"ce-id": "1", "ce-source": "/s", "ce-specversion": "1.0", "ce-type": "t",
-      "ce-time": "yesterday"}, b""),
-    ({"ce-id": "1", "ce-specversion": "1.0", "ce-type": "t"}, b""),
-    ({"ce-id": "1", "ce-source": "/s", "ce-specversion": "1.0", "ce-type": "t",
-      "content-type": "application/json"}, b"{not json"),
-    ({}, b"\x00not a cloudevent{"),
-    ({"content-type": "application/cloudevents+json"}, b'{"id": 1}'),
-], ids=["overlong-utf8", "bad-time", "no-source", "bad-json-data", "garbage", "bad-structured"])
+@pytest.mark.parametrize(
+    "headers,body",
+    [
+        ({"ce-id": "1", "ce-source": "/s", "ce-specversion": "1.0", "ce-type": "%C0%A0"}, b""),
+        (
+            {
+                "ce-id": "1",
+                "ce-source": "/s",
+                "ce-specversion": "1.0",
+                "ce-type": "t",
+                "ce-time": "yesterday",
+            },
+            b"",
+        ),
+        ({"ce-id": "1", "ce-specversion": "1.0", "ce-type": "t"}, b""),
+        (
+            {
+                "ce-id": "1",
+                "ce-source": "/s",
+                "ce-specversion": "1.0",
+                "ce-type": "t",
+                "content-type": "application/json",
+            },
+            b"{not json",
+        ),
+        ({}, b"\x00not a cloudevent{"),
+        ({"content-type": "application/cloudevents+json"}, b'{"id": 1}'),
+    ],
+    ids=["overlong-utf8", "bad-time", "no-source", "bad-json-data", "garbage", "bad-structured"],
+)
 def test_malformed_messages_raise_decode_error(headers: dict[str, str], body: bytes) -> None:
     with pytest.raises(DecodeError):
         codec.decode(binding.from_nats, NATSMessage(headers, body))
 
 
 def test_sdk_cloudevent_and_json_format() -> None:
-    sdk = CloudEvent(attributes={"type": "com.example", "source": "/sdk", "id": "42",
-                                 "subject": "a b", "myext": "ünï"}, data={"k": "v"})
+    sdk = CloudEvent(
+        attributes={
+            "type": "com.example",
+            "source": "/sdk",
+            "id": "42",
+            "subject": "a b",
+            "myext": "ünï",
+        },
+        data={"k": "v"},
+    )
     msg = binding.to_binary(sdk, JSONFormat())
     back = binding.from_nats(msg, JSONFormat(), CloudEvent)
     assert back.get_attributes() == sdk.get_attributes() and back.get_data() == {"k": "v"}
@@ -121,8 +173,9 @@ def test_sdk_cloudevent_and_json_format() -> None:
 def test_the_sdk_http_binding_reads_nats_binary_headers() -> None:
     """Same ``ce-`` names and percent-encoding as HTTP: an independent decoder agrees."""
     msg = binding.to_binary(FULL, codec.FORMAT)
-    event = http.from_binary(http.HTTPMessage(dict(msg.headers), msg.data), codec.FORMAT,
-                             Event.from_attributes)
+    event = http.from_binary(
+        http.HTTPMessage(dict(msg.headers), msg.data), codec.FORMAT, Event.from_attributes
+    )
     assert event == FULL
 
 
@@ -136,14 +189,17 @@ def test_header_value_encoding_round_trips(text: str) -> None:
 _GOOD = {"ce-id": "1", "ce-source": "/s", "ce-specversion": "1.0", "ce-type": "t"}
 
 
-@pytest.mark.parametrize("name,value", [
-    ("ce-id", "bad-\ufffd"),              # nats-py decodes invalid UTF-8 with errors="replace"
-    ("ce-id", "bad-\udcff"),              # errors="surrogateescape" (a client that keeps bytes)
-    ("ce-source", "/s\ufffd"),
-    ("ce-myext", "x\ufffdy"),
-    ("content-type", "text/plain\ufffd"),
-    ("Content-Type", "application/cloudevents+json\ufffd"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("ce-id", "bad-\ufffd"),  # nats-py decodes invalid UTF-8 with errors="replace"
+        ("ce-id", "bad-\udcff"),  # errors="surrogateescape" (a client that keeps bytes)
+        ("ce-source", "/s\ufffd"),
+        ("ce-myext", "x\ufffdy"),
+        ("content-type", "text/plain\ufffd"),
+        ("Content-Type", "application/cloudevents+json\ufffd"),
+    ],
+)
 def test_header_that_was_not_utf8_makes_the_message_undecodable(name: str, value: str) -> None:
     """Two different invalid ids must not both become ``bad-\\ufffd`` (one would be dropped
     as a duplicate of the other): the message is undecodable, and the reason names the
@@ -156,7 +212,6 @@ def test_header_that_was_not_utf8_makes_the_message_undecodable(name: str, value
 def test_replacement_character_sent_percent_encoded_is_kept() -> None:
     """U+FFFD that a sender really meant arrives percent-encoded (the spec's form): it is
     text like any other, not a sign of bytes lost in decoding."""
-    event = codec.decode(binding.from_nats,
-                         NATSMessage({**_GOOD, "ce-subject": "%EF%BF%BD"}, b""))
+    event = codec.decode(binding.from_nats, NATSMessage({**_GOOD, "ce-subject": "%EF%BF%BD"}, b""))
     assert event.subject == "\ufffd"
     assert codec.decode(binding.from_nats, NATSMessage({**_GOOD, "x-other": "\ufffd"}, b""))

@@ -24,8 +24,13 @@ def test_credentials_are_secret_everywhere() -> None:
     assert cfg.password.get_secret_value() == "s3cr@t"
     token = parse("nats://t0ken@h").token
     assert token is not None and token.get_secret_value() == "t0ken"
-    for text in (repr(cfg), str(cfg), repr(parse("nats://t0ken@h")), cfg.servers[0],
-                 repr(NatsTransport("nats://alice:s3cr%40t@h?token=t0ken", {}))):
+    for text in (
+        repr(cfg),
+        str(cfg),
+        repr(parse("nats://t0ken@h")),
+        cfg.servers[0],
+        repr(NatsTransport("nats://alice:s3cr%40t@h?token=t0ken", {})),
+    ):
         assert "s3cr" not in text and "t0ken" not in text
     with pytest.raises(ConfigError) as exc:
         parse("nats://t0ken@h?password=hunter2&ack_wait=soon")
@@ -33,16 +38,19 @@ def test_credentials_are_secret_everywhere() -> None:
     assert "ack_wait" in str(exc.value)
 
 
-@pytest.mark.parametrize("url,options,needle", [
-    ("http://h", {}, "nats://host"),
-    ("nats://h/path", {}, "path"),
-    ("nats://h,,k", {}, "empty host"),
-    ("nats://h?stream=a.b", {}, "stream"),
-    ("nats://h", {"subject_prefix": "a.>"}, "subject_prefix"),
-    ("nats://h", {"colour": "blue"}, "colour"),
-    ("nats://h", {"storage": "tape"}, "storage"),
-    ("nats://h", {"ack_wait": 0}, "ack_wait"),
-])
+@pytest.mark.parametrize(
+    "url,options,needle",
+    [
+        ("http://h", {}, "nats://host"),
+        ("nats://h/path", {}, "path"),
+        ("nats://h,,k", {}, "empty host"),
+        ("nats://h?stream=a.b", {}, "stream"),
+        ("nats://h", {"subject_prefix": "a.>"}, "subject_prefix"),
+        ("nats://h", {"colour": "blue"}, "colour"),
+        ("nats://h", {"storage": "tape"}, "storage"),
+        ("nats://h", {"ack_wait": 0}, "ack_wait"),
+    ],
+)
 def test_bad_options_name_the_option(url: str, options: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse(url, options)
@@ -78,11 +86,22 @@ def test_channels_must_be_subject_tokens() -> None:
             check_channel(bad)
 
 
-@pytest.mark.parametrize("pattern,subject,expected", [
-    ("p.>", "p.a", True), ("p.>", "p.a.b", True), ("p.>", "p.*", True), ("p.>", "p.>", True),
-    ("p.>", "p", False), ("p.>", "q.a", False), ("p.*", "p.a", True), ("p.*", "p.a.b", False),
-    ("p.*", "p.>", False), ("p.a", "p.*", False), ("p.a", "p.a", True),
-])
+@pytest.mark.parametrize(
+    "pattern,subject,expected",
+    [
+        ("p.>", "p.a", True),
+        ("p.>", "p.a.b", True),
+        ("p.>", "p.*", True),
+        ("p.>", "p.>", True),
+        ("p.>", "p", False),
+        ("p.>", "q.a", False),
+        ("p.*", "p.a", True),
+        ("p.*", "p.a.b", False),
+        ("p.*", "p.>", False),
+        ("p.a", "p.*", False),
+        ("p.a", "p.a", True),
+    ],
+)
 def test_covers(pattern: str, subject: str, expected: bool) -> None:
     assert covers(pattern, subject) is expected
 

@@ -42,12 +42,15 @@ def test_scheme_is_case_insensitive_and_lowered() -> None:
     assert parse("TLS://h:1").scheme == "tls"
 
 
-@pytest.mark.parametrize("url", [
-    "nats://a:4222,b:4223,c",
-    "nats://a:4222,nats://b:4223,c",
-    "nats://a:4222, NATS://b:4223 , c",
-    "nats://a:4222,tls://b:4223,nats://c",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://a:4222,b:4223,c",
+        "nats://a:4222,nats://b:4223,c",
+        "nats://a:4222, NATS://b:4223 , c",
+        "nats://a:4222,tls://b:4223,nats://c",
+    ],
+)
 def test_multi_host_urls_with_and_without_repeated_scheme(url: str) -> None:
     parts = parse(url)
     assert parts.scheme == "nats"
@@ -117,34 +120,40 @@ def test_bad_scheme_names_the_schemes_and_the_example(url: str) -> None:
     assert "nats://" in message and "tls://" in message and EXAMPLE in message
 
 
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("nats://h:0", "port 0 is out of range"),
-    ("nats://h:65536", "port 65536 is out of range"),
-    ("nats://h:123456", "'h:123456' is not host or host:port"),
-    ("nats://h:abc", "'h:abc' is not host or host:port"),
-    ("nats://bad host:1", "'bad host:1' is not host or host:port"),
-    ("nats://[zz::1]:1", "is not host or host:port"),
-    ("nats://h,,k", "empty host"),
-    ("nats://h,", "empty host"),
-])
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("nats://h:0", "port 0 is out of range"),
+        ("nats://h:65536", "port 65536 is out of range"),
+        ("nats://h:123456", "'h:123456' is not host or host:port"),
+        ("nats://h:abc", "'h:abc' is not host or host:port"),
+        ("nats://bad host:1", "'bad host:1' is not host or host:port"),
+        ("nats://[zz::1]:1", "is not host or host:port"),
+        ("nats://h,,k", "empty host"),
+        ("nats://h,", "empty host"),
+    ],
+)
 def test_bad_host_or_port(url: str, fragment: str) -> None:
     message = config_error(url)
     assert fragment in message
 
 
-@pytest.mark.parametrize("url", [
-    f"http://u:{SECRET}@h:4222",
-    f"nats:/u:{SECRET}@h",
-    f"nats://u:{SECRET}@h:0",
-    f"nats://u:{SECRET}@h:99999",
-    f"nats://u:{SECRET}@h:abc",
-    f"nats://u:{SECRET}@bad host",
-    f"nats://u:{SECRET}@h,,k",
-    f"nats://{SECRET}@h:abc",
-    f"nats://:{SECRET}@h:0",
-    f"nats://u:pw@h:abc?password={SECRET}",
-    f"nats://h:abc?sasl_password={SECRET}",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://u:{SECRET}@h:4222",
+        f"nats:/u:{SECRET}@h",
+        f"nats://u:{SECRET}@h:0",
+        f"nats://u:{SECRET}@h:99999",
+        f"nats://u:{SECRET}@h:abc",
+        f"nats://u:{SECRET}@bad host",
+        f"nats://u:{SECRET}@h,,k",
+        f"nats://{SECRET}@h:abc",
+        f"nats://:{SECRET}@h:0",
+        f"nats://u:pw@h:abc?password={SECRET}",
+        f"nats://h:abc?sasl_password={SECRET}",
+    ],
+)
 def test_error_messages_never_contain_the_password(url: str) -> None:
     message = config_error(url)
     assert SECRET not in message
@@ -169,8 +178,7 @@ def test_addresses_fill_in_the_default_port() -> None:
 
 
 def test_addresses_put_ipv6_hosts_in_brackets() -> None:
-    assert parse("nats://[::1]:4223,[fe80::1]").addresses(4222) == ["[::1]:4223",
-                                                                     "[fe80::1]:4222"]
+    assert parse("nats://[::1]:4223,[fe80::1]").addresses(4222) == ["[::1]:4223", "[fe80::1]:4222"]
 
 
 def test_addresses_without_default_port_need_explicit_ports() -> None:
@@ -207,8 +215,12 @@ def build_error(values: dict[str, object], model: type[BaseModel] = Opts) -> Con
 
 
 def test_build_options_validates_and_coerces() -> None:
-    opts = build_options(Opts, {"password": SECRET, "max_in_flight": "12", "ack_wait": "1.5"},
-                         transport="NATS", url=URL)
+    opts = build_options(
+        Opts,
+        {"password": SECRET, "max_in_flight": "12", "ack_wait": "1.5"},
+        transport="NATS",
+        url=URL,
+    )
     assert isinstance(opts, Opts)
     assert opts.max_in_flight == 12 and opts.ack_wait == 1.5 and opts.stream == "MESH"
     assert opts.password is not None and opts.password.get_secret_value() == SECRET
@@ -227,22 +239,26 @@ def test_unknown_options_are_all_named_with_a_hint_only_when_one_is_close() -> N
     assert "colour (did you mean" not in message
 
 
-@pytest.mark.parametrize(("values", "rule"), [
-    ({"max_in_flight": 123456789}, "less than or equal to 1000"),
-    ({"max_in_flight": -987654}, "greater than or equal to 1"),
-    ({"max_in_flight": "plenty-of-them"}, "valid integer"),
-    ({"ack_wait": "whenever-ish"}, "valid number"),
-])
-def test_bad_value_names_the_option_and_rule_but_not_the_value(values: dict[str, object],
-                                                                rule: str) -> None:
+@pytest.mark.parametrize(
+    ("values", "rule"),
+    [
+        ({"max_in_flight": 123456789}, "less than or equal to 1000"),
+        ({"max_in_flight": -987654}, "greater than or equal to 1"),
+        ({"max_in_flight": "plenty-of-them"}, "valid integer"),
+        ({"ack_wait": "whenever-ish"}, "valid number"),
+    ],
+)
+def test_bad_value_names_the_option_and_rule_but_not_the_value(
+    values: dict[str, object], rule: str
+) -> None:
     exc = build_error(values)
     message = str(exc)
-    (name, value), = values.items()
+    ((name, value),) = values.items()
     assert f"{name}: " in message and rule in message
     assert str(value) not in message
     assert "invalid NATS transport option(s)" in message
-    assert SECRET not in message and "u:***@h:4222" in message   # the URL, redacted
-    assert exc.__cause__ is None and exc.__context__ is None   # pydantic's error (inputs) not kept
+    assert SECRET not in message and "u:***@h:4222" in message  # the URL, redacted
+    assert exc.__cause__ is None and exc.__context__ is None  # pydantic's error (inputs) not kept
 
 
 def test_bad_secret_value_is_not_echoed() -> None:
@@ -278,7 +294,8 @@ def test_model_level_error_is_attributed_to_the_transport() -> None:
 def test_scrub_replaces_every_known_secret() -> None:
     text = f"auth failed for sasl://bob:{SECRET}@h (token t0k, again {SECRET})"
     assert scrub(text, SecretStr(SECRET), "t0k") == (
-        "auth failed for sasl://bob:***@h (token ***, again ***)")
+        "auth failed for sasl://bob:***@h (token ***, again ***)"
+    )
 
 
 def test_scrub_ignores_missing_and_empty_secrets() -> None:
@@ -356,13 +373,15 @@ def test_tls_context_key_without_cert(pem: dict[str, str]) -> None:
 
 def test_tls_context_loads_a_client_certificate(pem: dict[str, str]) -> None:
     assert isinstance(tls_context(cert_file=pem["cert"], key_file=pem["key"]), ssl.SSLContext)
-    assert isinstance(tls_context(cert_file=pem["both"]), ssl.SSLContext)   # key inside
+    assert isinstance(tls_context(cert_file=pem["both"]), ssl.SSLContext)  # key inside
 
 
-@pytest.mark.parametrize(("cert", "key"), [("junk", None), ("cert", None), ("cert", "junk"),
-                                           ("missing", None)])
-def test_tls_context_bad_client_certificate(pem: dict[str, str], tmp_path: Path, cert: str,
-                                            key: str | None) -> None:
+@pytest.mark.parametrize(
+    ("cert", "key"), [("junk", None), ("cert", None), ("cert", "junk"), ("missing", None)]
+)
+def test_tls_context_bad_client_certificate(
+    pem: dict[str, str], tmp_path: Path, cert: str, key: str | None
+) -> None:
     paths = {**pem, "missing": str(tmp_path / "missing.pem")}
     with pytest.raises(ConfigError, match="tls_cert_file/tls_key_file could not be loaded"):
         tls_context(cert_file=paths[cert], key_file=paths[key] if key else None)
@@ -371,31 +390,37 @@ def test_tls_context_bad_client_certificate(pem: dict[str, str], tmp_path: Path,
 # --- redact_url ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    (f"nats://alice:{SECRET}@h:4222", "nats://alice:***@h:4222"),
-    (f"nats://alice:{SECRET}@h:4222/vhost", "nats://alice:***@h:4222/vhost"),
-    (f"nats://:{SECRET}@h", "nats://***@h"),
-    ("nats://alice:@h", "nats://alice:***@h"),
-    (f"nats://{SECRET}@h:4222", "nats://***@h:4222"),                # token-only user info
-    (f"nats://alice:p@ss@{SECRET}@h", "nats://alice:***@h"),         # '@' in the password
-    (f"nats://alice:{SECRET}@[::1]:4222", "nats://alice:***@[::1]:4222"),
-    (f"kafka://u:{SECRET}@a:9092,b:9092,c", "kafka://u:***@a:9092,b:9092,c"),
-    (f"nats://{SECRET}@a:1,nats://b:2", "nats://***@a:1,nats://b:2"),
-    ("nats://a:1,nats://b:2/v?stream=S", "nats://a:1,nats://b:2/v?stream=S"),
-    ("nats://h:4222", "nats://h:4222"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"nats://alice:{SECRET}@h:4222", "nats://alice:***@h:4222"),
+        (f"nats://alice:{SECRET}@h:4222/vhost", "nats://alice:***@h:4222/vhost"),
+        (f"nats://:{SECRET}@h", "nats://***@h"),
+        ("nats://alice:@h", "nats://alice:***@h"),
+        (f"nats://{SECRET}@h:4222", "nats://***@h:4222"),  # token-only user info
+        (f"nats://alice:p@ss@{SECRET}@h", "nats://alice:***@h"),  # '@' in the password
+        (f"nats://alice:{SECRET}@[::1]:4222", "nats://alice:***@[::1]:4222"),
+        (f"kafka://u:{SECRET}@a:9092,b:9092,c", "kafka://u:***@a:9092,b:9092,c"),
+        (f"nats://{SECRET}@a:1,nats://b:2", "nats://***@a:1,nats://b:2"),
+        ("nats://a:1,nats://b:2/v?stream=S", "nats://a:1,nats://b:2/v?stream=S"),
+        ("nats://h:4222", "nats://h:4222"),
+    ],
+)
 def test_redact_url_user_info(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
 def test_redact_url_masks_secret_looking_query_values_and_keeps_the_rest() -> None:
-    url = (f"kafka://h:9092?password={SECRET}&token={SECRET}&sasl_password={SECRET}"
-           f"&ssl_key_password={SECRET}&client_secret={SECRET}&user_credentials={SECRET}"
-           "&stream=S&ack_wait=12&group=g&empty_token=&Password=x")
+    url = (
+        f"kafka://h:9092?password={SECRET}&token={SECRET}&sasl_password={SECRET}"
+        f"&ssl_key_password={SECRET}&client_secret={SECRET}&user_credentials={SECRET}"
+        "&stream=S&ack_wait=12&group=g&empty_token=&Password=x"
+    )
     assert redact_url(url) == (
         "kafka://h:9092?password=***&token=***&sasl_password=***&ssl_key_password=***"
         "&client_secret=***&user_credentials=***&stream=S&ack_wait=12&group=g"
-        "&empty_token=&Password=***")
+        "&empty_token=&Password=***"
+    )
 
 
 def test_redact_url_masks_user_info_and_query_together() -> None:
@@ -403,12 +428,15 @@ def test_redact_url_masks_user_info_and_query_together() -> None:
     assert shown == "amqp://guest:***@h:5672/vh?heartbeat=30&password=***"
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("h:4222", "h:4222"),
-    ("localhost", "localhost"),
-    (f"alice:{SECRET}@h:4222", "<unparseable url>"),
-    (f"{SECRET}@h", "<unparseable url>"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("h:4222", "h:4222"),
+        ("localhost", "localhost"),
+        (f"alice:{SECRET}@h:4222", "<unparseable url>"),
+        (f"{SECRET}@h", "<unparseable url>"),
+    ],
+)
 def test_redact_url_without_scheme(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
@@ -418,11 +446,14 @@ def test_redact_url_without_scheme_still_masks_secret_query_values() -> None:
     assert SECRET not in shown and "stream=S" in shown
 
 
-@pytest.mark.parametrize("url", [
-    f"nats://user:pa/{SECRET}@host:4222",
-    f"amqp://u:pa?{SECRET}@h/v",
-    f"nats://u:{SECRET}@a,nats://u:{SECRET}@b",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"nats://user:pa/{SECRET}@host:4222",
+        f"amqp://u:pa?{SECRET}@h/v",
+        f"nats://u:{SECRET}@a,nats://u:{SECRET}@b",
+    ],
+)
 def test_unencoded_separators_in_a_password_never_leak(url: str) -> None:
     from mesh import redact_url
 

@@ -15,8 +15,11 @@ from mesh.stores import MemoryIdempotencyStore, SQLiteIdempotencyStore, StoreReg
 from mesh.transports.memory import MemoryTransport
 
 ROOT = Path(__file__).resolve().parents[2]
-HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
-               if name.startswith("mesh_"))
+HOOKS = sorted(
+    name
+    for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+    if name.startswith("mesh_")
+)
 
 
 def test_hooks_are_the_known_set() -> None:
@@ -36,8 +39,7 @@ def test_every_hook_is_tested_here(hook: str) -> None:
 
 def test_builtins_register_through_the_hooks() -> None:
     pm = plugins.plugin_manager()
-    names = {type(p).__name__ if not inspect.ismodule(p) else p.__name__
-             for p in pm.get_plugins()}
+    names = {type(p).__name__ if not inspect.ismodule(p) else p.__name__ for p in pm.get_plugins()}
     assert "mesh.transports.memory" in names and "mesh.stores" in names
     assert "memory" in plugins.transport_registry().schemes
     assert {"memory", "sqlite"} <= set(plugins.store_registry().schemes)
@@ -50,6 +52,7 @@ class _ThirdParty:
     def mesh_register_transports(self, registry: TransportRegistry) -> None:
         def factory(url: str, options: Mapping[str, Any]) -> Transport:
             return MemoryTransport("memory://", options)
+
         registry.register("fake", factory, description="a test transport")
 
     @hookimpl
@@ -103,13 +106,31 @@ def test_pytest_plugin_works_without_pytest_asyncio(tmp_path: Path) -> None:
     (project / "pytest.ini").write_text("[pytest]\n")
     (project / "test_theirs.py").write_text(
         "def test_plain():\n    assert 1 + 1 == 2\n\n"
-        "def test_wants_memory_mesh(memory_mesh):\n    pass\n")
+        "def test_wants_memory_mesh(memory_mesh):\n    pass\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
 
     def pytest_run(selected: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:asyncio", "-p",
-                               "no:cacheprovider", "-k", selected], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:asyncio",
+                "-p",
+                "no:cacheprovider",
+                "-k",
+                selected,
+            ],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     plain = pytest_run("plain")
     assert plain.returncode == 0, plain.stdout + plain.stderr
     wanted = pytest_run("memory_mesh")

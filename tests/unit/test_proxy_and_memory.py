@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from pathlib import Path
 
@@ -16,6 +17,7 @@ async def _echo_server() -> tuple[asyncio.Server, int]:
             writer.write(data)
             await writer.drain()
         writer.close()
+
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -27,7 +29,7 @@ async def test_proxy_forwards_and_cuts() -> None:
         writer.write(b"ping")
         assert await asyncio.wait_for(reader.read(4), 5) == b"ping"
         await asyncio.to_thread(proxy.cut, 0.5)
-        assert await asyncio.wait_for(reader.read(4), 5) == b""   # connection dropped
+        assert await asyncio.wait_for(reader.read(4), 5) == b""  # connection dropped
         await asyncio.sleep(0.6)
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(b"back")
@@ -43,5 +45,7 @@ def test_proxy_refuses_non_loopback_targets() -> None:
 
 def test_memory_transport_stays_small() -> None:
     source = Path(__file__).resolve().parents[2] / "mesh" / "transports" / "memory.py"
-    lines = [line for line in source.read_text().splitlines() if line.strip()]
-    assert len(lines) < 260, "the memory transport should stay a small, readable reference"
+    # statements, not lines: the count does not change with formatting
+    tree = ast.parse(source.read_text())
+    statements = sum(isinstance(node, ast.stmt) for node in ast.walk(tree))
+    assert statements < 230, "the memory transport should stay a small, readable reference"

@@ -8,24 +8,81 @@ import mesh
 from mesh import errors
 
 PUBLIC = {
-    "ConfigError", "ConnectError", "ConsumerStats", "Context", "DataValidationError",
-    "DeadLetter", "DeadLetters", "DecodeError", "Delivery", "DeliveryError",
+    "ConfigError",
+    "ConnectError",
+    "ConsumerStats",
+    "Context",
+    "DataValidationError",
+    "DeadLetter",
+    "DeadLetters",
+    "DecodeError",
+    "Delivery",
+    "DeliveryError",
     "DeliveryLimitExceeded",
-    "DeliveryHandler", "Event", "HandlerError", "HandlerSpec", "HopLimitExceeded",
-    "IdempotencyConfig", "IdempotencyStore", "InvalidEvent", "MemoryIdempotencyStore", "Mesh",
-    "MeshConfig", "MeshError", "MessageTooLarge", "PublishError", "RetryConfig", "RetryLater",
+    "DeliveryHandler",
+    "Event",
+    "HandlerError",
+    "HandlerSpec",
+    "HopLimitExceeded",
+    "IdempotencyConfig",
+    "IdempotencyStore",
+    "InvalidEvent",
+    "MemoryIdempotencyStore",
+    "Mesh",
+    "MeshConfig",
+    "MeshError",
+    "MessageTooLarge",
+    "PublishError",
+    "RetryConfig",
+    "RetryLater",
     "RetryPolicy",
-    "RouteConfig", "SQLiteIdempotencyStore", "StoreRegistry", "Subscription",
-    "SyncIdempotencyStore", "Transport",
-    "TransportClosed", "TransportError", "TransportFeatures", "TransportRegistry",
-    "__version__", "codec", "deliver", "derive_id", "hookimpl", "is_wildcard", "pattern_list",
-    "pattern_matcher", "redact_url", "validate_pattern",
-    "Capability", "from_a2a_skill", "from_mcp_tool", "to_a2a_skill", "to_mcp_tool",
-    "CapabilitiesConfig", "Contract", "ContractRegistry", "compatibility_problems",
-    "ContractViolation", "NoProvider", "RemoteError", "RequestError", "RequestTimeout",
-    *(PLUGIN_HELPERS := (
-        "Dispatcher", "TransportURL", "build_options", "deliver", "ensure_listening",
-        "parse_url", "redact_url", "scrub", "tls_context")),
+    "RouteConfig",
+    "SQLiteIdempotencyStore",
+    "StoreRegistry",
+    "Subscription",
+    "SyncIdempotencyStore",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "TransportFeatures",
+    "TransportRegistry",
+    "__version__",
+    "codec",
+    "deliver",
+    "derive_id",
+    "hookimpl",
+    "is_wildcard",
+    "pattern_list",
+    "pattern_matcher",
+    "redact_url",
+    "validate_pattern",
+    "Capability",
+    "from_a2a_skill",
+    "from_mcp_tool",
+    "to_a2a_skill",
+    "to_mcp_tool",
+    "CapabilitiesConfig",
+    "Contract",
+    "ContractRegistry",
+    "compatibility_problems",
+    "ContractViolation",
+    "NoProvider",
+    "RemoteError",
+    "RequestError",
+    "RequestTimeout",
+    *(
+        PLUGIN_HELPERS := (
+            "Dispatcher",
+            "TransportURL",
+            "build_options",
+            "deliver",
+            "ensure_listening",
+            "parse_url",
+            "redact_url",
+            "scrub",
+            "tls_context",
+        )
+    ),
 }
 
 
@@ -40,21 +97,28 @@ def test_every_plugin_helper_is_documented_for_plugin_authors() -> None:
     from pathlib import Path
 
     text = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
-    missing = [name for name in PLUGIN_HELPERS if f"mesh.{name}" not in text
-               and f"`{name}`" not in text]
+    missing = [
+        name for name in PLUGIN_HELPERS if f"mesh.{name}" not in text and f"`{name}`" not in text
+    ]
     assert not missing, f"document {missing} in docs/plugins.md"
 
 
 def test_no_other_public_names_leak() -> None:
-    leaked = {name for name in vars(mesh) if not name.startswith("_")
-              and not inspect.ismodule(getattr(mesh, name))} - PUBLIC
+    leaked = {
+        name
+        for name in vars(mesh)
+        if not name.startswith("_") and not inspect.ismodule(getattr(mesh, name))
+    } - PUBLIC
     assert not leaked
 
 
 def test_every_error_is_drawn_in_the_errors_docstring() -> None:
     doc = errors.__doc__ or ""
-    classes = [obj for _, obj in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(obj, errors.MeshError)]
+    classes = [
+        obj
+        for _, obj in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(obj, errors.MeshError)
+    ]
     for cls in classes:
         assert cls.__name__ in doc, f"draw {cls.__name__} in the mesh.errors docstring"
         assert cls is errors.MeshError or issubclass(cls, errors.MeshError)

@@ -13,58 +13,94 @@ from mesh.routing.router import RuleIndex, TypeConstraint, channel_patterns, pla
 X = frozenset({"x"})
 
 
-@pytest.mark.parametrize("spec,expected", [
-    (None, TypeConstraint(complete=True)),
-    ({"exact": {"type": "a.b"}}, TypeConstraint(exact=frozenset({"a.b"}), complete=True)),
-    ({"exact": {"type": "a.b", "source": "/s"}}, TypeConstraint(exact=frozenset({"a.b"}))),
-    ({"prefix": {"type": "a.b."}}, TypeConstraint(prefix="a.b.")),
-    ({"any": [{"exact": {"type": "x"}}, {"exact": {"type": "y"}}]},
-     TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
-    ({"any": [{"exact": {"type": "x"}}, {"prefix": {"type": "y"}}]}, TypeConstraint()),
-    ({"all": [{"prefix": {"type": "a."}}, {"exact": {"subject": "s"}}]},
-     TypeConstraint(prefix="a.")),
-    ({"all": [{"prefix": {"type": "a."}}, {"prefix": {"type": "a.b."}}]},
-     TypeConstraint(prefix="a.b.")),
-    ({"all": [{"prefix": {"type": "a."}}, {"prefix": {"type": "b."}}]},
-     TypeConstraint(exact=frozenset())),
-    ({"all": [{"exact": {"type": "a.x"}}, {"prefix": {"type": "b."}}]},
-     TypeConstraint(exact=frozenset())),
-    ([{"exact": {"type": "x"}}, {"exact": {"type": "x"}}], TypeConstraint(exact=X, complete=True)),
-    ({"not": {"exact": {"type": "a"}}}, TypeConstraint()),
-    ({"suffix": {"type": ".created"}}, TypeConstraint()),
-    ({"sql": "type = 'x'"}, TypeConstraint(exact=X, complete=True)),
-    ({"sql": "'x' = type"}, TypeConstraint(exact=X, complete=True)),
-    ({"sql": "type IN ('x', 'y')"}, TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
-    ({"sql": "type NOT IN ('x')"}, TypeConstraint()),
-    ({"sql": "type LIKE 'a.b.%'"}, TypeConstraint(prefix="a.b.")),
-    ({"sql": "type LIKE 'a_b.%'"}, TypeConstraint()),
-    ({"sql": "type LIKE 'a.%.c'"}, TypeConstraint()),
-    ({"sql": "type = 'x' AND data.severity > 3"}, TypeConstraint(exact=X)),
-    ({"sql": "type = 'x' OR type = 'y'"},
-     TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
-    ({"sql": "type = 'x' OR source = 'y'"}, TypeConstraint()),
-    ({"sql": "subject = 'x'"}, TypeConstraint()),
-    ({"sql": "type = "}, TypeConstraint()),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        (None, TypeConstraint(complete=True)),
+        ({"exact": {"type": "a.b"}}, TypeConstraint(exact=frozenset({"a.b"}), complete=True)),
+        ({"exact": {"type": "a.b", "source": "/s"}}, TypeConstraint(exact=frozenset({"a.b"}))),
+        ({"prefix": {"type": "a.b."}}, TypeConstraint(prefix="a.b.")),
+        (
+            {"any": [{"exact": {"type": "x"}}, {"exact": {"type": "y"}}]},
+            TypeConstraint(exact=frozenset({"x", "y"}), complete=True),
+        ),
+        ({"any": [{"exact": {"type": "x"}}, {"prefix": {"type": "y"}}]}, TypeConstraint()),
+        (
+            {"all": [{"prefix": {"type": "a."}}, {"exact": {"subject": "s"}}]},
+            TypeConstraint(prefix="a."),
+        ),
+        (
+            {"all": [{"prefix": {"type": "a."}}, {"prefix": {"type": "a.b."}}]},
+            TypeConstraint(prefix="a.b."),
+        ),
+        (
+            {"all": [{"prefix": {"type": "a."}}, {"prefix": {"type": "b."}}]},
+            TypeConstraint(exact=frozenset()),
+        ),
+        (
+            {"all": [{"exact": {"type": "a.x"}}, {"prefix": {"type": "b."}}]},
+            TypeConstraint(exact=frozenset()),
+        ),
+        (
+            [{"exact": {"type": "x"}}, {"exact": {"type": "x"}}],
+            TypeConstraint(exact=X, complete=True),
+        ),
+        ({"not": {"exact": {"type": "a"}}}, TypeConstraint()),
+        ({"suffix": {"type": ".created"}}, TypeConstraint()),
+        ({"sql": "type = 'x'"}, TypeConstraint(exact=X, complete=True)),
+        ({"sql": "'x' = type"}, TypeConstraint(exact=X, complete=True)),
+        ({"sql": "type IN ('x', 'y')"}, TypeConstraint(exact=frozenset({"x", "y"}), complete=True)),
+        ({"sql": "type NOT IN ('x')"}, TypeConstraint()),
+        ({"sql": "type LIKE 'a.b.%'"}, TypeConstraint(prefix="a.b.")),
+        ({"sql": "type LIKE 'a_b.%'"}, TypeConstraint()),
+        ({"sql": "type LIKE 'a.%.c'"}, TypeConstraint()),
+        ({"sql": "type = 'x' AND data.severity > 3"}, TypeConstraint(exact=X)),
+        (
+            {"sql": "type = 'x' OR type = 'y'"},
+            TypeConstraint(exact=frozenset({"x", "y"}), complete=True),
+        ),
+        ({"sql": "type = 'x' OR source = 'y'"}, TypeConstraint()),
+        ({"sql": "subject = 'x'"}, TypeConstraint()),
+        ({"sql": "type = "}, TypeConstraint()),
+    ],
+)
 def test_type_constraints(spec: object, expected: TypeConstraint) -> None:
     assert type_constraint(spec) == expected  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("constraint,patterns", [
-    (TypeConstraint(exact=frozenset({"b", "a"})), ["a", "b"]),
-    (TypeConstraint(prefix="a.b."), ["a.b.>"]),
-    (TypeConstraint(prefix="a.b"), [">"]),
-    (TypeConstraint(prefix="a..b."), [">"]),
-    (TypeConstraint(), [">"]),
-])
+@pytest.mark.parametrize(
+    "constraint,patterns",
+    [
+        (TypeConstraint(exact=frozenset({"b", "a"})), ["a", "b"]),
+        (TypeConstraint(prefix="a.b."), ["a.b.>"]),
+        (TypeConstraint(prefix="a.b"), [">"]),
+        (TypeConstraint(prefix="a..b."), [">"]),
+        (TypeConstraint(), [">"]),
+    ],
+)
 def test_channel_patterns(constraint: TypeConstraint, patterns: list[str]) -> None:
     assert channel_patterns(constraint) == patterns
 
 
-CHANNELS = ["orders", "orders.created", "orders.eu.created", "orders.eu.x.created",
-            "other.created", "ordersx.created", "orders.created.v2"]
-PATTERNS = ["orders.created", "orders.*", "orders.>", "*.created", "orders.*.created", ">",
-            "*", "orders.>"]
+CHANNELS = [
+    "orders",
+    "orders.created",
+    "orders.eu.created",
+    "orders.eu.x.created",
+    "other.created",
+    "ordersx.created",
+    "orders.created.v2",
+]
+PATTERNS = [
+    "orders.created",
+    "orders.*",
+    "orders.>",
+    "*.created",
+    "orders.*.created",
+    ">",
+    "*",
+    "orders.>",
+]
 
 
 def _amqp_matches(key: str, channel: str) -> bool:
@@ -74,6 +110,7 @@ def _amqp_matches(key: str, channel: str) -> bool:
         if k[0] == "#":
             return any(match(k[1:], c[i:]) for i in range(len(c) + 1))
         return bool(c) and (k[0] == "*" or k[0] == c[0]) and match(k[1:], c[1:])
+
     return match(key.split("."), channel.split("."))
 
 
@@ -128,8 +165,7 @@ def test_rule_index_checks_only_candidates() -> None:
     assert len(index) == 504
     big = Event("orders.created", "/s", {"total": 500}, subject="a.pdf")
     assert sorted(index.match(big)) == ["any", "exact", "prefix", "sql"]
-    assert sorted(index.match(big.replace(data={"total": 1}, subject=None))) == \
-        ["exact", "prefix"]
+    assert sorted(index.match(big.replace(data={"total": 1}, subject=None))) == ["exact", "prefix"]
     assert len(index.candidates("orders.created")) == 4
     assert index.match(Event("noise.7", "/s")) == ["noise7"]
     assert index.match(Event("other", "/s", subject="x.pdf")) == ["any"]

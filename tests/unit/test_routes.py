@@ -36,7 +36,7 @@ routes:
     async def review(event: Event) -> None:
         reviews.append(event)
 
-    @mesh.on(group="escalation")          # its routing comes from the config
+    @mesh.on(group="escalation")  # its routing comes from the config
     async def escalate(event: Event) -> None:
         escalated.append(event.type)
 
@@ -54,25 +54,47 @@ routes:
     assert escalated == ["incident.opened"]
 
 
-@pytest.mark.parametrize("routes,handler_group,fragment", [
-    ([{"name": "r1", "filter": {"sql": "type = "}, "to": "x"}], None,
-     r"route 'r1': .*position"),
-    ([{"name": "r2", "filter": {"regex": "x"}, "to": "x"}], None, "route 'r2': unknown filter"),
-    ([{"name": "r3", "filter": {"exact": {"type": "a"}}}], None, "route 'r3': give exactly one"),
-    ([{"name": "r4", "filter": {"exact": {"type": "a"}}, "to": "x", "group": "g"}], None,
-     "route 'r4': give exactly one"),
-    ([{"name": "r5", "filter": {"exact": {"type": "a"}}, "group": "nobody"}], "g",
-     "route 'r5' names group 'nobody', but no handler has that group \\(groups: g\\)"),
-    ([{"name": "r6", "filter": {"exact": {"type": "a"}}, "to": "bad..channel"}], None,
-     "route 'r6': .*empty token"),
-    ([], "g", "handler h has no type or filter, and no route"),
-])
+@pytest.mark.parametrize(
+    "routes,handler_group,fragment",
+    [
+        (
+            [{"name": "r1", "filter": {"sql": "type = "}, "to": "x"}],
+            None,
+            r"route 'r1': .*position",
+        ),
+        ([{"name": "r2", "filter": {"regex": "x"}, "to": "x"}], None, "route 'r2': unknown filter"),
+        (
+            [{"name": "r3", "filter": {"exact": {"type": "a"}}}],
+            None,
+            "route 'r3': give exactly one",
+        ),
+        (
+            [{"name": "r4", "filter": {"exact": {"type": "a"}}, "to": "x", "group": "g"}],
+            None,
+            "route 'r4': give exactly one",
+        ),
+        (
+            [{"name": "r5", "filter": {"exact": {"type": "a"}}, "group": "nobody"}],
+            "g",
+            "route 'r5' names group 'nobody', but no handler has that group \\(groups: g\\)",
+        ),
+        (
+            [{"name": "r6", "filter": {"exact": {"type": "a"}}, "to": "bad..channel"}],
+            None,
+            "route 'r6': .*empty token",
+        ),
+        ([], "g", "handler h has no type or filter, and no route"),
+    ],
+)
 async def test_invalid_routes_fail_at_start_naming_the_route(
-        routes: list[dict], handler_group: str | None, fragment: str) -> None:
+    routes: list[dict], handler_group: str | None, fragment: str
+) -> None:
     mesh = Mesh("memory://", routes=routes)
     if handler_group:
+
         @mesh.on(group=handler_group)
         async def h(event: Event) -> None: ...
+
     with pytest.raises(ConfigError, match=fragment):
         await mesh.start()
     assert "started=False" in repr(mesh)

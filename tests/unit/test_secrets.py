@@ -17,24 +17,33 @@ from mesh.testing.util import chain_text
 CANARY = "Canary-S3cret-7f3a"
 
 
-@pytest.mark.parametrize("transport", [
-    f"guest:{CANARY}@host",                       # no scheme
-    f"nosuch://guest:{CANARY}@host",              # unknown scheme
-    f"memory://guest:{CANARY}@host?x=1",
-])
+@pytest.mark.parametrize(
+    "transport",
+    [
+        f"guest:{CANARY}@host",  # no scheme
+        f"nosuch://guest:{CANARY}@host",  # unknown scheme
+        f"memory://guest:{CANARY}@host?x=1",
+    ],
+)
 def test_bad_transport_urls_keep_the_password_out_of_the_chain(transport: str) -> None:
     try:
         Mesh(transport, retry={"max_attempts": 0})
     except ConfigError as exc:
         assert CANARY not in chain_text(exc)
-    else:   # memory:// ignores user info: then the bad retry setting must fail
+    else:  # memory:// ignores user info: then the bad retry setting must fail
         pytest.fail("expected a ConfigError")
 
 
 def test_invalid_config_fields_keep_every_input_out_of_the_chain() -> None:
     with pytest.raises(ConfigError) as info:
-        MeshConfig.build({"transport": f"amqp://u:{CANARY}@h/", "hop_limit": CANARY,
-                          "retry": {"max_attempts": CANARY}, "unknown": CANARY})
+        MeshConfig.build(
+            {
+                "transport": f"amqp://u:{CANARY}@h/",
+                "hop_limit": CANARY,
+                "retry": {"max_attempts": CANARY},
+                "unknown": CANARY,
+            }
+        )
     assert CANARY not in chain_text(info.value)
     assert "hop_limit" in str(info.value) and "unknown" in str(info.value)
 
@@ -56,8 +65,9 @@ def test_transport_option_errors_keep_the_password_out_of_the_chain() -> None:
         port: int
 
     with pytest.raises(ConfigError) as info:
-        build_options(Options, {"password": CANARY, "port": CANARY}, transport="X",
-                      url=f"x://u:{CANARY}@h")
+        build_options(
+            Options, {"password": CANARY, "port": CANARY}, transport="X", url=f"x://u:{CANARY}@h"
+        )
     assert CANARY not in chain_text(info.value) and "port" in str(info.value)
 
 

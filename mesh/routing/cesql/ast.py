@@ -191,8 +191,11 @@ def render(node: Node) -> str:
     if isinstance(node, DataExists):
         return "EXISTS data." + ".".join(node.path)
     if isinstance(node, Unary):
-        return f"{node.op} ({render(node.operand)})" if node.op == "NOT" \
+        return (
+            f"{node.op} ({render(node.operand)})"
+            if node.op == "NOT"
             else f"-({render(node.operand)})"
+        )
     if isinstance(node, Binary):
         return f"({render(node.left)} {node.op} {render(node.right)})"
     if isinstance(node, Like):

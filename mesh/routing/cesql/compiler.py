@@ -91,8 +91,9 @@ class _C:
     value: Value = False
 
 
-def compile_tree(node: Node, functions: FunctionRegistry, *, source: str = "",
-                 check_functions: bool = True) -> Fn:
+def compile_tree(
+    node: Node, functions: FunctionRegistry, *, source: str = "", check_functions: bool = True
+) -> Fn:
     """The closure evaluating ``node``.
 
     With ``check_functions``, a call that no function of ``functions`` serves (unknown
@@ -282,8 +283,10 @@ class _Compiler:
         if len(leaves) < 3:
             return None
         operands = [self.compile(leaf) for leaf in leaves]
-        casts = tuple((c.fn, None if c.type is Type.BOOLEAN else implicit_bool, leaf.pos)
-                      for c, leaf in zip(operands, leaves, strict=True))
+        casts = tuple(
+            (c.fn, None if c.type is Type.BOOLEAN else implicit_bool, leaf.pos)
+            for c, leaf in zip(operands, leaves, strict=True)
+        )
         fns = tuple(c.fn for c in operands)
         plain = all(c.type is Type.BOOLEAN for c in operands)
         if op == "OR":
@@ -394,8 +397,12 @@ class _Compiler:
     def equality(self, negated: bool, left: _C, right: _C, node: Binary) -> _C:
         lf, rf = left.fn, right.fn
         lpos = node.left.pos
-        if isinstance(node.left, Attribute) and node.left.name != "data" \
-                and right.const and type(right.value) is str:
+        if (
+            isinstance(node.left, Attribute)
+            and node.left.name != "data"
+            and right.const
+            and type(right.value) is str
+        ):
             return _C(self.attribute_equals(node.left, str(right.value), negated), Type.BOOLEAN)
         if right.type is not None:
             caster = CASTERS[right.type]
@@ -549,8 +556,10 @@ class _Compiler:
         tables: dict[type, tuple[frozenset[Value], Errors]] = {}
         for py_type, target in STATIC.items():
             failures: Errors = []
-            members = frozenset(cast(v, target, failures, item.pos)
-                                for v, item in zip(values, node.values, strict=True))
+            members = frozenset(
+                cast(v, target, failures, item.pos)
+                for v, item in zip(values, node.values, strict=True)
+            )
             tables[py_type] = (members, failures)
         return tables
 
@@ -559,13 +568,17 @@ class _Compiler:
         function = self.functions.resolve(node.name, len(args))
         name, pos, arity = node.name, node.pos, len(args)
         if function is None and self.check_functions:
-            raise UnknownFunctionError(self.functions.explain(name, arity), pos, self.source,
-                                       name.upper(), arity)
+            raise UnknownFunctionError(
+                self.functions.explain(name, arity), pos, self.source, name.upper(), arity
+            )
         if function is None:
 
             def missing_function(a: Mapping[str, Any], ev: object, errs: Errors) -> Any:
-                errs.append(MissingFunctionError(
-                    f"no function {name} taking {arity} argument{'s' * (arity != 1)}", pos))
+                errs.append(
+                    MissingFunctionError(
+                        f"no function {name} taking {arity} argument{'s' * (arity != 1)}", pos
+                    )
+                )
                 return False
 
             return _C(missing_function, Type.BOOLEAN)
@@ -577,8 +590,10 @@ class _Compiler:
         impl = function.impl
         zero = function.returns.zero
         fns = [arg.fn for arg in args]
-        casts = [(CASTERS.get(t), arg_node.pos)
-                 for t, arg_node in zip(function.param_types(len(args)), node.args, strict=True)]
+        casts = [
+            (CASTERS.get(t), arg_node.pos)
+            for t, arg_node in zip(function.param_types(len(args)), node.args, strict=True)
+        ]
         guard = trusted(impl) if function.trusted else guarded(function, node.pos)
 
         if len(fns) == 1:
@@ -601,8 +616,10 @@ class _Compiler:
             vs = [f(a, ev, errs) for f in fns]
             if len(errs) != n:
                 return zero
-            cast_vs = [v if caster is None else caster(v, errs, position)
-                       for v, (caster, position) in zip(vs, casts, strict=True)]
+            cast_vs = [
+                v if caster is None else caster(v, errs, position)
+                for v, (caster, position) in zip(vs, casts, strict=True)
+            ]
             return guard(errs, cast_vs)
 
         return call

@@ -42,8 +42,11 @@ def step(current: Any, segment: str) -> Any:
     """``current[segment]`` for a JSON object or array (numeric segment), else None."""
     if isinstance(current, Mapping):
         return current.get(segment)
-    if (isinstance(current, Sequence) and not isinstance(current, str | bytes | bytearray)
-            and segment.isdigit()):
+    if (
+        isinstance(current, Sequence)
+        and not isinstance(current, str | bytes | bytearray)
+        and segment.isdigit()
+    ):
         index = int(segment)
         return current[index] if index < len(current) else None
     return None
@@ -59,14 +62,16 @@ def lookup(data: Any, path: tuple[str, ...]) -> Any:
     return current
 
 
-def resolve(data: Any, path: tuple[str, ...], errors: list[CESQLError],
-            position: int | None) -> Value | Missing:
+def resolve(
+    data: Any, path: tuple[str, ...], errors: list[CESQLError], position: int | None
+) -> Value | Missing:
     """The CESQL value at ``path``, or MISSING with an error appended."""
     return convert(lookup(data, path), path, errors, position)
 
 
-def convert(raw: Any, path: tuple[str, ...], errors: list[CESQLError],
-            position: int | None) -> Value | Missing:
+def convert(
+    raw: Any, path: tuple[str, ...], errors: list[CESQLError], position: int | None
+) -> Value | Missing:
     """The CESQL value of the raw JSON value found at ``path``, or MISSING plus an error."""
     t = type(raw)
     if t is str or t is bool:
@@ -78,14 +83,21 @@ def convert(raw: Any, path: tuple[str, ...], errors: list[CESQLError],
         if raw.is_integer() and INT32_MIN <= raw <= INT32_MAX:
             return int(raw)
     elif raw is None:
-        errors.append(MissingAttributeError(
-            f"data.{'.'.join(path)} is not present in the event data", position))
+        errors.append(
+            MissingAttributeError(
+                f"data.{'.'.join(path)} is not present in the event data", position
+            )
+        )
         return MISSING
     elif isinstance(raw, str):
         return str.__str__(raw)
-    errors.append(CastError(
-        f"data.{'.'.join(path)} holds a JSON {_json_type(raw)}, which has no CESQL type "
-        "(only strings, booleans and 32-bit integers do)", position))
+    errors.append(
+        CastError(
+            f"data.{'.'.join(path)} holds a JSON {_json_type(raw)}, which has no CESQL type "
+            "(only strings, booleans and 32-bit integers do)",
+            position,
+        )
+    )
     return MISSING
 
 
@@ -93,8 +105,11 @@ def _json_type(raw: Any) -> str:
     if isinstance(raw, bool):
         return "boolean"
     if isinstance(raw, int | float):
-        return "number outside the 32-bit integer range" if isinstance(raw, int) \
-            or raw.is_integer() else "fractional number"
+        return (
+            "number outside the 32-bit integer range"
+            if isinstance(raw, int) or raw.is_integer()
+            else "fractional number"
+        )
     if isinstance(raw, Mapping):
         return "object"
     if isinstance(raw, Sequence):

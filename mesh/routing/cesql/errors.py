@@ -107,8 +107,9 @@ class UnknownFunctionError(ParseError, MissingFunctionError):
 
     kind: ClassVar[str] = "missingFunction"
 
-    def __init__(self, message: str, position: int, source: str = "", name: str = "",
-                 arity: int = 0) -> None:
+    def __init__(
+        self, message: str, position: int, source: str = "", name: str = "", arity: int = 0
+    ) -> None:
         super().__init__(message, position, source)
         self.name = name
         self.arity = arity

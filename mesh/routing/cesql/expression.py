@@ -22,15 +22,22 @@ class Expression:
 
     __slots__ = ("_fn", "ast", "source", "strict")
 
-    def __init__(self, source: str, ast: Node, *, strict: bool = False,
-                 functions: FunctionRegistry | None = None,
-                 check_functions: bool = True) -> None:
+    def __init__(
+        self,
+        source: str,
+        ast: Node,
+        *,
+        strict: bool = False,
+        functions: FunctionRegistry | None = None,
+        check_functions: bool = True,
+    ) -> None:
         self.source = source
         self.ast = ast
         self.strict = strict
         try:
-            self._fn = compile_tree(ast, functions or builtin_registry(), source=source,
-                                    check_functions=check_functions)
+            self._fn = compile_tree(
+                ast, functions or builtin_registry(), source=source, check_functions=check_functions
+            )
         except RecursionError:  # only if the caller's stack is already nearly exhausted
             raise ParseError("expression is too deeply nested", 0, source) from None
 
@@ -48,8 +55,10 @@ class Expression:
         else:
             get_attributes = getattr(event, "get_attributes", None)
             if get_attributes is None:
-                raise TypeError("CESQL evaluates a mapping of attributes or an object with "
-                                f"get_attributes(), not {type(event).__name__}")
+                raise TypeError(
+                    "CESQL evaluates a mapping of attributes or an object with "
+                    f"get_attributes(), not {type(event).__name__}"
+                )
             attributes = get_attributes()
         errors: list[CESQLError] = []
         try:
@@ -68,8 +77,13 @@ class Expression:
         return f"cesql.parse({self.source!r}{', strict=True' if self.strict else ''})"
 
 
-def parse(text: str, strict: bool = False, *, functions: FunctionRegistry | None = None,
-          check_functions: bool = True) -> Expression:
+def parse(
+    text: str,
+    strict: bool = False,
+    *,
+    functions: FunctionRegistry | None = None,
+    check_functions: bool = True,
+) -> Expression:
     """Parse and compile CESQL ``text``; raises :class:`ParseError` if it is invalid.
 
     ``strict=True`` accepts only CESQL 1.0 (rejecting ``data.<path>``); ``functions``
@@ -79,5 +93,10 @@ def parse(text: str, strict: bool = False, *, functions: FunctionRegistry | None
     the functions there are; ``check_functions=False`` compiles it instead to
     ``false`` plus a MissingFunctionError at each evaluation (CESQL 1.0 section 3.5).
     """
-    return Expression(text, parse_ast(text, strict=strict), strict=strict, functions=functions,
-                      check_functions=check_functions)
+    return Expression(
+        text,
+        parse_ast(text, strict=strict),
+        strict=strict,
+        functions=functions,
+        check_functions=check_functions,
+    )

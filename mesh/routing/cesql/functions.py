@@ -72,8 +72,10 @@ class FunctionRegistry:
     def register(self, function: Function) -> None:
         """Add ``function``; ValueError if it breaks the overloading rules."""
         if not _NAME.fullmatch(function.name):
-            raise ValueError(f"invalid function name {function.name!r}: letters and '_' only, "
-                             "starting with a letter")
+            raise ValueError(
+                f"invalid function name {function.name!r}: letters and '_' only, "
+                "starting with a letter"
+            )
         name = function.name.upper()
         if name != function.name:
             raise ValueError(f"function names are upper-case: use {name!r}")
@@ -82,18 +84,18 @@ class FunctionRegistry:
         variadic = self._variadic.get(name)
         if function.variadic is not None:
             if variadic is not None:
-                raise ValueError(f"{name} already has a variadic overload: "
-                                 f"{variadic.signature()}")
+                raise ValueError(f"{name} already has a variadic overload: {variadic.signature()}")
             if arities and fixed <= max(arities):
-                raise ValueError(f"variadic {name} needs more than {max(arities)} fixed "
-                                 "parameters (the largest arity of its other overloads)")
+                raise ValueError(
+                    f"variadic {name} needs more than {max(arities)} fixed "
+                    "parameters (the largest arity of its other overloads)"
+                )
             self._variadic[name] = function
             return
         if (name, fixed) in self._fixed:
             raise ValueError(f"{name} already has an overload with {fixed} parameters")
         if variadic is not None and fixed >= len(variadic.params):
-            raise ValueError(f"{name} with {fixed} parameters clashes with "
-                             f"{variadic.signature()}")
+            raise ValueError(f"{name} with {fixed} parameters clashes with {variadic.signature()}")
         self._fixed[(name, fixed)] = function
 
     def resolve(self, name: str, arity: int) -> Function | None:
@@ -116,12 +118,19 @@ class FunctionRegistry:
         upper = name.upper()
         overloads = sorted((f for f in self if f.name == upper), key=lambda f: len(f.params))
         if overloads:
-            counts = [f"at least {len(f.params)}" if f.variadic is not None
-                      else str(len(f.params)) for f in overloads]
-            noun = "argument" if counts[-1] in ("1", "at least 1") and len(counts) == 1 \
+            counts = [
+                f"at least {len(f.params)}" if f.variadic is not None else str(len(f.params))
+                for f in overloads
+            ]
+            noun = (
+                "argument"
+                if counts[-1] in ("1", "at least 1") and len(counts) == 1
                 else "arguments"
-            return (f"{upper} takes {' or '.join(counts)} {noun}, not {arity} "
-                    f"({'; '.join(f.signature() for f in overloads)})")
+            )
+            return (
+                f"{upper} takes {' or '.join(counts)} {noun}, not {arity} "
+                f"({'; '.join(f.signature() for f in overloads)})"
+            )
         names = sorted({f.name for f in self})
         close = difflib.get_close_matches(upper, names, n=1)
         hint = f", did you mean {close[0]}?" if close else ""
@@ -142,8 +151,10 @@ class FunctionRegistry:
 # --- built-ins --------------------------------------------------------------------------
 
 # Unicode White_Space (str.isspace() also matches U+001C..U+001F, which are not).
-_WHITESPACE: Final = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-                      "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_WHITESPACE: Final = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 def _length(errors: list[CESQLError], x: str) -> int:
@@ -181,14 +192,17 @@ def _right(errors: list[CESQLError], x: str, y: int) -> str:
     if y < 0:
         errors.append(FunctionEvaluationError(f"RIGHT: negative length {y}"))
         return x
-    return x[len(x) - y:] if y < len(x) else x
+    return x[len(x) - y :] if y < len(x) else x
 
 
 def _start(errors: list[CESQLError], x: str, pos: int) -> int | None:
     """0-based start index for SUBSTRING, or None (with an error) when out of range."""
     if pos > len(x) or pos < -len(x):
-        errors.append(FunctionEvaluationError(
-            f"SUBSTRING: position {pos} is outside a string of length {len(x)}"))
+        errors.append(
+            FunctionEvaluationError(
+                f"SUBSTRING: position {pos} is outside a string of length {len(x)}"
+            )
+        )
         return None
     return pos - 1 if pos > 0 else len(x) + pos
 
@@ -207,7 +221,7 @@ def _substring_len(errors: list[CESQLError], x: str, pos: int, length: int) -> s
         return ""
     if start is None or pos == 0:
         return ""
-    return x[start:start + length]
+    return x[start : start + length]
 
 
 def _abs(errors: list[CESQLError], x: int) -> int:

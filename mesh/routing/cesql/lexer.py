@@ -86,8 +86,8 @@ def tokenize(text: str) -> list[Token]:
             append(Token(kind, word, start, i))
         elif c == "'" or c == '"':
             i = _string(text, i, append)
-        elif text[i:i + 2] in _TWO_CHAR_OPS:
-            append(Token(Tok.OP, text[i:i + 2], i, i + 2))
+        elif text[i : i + 2] in _TWO_CHAR_OPS:
+            append(Token(Tok.OP, text[i : i + 2], i, i + 2))
             i += 2
         elif c in _ONE_CHAR_OPS:
             append(Token(Tok.OP, c, i, i + 1))

@@ -133,6 +133,7 @@ _ENCODE_NS: Final = 4
 
 # --- the subject text, as bitsets -------------------------------------------------------
 
+
 class _ZeroTable(dict[int, int]):
     """A ``str.translate`` table sending every code point to ``'0'`` except its keys."""
 
@@ -237,8 +238,9 @@ class _Text:
         span = stop - start
         planes = self._planes[lane]
         if planes is None and len(values) >= _PLANES_AFTER:
-            planes = self._planes[lane] = [self._build(data[start:stop], bit, True)
-                                           for bit in range(width)]
+            planes = self._planes[lane] = [
+                self._build(data[start:stop], bit, True) for bit in range(width)
+            ]
             self.work += _BUILD_NS * span * width
         if planes is None:
             found = self._build(data[start:stop], value, False)
@@ -258,12 +260,12 @@ class _Text:
     def _build(data: str | bytes, value: int, plane: bool) -> int:
         """The bitset of ``data`` positions equal to ``value`` (or with bit ``value`` set)."""
         if isinstance(data, str):
-            return int(data.translate(_str_plane_table(value) if plane else _str_table(value)),
-                       2)
+            return int(data.translate(_str_plane_table(value) if plane else _str_table(value)), 2)
         return int(data.translate(_byte_plane_table(value) if plane else _byte_table(value)), 2)
 
 
 # --- segments --------------------------------------------------------------------------
+
 
 class _Literal:
     """A segment without ``_``: ``str`` methods."""
@@ -332,8 +334,17 @@ def _progressions(offsets: list[int]) -> tuple[int, list[Piece]]:
 class _Gapped:
     """A segment with ``_``, searched as the module docstring describes."""
 
-    __slots__ = ("_conflicts", "_regex", "blocks", "by_char", "chars", "literals", "offsets",
-                 "plans", "size")
+    __slots__ = (
+        "_conflicts",
+        "_regex",
+        "blocks",
+        "by_char",
+        "chars",
+        "literals",
+        "offsets",
+        "plans",
+        "size",
+    )
 
     def __init__(self, chars: Chars) -> None:
         self.chars = chars
@@ -347,8 +358,9 @@ class _Gapped:
         #: Bit k is set iff offset k holds a character (not ``_``).
         self.literals = _mask([k for v in offsets.values() for k in v], self.size)
         #: Per character, most frequent in the segment first (a tie-break for rarity).
-        self.plans: list[Plan] = sorted((_plan(c, v) for c, v in offsets.items()),
-                                        key=lambda plan: -len(offsets[plan[0]]))
+        self.plans: list[Plan] = sorted(
+            (_plan(c, v) for c, v in offsets.items()), key=lambda plan: -len(offsets[plan[0]])
+        )
         self.by_char = {plan[0]: plan for plan in self.plans}
         #: For checking one candidate (compiled now: a few ms for the longest segments).
         self.blocks = _Block.split(chars, _BLOCK)
@@ -421,16 +433,20 @@ class _Gapped:
             allowed = _CHECK_RATIO * spent_bits - spent_checks
             if few or (anded and allowed > _SWEEP_MIN * op_ns):
                 budget = None if few else allowed
-                candidates, found, cost, k, count = self.sweep(text, top, candidates, budget,
-                                                                 applied, failures, built)
+                candidates, found, cost, k, count = self.sweep(
+                    text, top, candidates, budget, applied, failures, built
+                )
                 spent_checks += cost
                 checks += count
                 if found >= 0:
                     view.work += spent_bits + spent_checks
                     return found
                 char = self.chars[k] if k >= 0 else None
-                if char is not None and char not in started and \
-                        candidates.bit_count() * spent_checks > _BUILD_NS * span * checks:
+                if (
+                    char is not None
+                    and char not in started
+                    and candidates.bit_count() * spent_checks > _BUILD_NS * span * checks
+                ):
                     # Checks keep failing on a character not ANDed in yet, and checking
                     # the candidates left would cost more than its bitset: start it.
                     started.add(char)
@@ -438,8 +454,11 @@ class _Gapped:
                     active.append(self.terms(view, by_char[char], start, span, built, op_ns))
                 continue
             if not active:
-                if checks and candidates.bit_count() * spent_checks \
-                        <= _PREFER_CHECKS * _BUILD_NS * span * checks:
+                if (
+                    checks
+                    and candidates.bit_count() * spent_checks
+                    <= _PREFER_CHECKS * _BUILD_NS * span * checks
+                ):
                     few = True  # checking every candidate left costs less than a bitset
                     continue
                 plan = next((plan for plan in pending if plan[0] not in started), None)
@@ -468,8 +487,9 @@ class _Gapped:
         view.work += spent_bits + spent_checks
         return -1
 
-    def terms(self, view: _Text, plan: Plan, start: int, span: int, built: dict[str, int],
-              op_ns: int) -> Iterator[tuple[int, int]]:
+    def terms(
+        self, view: _Text, plan: Plan, start: int, span: int, built: dict[str, int], op_ns: int
+    ) -> Iterator[tuple[int, int]]:
         """The masks ANDing one character in, one at a time, each with its cost (ns).
 
         The bitset of the character is recorded in ``built``. When the character is
@@ -542,8 +562,9 @@ class _Gapped:
             cost += _HOLE_NS
             i = absent.find("1", i + 1)
         full = (1 << _SLICE) - 1
-        killed = int.from_bytes(b"".join((k & full).to_bytes(_SLICE // 8, "big") for k in kills),
-                                "big")
+        killed = int.from_bytes(
+            b"".join((k & full).to_bytes(_SLICE // 8, "big") for k in kills), "big"
+        )
         shift = span - count * _SLICE
         killed = killed << shift if shift >= 0 else killed >> -shift
         return ((1 << span) - 1) ^ killed, cost
@@ -558,14 +579,22 @@ class _Gapped:
         stride = max(1, (stop - start) // _SAMPLE)
         seen = Counter(text[start:stop:stride])
         by_char = self.by_char
-        frequent = sorted(((n, c) for c, n in seen.items() if c in by_char),
-                          key=lambda item: item[0])
+        frequent = sorted(
+            ((n, c) for c, n in seen.items() if c in by_char), key=lambda item: item[0]
+        )
         rare = (plan for plan in self.plans if plan[0] not in seen)
         return chain(rare, (by_char[c] for _, c in frequent))
 
-    def sweep(self, text: str, top: int, candidates: int, budget: int | None,
-              applied: set[int], failures: dict[int, int],
-              built: dict[str, int]) -> tuple[int, int, int, int, int]:
+    def sweep(
+        self,
+        text: str,
+        top: int,
+        candidates: int,
+        budget: int | None,
+        applied: set[int],
+        failures: dict[int, int],
+        built: dict[str, int],
+    ) -> tuple[int, int, int, int, int]:
         """Check candidates from the leftmost on, for about ``budget`` ns (None: no limit).
 
         ``candidates`` is as in :meth:`window` (bit ``top - p`` for candidate ``p``).
@@ -662,13 +691,13 @@ class _Block:
     def __init__(self, chars: Chars, checks: list[tuple[int, str]]) -> None:
         self.checks = checks  # (offset, character)
         self.first = checks[0][0]
-        self.regex = re.compile(_regex_source(chars[self.first:checks[-1][0] + 1]), re.DOTALL)
+        self.regex = re.compile(_regex_source(chars[self.first : checks[-1][0] + 1]), re.DOTALL)
 
     @classmethod
     def split(cls, chars: Chars, size: int) -> list[_Block]:
         """The literal characters of ``chars`` in blocks of ``size``."""
         literals = [(k, c) for k, c in enumerate(chars) if c is not None]
-        return [cls(chars, literals[i:i + size]) for i in range(0, len(literals), size)]
+        return [cls(chars, literals[i : i + size]) for i in range(0, len(literals), size)]
 
 
 def _regex_source(chars: Chars) -> str:
@@ -742,10 +771,8 @@ def compile_like(pattern: str) -> Matcher:
         if not head:
             return lambda text: text.endswith(tail)
         minimum = len(head) + len(tail)
-        return lambda text: (len(text) >= minimum and text.startswith(head)
-                             and text.endswith(tail))
-    if len(middle) == 1 and first.size == 0 and last.size == 0 \
-            and isinstance(middle[0], _Literal):
+        return lambda text: len(text) >= minimum and text.startswith(head) and text.endswith(tail)
+    if len(middle) == 1 and first.size == 0 and last.size == 0 and isinstance(middle[0], _Literal):
         needle = middle[0].literal
         return lambda text: needle in text
     minimum = sum(p.size for p in parts)

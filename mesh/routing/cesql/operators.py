@@ -14,8 +14,7 @@ from .errors import CESQLError, FunctionEvaluationError, MathError
 from .functions import Function
 from .types import INT32_MAX, INT32_MIN, Type, Value, implicit_bool, implicit_int, to_str
 
-__all__ = ["ARITHMETIC", "CASTERS", "ORDERING", "STATIC", "equal", "guarded", "overflow",
-           "trusted"]
+__all__ = ["ARITHMETIC", "CASTERS", "ORDERING", "STATIC", "equal", "guarded", "overflow", "trusted"]
 
 Errors = list[CESQLError]
 Caster = Callable[[Value, Errors, int | None], Value]
@@ -111,8 +110,11 @@ def guarded(function: Function, position: int) -> Invoker:
         if ok and t is int and not INT32_MIN <= result <= INT32_MAX:
             ok = False
         if not ok:
-            errs.append(FunctionEvaluationError(
-                f"{name} returned {result!r}, not a {returns.value}", position))
+            errs.append(
+                FunctionEvaluationError(
+                    f"{name} returned {result!r}, not a {returns.value}", position
+                )
+            )
             return returns.zero
         return result
 

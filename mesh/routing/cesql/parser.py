@@ -43,10 +43,21 @@ MAX_DEPTH: Final = 128
 
 KEYWORDS: Final = frozenset({"AND", "OR", "XOR", "NOT", "LIKE", "IN", "EXISTS", "TRUE", "FALSE"})
 _BINARY_PRECEDENCE: Final = {
-    "AND": 1, "OR": 1, "XOR": 1,
-    "=": 2, "!=": 2, "<>": 2, "<": 2, "<=": 2, ">": 2, ">=": 2,
-    "+": 3, "-": 3,
-    "*": 4, "/": 4, "%": 4,
+    "AND": 1,
+    "OR": 1,
+    "XOR": 1,
+    "=": 2,
+    "!=": 2,
+    "<>": 2,
+    "<": 2,
+    "<=": 2,
+    ">": 2,
+    ">=": 2,
+    "+": 3,
+    "-": 3,
+    "*": 4,
+    "/": 4,
+    "%": 4,
 }
 _IDENTIFIER: Final = re.compile(r"[a-z0-9]+")
 _FUNCTION_NAME: Final = re.compile(r"[A-Za-z][A-Za-z_]*")
@@ -167,8 +178,10 @@ class _Parser:
                 self.advance()
                 pattern = self.peek()
                 if pattern.kind is not Tok.STRING:
-                    self.fail("the pattern of LIKE must be a string literal, found "
-                              f"{pattern.describe()}", pattern.pos)
+                    self.fail(
+                        f"the pattern of LIKE must be a string literal, found {pattern.describe()}",
+                        pattern.pos,
+                    )
                 self.advance()
                 node = self.node(Like(node, pattern.text, negated, token.pos), token.pos)
             elif word == "IN":
@@ -213,8 +226,10 @@ class _Parser:
         value = int(digits.text)
         negative = sign is not None and sign.text == "-"
         if value > INT32_MAX + (1 if negative else 0):
-            self.fail("integer literal is outside the 32-bit range "
-                      "(-2147483648 to 2147483647)", sign.pos if sign else digits.pos)
+            self.fail(
+                "integer literal is outside the 32-bit range (-2147483648 to 2147483647)",
+                sign.pos if sign else digits.pos,
+            )
         start = sign.pos if sign else digits.pos
         return Literal(-value if negative else value, start)
 
@@ -247,15 +262,18 @@ class _Parser:
     def identifier(self, token: Token) -> str:
         name = token.text.lower()
         if not _IDENTIFIER.fullmatch(name):
-            self.fail(f"invalid attribute name {token.text!r}: names are lower-case letters "
-                      "and digits", token.pos)
+            self.fail(
+                f"invalid attribute name {token.text!r}: names are lower-case letters and digits",
+                token.pos,
+            )
         return name
 
     def exists(self, keyword: Token) -> Node:
         token = self.peek()
         if token.kind is not Tok.WORD or self.keyword(token) is not None:
-            self.fail(f"expected an attribute name after EXISTS, found {token.describe()}",
-                      token.pos)
+            self.fail(
+                f"expected an attribute name after EXISTS, found {token.describe()}", token.pos
+            )
         self.advance()
         if self.peek().kind is Tok.DOT:
             return self.node(DataExists(self.data_path(token), keyword.pos), keyword.pos)
@@ -264,11 +282,17 @@ class _Parser:
     def data_path(self, head: Token) -> tuple[str, ...]:
         """``data.a.b`` (the head word is consumed, the next token is the dot)."""
         if head.text.lower() != "data":
-            self.fail(f"unexpected '.' after {head.text!r}: only the data extension "
-                      "(data.<path>) uses dotted names", self.peek().pos)
+            self.fail(
+                f"unexpected '.' after {head.text!r}: only the data extension "
+                "(data.<path>) uses dotted names",
+                self.peek().pos,
+            )
         if self.strict:
-            self.fail("data.<path> access is an event-mesh extension to CESQL 1.0, "
-                      "not allowed in strict mode", head.pos)
+            self.fail(
+                "data.<path> access is an event-mesh extension to CESQL 1.0, "
+                "not allowed in strict mode",
+                head.pos,
+            )
         path: list[str] = []
         end = head.end
         while self.peek().kind is Tok.DOT:
@@ -276,10 +300,14 @@ class _Parser:
             segment = self.peek()
             if dot.pos != end:
                 self.fail("unexpected space before '.' in a data path", dot.pos)
-            if segment.pos != dot.end or segment.kind not in (Tok.WORD, Tok.INT) \
-                    or not _DATA_SEGMENT.fullmatch(segment.text):
-                self.fail("expected a data path segment (letters, digits, '_') right after "
-                          "'.'", dot.end)
+            if (
+                segment.pos != dot.end
+                or segment.kind not in (Tok.WORD, Tok.INT)
+                or not _DATA_SEGMENT.fullmatch(segment.text)
+            ):
+                self.fail(
+                    "expected a data path segment (letters, digits, '_') right after '.'", dot.end
+                )
             self.advance()
             path.append(segment.text)
             end = segment.end
@@ -287,8 +315,11 @@ class _Parser:
 
     def call(self, name: Token) -> Node:
         if not _FUNCTION_NAME.fullmatch(name.text):
-            self.fail(f"invalid function name {name.text!r}: letters and '_' only, "
-                      "starting with a letter", name.pos)
+            self.fail(
+                f"invalid function name {name.text!r}: letters and '_' only, "
+                "starting with a letter",
+                name.pos,
+            )
         self.advance()  # '('
         args: list[Node] = []
         if self.peek().kind is not Tok.RPAREN:

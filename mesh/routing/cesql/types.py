@@ -107,8 +107,9 @@ def _str_to_int(value: str, errors: list[CESQLError], position: int | None) -> i
         number = int(value)
         if INT32_MIN <= number <= INT32_MAX:
             return number
-        errors.append(CastError(f"cannot cast {value[:64]!r} to Integer: out of the 32-bit range",
-                                position))
+        errors.append(
+            CastError(f"cannot cast {value[:64]!r} to Integer: out of the 32-bit range", position)
+        )
         return 0
     errors.append(CastError(f"cannot cast {value[:64]!r} to Integer", position))
     return 0
@@ -149,8 +150,12 @@ def implicit_bool(value: Value, errors: list[CESQLError], position: int | None =
         return value  # type: ignore[return-value]
     if t is str:
         return _str_to_bool(value, errors, position)  # type: ignore[arg-type]
-    errors.append(CastError(f"cannot implicitly cast Integer {value} to Boolean; "
-                            "use BOOL(x) or a comparison", position))
+    errors.append(
+        CastError(
+            f"cannot implicitly cast Integer {value} to Boolean; use BOOL(x) or a comparison",
+            position,
+        )
+    )
     return False
 
 
@@ -164,8 +169,9 @@ def explicit_bool(value: Value, errors: list[CESQLError], position: int | None =
     return _str_to_bool(value, errors, position)  # type: ignore[arg-type]
 
 
-def cast(value: Value, target: Type, errors: list[CESQLError],
-         position: int | None = None) -> Value:
+def cast(
+    value: Value, target: Type, errors: list[CESQLError], position: int | None = None
+) -> Value:
     """Implicit cast of ``value`` to ``target`` (``ANY`` leaves it unchanged)."""
     if target is Type.STRING:
         return to_str(value)
@@ -177,6 +183,7 @@ def cast(value: Value, target: Type, errors: list[CESQLError],
 
 
 # --- event attribute values --------------------------------------------------------------
+
 
 def rfc3339(moment: datetime) -> str:
     """RFC 3339 text of a datetime, ``Z`` for UTC; a naive datetime is taken as UTC."""

@@ -22,8 +22,11 @@ ClientValue = str | int | float | bool
 #: consumer group liveness defaults (see `KafkaConfig.consumer`)
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
-_CLIENT_PREFIXES = {"client.": "client_config", "producer.": "producer_config",
-                    "consumer.": "consumer_config"}
+_CLIENT_PREFIXES = {
+    "client.": "client_config",
+    "producer.": "producer_config",
+    "consumer.": "consumer_config",
+}
 
 #: properties the transport sets itself; value None = may not be set at all, else the
 #: only accepted spellings (the guarantee they carry).
@@ -36,9 +39,10 @@ _PINNED: dict[str, tuple[set[str] | None, str]] = {
     "enable.idempotence": ({"true", "1"}, "the producer must be idempotent"),
     "acks": ({"all", "-1"}, "publish confirms only writes to all in-sync replicas"),
     "request.required.acks": ({"all", "-1"}, "publish confirms only fully replicated writes"),
-    "partition.assignment.strategy": ({"range", "roundrobin", "range,roundrobin"},
-                                      "the consumer commits on eager (not cooperative) "
-                                      "rebalances"),
+    "partition.assignment.strategy": (
+        {"range", "roundrobin", "range,roundrobin"},
+        "the consumer commits on eager (not cooperative) rebalances",
+    ),
     "group.protocol": ({"classic"}, "the consumer relies on the classic rebalance protocol"),
     "security.protocol": (None, "use the security_protocol option"),
     "sasl.mechanism": (None, "use the sasl_mechanism option"),
@@ -49,8 +53,15 @@ _PINNED: dict[str, tuple[set[str] | None, str]] = {
     "ssl.keystore.password": (None, "use ssl_certificate_location/ssl_key_location"),
     "sasl.oauthbearer.client.secret": (None, "OAUTHBEARER is not supported yet"),
 }
-_CALLBACKS = {"on_delivery", "on_commit", "error_cb", "stats_cb", "throttle_cb", "logger",
-              "oauth_cb"}
+_CALLBACKS = {
+    "on_delivery",
+    "on_commit",
+    "error_cb",
+    "stats_cb",
+    "throttle_cb",
+    "logger",
+    "oauth_cb",
+}
 
 
 class KafkaConfig(BaseModel):
@@ -86,8 +97,9 @@ class KafkaConfig(BaseModel):
         if sasl and (self.sasl_username is None or self.sasl_password is None):
             raise ValueError("SASL needs both sasl_username and sasl_password")
         if (self.security_protocol or "").startswith("SASL") and not sasl:
-            raise ValueError(f"security_protocol {self.security_protocol} needs "
-                             "sasl_username and sasl_password")
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+            )
         for name in ("client_config", "producer_config", "consumer_config"):
             for key, value in getattr(self, name).items():
                 _check_property(name, key, value)
@@ -105,7 +117,7 @@ class KafkaConfig(BaseModel):
         for key, value in [*parts.query.items(), *dict(options or {}).items()]:
             prefix = next((p for p in _CLIENT_PREFIXES if key.startswith(p)), None)
             if prefix is not None:
-                data.setdefault(_CLIENT_PREFIXES[prefix], {})[key[len(prefix):]] = value
+                data.setdefault(_CLIENT_PREFIXES[prefix], {})[key[len(prefix) :]] = value
             elif key in _CLIENT_PREFIXES.values() and isinstance(value, Mapping):
                 data.setdefault(key, {}).update(value)
             else:
@@ -118,18 +130,26 @@ class KafkaConfig(BaseModel):
         """Connection and security properties shared by producer, consumer and admin."""
         sasl = self.sasl_username is not None
         tls = any((self.ssl_ca_location, self.ssl_certificate_location, self.ssl_key_location))
-        protocol = self.security_protocol or (
-            "SASL_SSL" if sasl else "SSL" if tls else "PLAINTEXT")
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
-                                "client.id": self.client_id, "security.protocol": protocol}
+        protocol = self.security_protocol or ("SASL_SSL" if sasl else "SSL" if tls else "PLAINTEXT")
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": protocol,
+        }
         if sasl:
             assert self.sasl_password is not None
-            conf.update({"sasl.mechanism": self.sasl_mechanism,
-                         "sasl.username": self.sasl_username,
-                         "sasl.password": self.sasl_password.get_secret_value()})
-        for option, prop in (("ssl_ca_location", "ssl.ca.location"),
-                             ("ssl_certificate_location", "ssl.certificate.location"),
-                             ("ssl_key_location", "ssl.key.location")):
+            conf.update(
+                {
+                    "sasl.mechanism": self.sasl_mechanism,
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password.get_secret_value(),
+                }
+            )
+        for option, prop in (
+            ("ssl_ca_location", "ssl.ca.location"),
+            ("ssl_certificate_location", "ssl.certificate.location"),
+            ("ssl_key_location", "ssl.key.location"),
+        ):
             if getattr(self, option) is not None:
                 conf[prop] = getattr(self, option)
         if self.ssl_key_password is not None:
@@ -143,9 +163,15 @@ class KafkaConfig(BaseModel):
         Topics are created explicitly (with ``partitions``), never by the broker's
         auto-creation on a metadata request.
         """
-        return {**self.common(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                "partitioner": "murmur2_random", "allow.auto.create.topics": False,
-                **self.producer_config}
+        return {
+            **self.common(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+            "allow.auto.create.topics": False,
+            **self.producer_config,
+        }
 
     def consumer(self, group_id: str) -> dict[str, Any]:
         """Manual commits only; internal topics (``__*``) invisible to regex subscriptions;
@@ -160,19 +186,28 @@ class KafkaConfig(BaseModel):
         within a second, so they rejoin at once (measured on Tansu, whose join waits
         about half the session timeout: 9.4 s from kill -9 to the first record at the
         other member; Kafka completes the join as soon as the members rejoined)."""
-        return {**self.common(), "topic.metadata.refresh.interval.ms": 30000,
-                "queued.min.messages": 1000, "fetch.queue.backoff.ms": 20,
-                "session.timeout.ms": SESSION_TIMEOUT_MS,
-                "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
-                **self.consumer_config, "group.id": group_id,
-                "enable.auto.commit": False, "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest", "topic.blacklist": "^__.*"}
+        return {
+            **self.common(),
+            "topic.metadata.refresh.interval.ms": 30000,
+            "queued.min.messages": 1000,
+            "fetch.queue.backoff.ms": 20,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+            **self.consumer_config,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "topic.blacklist": "^__.*",
+        }
 
 
 def _check_property(option: str, key: str, value: ClientValue) -> None:
     if key in _CALLBACKS:
-        raise ValueError(f"{option}[{key!r}]: callbacks belong to the transport; "
-                         "use Python logging (logger 'mesh_kafka') instead")
+        raise ValueError(
+            f"{option}[{key!r}]: callbacks belong to the transport; "
+            "use Python logging (logger 'mesh_kafka') instead"
+        )
     pinned = _PINNED.get(key)
     if pinned is None:
         return

@@ -67,20 +67,28 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Dispatcher, Event,
-                  Subscription, TransportError)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    Delivery,
+    DeliveryHandler,
+    Dispatcher,
+    Event,
+    Subscription,
+    TransportError,
+)
 from mesh_kafka.wire import from_record, raw_headers
 
 log = logging.getLogger("mesh_kafka")
 _MARKS_SUFFIX = ".mesh-delivered"
 _TAKEOVERS_SUFFIX = ".mesh-takeovers"
-_COUNT_BITS = 16                      # a takeover mark is offset << 16 | count
+_COUNT_BITS = 16  # a takeover mark is offset << 16 | count
 _COUNT_MAX = (1 << _COUNT_BITS) - 1
-_MARKABLE = 1 << (63 - _COUNT_BITS)   # offsets from here on cannot be marked (never seen)
+_MARKABLE = 1 << (63 - _COUNT_BITS)  # offsets from here on cannot be marked (never seen)
 #: records of a suspect partition re-run one at a time (each costs two round trips)
 _SUSPECT_RECORDS = 100
 _ADMIN_TIMEOUT = 10.0
-_PAUSE_AFTER = 1.0   # librdkafka refetches ~1 s late after resume: pause only when it pays
+_PAUSE_AFTER = 1.0  # librdkafka refetches ~1 s late after resume: pause only when it pays
 _READ_BATCH = 500
 PartKey = tuple[str, int]
 #: live subscriptions of this process (see `close_subscriptions_on`)
@@ -95,25 +103,40 @@ class _Partition:
     partition's records wait in ``held`` and go to the loop one at a time (``stepping``:
     one is there now); see the module docstring."""
 
-    __slots__ = ("blamed", "committed", "handed", "held", "key", "marked", "marked_below",
-                 "next", "pending", "revoked", "started", "stepping", "suspect", "suspect_end",
-                 "takeover")
+    __slots__ = (
+        "blamed",
+        "committed",
+        "handed",
+        "held",
+        "key",
+        "marked",
+        "marked_below",
+        "next",
+        "pending",
+        "revoked",
+        "started",
+        "stepping",
+        "suspect",
+        "suspect_end",
+        "takeover",
+    )
 
-    def __init__(self, key: PartKey, marked_below: int, start: int,
-                 takeover: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, key: PartKey, marked_below: int, start: int, takeover: tuple[int, int] | None = None
+    ) -> None:
         self.key = key
-        self.pending: set[int] = set()     # received, not acked
-        self.next = start                  # one past the highest offset received
-        self.handed = -1                   # one past the highest offset given to a handler
+        self.pending: set[int] = set()  # received, not acked
+        self.next = start  # one past the highest offset received
+        self.handed = -1  # one past the highest offset given to a handler
         self.committed = -1
-        self.marked_below = marked_below   # offsets below were delivered by a former owner
+        self.marked_below = marked_below  # offsets below were delivered by a former owner
         self.revoked = False
         self.takeover = takeover
-        self.started = False               # the first record of the assignment arrived
+        self.started = False  # the first record of the assignment arrived
         self.blamed: tuple[int, int] = (-1, 0)
-        self.marked = -1                   # offset of this member's last takeover mark
-        self.suspect = 0                   # records left to re-run one at a time
-        self.suspect_end = -1              # ... or until this offset
+        self.marked = -1  # offset of this member's last takeover mark
+        self.suspect = 0  # records left to re-run one at a time
+        self.suspect_end = -1  # ... or until this offset
         self.held: deque[_Record] = deque()
         self.stepping = False
 
@@ -199,16 +222,25 @@ class KafkaDelivery(_RecordDelivery):
             await super()._unhandled(cancelled)
 
     async def _nack(self, delay: float) -> None:
-        if not self._record.part.revoked:   # else dropped: its next owner redelivers it
+        if not self._record.part.revoked:  # else dropped: its next owner redelivers it
             self._sub.pool.retry(self._record, delay)
 
 
 class KafkaSubscription(Subscription):
     """A live subscription; built and started by `KafkaTransport.subscribe`."""
 
-    def __init__(self, *, conf: dict[str, Any], topics: list[str], handler: DeliveryHandler,
-                 max_in_flight: int, broadcast: bool, admin: AdminClient,
-                 commit_interval: float, on_closed: Callable[[KafkaSubscription], None]) -> None:
+    def __init__(
+        self,
+        *,
+        conf: dict[str, Any],
+        topics: list[str],
+        handler: DeliveryHandler,
+        max_in_flight: int,
+        broadcast: bool,
+        admin: AdminClient,
+        commit_interval: float,
+        on_closed: Callable[[KafkaSubscription], None],
+    ) -> None:
         self._conf, self._topics, self._handler = conf, topics, handler
         self._max = max(1, max_in_flight)
         self._broadcast, self._admin = broadcast, admin
@@ -221,19 +253,24 @@ class KafkaSubscription(Subscription):
         self._lock = threading.Lock()
         self._parts: dict[PartKey, _Partition] = {}
         self._stop = threading.Event()
-        self._room = threading.Event()   # set by the loop when half the room is free
-        self._thread = threading.Thread(target=self._pump, daemon=True,
-                                        name=f"mesh-kafka-{self._group}")
-        self._received = 0          # written by the thread only
-        self._finished = 0          # written by the loop only
-        self._paused = False        # thread only
-        self._full_since: float | None = None   # thread only
+        self._room = threading.Event()  # set by the loop when half the room is free
+        self._thread = threading.Thread(
+            target=self._pump, daemon=True, name=f"mesh-kafka-{self._group}"
+        )
+        self._received = 0  # written by the thread only
+        self._finished = 0  # written by the loop only
+        self._paused = False  # thread only
+        self._full_since: float | None = None  # thread only
         self._suspects: set[_Partition] = set()  # thread only: partitions re-run one by one
         self._steps: deque[_Partition] = deque()  # loop -> thread: a suspect record finished
         self._assigned_once = False  # set before the thread starts, then thread only
         self.pool: Dispatcher[_Record] = Dispatcher(
-            handler, self._max, self._attempt, on_done=self._done,
-            before=None if broadcast else self._before)
+            handler,
+            self._max,
+            self._attempt,
+            on_done=self._done,
+            before=None if broadcast else self._before,
+        )
         self._closed: asyncio.Task[None] | None = None
         self._assigned: asyncio.Future[None] = self._loop.create_future()
 
@@ -255,9 +292,11 @@ class KafkaSubscription(Subscription):
             await asyncio.wait_for(asyncio.shield(self._assigned), timeout)
         except TimeoutError:
             await self.close()
-            raise ConnectError(f"consumer group {self._group!r} got no partition assignment "
-                               f"within {timeout:g}s; check the brokers and the group "
-                               "coordinator") from None
+            raise ConnectError(
+                f"consumer group {self._group!r} got no partition assignment "
+                f"within {timeout:g}s; check the brokers and the group "
+                "coordinator"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -268,13 +307,17 @@ class KafkaSubscription(Subscription):
         await asyncio.shield(self._closed)
 
     async def _shutdown(self, timeout: float) -> None:
-        await self.pool.drain(timeout)   # records not run stay uncommitted: the next owner's
+        await self.pool.drain(timeout)  # records not run stay uncommitted: the next owner's
         self._stop.set()
         self._room.set()
         await asyncio.to_thread(self._thread.join)
-        if self._broadcast:   # a broadcast group is this subscriber's alone
-            await asyncio.to_thread(self._admin_call, self._admin.delete_consumer_groups,
-                                    [self._group], request_timeout=_ADMIN_TIMEOUT)
+        if self._broadcast:  # a broadcast group is this subscriber's alone
+            await asyncio.to_thread(
+                self._admin_call,
+                self._admin.delete_consumer_groups,
+                [self._group],
+                request_timeout=_ADMIN_TIMEOUT,
+            )
         self._on_closed(self)
         _LIVE.discard(self)
 
@@ -282,7 +325,9 @@ class KafkaSubscription(Subscription):
         """True when this subscription (on ``servers``) may read any of ``topics``."""
         return servers == self._conf["bootstrap.servers"] and any(
             re.fullmatch(sub[1:], topic) if sub.startswith("^") else sub == topic
-            for sub in self._topics for topic in topics)
+            for sub in self._topics
+            for topic in topics
+        )
 
     # --- records on the loop -------------------------------------------------------------
 
@@ -291,7 +336,7 @@ class KafkaSubscription(Subscription):
             self.pool.submit(record, record.key)
 
     def _attempt(self, record: _Record) -> KafkaDelivery | None:
-        if record.part.revoked:    # the partition moved on: its next owner has it
+        if record.part.revoked:  # the partition moved on: its next owner has it
             return None
         record.attempts += 1
         record.part.handed = max(record.part.handed, (record.message.offset() or 0) + 1)
@@ -311,10 +356,15 @@ class KafkaSubscription(Subscription):
     async def _write_mark(self, mark: TopicPartition) -> None:
         try:
             await asyncio.to_thread(self._write_takeovers, [mark])
-        except Exception as exc:   # best effort, like every companion-group write
-            log.warning("group %s: could not count a takeover of %s/%d (%s); a crash now "
-                        "would not count against the record", self._group, mark.topic,
-                        mark.partition, exc)
+        except Exception as exc:  # best effort, like every companion-group write
+            log.warning(
+                "group %s: could not count a takeover of %s/%d (%s); a crash now "
+                "would not count against the record",
+                self._group,
+                mark.topic,
+                mark.partition,
+                exc,
+            )
 
     def acked(self, record: _Record) -> None:
         with self._lock:
@@ -322,7 +372,7 @@ class KafkaSubscription(Subscription):
 
     def _done(self, record: _Record) -> None:
         self._finished += 1
-        if record.part.stepping:   # the thread commits it and hands out the next one
+        if record.part.stepping:  # the thread commits it and hands out the next one
             self._steps.append(record.part)
             self._room.set()
         elif (self._received - self._finished) * 2 <= self._max and not self._room.is_set():
@@ -333,19 +383,26 @@ class KafkaSubscription(Subscription):
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:   # the loop is gone: nothing left to tell
+        except RuntimeError:  # the loop is gone: nothing left to tell
             pass
 
     def _pump(self) -> None:
         try:
-            consumer = Consumer({**self._conf, "on_commit": self._on_commit,
-                                 "error_cb": _log_error, "logger": log})
-            consumer.subscribe(self._topics, on_assign=self._on_assign,
-                               on_revoke=self._revoke,
-                               on_lost=lambda c, lost: self._revoke(c, lost, commit=False))
+            consumer = Consumer(
+                {**self._conf, "on_commit": self._on_commit, "error_cb": _log_error, "logger": log}
+            )
+            consumer.subscribe(
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._revoke,
+                on_lost=lambda c, lost: self._revoke(c, lost, commit=False),
+            )
         except (KafkaException, ValueError, TypeError) as exc:
-            self._call(resolve, self._assigned, ConfigError(
-                f"librdkafka rejected the consumer configuration: {_describe(exc)}"))
+            self._call(
+                resolve,
+                self._assigned,
+                ConfigError(f"librdkafka rejected the consumer configuration: {_describe(exc)}"),
+            )
             return
         next_commit = time.monotonic() + self._commit_interval
         try:
@@ -353,21 +410,21 @@ class KafkaSubscription(Subscription):
                 while self._steps:
                     self._step(consumer, self._steps.popleft(), finished=True)
                 room = self._flow(consumer)
-                if room > 0 or self._paused:   # wait for one, then take what else is there
-                    wait = 0.1   # a suspect record's end is noticed here: look sooner
+                if room > 0 or self._paused:  # wait for one, then take what else is there
+                    wait = 0.1  # a suspect record's end is noticed here: look sooner
                     if any(part.stepping for part in self._suspects):
                         wait = 0.01
-                    ready = consumer.consume(1, wait)   # (one hand-off to the loop for all)
+                    ready = consumer.consume(1, wait)  # (one hand-off to the loop for all)
                     if ready and room > 1:
                         ready += consumer.consume(min(room - 1, 1000), 0)
                     self._take(consumer, ready)
-                else:   # full, not yet paused: leave records in librdkafka's queue
-                    self._room.wait(0.05)   # until half the room is free
+                else:  # full, not yet paused: leave records in librdkafka's queue
+                    self._room.wait(0.05)  # until half the room is free
                     self._room.clear()
                 if time.monotonic() >= next_commit:
                     self._commit(consumer, list(self._parts.values()))
                     next_commit = time.monotonic() + self._commit_interval
-        except Exception:   # never expected; the subscription stops, loudly
+        except Exception:  # never expected; the subscription stops, loudly
             log.exception("kafka consumer of group %s failed", self._group)
         finally:
             self._revoke(consumer, [TopicPartition(*key) for key in self._parts])
@@ -407,8 +464,9 @@ class KafkaSubscription(Subscription):
             for part in list(self._suspects):
                 self._step(consumer, part)
 
-    def _first_record(self, consumer: Consumer, part: _Partition,
-                      offset: int) -> TopicPartition | None:
+    def _first_record(
+        self, consumer: Consumer, part: _Partition, offset: int
+    ) -> TopicPartition | None:
         """Count this takeover (see the module docstring): the first record is the one at
         the committed position; when former owners' takeovers started there too, it was
         delivered that often already, and the partition is re-run one record at a time,
@@ -421,19 +479,24 @@ class KafkaSubscription(Subscription):
         count = mark[1] if mark is not None and mark[0] == offset else 0
         part.blamed = (offset, count)
         written = None
-        if offset < _MARKABLE:   # written when its handler starts (`_run`), not now
+        if offset < _MARKABLE:  # written when its handler starts (`_run`), not now
             written = TopicPartition(*part.key, _takeover_mark(offset, count + 1))
             part.marked = offset
         if count > 0:
             part.suspect = _SUSPECT_RECORDS
             _, high = consumer.get_watermark_offsets(TopicPartition(*part.key), cached=True)
             part.suspect_end = high if high > offset else offset + _SUSPECT_RECORDS
-            if not self._suspects:   # one record at a time, so a crash blames the right one
+            if not self._suspects:  # one record at a time, so a crash blames the right one
                 self._call(self.pool.resize, 1)
             self._suspects.add(part)
-            log.info("partition %s/%d of group %s was taken over %d time(s) at offset %d "
-                     "without progress; re-running its next records one at a time",
-                     *part.key, self._group, count, offset)
+            log.info(
+                "partition %s/%d of group %s was taken over %d time(s) at offset %d "
+                "without progress; re-running its next records one at a time",
+                *part.key,
+                self._group,
+                count,
+                offset,
+            )
         return written
 
     def _step(self, consumer: Consumer, part: _Partition, finished: bool = False) -> None:
@@ -445,7 +508,7 @@ class KafkaSubscription(Subscription):
         if part.stepping or part.revoked:
             return
         head = part.held[0].offset if part.held else part.next
-        if part.suspect <= 0 or head >= part.suspect_end:   # the rest goes as usual
+        if part.suspect <= 0 or head >= part.suspect_end:  # the rest goes as usual
             self._forget_suspect(part)
             rest = list(part.held)
             part.held.clear()
@@ -457,7 +520,7 @@ class KafkaSubscription(Subscription):
         record = part.held[0]
         if part.marked != record.offset:
             self._commit(consumer, list(self._parts.values()), wait=True)
-            if record.offset < _MARKABLE:   # written when its handler starts (`_run`)
+            if record.offset < _MARKABLE:  # written when its handler starts (`_run`)
                 record.mark = TopicPartition(*part.key, _takeover_mark(record.offset, 1))
             part.marked = record.offset
         part.held.popleft()
@@ -472,9 +535,11 @@ class KafkaSubscription(Subscription):
 
     def _write_takeovers(self, marks: list[TopicPartition]) -> None:
         if self._takeovers_group is not None:
-            self._admin_call(self._admin.alter_consumer_group_offsets,
-                             [ConsumerGroupTopicPartitions(self._takeovers_group, marks)],
-                             request_timeout=_ADMIN_TIMEOUT)
+            self._admin_call(
+                self._admin.alter_consumer_group_offsets,
+                [ConsumerGroupTopicPartitions(self._takeovers_group, marks)],
+                request_timeout=_ADMIN_TIMEOUT,
+            )
 
     def _flow(self, consumer: Consumer) -> int:
         """Pause after being full for `_PAUSE_AFTER` s, resume when not full; return room."""
@@ -497,38 +562,54 @@ class KafkaSubscription(Subscription):
         marks, takeovers = self._read_marks(partitions)
         start: dict[PartKey, int] = {}
         if self._broadcast and not self._assigned_once and partitions:
-            start = self._latest(consumer, partitions)   # broadcast: only what comes next
+            start = self._latest(consumer, partitions)  # broadcast: only what comes next
         with self._lock:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
-                self._parts[key] = _Partition(key, marks.get(key, -1), start.get(key, -1),
-                                              takeovers.get(key))
-        consumer.assign([TopicPartition(tp.topic, tp.partition, start[(tp.topic, tp.partition)])
-                         if (tp.topic, tp.partition) in start else tp for tp in partitions])
-        self._set_paused(consumer, partitions)   # pause flags survive reassignment
+                self._parts[key] = _Partition(
+                    key, marks.get(key, -1), start.get(key, -1), takeovers.get(key)
+                )
+        consumer.assign(
+            [
+                TopicPartition(tp.topic, tp.partition, start[(tp.topic, tp.partition)])
+                if (tp.topic, tp.partition) in start
+                else tp
+                for tp in partitions
+            ]
+        )
+        self._set_paused(consumer, partitions)  # pause flags survive reassignment
         self._assigned_once = True
         self._call(resolve, self._assigned)
 
-    def _revoke(self, consumer: Consumer, partitions: list[TopicPartition],
-                commit: bool = True) -> None:
+    def _revoke(
+        self, consumer: Consumer, partitions: list[TopicPartition], commit: bool = True
+    ) -> None:
         """Commit what is acked (not when ``partitions`` were lost), mark what is still in
         flight, and let the records go."""
         with self._lock:
-            parts = [part for tp in partitions
-                     if (part := self._parts.pop((tp.topic, tp.partition), None)) is not None]
+            parts = [
+                part
+                for tp in partitions
+                if (part := self._parts.pop((tp.topic, tp.partition), None)) is not None
+            ]
             for part in parts:
                 part.revoked = True
-                self._received -= len(part.held)   # never reached the loop: not in flight
+                self._received -= len(part.held)  # never reached the loop: not in flight
                 part.held.clear()
                 self._forget_suspect(part)
-            marks = [TopicPartition(*part.key, part.handed) for part in parts
-                     if part.handed > part.watermark()]
+            marks = [
+                TopicPartition(*part.key, part.handed)
+                for part in parts
+                if part.handed > part.watermark()
+            ]
         if commit:
             self._commit(consumer, parts, wait=True)
         if marks and self._marks_group is not None:
-            self._admin_call(self._admin.alter_consumer_group_offsets,
-                             [ConsumerGroupTopicPartitions(self._marks_group, marks)],
-                             request_timeout=_ADMIN_TIMEOUT)
+            self._admin_call(
+                self._admin.alter_consumer_group_offsets,
+                [ConsumerGroupTopicPartitions(self._marks_group, marks)],
+                request_timeout=_ADMIN_TIMEOUT,
+            )
 
     def _commit(self, consumer: Consumer, parts: list[_Partition], wait: bool = False) -> None:
         with self._lock:
@@ -546,55 +627,68 @@ class KafkaSubscription(Subscription):
             else:
                 consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
-            log.warning("offset commit for group %s failed (%s); records after the last "
-                        "commit will be redelivered", self._group, _describe(exc))
+            log.warning(
+                "offset commit for group %s failed (%s); records after the last "
+                "commit will be redelivered",
+                self._group,
+                _describe(exc),
+            )
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [tp for tp in partitions if error is not None or tp.error is not None]
         if failed:
             log.debug("offset commit for group %s failed; retrying: %s", self._group, error)
-            with self._lock:   # commit these again next round
+            with self._lock:  # commit these again next round
                 for tp in failed:
                     part = self._parts.get((tp.topic, tp.partition))
                     if part is not None:
                         part.committed = -1
 
-    def _read_marks(self, partitions: list[TopicPartition]
-                    ) -> tuple[dict[PartKey, int], dict[PartKey, tuple[int, int]]]:
+    def _read_marks(
+        self, partitions: list[TopicPartition]
+    ) -> tuple[dict[PartKey, int], dict[PartKey, tuple[int, int]]]:
         """The companion groups' marks for ``partitions``: "delivered below" offsets and
         (offset, count) takeover marks; both requests are sent before either is awaited."""
         if self._marks_group is None or self._takeovers_group is None or not partitions:
             return {}, {}
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        requests = [self._admin_request(self._admin.list_consumer_group_offsets,
-                                        [ConsumerGroupTopicPartitions(group, wanted)],
-                                        request_timeout=_ADMIN_TIMEOUT)
-                    for group in (self._marks_group, self._takeovers_group)]
+        requests = [
+            self._admin_request(
+                self._admin.list_consumer_group_offsets,
+                [ConsumerGroupTopicPartitions(group, wanted)],
+                request_timeout=_ADMIN_TIMEOUT,
+            )
+            for group in (self._marks_group, self._takeovers_group)
+        ]
         below, takeovers = (self._admin_results(request) for request in requests)
         found = below[0].topic_partitions if below else []
         marks = {(tp.topic, tp.partition): tp.offset for tp in found or [] if tp.offset >= 0}
         found = takeovers[0].topic_partitions if takeovers else []
-        counts = {(tp.topic, tp.partition): (tp.offset >> _COUNT_BITS, tp.offset & _COUNT_MAX)
-                  for tp in found or [] if tp.offset >= 0}
+        counts = {
+            (tp.topic, tp.partition): (tp.offset >> _COUNT_BITS, tp.offset & _COUNT_MAX)
+            for tp in found or []
+            if tp.offset >= 0
+        }
         return marks, counts
 
     def _latest(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[PartKey, int]:
         try:
             ends = consumer.offsets_for_times(
                 [TopicPartition(tp.topic, tp.partition, -1) for tp in partitions],
-                timeout=_ADMIN_TIMEOUT)
+                timeout=_ADMIN_TIMEOUT,
+            )
         except KafkaException as exc:
-            log.warning("broadcast subscriber could not look up end offsets (%s)",
-                        _describe(exc))
-            return {(tp.topic, tp.partition): -1 for tp in partitions}   # OFFSET_END
+            log.warning("broadcast subscriber could not look up end offsets (%s)", _describe(exc))
+            return {(tp.topic, tp.partition): -1 for tp in partitions}  # OFFSET_END
         return {(tp.topic, tp.partition): tp.offset for tp in ends}
 
     def _admin_call(self, method: Callable[..., Any], *args: Any, **kw: Any) -> list[Any]:
         """Run an admin request and wait (poll thread or worker thread only)."""
         return self._admin_results(self._admin_request(method, *args, **kw))
 
-    def _admin_request(self, method: Callable[..., Any], *args: Any,
-                       **kw: Any) -> dict[Any, Any] | None:
+    def _admin_request(
+        self, method: Callable[..., Any], *args: Any, **kw: Any
+    ) -> dict[Any, Any] | None:
         try:
             futures: dict[Any, Any] = method(*args, **kw)
         except Exception as exc:  # best effort: marks and clean-up are optional
@@ -643,8 +737,8 @@ class _Reading:
 
     def __init__(self, consumer: Consumer, topic: str) -> None:
         self.consumer, self.topic = consumer, topic
-        self.ends: dict[int, int] = {}     # partition not read to its end -> that end
-        self.seen: set[int] = set()        # partitions a fetch answered already
+        self.ends: dict[int, int] = {}  # partition not read to its end -> that end
+        self.seen: set[int] = set()  # partitions a fetch answered already
         self.buffers: dict[int, deque[Message]] = {}
 
     def plan(self, timeout: float) -> None:
@@ -657,12 +751,12 @@ class _Reading:
             return
         for partition in sorted(found.partitions):
             low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=timeout)
+                TopicPartition(self.topic, partition), timeout=timeout
+            )
             if high > low:
                 self.ends[partition] = high
                 self.buffers[partition] = deque()
-        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                              for p in self.ends])
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.ends])
 
     @property
     def unfinished(self) -> bool:
@@ -680,7 +774,7 @@ class _Reading:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    del self.ends[partition]   # at the partition's end: nothing more
+                    del self.ends[partition]  # at the partition's end: nothing more
                 else:
                     _log_error(error)
                 continue
@@ -689,7 +783,8 @@ class _Reading:
                 # batch's base offset + 1, short of the records after it in that batch
                 self.seen.add(partition)
                 _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), cached=True)
+                    TopicPartition(self.topic, partition), cached=True
+                )
                 end = self.ends[partition] = max(end, high)
             offset = message.offset() or 0
             if offset < end:
@@ -715,8 +810,9 @@ def _age(message: Message) -> tuple[int, int, int]:
     return message.timestamp()[1], message.partition() or 0, message.offset() or 0
 
 
-async def read_topic(conf: dict[str, Any], topic: str, *, idle: float,
-                     timeout: float) -> AsyncIterator[Delivery]:
+async def read_topic(
+    conf: dict[str, Any], topic: str, *, idle: float, timeout: float
+) -> AsyncIterator[Delivery]:
     """The records of ``topic`` up to each partition's end as the read starts, oldest
     first, without consuming: a consumer assigned every non-empty partition from its
     beginning, which never subscribes (so joins no group), commits nothing (auto commit
@@ -726,13 +822,14 @@ async def read_topic(conf: dict[str, Any], topic: str, *, idle: float,
     seconds after the first answer (``timeout`` before it). Blocking calls run in worker
     threads, one at a time."""
     try:
-        consumer = Consumer({**conf, "enable.partition.eof": True, "error_cb": _log_error,
-                             "logger": log})
+        consumer = Consumer(
+            {**conf, "enable.partition.eof": True, "error_cb": _log_error, "logger": log}
+        )
     except (KafkaException, ValueError, TypeError) as exc:
         problem: str | None = _describe(exc)
     else:
         problem = None
-    if problem is not None:   # outside the except block: its text may hold a value
+    if problem is not None:  # outside the except block: its text may hold a value
         raise ConfigError(f"librdkafka rejected the reader configuration: {problem}")
     reading = _Reading(consumer, topic)
     try:
@@ -749,8 +846,13 @@ async def read_topic(conf: dict[str, Any], topic: str, *, idle: float,
             if answered:
                 last, patience = loop.time(), idle
             elif loop.time() - last > patience:
-                log.debug("reading %s: nothing arrived for %.1fs; stopping before the end "
-                          "of partitions %s", topic, patience, sorted(reading.ends))
+                log.debug(
+                    "reading %s: nothing arrived for %.1fs; stopping before the end "
+                    "of partitions %s",
+                    topic,
+                    patience,
+                    sorted(reading.ends),
+                )
                 messages += reading.merge(everything=True)
                 reading.ends.clear()
             for message in messages:

@@ -56,4 +56,5 @@ def _check_name(name: str) -> None:
     if len(name) > _MAX_TOPIC or not _LEGAL.fullmatch(name) or name.startswith("__"):
         raise ConfigError(
             f"channel {name!r} cannot be a Kafka topic: use letters, digits, '.', '_' and "
-            f"'-' only, at most {_MAX_TOPIC} characters, not starting with '__'")
+            f"'-' only, at most {_MAX_TOPIC} characters, not starting with '__'"
+        )

@@ -8,6 +8,9 @@ from mesh_kafka.transport import KafkaTransport
 
 @hookimpl
 def mesh_register_transports(registry: TransportRegistry) -> None:
-    registry.register("kafka", KafkaTransport,
-                      description="Apache Kafka (confluent-kafka): consumer groups, per-key "
-                                  "order, topic regex patterns")
+    registry.register(
+        "kafka",
+        KafkaTransport,
+        description="Apache Kafka (confluent-kafka): consumer groups, per-key "
+        "order, topic regex patterns",
+    )

@@ -36,14 +36,30 @@ from typing import Any, ClassVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._config import ConfigResource   # what confluent_kafka.admin
-from confluent_kafka.admin._resource import ResourceType   # re-exports (implicitly)
+from confluent_kafka.admin._config import ConfigResource  # what confluent_kafka.admin
+from confluent_kafka.admin._resource import ResourceType  # re-exports (implicitly)
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports
 
-from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, MeshError,
-                  MessageTooLarge, PublishError, Subscription, Transport, TransportClosed,
-                  TransportError, TransportFeatures, ensure_listening, pattern_list,
-                  pattern_matcher, redact_url, scrub)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    Delivery,
+    DeliveryHandler,
+    Event,
+    MeshError,
+    MessageTooLarge,
+    PublishError,
+    Subscription,
+    Transport,
+    TransportClosed,
+    TransportError,
+    TransportFeatures,
+    ensure_listening,
+    pattern_list,
+    pattern_matcher,
+    redact_url,
+    scrub,
+)
 from mesh_kafka.config import KafkaConfig
 from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on, read_topic, resolve
 from mesh_kafka.naming import group_id_for, subscription_for, topic_for
@@ -68,9 +84,16 @@ class KafkaTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("kafka",)
     features: ClassVar[TransportFeatures] = TransportFeatures(
-        consumer_groups=True, broadcast=True, per_key_ordering=True, persistence=True,
-        replay_for_new_groups=True, native_dedup=False, wildcard_patterns=True,
-        pattern_syntax="kafka-regex", retained_reads=True)
+        consumer_groups=True,
+        broadcast=True,
+        per_key_ordering=True,
+        persistence=True,
+        replay_for_new_groups=True,
+        native_dedup=False,
+        wildcard_patterns=True,
+        pattern_syntax="kafka-regex",
+        retained_reads=True,
+    )
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config = KafkaConfig.from_url(url, options)
@@ -101,21 +124,25 @@ class KafkaTransport(Transport):
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await ensure_listening([_address(server) for server in
-                                self.config.bootstrap_servers.split(",")],
-                               timeout=min(_LISTEN_TIMEOUT, self.config.connect_timeout),
-                               broker="Kafka")
+        await ensure_listening(
+            [_address(server) for server in self.config.bootstrap_servers.split(",")],
+            timeout=min(_LISTEN_TIMEOUT, self.config.connect_timeout),
+            broker="Kafka",
+        )
         left = max(0.1, self.config.connect_timeout - (loop.time() - started))
         try:
             admin_conf: dict[str, Any] = {**self.config.common(), "logger": log}
-            producer_conf: dict[str, Any] = {**self.config.producer(), "logger": log,
-                                             "error_cb": self._on_error}
+            producer_conf: dict[str, Any] = {
+                **self.config.producer(),
+                "logger": log,
+                "error_cb": self._on_error,
+            }
             admin, producer = AdminClient(admin_conf), Producer(producer_conf)
         except (KafkaException, ValueError, TypeError) as exc:
             problem: str | None = self._scrub(exc)
         else:
             problem = None
-        if problem is not None:   # outside the except block: its text may hold a value
+        if problem is not None:  # outside the except block: its text may hold a value
             raise ConfigError(f"librdkafka rejected the client configuration: {problem}")
         try:
             await asyncio.to_thread(admin.list_topics, timeout=left)
@@ -123,19 +150,19 @@ class KafkaTransport(Transport):
             reason: str | None = self._scrub(exc)
         else:
             reason = None
-        if reason is not None:   # raised outside the except block: no __context__ chain
-            raise ConnectError(f"cannot reach Kafka at {self._url}: {reason}; check "
-                               "the brokers, security_protocol and credentials")
-        self._max_message = _int_property(producer_conf, "message.max.bytes",
-                                          CLIENT_MAX_MESSAGE)
+        if reason is not None:  # raised outside the except block: no __context__ chain
+            raise ConnectError(
+                f"cannot reach Kafka at {self._url}: {reason}; check "
+                "the brokers, security_protocol and credentials"
+            )
+        self._max_message = _int_property(producer_conf, "message.max.bytes", CLIENT_MAX_MESSAGE)
         self._admin, self._producer, self._closing = admin, producer, None
         self._producer_conf, self._fatal, self._polling = producer_conf, False, True
-        self._poller = threading.Thread(target=self._poll, daemon=True,
-                                        name="mesh-kafka-producer")
+        self._poller = threading.Thread(target=self._poll, daemon=True, name="mesh-kafka-producer")
         self._poller.start()
 
     def _poll(self) -> None:
-        while self._polling:   # serves delivery reports (and logs) off the event loop
+        while self._polling:  # serves delivery reports (and logs) off the event loop
             producer = self._producer
             if producer is not None:
                 producer.poll(0.1)
@@ -164,15 +191,17 @@ class KafkaTransport(Transport):
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join)
         if await asyncio.to_thread(producer.flush, 30.0):
-            log.warning("kafka producer closed with unconfirmed events; their publishers "
-                        "get PublishError")
+            log.warning(
+                "kafka producer closed with unconfirmed events; their publishers get PublishError"
+            )
             producer.purge()
             await asyncio.to_thread(producer.flush, 5.0)
 
     def _on_error(self, error: KafkaError) -> None:
         self._fatal = self._fatal or error.fatal()
-        log.log(logging.ERROR if error.fatal() else logging.WARNING,
-                "kafka producer: %s", error.str())
+        log.log(
+            logging.ERROR if error.fatal() else logging.WARNING, "kafka producer: %s", error.str()
+        )
 
     def _clients(self) -> tuple[Producer, AdminClient]:
         if self._producer is None or self._admin is None:
@@ -211,15 +240,20 @@ class KafkaTransport(Transport):
                 raise
             except Exception as exc:
                 raise PublishError(f"cannot encode event {event.id}: {exc}") from None
-            if size_bound(record) > self._max_message and \
-                    (size := wire_size(record)) > self._max_message:
+            if (
+                size_bound(record) > self._max_message
+                and (size := wire_size(record)) > self._max_message
+            ):
                 raise MessageTooLarge(
                     f"event {event.id} is {size} bytes as a Kafka record (key, value and "
                     f"headers), over the producer's message.max.bytes of {self._max_message} "
                     f"bytes; nothing was sent to {topic}. Make the event smaller (keep large "
                     "payloads elsewhere and send a reference), or raise message.max.bytes "
                     "(producer.message.max.bytes) together with the topic's "
-                    "max.message.bytes", size=size, limit=self._max_message)
+                    "max.message.bytes",
+                    size=size,
+                    limit=self._max_message,
+                )
             records.append(record)
         if not self._topics.issuperset(topics):
             await self._ensure_topics(set(topics), PublishError)
@@ -227,7 +261,7 @@ class KafkaTransport(Transport):
         done: asyncio.Future[None] = loop.create_future()
         reports, count = itertools.count(1), len(items)
         errors: list[str] = []
-        too_large: list[tuple[str, int]] = []   # (topic, size) the broker refused as too large
+        too_large: list[tuple[str, int]] = []  # (topic, size) the broker refused as too large
 
         def report(error: KafkaError | None, message: Message) -> None:
             # where librdkafka serves reports: the poll thread (or a replaced producer's
@@ -235,42 +269,57 @@ class KafkaTransport(Transport):
             if error is not None:
                 topic = message.topic() or ""
                 if error.code() in _TOO_LARGE:
-                    too_large.append((topic, received_size(message.headers(), message.key(),
-                                                           message.value())))
+                    too_large.append(
+                        (topic, received_size(message.headers(), message.key(), message.value()))
+                    )
                 errors.append(f"Kafka did not confirm the event on {topic}: {error.str()}")
             if next(reports) == count:
-                with contextlib.suppress(RuntimeError):   # the loop is gone
+                with contextlib.suppress(RuntimeError):  # the loop is gone
                     loop.call_soon_threadsafe(resolve, done)
+
         for topic, record in zip(topics, records, strict=True):
             if self._fatal:
                 producer = await self._replace_producer()
             failed: str | None = None
             while True:
                 try:
-                    producer.produce(topic, value=record.value, key=record.key,
-                                     headers=record.headers,  # type: ignore[arg-type]
-                                     on_delivery=report)
+                    producer.produce(
+                        topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=record.headers,  # type: ignore[arg-type]
+                        on_delivery=report,
+                    )
                     break
-                except BufferError:   # local queue full: let the poll thread drain it
+                except BufferError:  # local queue full: let the poll thread drain it
                     await asyncio.sleep(0.005)
-                except KafkaException as exc:   # records produced so far still report
+                except KafkaException as exc:  # records produced so far still report
                     failed = self._scrub(exc)
                     break
-            if failed is not None:   # outside the except block: no __context__ chain
+            if failed is not None:  # outside the except block: no __context__ chain
                 raise PublishError(f"cannot publish to {topic}: {failed}")
         await done
         if too_large:
             topic, size = too_large[0]
             limit = await self._broker_limit(topic)
-            shown = "" if count == 1 else f" ({len(too_large)} of {count} events; the others " \
-                "may have been written)"
+            shown = (
+                ""
+                if count == 1
+                else f" ({len(too_large)} of {count} events; the others may have been written)"
+            )
             raise MessageTooLarge(
                 f"Kafka refused an event on {topic} as too large: about {size} bytes, over the "
                 f"topic's max.message.bytes of {limit} bytes{shown}. Make the event smaller "
-                "or raise the topic's max.message.bytes", size=size, limit=limit)
+                "or raise the topic's max.message.bytes",
+                size=size,
+                limit=limit,
+            )
         if errors:
-            raise PublishError(errors[0] if count == 1 else f"{len(errors)} of {count} events "
-                               f"were not confirmed; first error: {errors[0]}")
+            raise PublishError(
+                errors[0]
+                if count == 1
+                else f"{len(errors)} of {count} events were not confirmed; first error: {errors[0]}"
+            )
 
     async def _broker_limit(self, topic: str) -> int:
         """The topic's ``max.message.bytes`` (what the broker refused a record over), or
@@ -278,12 +327,12 @@ class KafkaTransport(Transport):
         _, admin = self._clients()
         resource = ConfigResource(ResourceType.TOPIC, topic)
         try:
-            futures = admin.describe_configs([resource],
-                                             request_timeout=self.config.connect_timeout)
-            entries = await asyncio.to_thread(futures[resource].result,
-                                              self.config.connect_timeout)
+            futures = admin.describe_configs(
+                [resource], request_timeout=self.config.connect_timeout
+            )
+            entries = await asyncio.to_thread(futures[resource].result, self.config.connect_timeout)
             return int(entries["max.message.bytes"].value)
-        except Exception as exc:   # best effort: only the number in an error message
+        except Exception as exc:  # best effort: only the number in an error message
             log.debug("could not read max.message.bytes of %s: %s", topic, exc)
             return BROKER_MAX_MESSAGE
 
@@ -302,16 +351,19 @@ class KafkaTransport(Transport):
             return
         _, admin = self._clients()
         try:
-            metadata = await asyncio.to_thread(   # every topic: naming a missing one
-                admin.list_topics, timeout=self.config.connect_timeout)   # creates it on Tansu
+            metadata = await asyncio.to_thread(  # every topic: naming a missing one
+                admin.list_topics, timeout=self.config.connect_timeout
+            )  # creates it on Tansu
         except KafkaException as exc:
             reason: str | None = self._scrub(exc)
         else:
             found = metadata.topics.get(topic)
             reason = None if found is not None and found.error is None else "missing"
         if reason == "missing":
-            raise ConfigError(f"topic {topic} does not exist and create_topics is false; "
-                              "create it (the dead-letter tools read it)")
+            raise ConfigError(
+                f"topic {topic} does not exist and create_topics is false; "
+                "create it (the dead-letter tools read it)"
+            )
         if reason is not None:
             raise TransportError(f"cannot look up topic {topic}: {reason}")
         self._topics.add(topic)
@@ -328,8 +380,12 @@ class KafkaTransport(Transport):
         retention meanwhile). See `mesh_kafka.consumer.read_topic`."""
         self._clients()
         topic = topic_for(channel)
-        return read_topic(self.config.consumer(f"mesh-reader-{uuid.uuid4().hex}"), topic,
-                          idle=idle, timeout=self.config.connect_timeout)
+        return read_topic(
+            self.config.consumer(f"mesh-reader-{uuid.uuid4().hex}"),
+            topic,
+            idle=idle,
+            timeout=self.config.connect_timeout,
+        )
 
     # --- topics --------------------------------------------------------------------------
 
@@ -341,12 +397,15 @@ class KafkaTransport(Transport):
             missing = sorted(topics - self._topics)
             failures: dict[str, str] = {}
             if missing and self.config.create_topics:
-                new = [NewTopic(t, self.config.partitions, self.config.replication_factor)
-                       for t in missing]
+                new = [
+                    NewTopic(t, self.config.partitions, self.config.replication_factor)
+                    for t in missing
+                ]
                 try:
                     futures = admin.create_topics(new, request_timeout=self.config.connect_timeout)
-                    errors = await asyncio.to_thread(_wait, futures,
-                                                     KafkaError.TOPIC_ALREADY_EXISTS)
+                    errors = await asyncio.to_thread(
+                        _wait, futures, KafkaError.TOPIC_ALREADY_EXISTS
+                    )
                     failures = {topic: self._scrub(exc) for topic, exc in errors.items()}
                 except KafkaException as exc:
                     failures = dict.fromkeys(missing, self._scrub(exc))
@@ -357,16 +416,28 @@ class KafkaTransport(Transport):
 
     # --- subscribing ---------------------------------------------------------------------
 
-    async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
-                        group: str | None = None, max_in_flight: int = 1) -> Subscription:
+    async def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        max_in_flight: int = 1,
+    ) -> Subscription:
         _, admin = self._clients()
         topics = [subscription_for(p) for p in pattern_list(pattern)]
         await self._ensure_topics({t for t in topics if not t.startswith("^")}, ConnectError)
         group_id = group_id_for(group) if group else f"mesh-broadcast-{uuid.uuid4().hex}"
         sub = KafkaSubscription(
-            conf=self.config.consumer(group_id), topics=topics, handler=handler,
-            max_in_flight=max_in_flight, broadcast=group is None, admin=admin,
-            commit_interval=self.config.commit_interval, on_closed=self._subs.discard)
+            conf=self.config.consumer(group_id),
+            topics=topics,
+            handler=handler,
+            max_in_flight=max_in_flight,
+            broadcast=group is None,
+            admin=admin,
+            commit_interval=self.config.commit_interval,
+            on_closed=self._subs.discard,
+        )
         self._subs.add(sub)
         await sub.start(self.config.assignment_timeout, wait=await self._any_topic(topics))
         return sub
@@ -374,11 +445,12 @@ class KafkaTransport(Transport):
     async def _any_topic(self, topics: list[str]) -> bool:
         """True when some topic or topic regex of a subscription matches an existing topic."""
         if any(not t.startswith("^") for t in topics):
-            return True   # exact topics were just created
+            return True  # exact topics were just created
         _, admin = self._clients()
         try:
-            metadata = await asyncio.to_thread(admin.list_topics,
-                                               timeout=self.config.connect_timeout)
+            metadata = await asyncio.to_thread(
+                admin.list_topics, timeout=self.config.connect_timeout
+            )
         except KafkaException as exc:
             raise ConnectError(f"cannot list topics: {self._scrub(exc)}") from None
         return any(re.fullmatch(t[1:], name) for t in topics for name in metadata.topics)
@@ -411,19 +483,20 @@ class KafkaTransport(Transport):
         _, admin = self._clients()
         matches = pattern_matcher(pattern)
         try:
-            metadata = await asyncio.to_thread(admin.list_topics,
-                                               timeout=self.config.connect_timeout)
+            metadata = await asyncio.to_thread(
+                admin.list_topics, timeout=self.config.connect_timeout
+            )
             doomed = [t for t in metadata.topics if matches(t) and not t.startswith("__")]
             if doomed:
                 await close_subscriptions_on(self.config.bootstrap_servers, doomed)
-                futures = admin.delete_topics(doomed,
-                                              operation_timeout=self.config.connect_timeout)
+                futures = admin.delete_topics(doomed, operation_timeout=self.config.connect_timeout)
                 errors = await asyncio.to_thread(_wait, futures, KafkaError.UNKNOWN_TOPIC_OR_PART)
                 if errors:
                     raise min(errors.items())[1]
         except KafkaException as exc:
-            raise TransportError(f"cannot delete topics matching {pattern}: "
-                                 f"{self._scrub(exc)}") from None
+            raise TransportError(
+                f"cannot delete topics matching {pattern}: {self._scrub(exc)}"
+            ) from None
         self._topics -= set(doomed)
 
 

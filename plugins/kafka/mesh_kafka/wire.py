@@ -36,9 +36,9 @@ from mesh import DecodeError, Event, codec
 
 Headers = Mapping[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]] | None
 
-_CE = kafka.CE_PREFIX                      # "ce_"
+_CE = kafka.CE_PREFIX  # "ce_"
 _CONTENT_TYPE = "content-type"
-_STRUCTURED = "application/cloudevents"    # media type prefix of every event format
+_STRUCTURED = "application/cloudevents"  # media type prefix of every event format
 _JSON_FORMAT = "application/cloudevents+json"
 #: librdkafka's RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: the per-record framing it adds to key,
 #: value and headers before comparing with message.max.bytes (length, attributes,
@@ -67,8 +67,11 @@ def wire_size(record: KafkaMessage) -> int:
     record overhead plus key, value and each header's name and value with their
     zig-zag varint lengths."""
     key = record.key
-    size = RECORD_OVERHEAD + len(record.value) + (
-        0 if key is None else len(key.encode("utf-8") if isinstance(key, str) else key))
+    size = (
+        RECORD_OVERHEAD
+        + len(record.value)
+        + (0 if key is None else len(key.encode("utf-8") if isinstance(key, str) else key))
+    )
     for name, value in record.headers.items():
         name_len = len(name.encode("utf-8"))
         size += name_len + len(value) + _varint_len(name_len) + _varint_len(len(value))
@@ -80,9 +83,14 @@ def size_bound(record: KafkaMessage) -> int:
     this first and computes the exact size only for records near the limit): header
     names count 4 bytes a character, every varint its maximum of 5 bytes."""
     key, headers = record.key, record.headers
-    return (RECORD_OVERHEAD + len(record.value) + sum(map(len, headers.values()))
-            + 4 * sum(map(len, headers)) + 10 * len(headers)
-            + (0 if key is None else 4 * len(key)))
+    return (
+        RECORD_OVERHEAD
+        + len(record.value)
+        + sum(map(len, headers.values()))
+        + 4 * sum(map(len, headers))
+        + 10 * len(headers)
+        + (0 if key is None else 4 * len(key))
+    )
 
 
 def received_size(headers: Headers, key: str | bytes | None, value: bytes | None) -> int:
@@ -91,7 +99,7 @@ def received_size(headers: Headers, key: str | bytes | None, value: bytes | None
 
 
 def _varint_len(n: int) -> int:
-    zigzag, length = n << 1, 1   # lengths are never negative
+    zigzag, length = n << 1, 1  # lengths are never negative
     while zigzag >= 0x80:
         zigzag >>= 7
         length += 1
@@ -106,7 +114,7 @@ def from_record(headers: Headers, key: str | bytes | None, value: bytes | None) 
 def _read(record: tuple[dict[str, bytes], Any, bytes], fmt: Format, factory: EventFactory) -> Any:
     headers, key, value = record
     attributes: dict[str, Any] = {}
-    try:   # one pass: kafka.from_binary's mapping (the common case: valid binary mode)
+    try:  # one pass: kafka.from_binary's mapping (the common case: valid binary mode)
         for name, raw in headers.items():
             name = name.lower()
             if name.startswith(_CE):
@@ -116,42 +124,53 @@ def _read(record: tuple[dict[str, bytes], Any, bytes], fmt: Format, factory: Eve
     except UnicodeDecodeError as exc:
         return _not_utf8(headers, key, value, fmt, factory, exc)
     content_type = attributes.get("datacontenttype")
-    if content_type is not None and content_type[:len(_STRUCTURED)].lower() == _STRUCTURED:
+    if content_type is not None and content_type[: len(_STRUCTURED)].lower() == _STRUCTURED:
         return _structured(content_type, key, value, fmt, factory)
-    if "specversion" not in attributes and not any(n.startswith(_CE) for n in
-                                                   map(str.lower, headers)):
-        return _structured(None, key, value, fmt, factory)   # like the SDK's from_kafka
+    if "specversion" not in attributes and not any(
+        n.startswith(_CE) for n in map(str.lower, headers)
+    ):
+        return _structured(None, key, value, fmt, factory)  # like the SDK's from_kafka
     if "time" in attributes:
-        try:   # with another time parser than the SDK's
+        try:  # with another time parser than the SDK's
             attributes["time"] = datetime.fromisoformat(attributes["time"].upper())
-        except ValueError:   # a time fromisoformat refuses: the SDK's parser decides
+        except ValueError:  # a time fromisoformat refuses: the SDK's parser decides
             return kafka.from_binary(KafkaMessage(headers, key, value), fmt, factory)
     if key is not None:
-        attributes[kafka.PARTITIONKEY_ATTR] = key.decode("utf-8") \
-            if isinstance(key, bytes) else key
+        attributes[kafka.PARTITIONKEY_ATTR] = key.decode("utf-8") if isinstance(key, bytes) else key
     return factory(attributes, fmt.read_data(value, attributes.get("datacontenttype")))
 
 
-def _not_utf8(headers: dict[str, bytes], key: Any, value: bytes, fmt: Format,
-              factory: EventFactory, error: UnicodeDecodeError) -> Any:
+def _not_utf8(
+    headers: dict[str, bytes],
+    key: Any,
+    value: bytes,
+    fmt: Format,
+    factory: EventFactory,
+    error: UnicodeDecodeError,
+) -> Any:
     """A header is not UTF-8: fine in structured mode (its ``ce_`` headers are ignored),
     else the record is undecodable."""
     for name, raw in headers.items():
-        if name.lower() == _CONTENT_TYPE and \
-                raw[:len(_STRUCTURED)].lower() == _STRUCTURED.encode():
+        if (
+            name.lower() == _CONTENT_TYPE
+            and raw[: len(_STRUCTURED)].lower() == _STRUCTURED.encode()
+        ):
             return _structured(raw.decode("utf-8", "replace"), key, value, fmt, factory)
     raise DecodeError(f"a CloudEvents header of the record is not UTF-8 text: {error}")
 
 
-def _structured(content_type: str | None, key: Any, value: bytes, fmt: Format,
-                factory: EventFactory) -> Any:
+def _structured(
+    content_type: str | None, key: Any, value: bytes, fmt: Format, factory: EventFactory
+) -> Any:
     """Structured mode: the value is the event in the JSON event format (the only format
     the mesh reads); the key, when there is one, is its ``partitionkey``."""
     if content_type is not None:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != _JSON_FORMAT:
-            raise DecodeError(f"structured-mode record in event format {media!r}; the mesh "
-                              f"reads {_JSON_FORMAT} (or binary mode)")
+            raise DecodeError(
+                f"structured-mode record in event format {media!r}; the mesh "
+                f"reads {_JSON_FORMAT} (or binary mode)"
+            )
     event = fmt.read(factory, value)
     if key is not None and isinstance(event, Event):
         text = key.decode("utf-8") if isinstance(key, bytes) else str(key)

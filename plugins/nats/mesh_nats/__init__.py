@@ -9,5 +9,11 @@ from mesh_nats.binding import NATSMessage
 from mesh_nats.config import NatsConfig, parse
 from mesh_nats.transport import NatsTransport, NatsTransportWithoutDedup, create
 
-__all__ = ["NATSMessage", "NatsConfig", "NatsTransport", "NatsTransportWithoutDedup", "create",
-           "parse"]
+__all__ = [
+    "NATSMessage",
+    "NatsConfig",
+    "NatsTransport",
+    "NatsTransportWithoutDedup",
+    "create",
+    "parse",
+]

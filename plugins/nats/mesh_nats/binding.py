@@ -62,7 +62,7 @@ class NATSMessage:
 def encode_header_value(value: Any) -> str:
     """Percent-encode an attribute's canonical string for a NATS header value."""
     text = codec.canonical(value)
-    if _UNSAFE.search(text) is None:   # the common case: nothing to encode
+    if _UNSAFE.search(text) is None:  # the common case: nothing to encode
         return text
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in text.encode("utf-8"))
 
@@ -75,17 +75,22 @@ def decode_header_value(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
-    return _PERCENT.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8"),
-                        value) if "%" in value else value  # usually nothing to decode
+    return (
+        _PERCENT.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8"), value)
+        if "%" in value
+        else value
+    )  # usually nothing to decode
 
 
 def check_text(name: str, value: str) -> str:
     """``value`` unless the client's decoding of header ``name`` shows bytes that were not
     UTF-8 (U+FFFD or lone surrogates in the raw value); then ``ValueError``."""
     if not value.isascii() and _LOST_BYTES.search(value):  # isascii: the fast common case
-        raise ValueError(f"header {name.lower()} is not valid UTF-8 text (the NATS client "
-                         "replaced bytes it could not decode); senders must write header "
-                         "values as UTF-8, non-ASCII characters percent-encoded")
+        raise ValueError(
+            f"header {name.lower()} is not valid UTF-8 text (the NATS client "
+            "replaced bytes it could not decode); senders must write header "
+            "values as UTF-8, non-ASCII characters percent-encoded"
+        )
     return value
 
 
@@ -111,18 +116,25 @@ def to_binary(event: BaseCloudEvent, event_format: Format) -> NATSMessage:
     attributes = event.get_attributes()
     for name, value in attributes.items():
         if value is not None:  # a str with nothing to encode (the common case) as it is
-            headers[CE_PREFIX + name] = value if value.__class__ is str and \
-                _UNSAFE.search(value) is None else encode_header_value(value)
+            headers[CE_PREFIX + name] = (
+                value
+                if value.__class__ is str and _UNSAFE.search(value) is None
+                else encode_header_value(value)
+            )
     content_type = attributes.get("datacontenttype")
-    if (isinstance(content_type, str) and _PRINTABLE.fullmatch(content_type)
-            and not content_type.lower().startswith(STRUCTURED_CONTENT_TYPE)):
+    if (
+        isinstance(content_type, str)
+        and _PRINTABLE.fullmatch(content_type)
+        and not content_type.lower().startswith(STRUCTURED_CONTENT_TYPE)
+    ):
         headers[CONTENT_TYPE_HEADER] = content_type
     data = event_format.write_data(event.get_data(), content_type)
     return NATSMessage(headers=headers, data=data)
 
 
-def from_binary(message: NATSMessage, event_format: Format,
-                event_factory: EventFactory | None = None) -> BaseCloudEvent:
+def from_binary(
+    message: NATSMessage, event_format: Format, event_factory: EventFactory | None = None
+) -> BaseCloudEvent:
     """Parse a binary-mode message; the version comes from ``ce-specversion`` unless
     ``event_factory`` is given."""
     attributes: dict[str, Any] = {}
@@ -130,7 +142,7 @@ def from_binary(message: NATSMessage, event_format: Format,
     for name, raw in message.headers.items():
         lower = name.lower()
         if lower.startswith(CE_PREFIX) and len(lower) > len(CE_PREFIX):
-            attr = lower[len(CE_PREFIX):]
+            attr = lower[len(CE_PREFIX) :]
             value = decode_header_value(check_text(name, raw))
             # RFC 3339 is ISO 8601; upper() admits its lower-case 't' and 'z'
             attributes[attr] = datetime.fromisoformat(value.upper()) if attr == "time" else value
@@ -146,18 +158,22 @@ def from_binary(message: NATSMessage, event_format: Format,
 
 def to_structured(event: BaseCloudEvent, event_format: Format) -> NATSMessage:
     """Structured content mode: the whole event in the payload, in ``event_format``."""
-    return NATSMessage(headers={CONTENT_TYPE_HEADER: event_format.get_content_type()},
-                       data=event_format.write(event))
+    return NATSMessage(
+        headers={CONTENT_TYPE_HEADER: event_format.get_content_type()},
+        data=event_format.write(event),
+    )
 
 
-def from_structured(message: NATSMessage, event_format: Format,
-                    event_factory: EventFactory | None = None) -> BaseCloudEvent:
+def from_structured(
+    message: NATSMessage, event_format: Format, event_factory: EventFactory | None = None
+) -> BaseCloudEvent:
     """Parse a structured-mode message; headers are ignored."""
     return event_format.read(event_factory, message.data)
 
 
-def from_nats(message: NATSMessage, event_format: Format,
-              event_factory: EventFactory | None = None) -> BaseCloudEvent:
+def from_nats(
+    message: NATSMessage, event_format: Format, event_factory: EventFactory | None = None
+) -> BaseCloudEvent:
     """Parse either content mode, detected as the spec says (`is_structured`)."""
     if is_structured(message):
         return from_structured(message, event_format, event_factory)

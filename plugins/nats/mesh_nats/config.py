@@ -47,8 +47,12 @@ class NatsConfig(BaseModel):
     max_bytes: int = Field(-1, ge=-1)
     duplicate_window: float = Field(120.0, gt=0)
     dedup: bool = True
-    ack_wait: float = Field(5.0, ge=1, description="seconds; a dead worker's messages come "
-                            "back after it, running ones are kept by +WPI every third of it")
+    ack_wait: float = Field(
+        5.0,
+        ge=1,
+        description="seconds; a dead worker's messages come "
+        "back after it, running ones are kept by +WPI every third of it",
+    )
     max_ack_pending: int = Field(1000, ge=1)
     pull_expires: float = Field(5.0, ge=0.5)
     publish_timeout: float = Field(5.0, gt=0)
@@ -68,8 +72,10 @@ class NatsConfig(BaseModel):
     @classmethod
     def _prefix(cls, value: str) -> str:
         if not value or not all(_TOKEN.fullmatch(t) for t in value.split(".")):
-            raise ValueError("use one or more '.'-separated tokens without spaces or wildcards, "
-                             "e.g. 'mesh' or 'prod.mesh'")
+            raise ValueError(
+                "use one or more '.'-separated tokens without spaces or wildcards, "
+                "e.g. 'mesh' or 'prod.mesh'"
+            )
         return value
 
     def subject(self, channel: str) -> str:
@@ -77,15 +83,17 @@ class NatsConfig(BaseModel):
         return f"{self.subject_prefix}.{channel}"
 
     def channel(self, subject: str) -> str:
-        return subject[len(self.subject_prefix) + 1:]
+        return subject[len(self.subject_prefix) + 1 :]
 
 
 def parse(url: str, options: Mapping[str, Any] | None = None) -> NatsConfig:
     """Build a `NatsConfig` from a ``nats://`` (or ``tls://``) URL and an options mapping."""
     parts = parse_url(url, ("nats", "tls"), "nats://host:4222[,host2:4222][?stream=MESH]")
     if parts.path.strip("/"):
-        raise ConfigError(f"NATS URL {redact_url(url)!r} has a path; NATS URLs have none, "
-                          "put settings in the query: nats://host:4222?stream=MESH")
+        raise ConfigError(
+            f"NATS URL {redact_url(url)!r} has a path; NATS URLs have none, "
+            "put settings in the query: nats://host:4222?stream=MESH"
+        )
     values: dict[str, Any] = {"tls": True} if parts.scheme == "tls" else {}
     if parts.password is not None:
         values.update(user=parts.username, password=parts.password)

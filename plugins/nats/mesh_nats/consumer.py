@@ -43,8 +43,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
 
-from mesh import (Delivery, DeliveryError, DeliveryHandler, Dispatcher, Event, MeshError,
-                  Subscription, codec, pattern_matcher)
+from mesh import (
+    Delivery,
+    DeliveryError,
+    DeliveryHandler,
+    Dispatcher,
+    Event,
+    MeshError,
+    Subscription,
+    codec,
+    pattern_matcher,
+)
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig
 
@@ -73,8 +82,9 @@ class NatsDelivery(Delivery):
 
     __slots__ = ("_gate", "_msg", "_owner", "_seq", "progressed")
 
-    def __init__(self, msg: Msg, channel: str, gate: asyncio.Event | None,
-                 owner: _Owner | None = None) -> None:
+    def __init__(
+        self, msg: Msg, channel: str, gate: asyncio.Event | None, owner: _Owner | None = None
+    ) -> None:
         # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (9 tokens), or
         # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>... (11-12 tokens);
         # parsed by hand: msg.metadata costs 10x more
@@ -94,8 +104,9 @@ class NatsDelivery(Delivery):
         return self._seq
 
     def _decode(self) -> Event:
-        return codec.decode(binding.from_nats,
-                            binding.NATSMessage(dict(self._msg.headers or {}), self._msg.data))
+        return codec.decode(
+            binding.from_nats, binding.NATSMessage(dict(self._msg.headers or {}), self._msg.data)
+        )
 
     def raw(self) -> tuple[dict[str, str], bytes]:
         return dict(self._msg.headers or {}), bytes(self._msg.data)
@@ -110,8 +121,10 @@ class NatsDelivery(Delivery):
             reason = f"{type(exc).__name__}: {exc}"
         else:
             return
-        raise DeliveryError(f"could not {what} a message on {self.channel!r}: {reason}; the "
-                            "broker redelivers it after ack_wait")
+        raise DeliveryError(
+            f"could not {what} a message on {self.channel!r}: {reason}; the "
+            "broker redelivers it after ack_wait"
+        )
 
     async def _ack(self) -> None:
         await self._settle("ack", ACK)
@@ -119,8 +132,10 @@ class NatsDelivery(Delivery):
     async def _nack(self, delay: float) -> None:
         if self._gate is not None:
             await self._gate.wait()  # see NatsSubscription.close
-        await self._settle("nack", NAK if not delay else
-                           NAK + b' {"delay":' + str(int(delay * 1e9)).encode() + b"}")
+        await self._settle(
+            "nack",
+            NAK if not delay else NAK + b' {"delay":' + str(int(delay * 1e9)).encode() + b"}",
+        )
 
     async def in_progress(self) -> None:
         """Reset the ack_wait timer (``+WPI``); the subscription also does this by itself
@@ -153,19 +168,28 @@ class _Pull:
 class NatsSubscription(Subscription):
     """The pump, the handler tasks and the clean shutdown of one ``subscribe`` call."""
 
-    def __init__(self, nc: Client, config: NatsConfig, consumers: Sequence[tuple[str, str]],
-                 handler: DeliveryHandler, max_in_flight: int,
-                 on_close: Callable[[NatsSubscription], Awaitable[None]],
-                 recreate: Callable[[str, str], Awaitable[None]] | None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        config: NatsConfig,
+        consumers: Sequence[tuple[str, str]],
+        handler: DeliveryHandler,
+        max_in_flight: int,
+        on_close: Callable[[NatsSubscription], Awaitable[None]],
+        recreate: Callable[[str, str], Awaitable[None]] | None,
+    ) -> None:
         self._nc, self._cfg = nc, config
         self._max = max_in_flight
         self._on_close, self._recreate = on_close, recreate
         self.consumers = [name for name, _ in consumers]
-        self._pulls = [_Pull(name, pattern, [pattern_matcher(p) for _, p in consumers[:i]])
-                       for i, (name, pattern) in enumerate(consumers)]
+        self._pulls = [
+            _Pull(name, pattern, [pattern_matcher(p) for _, p in consumers[:i]])
+            for i, (name, pattern) in enumerate(consumers)
+        ]
         self._wake = asyncio.Event()
         self._pool: Dispatcher[NatsDelivery] = Dispatcher(
-            handler, max_in_flight, lambda delivery: delivery, on_done=lambda _: self._wake.set())
+            handler, max_in_flight, lambda delivery: delivery, on_done=lambda _: self._wake.set()
+        )
         self._pump_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -225,6 +249,7 @@ class NatsSubscription(Subscription):
                 pull.end()
                 self._wake.set()
             await self._accept(pull, msg)
+
         return receive
 
     async def _lost(self, pull: _Pull, status: str, description: str) -> None:
@@ -240,9 +265,14 @@ class NatsSubscription(Subscription):
             with contextlib.suppress(MeshError):
                 await self._recreate(pull.consumer, pull.pattern)
         else:
-            log.warning("consumer %s on stream %s answers %s %s; if it was deleted, "
-                        "resubscribe to recreate it", pull.consumer, self._cfg.stream,
-                        status, description)
+            log.warning(
+                "consumer %s on stream %s answers %s %s; if it was deleted, "
+                "resubscribe to recreate it",
+                pull.consumer,
+                self._cfg.stream,
+                status,
+                description,
+            )
 
     async def _accept(self, pull: _Pull, msg: Msg) -> None:
         channel = self._cfg.channel(msg.subject)
@@ -297,8 +327,9 @@ class NatsSubscription(Subscription):
             pull.deadline = now + self._cfg.pull_expires + 1.0
             available -= batch
             request = json.dumps({"batch": batch, "expires": expires_ns}).encode()
-            await self._nc.publish(self._next_subject(pull), request,
-                                   reply=f"{pull.inbox}.{pull.token}")
+            await self._nc.publish(
+                self._next_subject(pull), request, reply=f"{pull.inbox}.{pull.token}"
+            )
 
     async def _heartbeat(self, now: float, deliveries: Iterable[NatsDelivery] = ()) -> None:
         """Keep held messages from redelivery: ``+WPI`` once a third of ``ack_wait`` has
@@ -335,15 +366,18 @@ class NatsSubscription(Subscription):
         async def probe(msg: Msg) -> None:
             if msg.reply:
                 with contextlib.suppress(ValueError, IndexError):
-                    self._returned.append(NatsDelivery(msg, self._cfg.channel(msg.subject),
-                                                       self._gate, self))
+                    self._returned.append(
+                        NatsDelivery(msg, self._cfg.channel(msg.subject), self._gate, self)
+                    )
             if not answered.done():
                 answered.set_result(None)
+
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox, cb=probe)
         try:
-            await self._nc.publish(self._next_subject(pull), b'{"batch":1,"expires":50000000}',
-                                   reply=inbox)
+            await self._nc.publish(
+                self._next_subject(pull), b'{"batch":1,"expires":50000000}', reply=inbox
+            )
             await asyncio.wait_for(answered, 2.0)
         finally:
             with contextlib.suppress(Exception):
@@ -378,8 +412,9 @@ class NatsSubscription(Subscription):
                     except Exception:  # disconnected: drop the interest without the round trip
                         with contextlib.suppress(Exception):
                             await pull.sub.unsubscribe()
-            await asyncio.gather(*(self._sweep(pull) for pull in self._pulls),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(self._sweep(pull) for pull in self._pulls), return_exceptions=True
+            )
             self._gate.set()
             for delivery in (*self._returned, *backlog):
                 with contextlib.suppress(MeshError):

@@ -44,8 +44,10 @@ def check_channel(channel: str) -> str:
     """Reject channel names that are not NATS subject tokens (``ConfigError``)."""
     tokens = channel.split(".")
     if not channel or any(not t or _BAD_TOKEN.search(t) for t in tokens):
-        raise ConfigError(f"channel {channel!r} cannot be a NATS subject: use '.'-separated "
-                          "tokens without spaces, '*' or '>' (event types like 'order.created')")
+        raise ConfigError(
+            f"channel {channel!r} cannot be a NATS subject: use '.'-separated "
+            "tokens without spaces, '*' or '>' (event types like 'order.created')"
+        )
     return channel
 
 

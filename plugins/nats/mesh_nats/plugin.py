@@ -8,5 +8,6 @@ from mesh_nats.transport import create
 
 @hookimpl
 def mesh_register_transports(registry: TransportRegistry) -> None:
-    registry.register("nats", create,
-                      description="NATS JetStream (nats-py): durable pull consumers per group")
+    registry.register(
+        "nats", create, description="NATS JetStream (nats-py): durable pull consumers per group"
+    )

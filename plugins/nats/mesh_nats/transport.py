@@ -45,15 +45,39 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy,
-                         StorageType, StreamConfig)
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 from pydantic import SecretStr
 
-from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, MeshError,
-                  MessageTooLarge, PublishError, Subscription, Transport, TransportClosed,
-                  TransportError, TransportFeatures, codec, ensure_listening, pattern_list,
-                  redact_url, tls_context, validate_pattern)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    Delivery,
+    DeliveryHandler,
+    Event,
+    MeshError,
+    MessageTooLarge,
+    PublishError,
+    Subscription,
+    Transport,
+    TransportClosed,
+    TransportError,
+    TransportFeatures,
+    codec,
+    ensure_listening,
+    pattern_list,
+    redact_url,
+    tls_context,
+    validate_pattern,
+)
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig, parse
 from mesh_nats.consumer import NatsDelivery, NatsSubscription
@@ -76,8 +100,11 @@ def wire_size(headers: Mapping[str, str] | None, payload: bytes) -> int:
     for name, value in headers.items():
         key = name.strip()
         if key:
-            size += len(key.encode()) + len(value.strip().translate(_NEWLINES).encode(
-                "utf-8", "surrogatepass")) + 4  # ": " and CRLF
+            size += (
+                len(key.encode())
+                + len(value.strip().translate(_NEWLINES).encode("utf-8", "surrogatepass"))
+                + 4
+            )  # ": " and CRLF
     return size + len(payload)
 
 
@@ -91,10 +118,17 @@ class NatsTransport(Transport):
     """NATS JetStream transport; see the module docstring."""
 
     schemes = ("nats",)
-    features = TransportFeatures(consumer_groups=True, broadcast=True, per_key_ordering=False,
-                                 persistence=True, replay_for_new_groups=False,
-                                 native_dedup=True, wildcard_patterns=True,
-                                 pattern_syntax="nats", retained_reads=True)
+    features = TransportFeatures(
+        consumer_groups=True,
+        broadcast=True,
+        per_key_ordering=False,
+        persistence=True,
+        replay_for_new_groups=False,
+        native_dedup=True,
+        wildcard_patterns=True,
+        pattern_syntax="nats",
+        retained_reads=True,
+    )
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config: NatsConfig = parse(url, options)
@@ -125,11 +159,20 @@ class NatsTransport(Transport):
     def _connect_options(self) -> dict[str, Any]:
         cfg = self.config
         opts: dict[str, Any] = {
-            "servers": cfg.servers, "name": cfg.name, "allow_reconnect": True,
-            "max_reconnect_attempts": -1, "reconnect_time_wait": cfg.reconnect_wait,
-            "connect_timeout": min(cfg.connect_timeout, 5.0)}
-        for key, value in (("user", cfg.user), ("password", cfg.password), ("token", cfg.token),
-                           ("user_credentials", cfg.creds), ("nkeys_seed", cfg.nkey)):
+            "servers": cfg.servers,
+            "name": cfg.name,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": cfg.reconnect_wait,
+            "connect_timeout": min(cfg.connect_timeout, 5.0),
+        }
+        for key, value in (
+            ("user", cfg.user),
+            ("password", cfg.password),
+            ("token", cfg.token),
+            ("user_credentials", cfg.creds),
+            ("nkeys_seed", cfg.nkey),
+        ):
             if value is not None:
                 opts[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
         if cfg.tls or cfg.tls_ca_file or cfg.tls_cert_file:
@@ -148,8 +191,11 @@ class NatsTransport(Transport):
             cfg = self.config
             options = await asyncio.to_thread(self._connect_options)  # reads TLS files
             started = asyncio.get_running_loop().time()
-            await ensure_listening([_address(s) for s in cfg.servers],
-                                   timeout=min(1.0, cfg.connect_timeout), broker="NATS")
+            await ensure_listening(
+                [_address(s) for s in cfg.servers],
+                timeout=min(1.0, cfg.connect_timeout),
+                broker="NATS",
+            )
             left = cfg.connect_timeout - (asyncio.get_running_loop().time() - started)
             nc, js, inbox = await self._dial(options, max(left, 0.1))
             problem = None
@@ -164,8 +210,9 @@ class NatsTransport(Transport):
             self._nc, self._js, self._inbox = nc, js, inbox
             self._open = True
 
-    async def _dial(self, options: dict[str, Any], timeout: float
-                    ) -> tuple[Client, JetStreamContext, str]:
+    async def _dial(
+        self, options: dict[str, Any], timeout: float
+    ) -> tuple[Client, JetStreamContext, str]:
         """A connected client with its callbacks and the PubAck inbox subscribed, or
         `ConnectError` (raised outside the handler: a client error may quote options)."""
         nc = Client()
@@ -181,12 +228,20 @@ class NatsTransport(Transport):
 
         async def on_closed() -> None:
             await self._on_closed(nc)
+
         self._last_error = ""
         reason = None
         try:
-            await asyncio.wait_for(nc.connect(
-                **options, error_cb=on_error, disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect, closed_cb=on_closed), timeout)
+            await asyncio.wait_for(
+                nc.connect(
+                    **options,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    closed_cb=on_closed,
+                ),
+                timeout,
+            )
             inbox = f"{nc.new_inbox()}."  # PubAcks of publish_batch come here
             await nc.subscribe(f"{inbox}*", cb=self._on_ack)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
@@ -201,7 +256,8 @@ class NatsTransport(Transport):
             raise ConnectError(
                 f"could not connect to NATS at {self._where} within "
                 f"{self.config.connect_timeout:g}s ({reason}); check that nats-server runs "
-                "there and the credentials/TLS options")
+                "there and the credentials/TLS options"
+            )
         return nc, nc.jetstream(timeout=self.config.request_timeout), inbox
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
@@ -214,22 +270,34 @@ class NatsTransport(Transport):
             try:
                 info = await js.stream_info(cfg.stream)
             except NotFoundError:
-                await js.add_stream(StreamConfig(
-                    name=cfg.stream, subjects=[wanted], retention=RetentionPolicy.LIMITS,
-                    storage=StorageType(cfg.storage), num_replicas=cfg.replicas,
-                    max_age=cfg.max_age, max_bytes=cfg.max_bytes, discard=DiscardPolicy.OLD,
-                    duplicate_window=cfg.duplicate_window))
+                await js.add_stream(
+                    StreamConfig(
+                        name=cfg.stream,
+                        subjects=[wanted],
+                        retention=RetentionPolicy.LIMITS,
+                        storage=StorageType(cfg.storage),
+                        num_replicas=cfg.replicas,
+                        max_age=cfg.max_age,
+                        max_bytes=cfg.max_bytes,
+                        discard=DiscardPolicy.OLD,
+                        duplicate_window=cfg.duplicate_window,
+                    )
+                )
                 return
             current = info.config
             subjects = list(current.subjects or [])
             if not cfg.manage_stream:
                 if wanted not in subjects and ">" not in subjects:
-                    raise TransportError(f"stream {cfg.stream} does not capture {wanted}; "
-                                         "add it to the stream's subjects")
+                    raise TransportError(
+                        f"stream {cfg.stream} does not capture {wanted}; "
+                        "add it to the stream's subjects"
+                    )
                 return
             changes: dict[str, Any] = {
-                name: getattr(cfg, name) for name in ("max_age", "max_bytes", "duplicate_window")
-                if getattr(current, name) != getattr(cfg, name)}
+                name: getattr(cfg, name)
+                for name in ("max_age", "max_bytes", "duplicate_window")
+                if getattr(current, name) != getattr(cfg, name)
+            }
             if wanted not in subjects:
                 changes["subjects"] = [*subjects, wanted]
             if changes:
@@ -242,7 +310,8 @@ class NatsTransport(Transport):
             raise TransportError(
                 f"JetStream stream {cfg.stream} on {self._where} could not be created or "
                 f"updated ({reason}); is JetStream enabled (nats-server -js) and are the "
-                "stream options valid?")
+                "stream options valid?"
+            )
 
     async def close(self) -> None:
         async with self._lock:
@@ -304,8 +373,11 @@ class NatsTransport(Transport):
         """Dial a fresh client until one connects (every ``reconnect_wait``), then move the
         ack inbox and every live subscription onto it. Publishes meanwhile raise
         `PublishError`; `close()` cancels this."""
-        log.warning("NATS %s: the connection was closed (%s); connecting a fresh client",
-                    self._where, self._last_error or "closed by the client")
+        log.warning(
+            "NATS %s: the connection was closed (%s); connecting a fresh client",
+            self._where,
+            self._last_error or "closed by the client",
+        )
         while self._open:
             try:
                 options = await asyncio.to_thread(self._connect_options)
@@ -319,25 +391,37 @@ class NatsTransport(Transport):
                 try:
                     await sub.rebind(nc)
                 except Exception as exc:  # the fresh client failed too: it will be recovered
-                    log.warning("NATS %s: could not restore a subscription (%s: %s)",
-                                self._where, type(exc).__name__, exc)
-            log.info("NATS %s: connected afresh; %d subscription(s) restored", self._where,
-                     len(self._subs))
+                    log.warning(
+                        "NATS %s: could not restore a subscription (%s: %s)",
+                        self._where,
+                        type(exc).__name__,
+                        exc,
+                    )
+            log.info(
+                "NATS %s: connected afresh; %d subscription(s) restored",
+                self._where,
+                len(self._subs),
+            )
             return
 
-    def _client(self, error: type[TransportError] = TransportError
-                ) -> tuple[Client, JetStreamContext]:
+    def _client(
+        self, error: type[TransportError] = TransportError
+    ) -> tuple[Client, JetStreamContext]:
         """The live client, `TransportClosed` when not connected (before `connect`, after
         `close`), or ``error`` (retryable) while a closed client is being replaced."""
         nc, js = self._nc, self._js
         if not self._open or nc is None or js is None:
-            raise TransportClosed("NATS transport is not connected; call connect() first "
-                                  "(or use a transport that was not closed)")
+            raise TransportClosed(
+                "NATS transport is not connected; call connect() first "
+                "(or use a transport that was not closed)"
+            )
         if nc.is_closed:
             self._start_recovery()
-            raise error(f"NATS {self._where} closed the connection "
-                        f"({self._last_error or 'closed'}); a fresh connection is being made: "
-                        "retry shortly")
+            raise error(
+                f"NATS {self._where} closed the connection "
+                f"({self._last_error or 'closed'}); a fresh connection is being made: "
+                "retry shortly"
+            )
         return nc, js
 
     # --- publishing -----------------------------------------------------------------
@@ -345,8 +429,9 @@ class NatsTransport(Transport):
     async def publish(self, channel: str, event: Event) -> None:
         await self.publish_batch([(channel, event)])
 
-    async def publish_raw(self, channel: str, data: bytes,
-                          headers: Mapping[str, str] | None = None) -> None:
+    async def publish_raw(
+        self, channel: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Write any payload (structured-mode JSON, a foreign message) to ``channel`` and
         wait for the stream's ack; no ``Nats-Msg-Id`` is added (``Nats-Expected-Stream``
         is, and counts against ``max_payload`` like every header)."""
@@ -361,14 +446,14 @@ class NatsTransport(Transport):
             messages.append((check_channel(channel), message.data, message.headers, event))
         await self._confirm(messages)
 
-    def _check_sizes(self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]],
-                     limit: int) -> None:
+    def _check_sizes(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]], limit: int
+    ) -> None:
         """`MessageTooLarge` for the first message over ``limit``, before anything is sent
         (the server would close the connection on it)."""
         for channel, data, headers, event in messages:
             headers["Nats-Expected-Stream"] = self.config.stream
-            if len(data) + 12 + 4 * sum(len(k) + len(v) + 4 for k, v in headers.items()) \
-                    <= limit:
+            if len(data) + 12 + 4 * sum(len(k) + len(v) + 4 for k, v in headers.items()) <= limit:
                 continue  # the common case: under the limit even if every char took 4 bytes
             size = wire_size(headers, data)
             if size > limit:
@@ -377,10 +462,14 @@ class NatsTransport(Transport):
                     f"{what} on {channel!r} is {size} bytes with its headers, over the NATS "
                     f"server's max_payload of {limit} bytes; nothing was sent: make it smaller "
                     "(keep large data elsewhere and send a reference) or raise max_payload "
-                    "on the server", size=size, limit=limit)
+                    "on the server",
+                    size=size,
+                    limit=limit,
+                )
 
-    async def _confirm(self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]]
-                       ) -> None:
+    async def _confirm(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]]
+    ) -> None:
         """Publish windows of 256 (channels and sizes checked before) with replies to our ack
         inbox, then await their PubAcks together (no task or request per message, unlike
         js.publish)."""
@@ -391,12 +480,13 @@ class NatsTransport(Transport):
         for start in range(0, len(messages), _BATCH):
             sent: list[tuple[str, str, Event | None, asyncio.Future[Msg | None]]] = []
             try:
-                for channel, data, headers, event in messages[start:start + _BATCH]:
+                for channel, data, headers, event in messages[start : start + _BATCH]:
                     reply = f"{inbox}{next(self._serial)}"
                     self._acks[reply] = waiter = asyncio.get_running_loop().create_future()
                     sent.append((reply, channel, event, waiter))
-                    await nc.publish(self.config.subject(channel), data, reply=reply,
-                                     headers=headers)
+                    await nc.publish(
+                        self.config.subject(channel), data, reply=reply, headers=headers
+                    )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.publish_timeout):
                         for *_, waiter in sent:
@@ -408,24 +498,33 @@ class NatsTransport(Transport):
                 for reply, *_, waiter in sent:
                     self._acks.pop(reply, None)
                     waiter.cancel()  # no-op once done
-            failures += [f"{f'event {event.id}' if event else 'a raw message'} on {channel!r} "
-                         f"({why}); it may still be stored: publish it again (an event is "
-                         "deduplicated by its Nats-Msg-Id)"
-                         for _, channel, event, waiter in sent if (why := self._failure(waiter))]
+            failures += [
+                f"{f'event {event.id}' if event else 'a raw message'} on {channel!r} "
+                f"({why}); it may still be stored: publish it again (an event is "
+                "deduplicated by its Nats-Msg-Id)"
+                for _, channel, event, waiter in sent
+                if (why := self._failure(waiter))
+            ]
         if failures and not self._open:
             raise TransportClosed("NATS transport was closed during publish")
         if failures:
-            raise PublishError(f"NATS did not confirm {failures[0]}" if len(messages) == 1 else
-                               f"NATS did not confirm {len(failures)} of {len(messages)} "
-                               f"messages; first: {failures[0]}")
+            raise PublishError(
+                f"NATS did not confirm {failures[0]}"
+                if len(messages) == 1
+                else f"NATS did not confirm {len(failures)} of {len(messages)} "
+                f"messages; first: {failures[0]}"
+            )
 
     def _failure(self, waiter: asyncio.Future[Msg | None]) -> str | None:
         """None when the stream stored (or deduplicated) the message, else why not."""
         ack: Msg | None = None if waiter.cancelled() else waiter.result()
         if ack is None or ack.headers:  # no PubAck in time, or a status instead of one
-            return f"status {(ack.headers or {}).get('Status')}; 503: no stream captures the " \
-                "subject" if ack else f"no PubAck within {self.config.publish_timeout:g}s " \
+            return (
+                f"status {(ack.headers or {}).get('Status')}; 503: no stream captures the subject"
+                if ack
+                else f"no PubAck within {self.config.publish_timeout:g}s "
                 "or before the connection closed"
+            )
         if ack.data[:10] == b'{"stream":' and b'"error"' not in ack.data:
             return None  # the common case, without parsing the PubAck
         try:
@@ -440,8 +539,9 @@ class NatsTransport(Transport):
 
     # --- consuming ------------------------------------------------------------------
 
-    async def _create_consumer(self, name: str, pattern: str, *, max_in_flight: int = 1,
-                               broadcast: bool = False) -> None:
+    async def _create_consumer(
+        self, name: str, pattern: str, *, max_in_flight: int = 1, broadcast: bool = False
+    ) -> None:
         """Create the consumer unless it exists with our ``ack_wait`` and enough
         ``max_ack_pending``; only then update it. An update is never sent needlessly:
         on 2.9 it resets the consumer's redelivery state, and a message nacked just
@@ -454,24 +554,42 @@ class NatsTransport(Transport):
             except NotFoundError:
                 current = None
             if current is not None:
-                if current.ack_wait == self.config.ack_wait and \
-                        (current.max_ack_pending or 0) >= wanted:
+                if (
+                    current.ack_wait == self.config.ack_wait
+                    and (current.max_ack_pending or 0) >= wanted
+                ):
                     return
                 wanted = max(wanted, current.max_ack_pending or 0)
-            await js.add_consumer(self.config.stream, ConsumerConfig(
-                name=name, durable_name=name, deliver_policy=DeliverPolicy.NEW,
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait, max_deliver=-1,
-                filter_subject=self.config.subject(pattern), max_ack_pending=wanted,
-                inactive_threshold=self.config.broadcast_inactive if broadcast else None))
+            await js.add_consumer(
+                self.config.stream,
+                ConsumerConfig(
+                    name=name,
+                    durable_name=name,
+                    deliver_policy=DeliverPolicy.NEW,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.config.ack_wait,
+                    max_deliver=-1,
+                    filter_subject=self.config.subject(pattern),
+                    max_ack_pending=wanted,
+                    inactive_threshold=self.config.broadcast_inactive if broadcast else None,
+                ),
+            )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         else:
             return
-        raise TransportError(f"could not create JetStream consumer {name} on stream "
-                             f"{self.config.stream} ({reason})")
+        raise TransportError(
+            f"could not create JetStream consumer {name} on stream {self.config.stream} ({reason})"
+        )
 
-    async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
-                        group: str | None = None, max_in_flight: int = 1) -> Subscription:
+    async def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        max_in_flight: int = 1,
+    ) -> Subscription:
         nc, js = self._client()
         patterns = list(dict.fromkeys(pattern_list(pattern)))
         max_in_flight = max(1, max_in_flight)
@@ -481,8 +599,9 @@ class NatsTransport(Transport):
         else:
             consumers = [(consumer_name(group, p), p) for p in patterns]
         for name, p in consumers:
-            await self._create_consumer(name, p, max_in_flight=max_in_flight,
-                                        broadcast=group is None)
+            await self._create_consumer(
+                name, p, max_in_flight=max_in_flight, broadcast=group is None
+            )
 
         async def recreate(name: str, p: str) -> None:
             await self._create_consumer(name, p, max_in_flight=max_in_flight, broadcast=True)
@@ -495,8 +614,15 @@ class NatsTransport(Transport):
                     with contextlib.suppress(Exception):
                         await current.delete_consumer(self.config.stream, name)
 
-        sub = NatsSubscription(nc, self.config, consumers, handler, max_in_flight, closed,
-                               recreate if group is None else None)
+        sub = NatsSubscription(
+            nc,
+            self.config,
+            consumers,
+            handler,
+            max_in_flight,
+            closed,
+            recreate if group is None else None,
+        )
         reason = None
         try:
             await sub.start()
@@ -504,8 +630,10 @@ class NatsTransport(Transport):
             reason = f"{type(exc).__name__}: {exc}"
         if reason is not None:
             await sub.close()
-            raise TransportError(f"could not subscribe on NATS {self._where} ({reason}); "
-                                 "retry once the connection is back")
+            raise TransportError(
+                f"could not subscribe on NATS {self._where} ({reason}); "
+                "retry once the connection is back"
+            )
         self._subs.add(sub)
         if self._nc is not nc:  # replaced while we subscribed: follow the fresh client
             await sub.rebind(self._nc or nc)
@@ -531,16 +659,21 @@ class NatsTransport(Transport):
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         if reason is not None:
-            raise TransportError(f"could not read stream {self.config.stream} on "
-                                 f"{self._where} ({reason})")
+            raise TransportError(
+                f"could not read stream {self.config.stream} on {self._where} ({reason})"
+            )
         if not any(covers(s, subject) or s == subject for s in info.subjects or []):
-            raise ConfigError(f"stream {self.config.stream} does not capture {subject}; add "
-                              f"{self.config.subject_prefix}.> to its subjects")
+            raise ConfigError(
+                f"stream {self.config.stream} does not capture {subject}; add "
+                f"{self.config.subject_prefix}.> to its subjects"
+            )
         retention = str(getattr(info.retention, "value", info.retention or "limits"))
         if retention != RetentionPolicy.LIMITS.value:
-            raise ConfigError(f"stream {self.config.stream} uses {retention} "
-                              "retention, which deletes messages once consumed; retained "
-                              "reads (the dead-letter tools) need limits retention")
+            raise ConfigError(
+                f"stream {self.config.stream} uses {retention} "
+                "retention, which deletes messages once consumed; retained "
+                "reads (the dead-letter tools) need limits retention"
+            )
 
     async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
         """The stream's messages on ``channel`` at the time of the call, oldest first, through
@@ -557,30 +690,42 @@ class NatsTransport(Transport):
         subject = self.config.subject(check_channel(channel))
         reason, name = None, ""
         try:
-            info = await js.add_consumer(self.config.stream, ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
-                filter_subject=subject, mem_storage=True, num_replicas=1,
-                inactive_threshold=max(60.0, 4 * idle)))
+            info = await js.add_consumer(
+                self.config.stream,
+                ConsumerConfig(
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.NONE,
+                    filter_subject=subject,
+                    mem_storage=True,
+                    num_replicas=1,
+                    inactive_threshold=max(60.0, 4 * idle),
+                ),
+            )
             name, left = info.name, info.num_pending or 0
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         if reason is not None:
-            raise TransportError(f"could not read {channel!r} from stream {self.config.stream} "
-                                 f"on {self._where} ({reason})")
+            raise TransportError(
+                f"could not read {channel!r} from stream {self.config.stream} "
+                f"on {self._where} ({reason})"
+            )
         inbox = nc.new_inbox()
         arrived: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def receive(msg: Msg) -> None:
             arrived.put_nowait(msg)
+
         sub = None
         try:
             if left:
                 sub = await nc.subscribe(inbox, cb=receive)
             while left > 0:
                 batch = min(left, _READ_BATCH)
-                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{name}",
-                                 json.dumps({"batch": batch,
-                                             "expires": int(idle * 1e9)}).encode(), reply=inbox)
+                await nc.publish(
+                    f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{name}",
+                    json.dumps({"batch": batch, "expires": int(idle * 1e9)}).encode(),
+                    reply=inbox,
+                )
                 got = 0
                 while got < batch:
                     try:
@@ -604,8 +749,9 @@ class NatsTransport(Transport):
             with contextlib.suppress(Exception):
                 await (self._js or js).delete_consumer(self.config.stream, name)
         if reason is not None:
-            raise TransportError(f"reading {channel!r} from NATS {self._where} failed "
-                                 f"({reason}); retry")
+            raise TransportError(
+                f"reading {channel!r} from NATS {self._where} failed ({reason}); retry"
+            )
 
     async def delete_channels(self, pattern: str) -> None:
         """Purge the stream's messages on matching subjects and delete the consumers whose
@@ -617,8 +763,11 @@ class NatsTransport(Transport):
             offset, doomed = 0, []
             while True:
                 page = await js.consumers_info(self.config.stream, offset=offset)
-                doomed += [c.name for c in page
-                           if c.config.filter_subject and covers(subject, c.config.filter_subject)]
+                doomed += [
+                    c.name
+                    for c in page
+                    if c.config.filter_subject and covers(subject, c.config.filter_subject)
+                ]
                 offset += len(page)
                 if len(page) < 256:
                     break
@@ -626,8 +775,9 @@ class NatsTransport(Transport):
                 with contextlib.suppress(NotFoundError):
                     await js.delete_consumer(self.config.stream, name)
         except Exception as exc:
-            raise TransportError(f"could not delete NATS state for {pattern!r}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+            raise TransportError(
+                f"could not delete NATS state for {pattern!r}: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 class NatsTransportWithoutDedup(NatsTransport):

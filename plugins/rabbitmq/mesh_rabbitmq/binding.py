@@ -73,8 +73,10 @@ def canonical(header: str, value: Any, *, epoch_millis: bool = False) -> str:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DecodeError(f"header {header!r} is not valid UTF-8 text ({exc.reason} at "
-                              f"byte {exc.start}); CloudEvents attributes are text") from None
+            raise DecodeError(
+                f"header {header!r} is not valid UTF-8 text ({exc.reason} at "
+                f"byte {exc.start}); CloudEvents attributes are text"
+            ) from None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -82,13 +84,16 @@ def canonical(header: str, value: Any, *, epoch_millis: bool = False) -> str:
             try:
                 return codec.canonical(datetime.fromtimestamp(value / 1000, UTC))
             except (OverflowError, OSError, ValueError):
-                raise DecodeError(f"header {header!r} is not a timestamp in milliseconds "
-                                  f"since the epoch: {value}") from None
+                raise DecodeError(
+                    f"header {header!r} is not a timestamp in milliseconds since the epoch: {value}"
+                ) from None
         return str(value)
     if isinstance(value, datetime):
         return codec.canonical(value if value.tzinfo else value.replace(tzinfo=UTC))
-    raise DecodeError(f"header {header!r} is an AMQP {_kind(value)}, which no CloudEvents "
-                      "attribute type maps to; send it as a string")
+    raise DecodeError(
+        f"header {header!r} is an AMQP {_kind(value)}, which no CloudEvents "
+        "attribute type maps to; send it as a string"
+    )
 
 
 def attribute_name(header: str) -> tuple[str, bool] | None:
@@ -113,15 +118,22 @@ def read_attributes(headers: Mapping[str, Any]) -> dict[str, str]:
         name, amqp = found
         text = canonical(header, value, epoch_millis=amqp and name == "time")
         if name in attributes and attributes[name] != text:
-            raise DecodeError(f"headers {origin[name]!r} and {header!r} give attribute "
-                              f"{name!r} different values; send one of them")
+            raise DecodeError(
+                f"headers {origin[name]!r} and {header!r} give attribute "
+                f"{name!r} different values; send one of them"
+            )
         attributes[name] = text
         origin[name] = header
     return attributes
 
 
-def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: bytes,
-           fmt: Format, factory: EventFactory) -> Any:
+def decode(
+    headers: Mapping[str, Any] | None,
+    content_type: str | None,
+    body: bytes,
+    fmt: Format,
+    factory: EventFactory,
+) -> Any:
     """A binding ``from_*`` function for `mesh.codec.decode`: structured mode when the
     content type says so, else binary mode from the headers. ``time`` is left a string
     for the mesh's own (stdlib) parser."""
@@ -130,7 +142,7 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
     attributes: dict[str, Any] = read_attributes(headers or {})
     if content_type is not None:
         attributes["datacontenttype"] = content_type
-    else:   # a sender that wrote it as a header only: decode the data by it all the same
+    else:  # a sender that wrote it as a header only: decode the data by it all the same
         content_type = attributes.get("datacontenttype")
     return factory(attributes, fmt.read_data(body, content_type))
 

@@ -89,8 +89,10 @@ class RabbitMQConfig(BaseModel):
         """Parse ``url`` and ``options``; raises `ConfigError` naming the bad option."""
         parts = parse_url(url, ("amqp", "amqps"), "amqp://user:password@host:5672/vhost")
         if len(parts.hosts) > 1:
-            raise ConfigError(f"RabbitMQ URL {redact_url(url)!r} names several hosts; give "
-                              "one (put a load balancer in front of a cluster)")
+            raise ConfigError(
+                f"RabbitMQ URL {redact_url(url)!r} names several hosts; give "
+                "one (put a load balancer in front of a cluster)"
+            )
         host, port = parts.hosts[0] if parts.hosts else ("", None)
         tls = parts.scheme == "amqps"
         values: dict[str, Any] = {"tls": tls, "port": port or (5671 if tls else 5672)}
@@ -113,24 +115,33 @@ class RabbitMQConfig(BaseModel):
         for option in ("exchange", "dead_letter_exchange"):
             name = getattr(self, option)
             if name and (not AMQP_NAME.fullmatch(name) or name.startswith("amq.")):
-                raise ConfigError(f"option {option}={name!r} is not a usable exchange name: "
-                                  "use letters, digits and -_.:, not starting with 'amq.'")
+                raise ConfigError(
+                    f"option {option}={name!r} is not a usable exchange name: "
+                    "use letters, digits and -_.:, not starting with 'amq.'"
+                )
         if self.amqp_prefix is not None and self.binding != "amqp":
-            raise ConfigError(f"option amqp_prefix={self.amqp_prefix!r} only applies with "
-                              "binding=amqp; add binding=amqp or drop amqp_prefix")
+            raise ConfigError(
+                f"option amqp_prefix={self.amqp_prefix!r} only applies with "
+                "binding=amqp; add binding=amqp or drop amqp_prefix"
+            )
         if not MAX_AGE.fullmatch(self.retained_max_age):
-            raise ConfigError(f"option retained_max_age={self.retained_max_age!r} is not a "
-                              "RabbitMQ stream age: write a number and a unit, e.g. 7D, 12h "
-                              "(Y, M, D, h, m, s)")
+            raise ConfigError(
+                f"option retained_max_age={self.retained_max_age!r} is not a "
+                "RabbitMQ stream age: write a number and a unit, e.g. 7D, 12h "
+                "(Y, M, D, h, m, s)"
+            )
         tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
         if not self.tls and (any(tls_files) or not self.tls_verify):
             raise ConfigError("tls_* options need an amqps:// URL; use amqps://host:5671/")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("tls_cert_file and tls_key_file go together: give both for "
-                              "client-certificate authentication, or neither")
+            raise ConfigError(
+                "tls_cert_file and tls_key_file go together: give both for "
+                "client-certificate authentication, or neither"
+            )
 
 
 def ssl_context(config: RabbitMQConfig) -> ssl.SSLContext:
     """The TLS context for amqps (reads files: call it off the event loop)."""
-    return tls_context(config.tls_ca_file, config.tls_cert_file, config.tls_key_file,
-                       verify=config.tls_verify)
+    return tls_context(
+        config.tls_ca_file, config.tls_cert_file, config.tls_key_file, verify=config.tls_verify
+    )

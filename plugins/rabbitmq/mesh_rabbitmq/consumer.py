@@ -56,8 +56,7 @@ def _from_incoming(message: AbstractIncomingMessage, fmt: Any, factory: Any) -> 
 
 def _from_delivered(message: DeliveredMessage, fmt: Any, factory: Any) -> Any:
     properties = message.header.properties
-    return binding.decode(properties.headers, properties.content_type, message.body, fmt,
-                          factory)
+    return binding.decode(properties.headers, properties.content_type, message.body, fmt, factory)
 
 
 def _count(value: Any) -> int:
@@ -83,8 +82,12 @@ async def settle(message: AbstractIncomingMessage, how: Settle) -> None:
         else:
             await message.reject(requeue=True)
     except Exception as exc:  # channel gone after a reconnect, or closing
-        log.info("could not %s a message from %s (%s); RabbitMQ redelivers it",
-                 how, message.routing_key, type(exc).__name__)
+        log.info(
+            "could not %s a message from %s (%s); RabbitMQ redelivers it",
+            how,
+            message.routing_key,
+            type(exc).__name__,
+        )
 
 
 class RabbitMQDelivery(Delivery):
@@ -143,8 +146,10 @@ class RetainedDelivery(Delivery):
 
     def raw(self) -> tuple[Mapping[str, str], bytes]:
         properties = self._message.header.properties
-        return (binding.raw_headers(properties.headers, properties.content_type),
-                bytes(self._message.body))
+        return (
+            binding.raw_headers(properties.headers, properties.content_type),
+            bytes(self._message.body),
+        )
 
     async def _ack(self) -> None:
         """Never called (settled from the start)."""
@@ -156,11 +161,19 @@ class RetainedDelivery(Delivery):
 class RabbitMQSubscription(Subscription):
     """A consumer on ``queue`` over its own robust ``channel`` (see module docstring)."""
 
-    def __init__(self, channel: AbstractRobustChannel, queue: AbstractQueue,
-                 handler: DeliveryHandler, max_in_flight: int, *, exclusive: bool) -> None:
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: AbstractQueue,
+        handler: DeliveryHandler,
+        max_in_flight: int,
+        *,
+        exclusive: bool,
+    ) -> None:
         self.channel, self.queue, self.exclusive = channel, queue, exclusive
         self._pool: Dispatcher[AbstractIncomingMessage] = Dispatcher(
-            handler, max_in_flight, lambda message: RabbitMQDelivery(message, self))
+            handler, max_in_flight, lambda message: RabbitMQDelivery(message, self)
+        )
         self._timers: set[asyncio.Task[None]] = set()
         self._tag: str | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -178,11 +191,13 @@ class RabbitMQSubscription(Subscription):
 
     def requeue_later(self, message: AbstractIncomingMessage, delay: float) -> None:
         """Hold ``message`` unacked for ``delay`` seconds, then give it back."""
+
         async def later() -> None:
             try:
                 await asyncio.sleep(delay)
             finally:  # also when closing: give it back now
                 await settle(message, "nack")
+
         timer = asyncio.create_task(later())
         self._timers.add(timer)
         timer.add_done_callback(self._timers.discard)
@@ -212,7 +227,7 @@ class RabbitMQSubscription(Subscription):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(wait):
                     await self.queue.delete(if_unused=False, if_empty=False)
-        with contextlib.suppress(Exception):   # also ends aio-pika's restoring of it
+        with contextlib.suppress(Exception):  # also ends aio-pika's restoring of it
             async with asyncio.timeout(wait):
                 await self.channel.close()
         if self.on_closed is not None:

@@ -42,9 +42,11 @@ def group_queue(exchange: str, group: str, patterns: Sequence[str]) -> str:
     hash of the exact input is appended, so different inputs never collide.
     """
     keys = sorted({p.replace("*", "+").replace(">", "#") for p in patterns})
-    return _legal(f"{exchange}:{group}@{','.join(keys)}",
-                  "\x1f".join([exchange, group, *sorted(set(patterns))]),
-                  ambiguous=any("," in p for p in patterns) or "@" in group)
+    return _legal(
+        f"{exchange}:{group}@{','.join(keys)}",
+        "\x1f".join([exchange, group, *sorted(set(patterns))]),
+        ambiguous=any("," in p for p in patterns) or "@" in group,
+    )
 
 
 def _legal(name: str, exact: str, ambiguous: bool = False) -> str:
@@ -53,15 +55,18 @@ def _legal(name: str, exact: str, ambiguous: bool = False) -> str:
     clean = _UNSAFE.sub("_", name)
     if clean != name or ambiguous or len(clean) > _MAX_NAME:
         digest = hashlib.sha256(exact.encode()).hexdigest()[:16]
-        clean = f"{clean[:_MAX_NAME - 17]}/{digest}"
+        clean = f"{clean[: _MAX_NAME - 17]}/{digest}"
     return clean
 
 
 def retained_queue(exchange: str, channel: str) -> str:
     """The stream queue that retains ``channel`` (``mesh:retained:mesh.deadletter``).
     Never a group queue's name: those always contain ``@``, these only with a hash."""
-    return _legal(f"{exchange}:retained:{channel}", f"{exchange}\x1fretained\x1f{channel}",
-                  ambiguous="@" in channel)
+    return _legal(
+        f"{exchange}:retained:{channel}",
+        f"{exchange}\x1fretained\x1f{channel}",
+        ambiguous="@" in channel,
+    )
 
 
 def stream_arguments(config: RabbitMQConfig) -> dict[str, Any]:

@@ -31,13 +31,32 @@ import aiormq
 from aio_pika.abc import AbstractMessage, AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.abc import AbstractRobustQueue, HeadersType
 from aiormq.abc import AbstractChannel, DeliveredMessage
-from aiormq.exceptions import (ChannelAccessRefused, ChannelNotFoundEntity,
-                               ChannelPreconditionFailed, DeliveryError)
+from aiormq.exceptions import (
+    ChannelAccessRefused,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+)
 
-from mesh import (ConfigError, ConnectError, Delivery, DeliveryHandler, Event, MeshError,
-                  MessageTooLarge, PublishError, Subscription, Transport, TransportClosed,
-                  TransportFeatures, ensure_listening, is_wildcard, pattern_list, scrub,
-                  validate_pattern)
+from mesh import (
+    ConfigError,
+    ConnectError,
+    Delivery,
+    DeliveryHandler,
+    Event,
+    MeshError,
+    MessageTooLarge,
+    PublishError,
+    Subscription,
+    Transport,
+    TransportClosed,
+    TransportFeatures,
+    ensure_listening,
+    is_wildcard,
+    pattern_list,
+    scrub,
+    validate_pattern,
+)
 from mesh_rabbitmq import binding, topology
 from mesh_rabbitmq.config import RabbitMQConfig, ssl_context
 from mesh_rabbitmq.consumer import OP_TIMEOUT, RabbitMQSubscription, RetainedDelivery
@@ -53,20 +72,29 @@ READ_PREFETCH = 256
 LAST_CHUNK_QUIET = 0.2
 
 #: RabbitMQ's text for a redeclaration with other arguments (3.x and 4.x)
-_INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']*)' for (?P<kind>\w+) "
-                           r"'(?P<name>.*)' in vhost '.*': received (?P<new>.+?) "
-                           r"but current is (?P<old>.+?)\s*$")
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']*)' for (?P<kind>\w+) "
+    r"'(?P<name>.*)' in vhost '.*': received (?P<new>.+?) "
+    r"but current is (?P<old>.+?)\s*$"
+)
 _ARG_VALUE = re.compile(r"(?:the value )?'(?P<value>.*?)'(?: of type '[^']*')?")
-_NOT_A_STREAM = ("queue {name!r} is not a stream (a queue of that name was made by something "
-                 "else), so reading it would consume it; nothing was acked. Delete or rename "
-                 "that queue, then retain() the channel again")
+_NOT_A_STREAM = (
+    "queue {name!r} is not a stream (a queue of that name was made by something "
+    "else), so reading it would consume it; nothing was acked. Delete or rename "
+    "that queue, then retain() the channel again"
+)
 #: RabbitMQ's text when a message is over its max_message_size (it closes the channel)
-_TOO_LARGE = re.compile(r"message size (?P<size>\d+) is larger than configured max size "
-                        r"(?P<limit>\d+)")
+_TOO_LARGE = re.compile(
+    r"message size (?P<size>\d+) is larger than configured max size "
+    r"(?P<limit>\d+)"
+)
 #: the transport option behind each queue argument it declares
-_ARG_OPTION = {"x-delivery-limit": "delivery_limit", "x-dead-letter-exchange":
-               "dead_letter_exchange", "x-quorum-initial-group-size": "replicas",
-               "x-max-age": "retained_max_age"}
+_ARG_OPTION = {
+    "x-delivery-limit": "delivery_limit",
+    "x-dead-letter-exchange": "dead_letter_exchange",
+    "x-quorum-initial-group-size": "replicas",
+    "x-max-age": "retained_max_age",
+}
 
 #: Group queues declared in this process: (exchange, queue) -> (group, patterns).
 #: delete_channels uses it: AMQP 0-9-1 cannot list queues (the management plugin can).
@@ -91,10 +119,17 @@ class RabbitMQTransport(Transport):
     """Transport on a RabbitMQ topic exchange; see the module docstring."""
 
     schemes = ("amqp", "amqps")
-    features = TransportFeatures(consumer_groups=True, broadcast=True, per_key_ordering=False,
-                                 persistence=True, replay_for_new_groups=False,
-                                 native_dedup=False, wildcard_patterns=True,
-                                 pattern_syntax="amqp", retained_reads=True)
+    features = TransportFeatures(
+        consumer_groups=True,
+        broadcast=True,
+        per_key_ordering=False,
+        persistence=True,
+        replay_for_new_groups=False,
+        native_dedup=False,
+        wildcard_patterns=True,
+        pattern_syntax="amqp",
+        retained_reads=True,
+    )
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config = RabbitMQConfig.from_url(url, options or {})
@@ -125,8 +160,10 @@ class RabbitMQTransport(Transport):
             if closing is not None and self._closing is closing:
                 self._closing, self._closed = None, False
             if self._closed:
-                raise TransportClosed("this RabbitMQ transport is being closed by another "
-                                      "task; call connect() again once close() returned")
+                raise TransportClosed(
+                    "this RabbitMQ transport is being closed by another "
+                    "task; call connect() again once close() returned"
+                )
             if self._conn is not None:
                 return
             conn = await self._dial(robust=True)
@@ -143,24 +180,33 @@ class RabbitMQTransport(Transport):
         cfg = self.config
         # aio-pika would log an ERROR and keep retrying a refused port until the timeout:
         # see that first, in one clean error (a slow network is left to the timeout)
-        await ensure_listening([(cfg.host, cfg.port)], timeout=cfg.connect_timeout,
-                               broker="RabbitMQ")
+        await ensure_listening(
+            [(cfg.host, cfg.port)], timeout=cfg.connect_timeout, broker="RabbitMQ"
+        )
         context = await asyncio.to_thread(ssl_context, cfg) if cfg.tls else None
         connect = aio_pika.connect_robust if robust else aio_pika.connect
         try:
             async with asyncio.timeout(cfg.connect_timeout + 1):
                 conn: AbstractRobustConnection = await connect(  # type: ignore[assignment]
-                    host=cfg.host, port=cfg.port, login=cfg.username,
-                    password=cfg.password.get_secret_value(), virtualhost=cfg.vhost,
-                    ssl=cfg.tls, ssl_context=context, timeout=cfg.connect_timeout,
-                    reconnect_interval=cfg.reconnect_interval, heartbeat=cfg.heartbeat,
-                    client_properties={"connection_name": cfg.connection_name})
+                    host=cfg.host,
+                    port=cfg.port,
+                    login=cfg.username,
+                    password=cfg.password.get_secret_value(),
+                    virtualhost=cfg.vhost,
+                    ssl=cfg.tls,
+                    ssl_context=context,
+                    timeout=cfg.connect_timeout,
+                    reconnect_interval=cfg.reconnect_interval,
+                    heartbeat=cfg.heartbeat,
+                    client_properties={"connection_name": cfg.connection_name},
+                )
                 return conn
         except Exception as exc:
             raise ConnectError(
                 f"could not connect to RabbitMQ at {cfg.redacted} ({self._scrub(exc)}); "
                 "check that the broker runs, the host/port, vhost, credentials and TLS "
-                "options") from None
+                "options"
+            ) from None
 
     async def _declare_topology(self, conn: AbstractRobustConnection) -> None:
         """The publisher channel (confirm mode; returns do not raise, see the module
@@ -172,8 +218,9 @@ class RabbitMQTransport(Transport):
                 publisher = await conn.channel(publisher_confirms=True, on_return_raises=False)
                 await publisher.declare_exchange(cfg.exchange, "topic", durable=True)
                 await publisher.declare_exchange(cfg.dlx, "fanout", durable=True)
-                dead = await publisher.declare_queue(cfg.dlx, durable=True,
-                                                     arguments={"x-queue-type": "quorum"})
+                dead = await publisher.declare_queue(
+                    cfg.dlx, durable=True, arguments={"x-queue-type": "quorum"}
+                )
                 await dead.bind(cfg.dlx, "")
                 self._publisher = publisher
         except Exception as exc:
@@ -184,18 +231,25 @@ class RabbitMQTransport(Transport):
             text = str(exc.args[0]) if exc.args else str(exc)
             if (found := _INEQUIVALENT.search(text)) is not None:
                 return self._inequivalent(found)
-            return ConfigError(f"RabbitMQ refused to declare {what}: it exists with other "
-                               f"settings ({self._scrub(exc)}); delete it or choose another "
-                               "name (options exchange=..., or another group)")
+            return ConfigError(
+                f"RabbitMQ refused to declare {what}: it exists with other "
+                f"settings ({self._scrub(exc)}); delete it or choose another "
+                "name (options exchange=..., or another group)"
+            )
         if isinstance(exc, ChannelAccessRefused):
-            return ConnectError(f"RabbitMQ user {self.config.username!r} may not declare "
-                                f"{what} on vhost {self.config.vhost!r}; grant configure/"
-                                "write/read permissions (rabbitmqctl set_permissions)")
+            return ConnectError(
+                f"RabbitMQ user {self.config.username!r} may not declare "
+                f"{what} on vhost {self.config.vhost!r}; grant configure/"
+                "write/read permissions (rabbitmqctl set_permissions)"
+            )
         if isinstance(exc, TimeoutError):
-            return ConnectError(f"RabbitMQ did not answer while declaring {what} at "
-                                f"{self.config.redacted}; is the broker reachable?")
-        return ConnectError(f"could not declare {what} on RabbitMQ at {self.config.redacted}: "
-                            f"{self._scrub(exc)}")
+            return ConnectError(
+                f"RabbitMQ did not answer while declaring {what} at "
+                f"{self.config.redacted}; is the broker reachable?"
+            )
+        return ConnectError(
+            f"could not declare {what} on RabbitMQ at {self.config.redacted}: {self._scrub(exc)}"
+        )
 
     def _inequivalent(self, found: re.Match[str]) -> ConfigError:
         """What to do when a queue exists with other arguments than this transport's
@@ -205,18 +259,23 @@ class RabbitMQTransport(Transport):
         option = _ARG_OPTION.get(arg)
         current = f"{arg}={old}" if old is not None else f"no {arg}"
         wanted = f"{arg}={new}" if new is not None else f"no {arg}"
-        where = ('docs/transports/rabbitmq.md ("Changing a group queue\'s arguments") '
-                 "describes")
+        where = 'docs/transports/rabbitmq.md ("Changing a group queue\'s arguments") describes'
         if option is not None and old is not None:
-            advice = (f"to keep running now, set the option {option}={old} again; to change "
-                      f"it, migrate the {kind} without losing messages as {where}")
+            advice = (
+                f"to keep running now, set the option {option}={old} again; to change "
+                f"it, migrate the {kind} without losing messages as {where}"
+            )
         else:
-            advice = ("it was made by another application or version: use other names "
-                      f"(option exchange=..., another group), or move its messages as {where}")
+            advice = (
+                "it was made by another application or version: use other names "
+                f"(option exchange=..., another group), or move its messages as {where}"
+            )
         return ConfigError(
             f"RabbitMQ {kind} {name!r} exists with other settings: {current}, but this "
-            f"transport declares {wanted}" + (f" (option {option})" if option else "") +
-            f". Arguments never change once declared: {advice}")
+            f"transport declares {wanted}"
+            + (f" (option {option})" if option else "")
+            + f". Arguments never change once declared: {advice}"
+        )
 
     async def close(self) -> None:
         if self._closing is None:
@@ -248,24 +307,32 @@ class RabbitMQTransport(Transport):
         body, headers, content_type = binding.encode(event, self._prefix)
         limit = self.config.max_message_size
         if len(body) > limit - 4 * sum(len(k) + len(v) for k, v in headers.items()) - 255:
-            self._check_size(event, body, headers, content_type)   # near the limit: exactly
+            self._check_size(event, body, headers, content_type)  # near the limit: exactly
         table: HeadersType = headers
-        return body, Properties(headers=table, content_type=content_type, delivery_mode=2,
-                                priority=0)
+        return body, Properties(
+            headers=table, content_type=content_type, delivery_mode=2, priority=0
+        )
 
-    def _check_size(self, event: Event, body: bytes, headers: Mapping[str, str],
-                    content_type: str | None) -> None:
+    def _check_size(
+        self, event: Event, body: bytes, headers: Mapping[str, str], content_type: str | None
+    ) -> None:
         """Raise `MessageTooLarge` when body plus headers (UTF-8, with the name and value
         of each) exceed ``max_message_size``; nothing is sent then."""
-        size = len(body) + len((content_type or "").encode()) + sum(
-            len(k.encode()) + len(v.encode()) for k, v in headers.items())
+        size = (
+            len(body)
+            + len((content_type or "").encode())
+            + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+        )
         limit = self.config.max_message_size
         if size > limit:
             raise MessageTooLarge(
                 f"event {event.id[:80]!r} is {size} bytes with its headers, over the "
                 f"{limit}-byte limit (option max_message_size, which should match the "
                 "broker's max_message_size); it was not sent. Make it smaller: store large "
-                "data elsewhere and send a reference", size=size, limit=limit)
+                "data elsewhere and send a reference",
+                size=size,
+                limit=limit,
+            )
 
     async def publish(self, channel: str, event: Event) -> None:
         self._open()
@@ -278,7 +345,7 @@ class RabbitMQTransport(Transport):
         self._open()
         messages = [(channel, *self._message(event)) for channel, event in items]
         for start in range(0, len(messages), BATCH_WINDOW):
-            await self._confirmed(messages[start:start + BATCH_WINDOW])
+            await self._confirmed(messages[start : start + BATCH_WINDOW])
 
     async def send_raw(self, channel: str, message: AbstractMessage) -> None:
         """Publish an arbitrary AMQP message to ``channel`` (tests, bridges). Header
@@ -289,8 +356,9 @@ class RabbitMQTransport(Transport):
         headers = properties.headers
         if headers and any(type(v) is bytes for v in headers.values()):
             properties = copy.copy(properties)
-            properties.headers = {k: bytearray(v) if type(v) is bytes else v
-                                  for k, v in headers.items()}
+            properties.headers = {
+                k: bytearray(v) if type(v) is bytes else v for k, v in headers.items()
+            }
         await self._confirmed([(channel, message.body, properties)])
 
     async def _confirmed(self, window: Sequence[tuple[str, bytes, Properties]]) -> None:
@@ -301,51 +369,72 @@ class RabbitMQTransport(Transport):
                 if len(window) == 1:
                     results: Sequence[BaseException | None] = [await self._send(*window[0])]
                 else:
-                    results = await asyncio.gather(*(self._send(*item) for item in window),
-                                                   return_exceptions=True)
+                    results = await asyncio.gather(
+                        *(self._send(*item) for item in window), return_exceptions=True
+                    )
         except TimeoutError:
-            raise PublishError(f"RabbitMQ did not confirm {len(window)} publish(es) within "
-                               f"{timeout:g}s (publish_timeout); they may or may not be "
-                               "stored: publish again") from None
+            raise PublishError(
+                f"RabbitMQ did not confirm {len(window)} publish(es) within "
+                f"{timeout:g}s (publish_timeout); they may or may not be "
+                "stored: publish again"
+            ) from None
         failed = [r for r in results if r is not None]
         if self._closed and failed:
             raise TransportClosed("RabbitMQ transport was closed during publish")
         if failed:
             first = failed[0]
-            raise first if len(window) == 1 else PublishError(
-                f"{len(failed)} of {len(window)} events were not confirmed by RabbitMQ "
-                f"(first: {first})")
+            raise (
+                first
+                if len(window) == 1
+                else PublishError(
+                    f"{len(failed)} of {len(window)} events were not confirmed by RabbitMQ "
+                    f"(first: {first})"
+                )
+            )
 
-    async def _send(self, routing_key: str, body: bytes,
-                    properties: Properties) -> PublishError | None:
+    async def _send(
+        self, routing_key: str, body: bytes, properties: Properties
+    ) -> PublishError | None:
         """One publish; returns (not raises) its error so a window can gather them. What
         ``Exchange.publish`` does, on the robust channel's current aiormq channel."""
         if self._publisher is None:
             return PublishError("RabbitMQ transport is closed")
         try:
             channel = await self._publisher.get_underlay_channel()  # waits out a reconnect
-            result = await channel.basic_publish(body, exchange=self.config.exchange,
-                                                 routing_key=routing_key,
-                                                 properties=properties, mandatory=True)
+            result = await channel.basic_publish(
+                body,
+                exchange=self.config.exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+            )
         except DeliveryError:
-            return PublishError(f"RabbitMQ refused (nacked) a publish to {routing_key!r}; a "
-                                "queue may be full or unavailable: retry later")
-        except ValueError as exc:   # pamqp/aiormq validation, e.g. the 255-byte key limit
+            return PublishError(
+                f"RabbitMQ refused (nacked) a publish to {routing_key!r}; a "
+                "queue may be full or unavailable: retry later"
+            )
+        except ValueError as exc:  # pamqp/aiormq validation, e.g. the 255-byte key limit
             return PublishError(f"cannot publish to channel {routing_key[:80]!r}: {exc}")
-        except ChannelPreconditionFailed as exc:   # the channel is gone; aio-pika reopens it
+        except ChannelPreconditionFailed as exc:  # the channel is gone; aio-pika reopens it
             if (found := _TOO_LARGE.search(str(exc))) is None:
-                return PublishError(f"RabbitMQ refused a publish to {routing_key!r} "
-                                    f"({self._scrub(exc)})")
+                return PublishError(
+                    f"RabbitMQ refused a publish to {routing_key!r} ({self._scrub(exc)})"
+                )
             size, limit = int(found.group("size")), int(found.group("limit"))
             return MessageTooLarge(
                 f"RabbitMQ refused a {size}-byte message to {routing_key!r}: over its "
                 f"max_message_size of {limit} bytes; it was not stored. Make it smaller, "
                 f"and set the option max_message_size={limit} so the transport refuses such "
                 "messages before sending (a refusal closes the publishing channel, failing "
-                "other publishes in flight)", size=size, limit=limit)
+                "other publishes in flight)",
+                size=size,
+                limit=limit,
+            )
         except Exception as exc:
-            return PublishError(f"publish to {routing_key!r} failed ({self._scrub(exc)}); the "
-                                "connection to RabbitMQ is probably down: retry")
+            return PublishError(
+                f"publish to {routing_key!r} failed ({self._scrub(exc)}); the "
+                "connection to RabbitMQ is probably down: retry"
+            )
         if isinstance(result, DeliveredMessage):
             self.unroutable += 1
             log.debug("no queue is bound for channel %s; event dropped", routing_key)
@@ -353,21 +442,31 @@ class RabbitMQTransport(Transport):
 
     # --- subscribing ------------------------------------------------------------------
 
-    async def subscribe(self, pattern: str | Sequence[str], handler: DeliveryHandler, *,
-                        group: str | None = None, max_in_flight: int = 1) -> Subscription:
+    async def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        max_in_flight: int = 1,
+    ) -> Subscription:
         patterns = pattern_list(pattern)
         keys = [topology.binding_key(p) for p in patterns]
         conn = self._open()
         cfg = self.config
-        name = (topology.broadcast_queue(cfg.exchange) if group is None
-                else topology.group_queue(cfg.exchange, group, patterns))
+        name = (
+            topology.broadcast_queue(cfg.exchange)
+            if group is None
+            else topology.group_queue(cfg.exchange, group, patterns)
+        )
         channel = await self._channel(conn)
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 await channel.set_qos(prefetch_count=max(1, max_in_flight))
                 queue = await self._declare(channel, name, group, patterns, keys)
-                sub = RabbitMQSubscription(channel, queue, handler, max(1, max_in_flight),
-                                           exclusive=group is None)
+                sub = RabbitMQSubscription(
+                    channel, queue, handler, max(1, max_in_flight), exclusive=group is None
+                )
                 await sub.start()
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -388,22 +487,35 @@ class RabbitMQTransport(Transport):
                 channel: AbstractRobustChannel = await conn.channel(publisher_confirms=False)
                 return channel
         except Exception as exc:
-            raise ConnectError(f"could not open a channel to RabbitMQ at "
-                               f"{self.config.redacted} ({self._scrub(exc)}); retry") from None
+            raise ConnectError(
+                f"could not open a channel to RabbitMQ at "
+                f"{self.config.redacted} ({self._scrub(exc)}); retry"
+            ) from None
 
-    async def _declare(self, channel: AbstractRobustChannel, name: str, group: str | None,
-                       patterns: Sequence[str], keys: Sequence[str]) -> AbstractRobustQueue:
+    async def _declare(
+        self,
+        channel: AbstractRobustChannel,
+        name: str,
+        group: str | None,
+        patterns: Sequence[str],
+        keys: Sequence[str],
+    ) -> AbstractRobustQueue:
         """Declare the queue and bind it, robustly: aio-pika re-declares and re-binds it
         after a reconnect (exclusive broadcast queues die with the old connection)."""
         robust = True
         exchange = self.config.exchange
         if group is None:
-            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True,
-                                                arguments={"x-queue-type": "classic"},
-                                                robust=robust)
+            queue = await channel.declare_queue(
+                name,
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-queue-type": "classic"},
+                robust=robust,
+            )
         else:
-            queue = await channel.declare_queue(name, durable=True, robust=robust,
-                                                arguments=topology.group_arguments(self.config))
+            queue = await channel.declare_queue(
+                name, durable=True, robust=robust, arguments=topology.group_arguments(self.config)
+            )
             _DECLARED[(exchange, name)] = (group, tuple(patterns))
         for key in keys:
             await queue.bind(exchange, key, robust=robust)
@@ -430,8 +542,9 @@ class RabbitMQTransport(Transport):
         await self._ensure_queue(name, topology.group_arguments(self.config), keys)
         _DECLARED[(self.config.exchange, name)] = (group, tuple(patterns))
 
-    async def _ensure_queue(self, name: str, arguments: dict[str, Any],
-                            keys: Sequence[str]) -> None:
+    async def _ensure_queue(
+        self, name: str, arguments: dict[str, Any], keys: Sequence[str]
+    ) -> None:
         """Passive declare; a real declare (durable, ``arguments``) only if ``name`` does
         not exist; then bind it to every key (bindings are idempotent)."""
         cfg, conn = self.config, self._open()
@@ -440,7 +553,7 @@ class RabbitMQTransport(Transport):
             async with asyncio.timeout(cfg.connect_timeout):
                 try:
                     await raw.queue_declare(name, passive=True)
-                except ChannelNotFoundEntity:   # the broker closed that channel: a new one
+                except ChannelNotFoundEntity:  # the broker closed that channel: a new one
                     await self._drop(raw)
                     raw = await self._raw_channel(conn)
                     await raw.queue_declare(name, durable=True, arguments=arguments)
@@ -467,8 +580,10 @@ class RabbitMQTransport(Transport):
                     raise ConnectionError("not connected")
                 return await underlay.connection.channel(publisher_confirms=False)
         except Exception as exc:
-            raise ConnectError(f"could not open a channel to RabbitMQ at "
-                               f"{self.config.redacted} ({self._scrub(exc)}); retry") from None
+            raise ConnectError(
+                f"could not open a channel to RabbitMQ at "
+                f"{self.config.redacted} ({self._scrub(exc)}); retry"
+            ) from None
 
     @staticmethod
     async def _drop(channel: AbstractChannel) -> None:
@@ -519,16 +634,18 @@ class RabbitMQTransport(Transport):
                 if message is None:
                     return
                 offset = self._offset(message, name)
-                await self._credit(raw, message)   # a stream keeps what is acked
-                if offset > last:   # a chunk may start before the offset asked for
+                await self._credit(raw, message)  # a stream keeps what is acked
+                if offset > last:  # a chunk may start before the offset asked for
                     last = offset
                     yield RetainedDelivery(message, offset)
         except MeshError:
             raise
         except Exception as exc:
-            raise ConnectError(f"reading stream queue {name!r} on RabbitMQ at "
-                               f"{self.config.redacted} failed ({self._scrub(exc)}); "
-                               "read again") from None
+            raise ConnectError(
+                f"reading stream queue {name!r} on RabbitMQ at "
+                f"{self.config.redacted} failed ({self._scrub(exc)}); "
+                "read again"
+            ) from None
         finally:
             await self._drop(raw)
 
@@ -541,13 +658,16 @@ class RabbitMQTransport(Transport):
         except ChannelNotFoundEntity:
             return False
         except Exception as exc:
-            raise ConnectError(f"could not look up stream queue {name!r} on RabbitMQ at "
-                               f"{self.config.redacted} ({self._scrub(exc)})") from None
+            raise ConnectError(
+                f"could not look up stream queue {name!r} on RabbitMQ at "
+                f"{self.config.redacted} ({self._scrub(exc)})"
+            ) from None
         finally:
             await self._drop(raw)
 
-    async def _stream_end(self, conn: AbstractRobustConnection, name: str,
-                          idle: float) -> int | None:
+    async def _stream_end(
+        self, conn: AbstractRobustConnection, name: str, idle: float
+    ) -> int | None:
         """The offset of the stream's last message now (None: empty, nothing arrived
         within ``idle``): the highest offset of the burst a consumer at ``last`` gets."""
         raw = await self._raw_channel(conn)
@@ -567,15 +687,18 @@ class RabbitMQTransport(Transport):
         except MeshError:
             raise
         except Exception as exc:
-            raise ConnectError(f"reading stream queue {name!r} on RabbitMQ at "
-                               f"{self.config.redacted} failed ({self._scrub(exc)}); "
-                               "read again") from None
+            raise ConnectError(
+                f"reading stream queue {name!r} on RabbitMQ at "
+                f"{self.config.redacted} failed ({self._scrub(exc)}); "
+                "read again"
+            ) from None
         finally:
             await self._drop(raw)
 
     @staticmethod
-    async def _consume(raw: AbstractChannel, name: str,
-                       offset: str) -> asyncio.Queue[DeliveredMessage | None]:
+    async def _consume(
+        raw: AbstractChannel, name: str, offset: str
+    ) -> asyncio.Queue[DeliveredMessage | None]:
         """Consume stream ``name`` from ``offset`` into a queue; None in it means the
         channel closed (the connection was lost)."""
         inbox: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()
@@ -584,16 +707,18 @@ class RabbitMQTransport(Transport):
 
         async def put(message: DeliveredMessage) -> None:
             inbox.put_nowait(message)
+
         try:
             await raw.basic_consume(name, put, arguments={"x-stream-offset": offset})
-        except ChannelPreconditionFailed as exc:   # a quorum queue refuses the argument
+        except ChannelPreconditionFailed as exc:  # a quorum queue refuses the argument
             if "x-stream-offset" not in str(exc):
                 raise
             raise ConfigError(_NOT_A_STREAM.format(name=name)) from None
         return inbox
 
-    async def _next(self, inbox: asyncio.Queue[DeliveredMessage | None], name: str,
-                    wait: float) -> DeliveredMessage | None:
+    async def _next(
+        self, inbox: asyncio.Queue[DeliveredMessage | None], name: str, wait: float
+    ) -> DeliveredMessage | None:
         """The next message, or None after ``wait`` seconds without one."""
         try:
             async with asyncio.timeout(wait):
@@ -601,8 +726,10 @@ class RabbitMQTransport(Transport):
         except TimeoutError:
             return None
         if message is None:
-            raise ConnectError(f"the connection to RabbitMQ at {self.config.redacted} was "
-                               f"lost while reading stream queue {name!r}; read again")
+            raise ConnectError(
+                f"the connection to RabbitMQ at {self.config.redacted} was "
+                f"lost while reading stream queue {name!r}; read again"
+            )
         return message
 
     @staticmethod
@@ -631,14 +758,20 @@ class RabbitMQTransport(Transport):
         exchange = self.config.exchange
         head = pattern.split(".*")[0].split(".>")[0]
         heads = () if head == pattern else tuple(head + sep for sep in "-.:_")
-        doomed = [name for (ex, name), (group, patterns) in list(_DECLARED.items())
-                  if ex == exchange and (all(topology.covers(pattern, p) for p in patterns)
-                                         or group.startswith(heads))]
-        doomed += [name for (ex, name), channel in list(_RETAINED.items())
-                   if ex == exchange and topology.covers(pattern, channel)]
+        doomed = [
+            name
+            for (ex, name), (group, patterns) in list(_DECLARED.items())
+            if ex == exchange
+            and (all(topology.covers(pattern, p) for p in patterns) or group.startswith(heads))
+        ]
+        doomed += [
+            name
+            for (ex, name), channel in list(_RETAINED.items())
+            if ex == exchange and topology.covers(pattern, channel)
+        ]
         if not doomed:
             return
-        own = self._closed or self._conn is None   # after close(): a one-off connection
+        own = self._closed or self._conn is None  # after close(): a one-off connection
         conn = await self._dial(robust=False) if own else self._open()
         channel: AbstractRobustChannel | None = None
         try:
@@ -651,13 +784,16 @@ class RabbitMQTransport(Transport):
                 _DECLARED.pop((exchange, name), None)
                 _RETAINED.pop((exchange, name), None)
         except TimeoutError:
-            raise ConnectError(f"RabbitMQ at {self.config.redacted} did not answer while "
-                               "deleting queues") from None
+            raise ConnectError(
+                f"RabbitMQ at {self.config.redacted} did not answer while deleting queues"
+            ) from None
         except MeshError:
             raise
         except Exception as exc:
-            raise ConnectError(f"could not delete queues on RabbitMQ at {self.config.redacted}"
-                               f" ({self._scrub(exc)})") from None
+            raise ConnectError(
+                f"could not delete queues on RabbitMQ at {self.config.redacted}"
+                f" ({self._scrub(exc)})"
+            ) from None
         finally:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(OP_TIMEOUT):

@@ -31,8 +31,9 @@ def run(text: str, event: Any = None, *, check_functions: bool = True) -> tuple[
     return value, [e.kind for e in errors]
 
 
-def check(text: str, value: Any, *kinds: str, event: Any = None,
-          check_functions: bool = True) -> None:
+def check(
+    text: str, value: Any, *kinds: str, event: Any = None, check_functions: bool = True
+) -> None:
     got, got_kinds = run(text, event, check_functions=check_functions)
     assert (got, got_kinds) == (value, list(kinds))
     assert type(got) is type(value)
@@ -40,23 +41,48 @@ def check(text: str, value: Any, *kinds: str, event: Any = None,
 
 # --- arithmetic ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("10 - 4 - 3", 3),
-    ("7 / 2", 3), ("-7 / 2", -3), ("7 / -2", -3), ("-7 / -2", 3),
-    ("7 % 3", 1), ("-7 % 3", -1), ("7 % -3", 1), ("-7 % -3", -1),
-    ("count * 2", 14), ("sequence + 1", 11), ("'5' * '3'", 15), ("TRUE + TRUE", 2),
-    ("-count", -7), ("--count", 7), ("-sequence", -10), ("-FALSE", 0),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1 + 2 * 3", 7),
+        ("(1 + 2) * 3", 9),
+        ("10 - 4 - 3", 3),
+        ("7 / 2", 3),
+        ("-7 / 2", -3),
+        ("7 / -2", -3),
+        ("-7 / -2", 3),
+        ("7 % 3", 1),
+        ("-7 % 3", -1),
+        ("7 % -3", 1),
+        ("-7 % -3", -1),
+        ("count * 2", 14),
+        ("sequence + 1", 11),
+        ("'5' * '3'", 15),
+        ("TRUE + TRUE", 2),
+        ("-count", -7),
+        ("--count", 7),
+        ("-sequence", -10),
+        ("-FALSE", 0),
+    ],
+)
 def test_arithmetic(text: str, value: int) -> None:
     check(text, value)
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("2147483647 + 1", 2147483647), ("-2147483648 - 1", -2147483648),
-    ("65536 * 65536", 2147483647), ("-65536 * 65536", -2147483648),
-    ("-2147483648 / -1", 2147483647), ("-(-2147483648)", 2147483647),
-    ("5 / 0", 0), ("5 % 0", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("2147483647 + 1", 2147483647),
+        ("-2147483648 - 1", -2147483648),
+        ("65536 * 65536", 2147483647),
+        ("-65536 * 65536", -2147483648),
+        ("-2147483648 / -1", 2147483647),
+        ("-(-2147483648)", 2147483647),
+        ("5 / 0", 0),
+        ("5 % 0", 0),
+    ],
+)
 def test_math_errors(text: str, value: int) -> None:
     check(text, value, "math")
 
@@ -80,16 +106,32 @@ def test_arithmetic_casts_fail_with_cast_error() -> None:
 
 # --- comparisons and implicit casts --------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("sequence = 10", True), ("sequence > 9", True), ("sequence < count", False),
-    ("'01' = 1", True), ("1 = '01'", False), ("1 = '1'", True),
-    ("TRUE = 'true'", True), ("TRUE = 'TRUE'", False), ("'TRUE' = TRUE", True),
-    ("word = TRUE", True), ("flag = 'true'", True), ("flag = TRUE", True),
-    ("count = '7'", True), ("count <> 7", False), ("count != 8", True),
-    ("'abc' = 'ABC'", False), ("'abc' != 'ABC'", True),
-    ("2 >= 2", True), ("2 <= 1", False),
-    ("1 < 2 = TRUE", True),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("sequence = 10", True),
+        ("sequence > 9", True),
+        ("sequence < count", False),
+        ("'01' = 1", True),
+        ("1 = '01'", False),
+        ("1 = '1'", True),
+        ("TRUE = 'true'", True),
+        ("TRUE = 'TRUE'", False),
+        ("'TRUE' = TRUE", True),
+        ("word = TRUE", True),
+        ("flag = 'true'", True),
+        ("flag = TRUE", True),
+        ("count = '7'", True),
+        ("count <> 7", False),
+        ("count != 8", True),
+        ("'abc' = 'ABC'", False),
+        ("'abc' != 'ABC'", True),
+        ("2 >= 2", True),
+        ("2 <= 1", False),
+        ("1 < 2 = TRUE", True),
+    ],
+)
 def test_comparisons(text: str, value: bool) -> None:
     check(text, value)
 
@@ -109,26 +151,30 @@ def test_equality_with_dynamic_right_operand() -> None:
 
 # --- logical operators --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value", "kinds"), [
-    ("TRUE AND 'true'", True, []),
-    ("'false' OR 'TRUE'", True, []),
-    ("'true' XOR 'true'", False, []),
-    ("flag AND word", True, []),
-    ("1 AND TRUE", False, ["cast"]),
-    ("TRUE AND 1", False, ["cast"]),
-    ("'abc' OR TRUE", True, ["cast"]),
-    ("TRUE XOR 'x'", True, ["cast"]),
-    ("FALSE AND 1 / 0 = 0", False, []),
-    ("TRUE OR 1 / 0 = 0", True, []),
-    ("TRUE AND 1 / 0 = 0", False, ["math"]),
-    ("FALSE OR 1 / 0 = 0", False, ["math"]),
-    ("missing = 1 OR TRUE", False, ["missingAttribute"]),
-    ("TRUE AND TRUE AND missing = 1", False, ["missingAttribute"]),
-    ("TRUE AND 'x' AND TRUE", False, ["cast"]),
-    ("FALSE OR FALSE OR TRUE", True, []),
-    ("FALSE OR missing OR TRUE", False, ["missingAttribute"]),
-    ("NOT (NOT 10)", False, ["cast"]),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value", "kinds"),
+    [
+        ("TRUE AND 'true'", True, []),
+        ("'false' OR 'TRUE'", True, []),
+        ("'true' XOR 'true'", False, []),
+        ("flag AND word", True, []),
+        ("1 AND TRUE", False, ["cast"]),
+        ("TRUE AND 1", False, ["cast"]),
+        ("'abc' OR TRUE", True, ["cast"]),
+        ("TRUE XOR 'x'", True, ["cast"]),
+        ("FALSE AND 1 / 0 = 0", False, []),
+        ("TRUE OR 1 / 0 = 0", True, []),
+        ("TRUE AND 1 / 0 = 0", False, ["math"]),
+        ("FALSE OR 1 / 0 = 0", False, ["math"]),
+        ("missing = 1 OR TRUE", False, ["missingAttribute"]),
+        ("TRUE AND TRUE AND missing = 1", False, ["missingAttribute"]),
+        ("TRUE AND 'x' AND TRUE", False, ["cast"]),
+        ("FALSE OR FALSE OR TRUE", True, []),
+        ("FALSE OR missing OR TRUE", False, ["missingAttribute"]),
+        ("NOT (NOT 10)", False, ["cast"]),
+    ],
+)
 def test_logical(text: str, value: bool, kinds: list[str]) -> None:
     check(text, value, *kinds)
 
@@ -143,14 +189,31 @@ def test_and_chains_short_circuit() -> None:
 
 # --- error propagation and missing attributes -------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("missing", False), ("missing = ''", False), ("missing * 5", 0), ("1 / missing", 0),
-    ("missing / 0", 0), ("NOT missing", False), ("-missing", 0), ("-missing + 5", 0),
-    ("missing LIKE '%'", False), ("missing NOT LIKE 'x'", False), ("missing IN (1)", False),
-    ("missing NOT IN (1)", False), ("1 IN (missing, 1)", False), ("LENGTH(missing)", 0),
-    ("CONCAT('a', missing)", ""), ("UPPER(missing)", ""), ("BOOL(missing)", False),
-    ("data", False), ("data = 'x'", False),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("missing", False),
+        ("missing = ''", False),
+        ("missing * 5", 0),
+        ("1 / missing", 0),
+        ("missing / 0", 0),
+        ("NOT missing", False),
+        ("-missing", 0),
+        ("-missing + 5", 0),
+        ("missing LIKE '%'", False),
+        ("missing NOT LIKE 'x'", False),
+        ("missing IN (1)", False),
+        ("missing NOT IN (1)", False),
+        ("1 IN (missing, 1)", False),
+        ("LENGTH(missing)", 0),
+        ("CONCAT('a', missing)", ""),
+        ("UPPER(missing)", ""),
+        ("BOOL(missing)", False),
+        ("data", False),
+        ("data = 'x'", False),
+    ],
+)
 def test_missing_attribute_gives_zero_value_of_consumer(text: str, value: Any) -> None:
     check(text, value, "missingAttribute")
 
@@ -177,76 +240,120 @@ def test_exists() -> None:
 
 # --- LIKE and IN --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("type LIKE 'com.example.%'", True), ("type LIKE 'com._xample.order'", True),
-    ("type NOT LIKE '%order'", False), ("count LIKE '7'", True), ("flag LIKE 't%e'", True),
-    ("sequence LIKE '1_'", True), ("CONCAT(type, '%') LIKE '%order\\%'", True),
-    ("subject LIKE 'francesco'", False), ("1 + 1 LIKE '2'", 1),
-    ("(1 + 1) LIKE '2'", True),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("type LIKE 'com.example.%'", True),
+        ("type LIKE 'com._xample.order'", True),
+        ("type NOT LIKE '%order'", False),
+        ("count LIKE '7'", True),
+        ("flag LIKE 't%e'", True),
+        ("sequence LIKE '1_'", True),
+        ("CONCAT(type, '%') LIKE '%order\\%'", True),
+        ("subject LIKE 'francesco'", False),
+        ("1 + 1 LIKE '2'", 1),
+        ("(1 + 1) LIKE '2'", True),
+    ],
+)
 def test_like(text: str, value: bool | int) -> None:
     check(text, value)
 
 
-@pytest.mark.parametrize(("text", "value", "kinds"), [
-    ("type IN ('a', 'com.example.order')", True, []),
-    ("type NOT IN ('a', 'b')", True, []),
-    ("count IN ('7', '8')", True, []),
-    ("sequence IN (9, 10)", True, []),
-    ("flag IN ('TRUE')", True, []),
-    ("word IN (TRUE)", False, []),
-    ("1 IN (1, 'a')", True, ["cast"]),
-    ("0 IN ('a')", True, ["cast"]),  # the failed cast yields 0 (section 3.7)
-    ("TRUE IN (1)", False, ["cast"]),
-    ("subject IN (id, source, subject)", True, []),
-    ("count IN (sequence, 7)", True, []),
-    ("count IN (sequence, 'x')", False, ["cast"]),
-    ("type IN (LOWER('COM.EXAMPLE.ORDER'))", True, []),
-    ("type NOT IN (type)", False, []),
-])
+@pytest.mark.parametrize(
+    ("text", "value", "kinds"),
+    [
+        ("type IN ('a', 'com.example.order')", True, []),
+        ("type NOT IN ('a', 'b')", True, []),
+        ("count IN ('7', '8')", True, []),
+        ("sequence IN (9, 10)", True, []),
+        ("flag IN ('TRUE')", True, []),
+        ("word IN (TRUE)", False, []),
+        ("1 IN (1, 'a')", True, ["cast"]),
+        ("0 IN ('a')", True, ["cast"]),  # the failed cast yields 0 (section 3.7)
+        ("TRUE IN (1)", False, ["cast"]),
+        ("subject IN (id, source, subject)", True, []),
+        ("count IN (sequence, 7)", True, []),
+        ("count IN (sequence, 'x')", False, ["cast"]),
+        ("type IN (LOWER('COM.EXAMPLE.ORDER'))", True, []),
+        ("type NOT IN (type)", False, []),
+    ],
+)
 def test_in(text: str, value: bool, kinds: list[str]) -> None:
     check(text, value, *kinds)
 
 
 # --- functions ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("LENGTH('héllo')", 5), ("LENGTH(123)", 3), ("length(subject)", 9),
-    ("CONCAT()", ""), ("CONCAT(1, TRUE, 'x')", "1truex"), ("concat_ws('-', 'a', 2)", "a-2"),
-    ("LOWER('ÀB')", "àb"), ("UPPER('straße')", "STRASSE"),
-    ("TRIM('\u2003 a b \t\n')", "a b"), ("TRIM('\x1fa\x1f')", "\x1fa\x1f"),
-    ("LEFT('abc', 0)", ""), ("LEFT('abc', '2')", "ab"), ("RIGHT('abc', 0)", ""),
-    ("RIGHT('abc', 1)", "c"), ("RIGHT('abc', 3)", "abc"),
-    ("SUBSTRING('abcdef', 6)", "f"), ("SUBSTRING('abcdef', -6)", "abcdef"),
-    ("SUBSTRING('abcdef', 3, 0)", ""), ("SUBSTRING('abcdef', -2, 10)", "ef"),
-    ("SUBSTRING('', 0)", ""),
-    ("ABS(-5)", 5), ("ABS('-5')", 5), ("abs(2147483647)", 2147483647),
-    ("INT('+42')", 42), ("INT(sequence)", 10), ("BOOL(0)", False), ("BOOL(-1)", True),
-    ("BOOL('False')", False), ("STRING(-0)", "0"), ("STRING(flag)", "true"),
-    ("Int(count)", 7),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("LENGTH('héllo')", 5),
+        ("LENGTH(123)", 3),
+        ("length(subject)", 9),
+        ("CONCAT()", ""),
+        ("CONCAT(1, TRUE, 'x')", "1truex"),
+        ("concat_ws('-', 'a', 2)", "a-2"),
+        ("LOWER('ÀB')", "àb"),
+        ("UPPER('straße')", "STRASSE"),
+        ("TRIM('\u2003 a b \t\n')", "a b"),
+        ("TRIM('\x1fa\x1f')", "\x1fa\x1f"),
+        ("LEFT('abc', 0)", ""),
+        ("LEFT('abc', '2')", "ab"),
+        ("RIGHT('abc', 0)", ""),
+        ("RIGHT('abc', 1)", "c"),
+        ("RIGHT('abc', 3)", "abc"),
+        ("SUBSTRING('abcdef', 6)", "f"),
+        ("SUBSTRING('abcdef', -6)", "abcdef"),
+        ("SUBSTRING('abcdef', 3, 0)", ""),
+        ("SUBSTRING('abcdef', -2, 10)", "ef"),
+        ("SUBSTRING('', 0)", ""),
+        ("ABS(-5)", 5),
+        ("ABS('-5')", 5),
+        ("abs(2147483647)", 2147483647),
+        ("INT('+42')", 42),
+        ("INT(sequence)", 10),
+        ("BOOL(0)", False),
+        ("BOOL(-1)", True),
+        ("BOOL('False')", False),
+        ("STRING(-0)", "0"),
+        ("STRING(flag)", "true"),
+        ("Int(count)", 7),
+    ],
+)
 def test_builtin_functions(text: str, value: Any) -> None:
     check(text, value)
 
 
-@pytest.mark.parametrize(("text", "value", "kind"), [
-    ("SUBSTRING('abc', 4)", "", "functionEvaluation"),
-    ("SUBSTRING('abc', 1, -1)", "", "functionEvaluation"),
-    ("SUBSTRING('abc', 0, -1)", "", "functionEvaluation"),
-    ("RIGHT('abc', -1)", "abc", "functionEvaluation"),
-    ("LEFT('abc', 'x')", "", "cast"),
-    ("INT('1.5')", 0, "cast"),
-    ("INT('99999999999')", 0, "cast"),
-    ("BOOL('yes')", False, "cast"),
-    ("ABS(-2147483648)", 2147483647, "math"),
-])
+@pytest.mark.parametrize(
+    ("text", "value", "kind"),
+    [
+        ("SUBSTRING('abc', 4)", "", "functionEvaluation"),
+        ("SUBSTRING('abc', 1, -1)", "", "functionEvaluation"),
+        ("SUBSTRING('abc', 0, -1)", "", "functionEvaluation"),
+        ("RIGHT('abc', -1)", "abc", "functionEvaluation"),
+        ("LEFT('abc', 'x')", "", "cast"),
+        ("INT('1.5')", 0, "cast"),
+        ("INT('99999999999')", 0, "cast"),
+        ("BOOL('yes')", False, "cast"),
+        ("ABS(-2147483648)", 2147483647, "math"),
+    ],
+)
 def test_function_errors(text: str, value: Any, kind: str) -> None:
     check(text, value, kind)
 
 
-@pytest.mark.parametrize("text", [
-    "NOPE()", "LENGTH()", "LENGTH('a', 'b')", "SUBSTRING('a')", "ABS(1, 2, 3, 4)",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NOPE()",
+        "LENGTH()",
+        "LENGTH('a', 'b')",
+        "SUBSTRING('a')",
+        "ABS(1, 2, 3, 4)",
+    ],
+)
 def test_missing_functions_at_evaluation_when_not_checked(text: str) -> None:
     """``check_functions=False``: the spec's run-time behaviour (section 3.5)."""
     check(text, False, "missingFunction", check_functions=False)
@@ -254,14 +361,15 @@ def test_missing_functions_at_evaluation_when_not_checked(text: str) -> None:
 
 def test_custom_functions() -> None:
     registry = cesql.default_registry()
-    registry.register(cesql.Function("DOUBLE", (cesql.Type.INTEGER,), cesql.Type.INTEGER,
-                                     lambda errors, x: x * 2))
-    registry.register(cesql.Function("BROKEN", (), cesql.Type.STRING,
-                                     lambda errors: 1 / 0))
+    registry.register(
+        cesql.Function("DOUBLE", (cesql.Type.INTEGER,), cesql.Type.INTEGER, lambda errors, x: x * 2)
+    )
+    registry.register(cesql.Function("BROKEN", (), cesql.Type.STRING, lambda errors: 1 / 0))
     registry.register(cesql.Function("WRONG", (), cesql.Type.INTEGER, lambda errors: "x"))
     registry.register(cesql.Function("HUGE", (), cesql.Type.INTEGER, lambda errors: 2**40))
-    registry.register(cesql.Function("ANYTHING", (cesql.Type.ANY,), cesql.Type.ANY,
-                                     lambda errors, x: x))
+    registry.register(
+        cesql.Function("ANYTHING", (cesql.Type.ANY,), cesql.Type.ANY, lambda errors, x: x)
+    )
     assert "double" in registry
 
     def ev(text: str) -> tuple[Any, list[str]]:
@@ -282,9 +390,13 @@ def test_custom_functions() -> None:
 
 def test_registry_overloading_rules() -> None:
     def fn(name: str, arity: int, variadic: bool = False) -> cesql.Function:
-        return cesql.Function(name, (cesql.Type.STRING,) * arity, cesql.Type.INTEGER,
-                              lambda errors, *args: 0,
-                              variadic=cesql.Type.STRING if variadic else None)
+        return cesql.Function(
+            name,
+            (cesql.Type.STRING,) * arity,
+            cesql.Type.INTEGER,
+            lambda errors, *args: 0,
+            variadic=cesql.Type.STRING if variadic else None,
+        )
 
     registry = cesql.FunctionRegistry([fn("ABC", 1), fn("ABC", 2), fn("ABC", 3, True)])
     assert registry.resolve("abc", 1) is not None
@@ -306,10 +418,12 @@ def test_registry_overloading_rules() -> None:
     with pytest.raises(ValueError, match="invalid function name"):
         registry.register(fn("A1", 1))
     assert "CONCAT_WS(String, String...) -> String" in [
-        f.signature() for f in cesql.default_registry()]
+        f.signature() for f in cesql.default_registry()
+    ]
 
 
 # --- events -------------------------------------------------------------------------------------
+
 
 class Color(enum.Enum):
     RED = "red"
@@ -324,19 +438,24 @@ class Uri:
         return "https://example.com/x"
 
 
-@pytest.mark.parametrize(("raw", "value"), [
-    (datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC), "2024-05-01T12:00:00Z"),
-    (datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC), "2024-05-01T12:00:00.250000Z"),
-    (datetime(2018, 4, 26, 14, 48, 9, tzinfo=timezone(timedelta(hours=2))),
-     "2018-04-26T14:48:09+02:00"),
-    (datetime(2024, 5, 1, 12, 0, 0), "2024-05-01T12:00:00Z"),
-    (b"\x00\x01hi", "AAFoaQ=="),
-    (2**40, "1099511627776"),
-    (-(2**31), -(2**31)),
-    (Uri(), "https://example.com/x"),
-    (Label.HOT, "hot"),
-    (Color.RED, "Color.RED"),
-])
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC), "2024-05-01T12:00:00Z"),
+        (datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC), "2024-05-01T12:00:00.250000Z"),
+        (
+            datetime(2018, 4, 26, 14, 48, 9, tzinfo=timezone(timedelta(hours=2))),
+            "2018-04-26T14:48:09+02:00",
+        ),
+        (datetime(2024, 5, 1, 12, 0, 0), "2024-05-01T12:00:00Z"),
+        (b"\x00\x01hi", "AAFoaQ=="),
+        (2**40, "1099511627776"),
+        (-(2**31), -(2**31)),
+        (Uri(), "https://example.com/x"),
+        (Label.HOT, "hot"),
+        (Color.RED, "Color.RED"),
+    ],
+)
 def test_attribute_values_map_to_cesql_types(raw: Any, value: Any) -> None:
     check("x", value, event={"x": raw})
 
@@ -396,45 +515,55 @@ def test_matches_is_filter_semantics() -> None:
 DATA_EVENT: dict[str, Any] = {
     "type": "t",
     "data": {
-        "severity": 5, "name": "box", "urgent": False, "price": 9.5, "qty": 3.0,
-        "big": 2**40, "nothing": None, "tags": ["a", "b"], "order": {"items": [{"sku": "X1"}]},
+        "severity": 5,
+        "name": "box",
+        "urgent": False,
+        "price": 9.5,
+        "qty": 3.0,
+        "big": 2**40,
+        "nothing": None,
+        "tags": ["a", "b"],
+        "order": {"items": [{"sku": "X1"}]},
         "Mixed_Case": "yes",
     },
 }
 
 
-@pytest.mark.parametrize(("text", "value", "kinds"), [
-    ("data.severity > 3", True, []),
-    ("data.severity", 5, []),
-    ("data.name = 'box'", True, []),
-    ("data.urgent", False, []),
-    ("NOT data.urgent", True, []),
-    ("data.qty = 3", True, []),
-    ("data.order.items.0.sku", "X1", []),
-    ("data.tags.1", "b", []),
-    ("data.Mixed_Case", "yes", []),
-    ("data.mixed_case", False, ["missingAttribute"]),
-    ("data.tags.2", False, ["missingAttribute"]),
-    ("data.tags.x", False, ["missingAttribute"]),
-    ("data.name.x", False, ["missingAttribute"]),
-    ("data.absent > 1", False, ["missingAttribute"]),
-    ("data.nothing = 1", False, ["missingAttribute"]),
-    ("data.price > 1", False, ["cast"]),
-    ("data.big > 1", False, ["cast"]),
-    ("data.tags = 'a'", False, ["cast"]),
-    ("data.order", False, ["cast"]),
-    ("data.severity + 1", 6, []),
-    ("EXISTS data.order.items", True, []),
-    ("EXISTS data.price", True, []),
-    ("EXISTS data.nothing", False, []),
-    ("EXISTS data.absent", False, []),
-    ("data.name LIKE 'b%' AND data.severity IN (4, 5)", True, []),
-])
+@pytest.mark.parametrize(
+    ("text", "value", "kinds"),
+    [
+        ("data.severity > 3", True, []),
+        ("data.severity", 5, []),
+        ("data.name = 'box'", True, []),
+        ("data.urgent", False, []),
+        ("NOT data.urgent", True, []),
+        ("data.qty = 3", True, []),
+        ("data.order.items.0.sku", "X1", []),
+        ("data.tags.1", "b", []),
+        ("data.Mixed_Case", "yes", []),
+        ("data.mixed_case", False, ["missingAttribute"]),
+        ("data.tags.2", False, ["missingAttribute"]),
+        ("data.tags.x", False, ["missingAttribute"]),
+        ("data.name.x", False, ["missingAttribute"]),
+        ("data.absent > 1", False, ["missingAttribute"]),
+        ("data.nothing = 1", False, ["missingAttribute"]),
+        ("data.price > 1", False, ["cast"]),
+        ("data.big > 1", False, ["cast"]),
+        ("data.tags = 'a'", False, ["cast"]),
+        ("data.order", False, ["cast"]),
+        ("data.severity + 1", 6, []),
+        ("EXISTS data.order.items", True, []),
+        ("EXISTS data.price", True, []),
+        ("EXISTS data.nothing", False, []),
+        ("EXISTS data.absent", False, []),
+        ("data.name LIKE 'b%' AND data.severity IN (4, 5)", True, []),
+    ],
+)
 def test_data_extension(text: str, value: Any, kinds: list[str]) -> None:
     check(text, value, *kinds, event=DATA_EVENT)
 
 
-@pytest.mark.parametrize("data", [None, "{\"severity\": 5}", b"raw", 5, ["x"]])
+@pytest.mark.parametrize("data", [None, '{"severity": 5}', b"raw", 5, ["x"]])
 def test_data_extension_needs_decoded_json_object(data: Any) -> None:
     check("data.severity = 5", False, "missingAttribute", event={"data": data})
     check("EXISTS data.severity", False, event={"data": data})

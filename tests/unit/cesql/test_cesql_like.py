@@ -39,20 +39,46 @@ def reference(pattern: str, text: str) -> bool:
     return re.fullmatch("".join(out), text, re.DOTALL) is not None
 
 
-@pytest.mark.parametrize(("pattern", "text", "expected"), [
-    ("abc", "abc", True), ("abc", "abcd", False), ("", "", True), ("", "a", False),
-    ("%", "", True), ("%", "anything", True), ("%%", "", True), ("_", "", False),
-    ("_", "\n", True), ("a%", "abc", True), ("a%", "ba", False), ("%c", "abc", True),
-    ("%b%", "abc", True), ("%x%", "abc", False), ("a%c", "ac", True), ("a%c", "a", False),
-    ("ab%bc", "abc", False), ("ab%bc", "abbc", True), ("_b_", "abc", True),
-    ("a\\%", "a%", True), ("a\\%", "ab", False), ("a\\_", "a_", True), ("a\\_", "ab", False),
-    ("a\\b", "a\\b", True), ("a\\\\%", "a\\%", True),
-    ("a\\\\%", "a\\\\x", False),  # a backslash only escapes % and _
-    ("\\", "\\", True),
-    ("a%b%c", "a%b%c", True), ("%a_c%", "xxabcxx", True), ("%a_c", "abcabd", False),
-    ("_%_", "a", False), ("_%_", "ab", True), ("%_x_%", "axb", True),
-    ("Abc", "abc", False), ("é_", "éa", True),
-])
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("abc", "abc", True),
+        ("abc", "abcd", False),
+        ("", "", True),
+        ("", "a", False),
+        ("%", "", True),
+        ("%", "anything", True),
+        ("%%", "", True),
+        ("_", "", False),
+        ("_", "\n", True),
+        ("a%", "abc", True),
+        ("a%", "ba", False),
+        ("%c", "abc", True),
+        ("%b%", "abc", True),
+        ("%x%", "abc", False),
+        ("a%c", "ac", True),
+        ("a%c", "a", False),
+        ("ab%bc", "abc", False),
+        ("ab%bc", "abbc", True),
+        ("_b_", "abc", True),
+        ("a\\%", "a%", True),
+        ("a\\%", "ab", False),
+        ("a\\_", "a_", True),
+        ("a\\_", "ab", False),
+        ("a\\b", "a\\b", True),
+        ("a\\\\%", "a\\%", True),
+        ("a\\\\%", "a\\\\x", False),  # a backslash only escapes % and _
+        ("\\", "\\", True),
+        ("a%b%c", "a%b%c", True),
+        ("%a_c%", "xxabcxx", True),
+        ("%a_c", "abcabd", False),
+        ("_%_", "a", False),
+        ("_%_", "ab", True),
+        ("%_x_%", "axb", True),
+        ("Abc", "abc", False),
+        ("é_", "éa", True),
+    ],
+)
 def test_like(pattern: str, text: str, expected: bool) -> None:
     assert compile_like(pattern)(text) is expected
     assert reference(pattern, text) is expected
@@ -62,16 +88,22 @@ ALPHABET = st.sampled_from(["a", "b", "%", "_", "\\", ".", "\n"])
 
 
 @settings(max_examples=400, deadline=None, database=None)
-@given(pattern=st.lists(ALPHABET, max_size=8).map("".join),
-       text=st.lists(st.sampled_from(["a", "b", "%", "_", "\\", ".", "\n"]), max_size=10)
-       .map("".join))
+@given(
+    pattern=st.lists(ALPHABET, max_size=8).map("".join),
+    text=st.lists(st.sampled_from(["a", "b", "%", "_", "\\", ".", "\n"]), max_size=10).map("".join),
+)
 def test_like_agrees_with_regex_reference(pattern: str, text: str) -> None:
     assert compile_like(pattern)(text) is reference(pattern, text)
 
 
-@pytest.mark.parametrize("pattern", [
-    "%a%a%a%a%a%a%a%a%a%a%a%a%b", "%a_a_a_a_a_a_a_a%b", "_%_%_%_%_%_%_%_%_%_%b",
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "%a%a%a%a%a%a%a%a%a%a%a%a%b",
+        "%a_a_a_a_a_a_a_a%b",
+        "_%_%_%_%_%_%_%_%_%_%b",
+    ],
+)
 def test_no_catastrophic_backtracking(pattern: str) -> None:
     matches = compile_like(pattern)
     text = "a" * 20_000
@@ -82,6 +114,7 @@ def test_no_catastrophic_backtracking(pattern: str) -> None:
 
 
 # --- a reference, and the matcher under tunings that reach every strategy ------------------
+
 
 def dp_reference(pattern: str, text: str) -> bool:
     """LIKE by dynamic programming over pattern x text (fine for short strings)."""
@@ -101,8 +134,10 @@ def dp_reference(pattern: str, text: str) -> bool:
             for j in range(1, len(text) + 1):
                 row[j] = row[j] or row[j - 1]
         else:
-            row = [False] + [row[j - 1] and (token is None or token == text[j - 1])
-                             for j in range(1, len(text) + 1)]
+            row = [False] + [
+                row[j - 1] and (token is None or token == text[j - 1])
+                for j in range(1, len(text) + 1)
+            ]
     return row[-1]
 
 
@@ -111,8 +146,15 @@ TUNINGS: list[dict[str, int]] = [
     # bitset windows of a few positions, no regex scan first
     {"_DIRECT_SIZE": 0, "_FIRST_WINDOW": 1, "_MAX_WINDOW": 5},
     # sweeps over tiny slices, checks given most of the time
-    {"_DIRECT_SIZE": 0, "_FIRST_WINDOW": 3, "_MAX_WINDOW": 64, "_CHECK_RATIO": 100,
-     "_SWEEP_MIN": 0, "_SWEEP": 3, "_BLOCK": 2},
+    {
+        "_DIRECT_SIZE": 0,
+        "_FIRST_WINDOW": 3,
+        "_MAX_WINDOW": 64,
+        "_CHECK_RATIO": 100,
+        "_SWEEP_MIN": 0,
+        "_SWEEP": 3,
+        "_BLOCK": 2,
+    },
     # bit planes from the first character on, no final checks
     {"_DIRECT_SIZE": 0, "_FIRST_WINDOW": 7, "_PLANES_AFTER": 0, "_FEW": 0},
     # checks for everything left, one-literal blocks, planes after one character
@@ -121,8 +163,14 @@ TUNINGS: list[dict[str, int]] = [
     {"_DIRECT_SIZE": 0, "_CHECK_RATIO": 0, "_SAMPLE": 1, "_SWEEP": 1},
     # clearing around absences instead of shift-and steps, in 8-position slices
     {"_DIRECT_SIZE": 0, "_FIRST_WINDOW": 5, "_HOLE_NS": 0, "_SLICE": 8},
-    {"_DIRECT_SIZE": 0, "_FIRST_WINDOW": 40, "_HOLE_NS": 0, "_SLICE": 16, "_CHECK_RATIO": 0,
-     "_RECOUNT": 1},
+    {
+        "_DIRECT_SIZE": 0,
+        "_FIRST_WINDOW": 40,
+        "_HOLE_NS": 0,
+        "_SLICE": 16,
+        "_CHECK_RATIO": 0,
+        "_RECOUNT": 1,
+    },
 ]
 
 
@@ -145,15 +193,18 @@ def check_all_tunings(pattern: str, text: str) -> None:
             assert compile_like(pattern)(text) is expected, (tuning, pattern, text)
 
 
-PROPERTY = settings(max_examples=300, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 # ASCII, Latin-1, BMP and astral characters, a lone surrogate, LIKE's own specials.
 CHARS = ["a", "b", "c", "\n", "é", "ß", "€", "中", "\U0001f600", "\udc80", "%", "_", "\\"]
 
 
 @PROPERTY
-@given(pattern=st.lists(st.sampled_from(CHARS), max_size=12).map("".join),
-       text=st.lists(st.sampled_from([*CHARS[:-3], "%", "_", "\\"]), max_size=30).map("".join))
+@given(
+    pattern=st.lists(st.sampled_from(CHARS), max_size=12).map("".join),
+    text=st.lists(st.sampled_from([*CHARS[:-3], "%", "_", "\\"]), max_size=30).map("".join),
+)
 def test_random_patterns_agree_with_the_dp_reference(pattern: str, text: str) -> None:
     check_all_tunings(pattern, text)
 
@@ -164,12 +215,12 @@ def near_misses(draw: st.DrawFn) -> tuple[str, str]:
     inputs that (almost) match at many positions, which random pairs rarely are."""
     alphabet = draw(st.sampled_from(["ab", "abc", "aé€\U0001f600", "a%_\\", "a\n"]))
     unit = draw(st.text(alphabet, min_size=1, max_size=4))
-    text = list((unit * 40)[:draw(st.integers(0, 90))])
+    text = list((unit * 40)[: draw(st.integers(0, 90))])
     for _ in range(draw(st.integers(0, 3))):
         if text:
             text[draw(st.integers(0, len(text) - 1))] = draw(st.sampled_from(alphabet))
     start = draw(st.integers(0, len(text)))
-    piece = text[start:start + draw(st.integers(0, 40))]
+    piece = text[start : start + draw(st.integers(0, 40))]
     pattern: list[str] = []
     for c in piece:
         roll = draw(st.integers(0, 9))
@@ -194,14 +245,22 @@ def test_near_misses_agree_with_the_dp_reference(case: tuple[str, str]) -> None:
     check_all_tunings(*case)
 
 
-@pytest.mark.parametrize(("pattern", "text", "expected"), [
-    ("%a_a%", "xaxb", False), ("%a_a%", "xabab" + "aca", True),
-    ("%" + "ab" * 30 + "_%", "ab" * 200 + "c", True),
-    ("%" + "a_" * 40 + "b%", "a" * 300, False), ("%" + "a_" * 40 + "b%", "a" * 300 + "b", True),
-    ("%\\%_\\_%", "x%y_", True), ("%\\%_\\_%", "x%y%", False),
-    ("%€_中%", "€€a中", True), ("%\U0001f600_\U0001f600%", "\U0001f600x\U0001f600", True),
-    ("%\udc80_%", "a\udc80b", True), ("_%_", "\udc80\udc80", True),
-])
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("%a_a%", "xaxb", False),
+        ("%a_a%", "xabab" + "aca", True),
+        ("%" + "ab" * 30 + "_%", "ab" * 200 + "c", True),
+        ("%" + "a_" * 40 + "b%", "a" * 300, False),
+        ("%" + "a_" * 40 + "b%", "a" * 300 + "b", True),
+        ("%\\%_\\_%", "x%y_", True),
+        ("%\\%_\\_%", "x%y%", False),
+        ("%€_中%", "€€a中", True),
+        ("%\U0001f600_\U0001f600%", "\U0001f600x\U0001f600", True),
+        ("%\udc80_%", "a\udc80b", True),
+        ("_%_", "\udc80\udc80", True),
+    ],
+)
 def test_gapped_examples_under_every_tuning(pattern: str, text: str, expected: bool) -> None:
     assert dp_reference(pattern, text) is expected
     check_all_tunings(pattern, text)
@@ -221,6 +280,7 @@ def test_text_bitsets_in_every_encoding(text: str) -> None:
 
 # --- cost: linear in the text, whatever the pattern ------------------------------------------
 
+
 def adversarial(name: str, n: int) -> tuple[str, str, bool]:
     """(pattern, text, expected) of one worst case at text length ``n``: texts that
     (almost) match a long segment with many ``_`` at a large share of positions."""
@@ -234,8 +294,7 @@ def adversarial(name: str, n: int) -> tuple[str, str, bool]:
     if name == "abab vs a_a_c":
         return "%" + "a_" * 2040 + "c%", "ab" * (n // 2), False
     if name == "abab, one flip":
-        flipped = ["a" if k % 2 == 0 else "b" if rnd.random() > 0.3 else "_"
-                   for k in range(4085)]
+        flipped = ["a" if k % 2 == 0 else "b" if rnd.random() > 0.3 else "_" for k in range(4085)]
         flipped[3001] = "a"  # "a" where every alignment has "b": no match anywhere
         return "%" + "".join(flipped) + "%", "ab" * (n // 2), False
     if name in ("a?a? with holes", "a?a? with holes, random half"):
@@ -252,8 +311,7 @@ def adversarial(name: str, n: int) -> tuple[str, str, bool]:
         chars = list((cycle * (n // period + 1))[:n])
         for i in range(0, n - every, every):
             chars[i + rnd.randrange(every)] = rnd.choice(cycle)
-        pattern = "".join(cycle[k % period] if rnd.random() > 0.125 else "_"
-                          for k in range(4080))
+        pattern = "".join(cycle[k % period] if rnd.random() > 0.125 else "_" for k in range(4080))
         return "%" + pattern + "%", "".join(chars), False
     if name == "run of a with holes, random half":
         chars = ["a"] * n
@@ -266,10 +324,19 @@ def adversarial(name: str, n: int) -> tuple[str, str, bool]:
     raise AssertionError(name)
 
 
-ADVERSARIAL = ["underscores", "a_a_b", "a_a_b at the end", "abab vs a_a_c", "abab, one flip",
-               "a?a? with holes", "a?a? with holes, random half", "period 64 with holes",
-               "period 90 with dense holes", "run of a with holes, random half",
-               "wide characters"]
+ADVERSARIAL = [
+    "underscores",
+    "a_a_b",
+    "a_a_b at the end",
+    "abab vs a_a_c",
+    "abab, one flip",
+    "a?a? with holes",
+    "a?a? with holes, random half",
+    "period 64 with holes",
+    "period 90 with dense holes",
+    "run of a with holes, random half",
+    "wide characters",
+]
 #: Estimated cost (ns) per text position allowed for one search: twice the costliest
 #: case known. The naive search costs up to segment length x that per position.
 WORK_PER_POSITION = 60

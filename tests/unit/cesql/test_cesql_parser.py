@@ -37,15 +37,32 @@ def error_at(text: str, strict: bool = False) -> cesql.ParseError:
 
 # --- literals and identifiers ------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("0", 0), ("42", 42), ("007", 7), ("-5", -5), ("+5", 5), ("- 5", -5),
-    ("2147483647", 2147483647), ("-2147483648", -2147483648),
-    ("TRUE", True), ("false", False), ("tRuE", True),
-    ("'abc'", "abc"), ('"abc"', "abc"), ("''", ""),
-    ("'a\"b\\'c'", "a\"b'c"), ('"a\'b\\"c"', "a'b\"c"),
-    ("'ab\\c'", "ab\\c"), ("'a\\\\b'", "a\\\\b"), ('"x\\\'y"', "x\\'y"),
-    ("'ü ✓'", "ü ✓"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0", 0),
+        ("42", 42),
+        ("007", 7),
+        ("-5", -5),
+        ("+5", 5),
+        ("- 5", -5),
+        ("2147483647", 2147483647),
+        ("-2147483648", -2147483648),
+        ("TRUE", True),
+        ("false", False),
+        ("tRuE", True),
+        ("'abc'", "abc"),
+        ('"abc"', "abc"),
+        ("''", ""),
+        ("'a\"b\\'c'", "a\"b'c"),
+        ('"a\'b\\"c"', "a'b\"c"),
+        ("'ab\\c'", "ab\\c"),
+        ("'a\\\\b'", "a\\\\b"),
+        ('"x\\\'y"', "x\\'y"),
+        ("'ü ✓'", "ü ✓"),
+    ],
+)
 def test_literals(text: str, value: object) -> None:
     node = ast(text)
     assert isinstance(node, Literal)
@@ -53,9 +70,15 @@ def test_literals(text: str, value: object) -> None:
     assert type(node.value) is type(value)
 
 
-@pytest.mark.parametrize(("text", "position"), [
-    ("2147483648", 0), ("-2147483649", 0), ("1 + 99999999999", 4), ("-(2147483648)", 2),
-])
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("2147483648", 0),
+        ("-2147483649", 0),
+        ("1 + 99999999999", 4),
+        ("-(2147483648)", 2),
+    ],
+)
 def test_integer_literal_out_of_range(text: str, position: int) -> None:
     assert error_at(text).position == position
 
@@ -75,12 +98,15 @@ def test_identifier_with_underscore_is_rejected() -> None:
 
 # --- operators and precedence --------------------------------------------------------------
 
+
 def test_binary_precedence_and_left_associativity() -> None:
     assert ast("4 * 2 + 4 / 2") == Binary(
-        "+", Binary("*", Literal(4), Literal(2)), Binary("/", Literal(4), Literal(2)))
+        "+", Binary("*", Literal(4), Literal(2)), Binary("/", Literal(4), Literal(2))
+    )
     assert ast("1 - 2 - 3") == Binary("-", Binary("-", Literal(1), Literal(2)), Literal(3))
     assert ast("a = 1 AND b < 2") == Binary(
-        "AND", Binary("=", Attribute("a"), Literal(1)), Binary("<", Attribute("b"), Literal(2)))
+        "AND", Binary("=", Attribute("a"), Literal(1)), Binary("<", Attribute("b"), Literal(2))
+    )
 
 
 def test_and_or_xor_share_one_level_left_to_right() -> None:
@@ -104,7 +130,8 @@ def test_like_and_in_bind_tighter_than_binary_operators() -> None:
     a, b = Attribute("a"), Attribute("b")
     assert ast("a + b LIKE '1%'") == Binary("+", a, Like(b, "1%"))
     assert ast("a IN (1, 2) AND b NOT IN ('x')") == Binary(
-        "AND", In(a, (Literal(1), Literal(2))), In(b, (Literal("x"),), negated=True))
+        "AND", In(a, (Literal(1), Literal(2))), In(b, (Literal("x"),), negated=True)
+    )
     assert ast("a LIKE 'x' IN (TRUE)") == In(Like(a, "x"), (Literal(True),))
     assert ast("a NOT LIKE 'x%'") == Like(a, "x%", negated=True)
 
@@ -127,8 +154,7 @@ def test_function_calls() -> None:
     assert ast("-ABS(x)") == Unary("-", Call("ABS", (Attribute("x"),)))
     # Functions are resolved when the expression is compiled; the syntax tree of an
     # unknown call is still what parse_ast returns.
-    assert cesql.parse("UNKNOWN(1)", check_functions=False).ast == \
-        Call("UNKNOWN", (Literal(1),))
+    assert cesql.parse("UNKNOWN(1)", check_functions=False).ast == Call("UNKNOWN", (Literal(1),))
 
 
 def test_exists_and_sub_expressions() -> None:
@@ -145,35 +171,39 @@ def test_positions_are_recorded() -> None:
 
 # --- parse errors ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "position"), [
-    ("", 0),
-    ("   ", 0),
-    ("ABC(", 4),
-    ("(1 + 2", 6),
-    ("1 +", 3),
-    ("x LIKE 123", 7),
-    ("x LIKE y", 7),
-    ("x NOT 1", 2),
-    ("'abc", 0),
-    ("a = 'x", 4),
-    ("a # b", 2),
-    ("a ! b", 2),
-    ("1 2", 2),
-    ("a IN 1", 5),
-    ("a IN ()", 6),
-    ("a IN (1,)", 8),
-    ("EXISTS 1", 7),
-    ("EXISTS AND", 7),
-    ("AND", 0),
-    ("+'5'", 0),
-    ("f(1 2)", 4),
-    ("a.b", 1),
-    ("data .a", 5),
-    ("data.", 5),
-    ("data.a.", 7),
-    ("my_func1(1)", 0),
-    ("_f(1)", 0),
-])
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("", 0),
+        ("   ", 0),
+        ("ABC(", 4),
+        ("(1 + 2", 6),
+        ("1 +", 3),
+        ("x LIKE 123", 7),
+        ("x LIKE y", 7),
+        ("x NOT 1", 2),
+        ("'abc", 0),
+        ("a = 'x", 4),
+        ("a # b", 2),
+        ("a ! b", 2),
+        ("1 2", 2),
+        ("a IN 1", 5),
+        ("a IN ()", 6),
+        ("a IN (1,)", 8),
+        ("EXISTS 1", 7),
+        ("EXISTS AND", 7),
+        ("AND", 0),
+        ("+'5'", 0),
+        ("f(1 2)", 4),
+        ("a.b", 1),
+        ("data .a", 5),
+        ("data.", 5),
+        ("data.a.", 7),
+        ("my_func1(1)", 0),
+        ("_f(1)", 0),
+    ],
+)
 def test_parse_error_positions(text: str, position: int) -> None:
     err = error_at(text)
     assert err.kind == "parse"
@@ -203,7 +233,11 @@ def test_errors_pickle() -> None:
     err = error_at("a LIKE 1")
     copy = pickle.loads(pickle.dumps(err))
     assert (type(copy), str(copy), copy.position, copy.reason) == (
-        cesql.ParseError, str(err), 7, err.reason)
+        cesql.ParseError,
+        str(err),
+        7,
+        err.reason,
+    )
     math = pickle.loads(pickle.dumps(cesql.MathError("division by zero", 3)))
     assert (math.kind, math.message, math.position) == ("math", "division by zero", 3)
 
@@ -215,17 +249,21 @@ def test_parse_rejects_non_strings() -> None:
 
 # --- limits ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    "(" * 100_000 + "1" + ")" * 100_000,
-    "(" * 1000 + "1" + ")" * 1000,
-    "NOT " * 1000 + "TRUE",
-    "-" * 2000 + "1",
-    "ABS(" * 1000 + "1" + ")" * 1000,
-    "1 IN (" * 600 + "1" + ")" * 600,
-    " + ".join(["1"] * 1000),
-    " OR ".join(["a"] * 1000),
-    "a = 'x' AND " * 400 + "TRUE",
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 100_000 + "1" + ")" * 100_000,
+        "(" * 1000 + "1" + ")" * 1000,
+        "NOT " * 1000 + "TRUE",
+        "-" * 2000 + "1",
+        "ABS(" * 1000 + "1" + ")" * 1000,
+        "1 IN (" * 600 + "1" + ")" * 600,
+        " + ".join(["1"] * 1000),
+        " OR ".join(["a"] * 1000),
+        "a = 'x' AND " * 400 + "TRUE",
+    ],
+)
 def test_deep_or_long_expressions_fail_fast_with_parse_error(text: str) -> None:
     start = time.perf_counter()
     with pytest.raises(cesql.ParseError):
@@ -258,6 +296,7 @@ def test_tree_depth_limit_boundary() -> None:
 
 # --- strict mode and the data extension ------------------------------------------------------
 
+
 def test_data_paths() -> None:
     assert ast("data.a") == DataPath(("a",))
     assert ast("data.order.Items.0") == DataPath(("order", "Items", "0"))
@@ -280,6 +319,7 @@ def test_strict_mode_accepts_plain_cesql_including_a_data_identifier() -> None:
 
 # --- expression object and rendering --------------------------------------------------------
 
+
 def test_expression_exposes_source_and_ast() -> None:
     expr = cesql.parse("type = 'x'")
     assert expr.source == "type = 'x'"
@@ -290,16 +330,27 @@ def test_expression_exposes_source_and_ast() -> None:
 def test_walk_is_preorder() -> None:
     nodes = list(walk(ast("a = 1 AND NOT b IN (2, c)")))
     assert [type(n).__name__ for n in nodes] == [
-        "Binary", "Binary", "Attribute", "Literal", "In", "Unary", "Attribute", "Literal",
-        "Attribute"]
+        "Binary",
+        "Binary",
+        "Attribute",
+        "Literal",
+        "In",
+        "Unary",
+        "Attribute",
+        "Literal",
+        "Attribute",
+    ]
 
 
-@pytest.mark.parametrize("text", [
-    "a = 1 AND b LIKE 'x\\%%' OR NOT EXISTS c",
-    "-(-5) * ABS(x) % 3 <> LENGTH(CONCAT('a', \"b'c\"))",
-    "x NOT IN (1, 'a', TRUE) XOR data.a.b >= 2",
-    "EXISTS data.x OR -2147483648 < y",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = 1 AND b LIKE 'x\\%%' OR NOT EXISTS c",
+        "-(-5) * ABS(x) % 3 <> LENGTH(CONCAT('a', \"b'c\"))",
+        "x NOT IN (1, 'a', TRUE) XOR data.a.b >= 2",
+        "EXISTS data.x OR -2147483648 < y",
+    ],
+)
 def test_render_round_trips(text: str) -> None:
     node = ast(text)
     assert ast(render(node)) == node

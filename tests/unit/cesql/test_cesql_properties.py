@@ -39,41 +39,118 @@ from mesh.routing.cesql.functions import builtin_registry
 
 BUDGET_SECONDS = 0.05
 # MESH_CESQL_EXAMPLES raises the example count for a deeper local run.
-SETTINGS = settings(max_examples=int(os.environ.get("MESH_CESQL_EXAMPLES", "300")),
-                    deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("MESH_CESQL_EXAMPLES", "300")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 INT32 = st.integers(-(2**31), 2**31 - 1)
 
 # --- events ----------------------------------------------------------------------------------
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**33), 2**33),
-                      st.floats(allow_nan=True), st.text(max_size=4))
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**33), 2**33),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
+)
 json_value = st.recursive(
     json_leaf,
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(["a", "b", "0"]), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["a", "b", "0"]), inner, max_size=3),
+    ),
     max_leaves=8,
 )
-attr_value = st.one_of(st.text(max_size=6), INT32, st.booleans(),
-                       st.sampled_from(["1", "-7", "true", "FALSE", "a%b", ""]))
+attr_value = st.one_of(
+    st.text(max_size=6),
+    INT32,
+    st.booleans(),
+    st.sampled_from(["1", "-7", "true", "FALSE", "a%b", ""]),
+)
 events = st.fixed_dictionaries(
-    {"specversion": st.just("1.0"), "id": st.text(max_size=3), "source": st.just("/s"),
-     "type": st.sampled_from(["a.b", "a.c", "x"])},
-    optional={"subject": attr_value, "n": attr_value, "flag": attr_value, "s": attr_value,
-              "data": st.dictionaries(st.sampled_from(["a", "b", "c"]), json_value,
-                                      max_size=3)},
+    {
+        "specversion": st.just("1.0"),
+        "id": st.text(max_size=3),
+        "source": st.just("/s"),
+        "type": st.sampled_from(["a.b", "a.c", "x"]),
+    },
+    optional={
+        "subject": attr_value,
+        "n": attr_value,
+        "flag": attr_value,
+        "s": attr_value,
+        "data": st.dictionaries(st.sampled_from(["a", "b", "c"]), json_value, max_size=3),
+    },
 )
 
 # --- token soups ---------------------------------------------------------------------------------
 
-TOKENS = ["(", ")", ",", ".", "AND", "or", "XOR", "NOT", "LIKE", "IN", "EXISTS", "true",
-          "FALSE", "0", "1", "-1", "2147483647", "2147483648", "-", "+", "*", "/", "%", "=",
-          "!=", "<>", "<", "<=", ">", ">=", "'a%'", "'_b'", '"x"', "'\\''", "'", '"', "\\",
-          "!", "#", "type", "n", "subject", "missing", "data", "data.a", "data.a.0", "ABS",
-          "CONCAT", "concat_ws", "SUBSTRING", "LEFT", "INT", "BOOL", "foo", "a_b", "é"]
+TOKENS = [
+    "(",
+    ")",
+    ",",
+    ".",
+    "AND",
+    "or",
+    "XOR",
+    "NOT",
+    "LIKE",
+    "IN",
+    "EXISTS",
+    "true",
+    "FALSE",
+    "0",
+    "1",
+    "-1",
+    "2147483647",
+    "2147483648",
+    "-",
+    "+",
+    "*",
+    "/",
+    "%",
+    "=",
+    "!=",
+    "<>",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "'a%'",
+    "'_b'",
+    '"x"',
+    "'\\''",
+    "'",
+    '"',
+    "\\",
+    "!",
+    "#",
+    "type",
+    "n",
+    "subject",
+    "missing",
+    "data",
+    "data.a",
+    "data.a.0",
+    "ABS",
+    "CONCAT",
+    "concat_ws",
+    "SUBSTRING",
+    "LEFT",
+    "INT",
+    "BOOL",
+    "foo",
+    "a_b",
+    "é",
+]
 soups = st.lists(st.sampled_from(TOKENS), max_size=25).flatmap(
-    lambda toks: st.lists(st.sampled_from(["", " ", "  "]), min_size=len(toks),
-                          max_size=len(toks)).map(
-        lambda seps: "".join(t + s for t, s in zip(toks, seps, strict=True))))
+    lambda toks: st.lists(
+        st.sampled_from(["", " ", "  "]), min_size=len(toks), max_size=len(toks)
+    ).map(lambda seps: "".join(t + s for t, s in zip(toks, seps, strict=True)))
+)
 
 
 def best_time(action: Callable[[], object], attempts: int = 3) -> float:
@@ -116,6 +193,7 @@ def test_random_text_only_raises_parse_error(text: str, event: dict[str, Any]) -
 
 # --- random syntax trees ---------------------------------------------------------------------
 
+
 def renderable(value: str) -> bool:
     try:
         render_string(value)
@@ -135,8 +213,22 @@ leaves = st.one_of(
     st.builds(DataExists, paths),
 )
 BINARY_OPS = ["=", "!=", "<>", "<", "<=", ">", ">=", "+", "-", "*", "/", "%", "AND", "OR", "XOR"]
-FUNCTIONS = ["LENGTH", "CONCAT", "CONCAT_WS", "LOWER", "UPPER", "TRIM", "LEFT", "RIGHT",
-             "SUBSTRING", "ABS", "INT", "BOOL", "STRING", "NOPE"]
+FUNCTIONS = [
+    "LENGTH",
+    "CONCAT",
+    "CONCAT_WS",
+    "LOWER",
+    "UPPER",
+    "TRIM",
+    "LEFT",
+    "RIGHT",
+    "SUBSTRING",
+    "ABS",
+    "INT",
+    "BOOL",
+    "STRING",
+    "NOPE",
+]
 
 
 def extend(inner: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
@@ -154,8 +246,7 @@ trees = st.recursive(leaves, extend, max_leaves=12)
 
 @SETTINGS
 @given(tree=trees, event=events)
-def test_random_trees_round_trip_and_match_the_reference(tree: Node,
-                                                         event: dict[str, Any]) -> None:
+def test_random_trees_round_trip_and_match_the_reference(tree: Node, event: dict[str, Any]) -> None:
     text = render(tree)
     try:  # NOPE and wrong arities are checked by the reference at evaluation
         expr = cesql.parse(text, check_functions=False)
@@ -164,8 +255,9 @@ def test_random_trees_round_trip_and_match_the_reference(tree: Node,
         raise
     assert expr.ast == tree
     value, errors = expr.evaluate(event)
-    assert best_time(lambda: cesql.parse(text, check_functions=False).evaluate(event)) \
-        < BUDGET_SECONDS
+    assert (
+        best_time(lambda: cesql.parse(text, check_functions=False).evaluate(event)) < BUDGET_SECONDS
+    )
     expected = Reference(event).run(tree)
     assert (value, [e.kind for e in errors]) == expected
     assert type(value) is type(expected[0])
@@ -242,8 +334,9 @@ class Reference:
                 return False
             return raw
         if isinstance(node, Exists):
-            return node.name in REQUIRED or (node.name != "data"
-                                             and self.event.get(node.name) is not None)
+            return node.name in REQUIRED or (
+                node.name != "data" and self.event.get(node.name) is not None
+            )
         if isinstance(node, DataPath | DataExists):
             v: Any = self.event.get("data")
             for seg in node.path:
@@ -277,9 +370,15 @@ class Reference:
             if self.operands_failed(mark):
                 return False
             pattern = "".join(
-                re.escape(m[1]) if len(m) == 2 else ".*" if m == "%" else
-                "." if m == "_" else re.escape(m)
-                for m in re.findall(r"\\[%_]|.", node.pattern, re.DOTALL))
+                re.escape(m[1])
+                if len(m) == 2
+                else ".*"
+                if m == "%"
+                else "."
+                if m == "_"
+                else re.escape(m)
+                for m in re.findall(r"\\[%_]|.", node.pattern, re.DOTALL)
+            )
             found = re.fullmatch(pattern, self.to_str(v), re.DOTALL) is not None
             return found is not node.negated
         if isinstance(node, In):
@@ -341,6 +440,8 @@ class Reference:
         if self.operands_failed(mark):
             return ZERO[function.returns.value]
         casts = {"String": self.to_str, "Integer": self.to_int, "Boolean": self.to_bool}
-        args = [casts[t.value](v) if t.value in casts else v
-                for v, t in zip(vs, function.param_types(len(vs)), strict=True)]
+        args = [
+            casts[t.value](v) if t.value in casts else v
+            for v, t in zip(vs, function.param_types(len(vs)), strict=True)
+        ]
         return function.impl(self.errors, *args)

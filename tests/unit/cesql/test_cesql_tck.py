@@ -34,8 +34,10 @@ from mesh.routing import cesql
 EXPECTED_CASES = 275
 _BESIDE = Path(__file__).resolve().parents[3] / ".." / "shared" / "conformance" / "cesql_tck"
 _WORKSPACE = Path("/work/shared/conformance/cesql_tck")
-TCK_DIR = Path(os.environ.get("MESH_CESQL_TCK")
-               or (_WORKSPACE if not _BESIDE.is_dir() and _WORKSPACE.is_dir() else _BESIDE))
+TCK_DIR = Path(
+    os.environ.get("MESH_CESQL_TCK")
+    or (_WORKSPACE if not _BESIDE.is_dir() and _WORKSPACE.is_dir() else _BESIDE)
+)
 BASE_EVENT: dict[str, Any] = {
     "specversion": "1.0",
     "id": "tck-event-id",
@@ -76,9 +78,17 @@ def load_cases(directory: Path) -> list[Case]:
             result = test.get("result")
             if isinstance(result, date):  # YAML retyped an RFC 3339 timestamp
                 result = raw["result"]
-            cases.append(Case(file=path.stem, name=raw["name"], expression=raw["expression"],
-                              event=event, result=result, has_result="result" in test,
-                              error=test.get("error")))
+            cases.append(
+                Case(
+                    file=path.stem,
+                    name=raw["name"],
+                    expression=raw["expression"],
+                    event=event,
+                    result=result,
+                    has_result="result" in test,
+                    error=test.get("error"),
+                )
+            )
     return cases
 
 

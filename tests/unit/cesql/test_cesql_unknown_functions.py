@@ -17,8 +17,9 @@ from mesh.errors import MeshError
 from mesh.routing import cesql
 from mesh.routing.filters import compile_filter
 
-BUILTIN_NAMES = ("ABS, BOOL, CONCAT, CONCAT_WS, INT, LEFT, LENGTH, LOWER, RIGHT, STRING, "
-                 "SUBSTRING, TRIM, UPPER")
+BUILTIN_NAMES = (
+    "ABS, BOOL, CONCAT, CONCAT_WS, INT, LEFT, LENGTH, LOWER, RIGHT, STRING, SUBSTRING, TRIM, UPPER"
+)
 
 
 def rejected(text: str, **kwargs: object) -> cesql.UnknownFunctionError:
@@ -43,14 +44,22 @@ def test_did_you_mean() -> None:
     assert "did you mean" not in rejected("XYZZY()").reason
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("LENGTH()", "LENGTH takes 1 argument, not 0 (LENGTH(String) -> Integer)"),
-    ("ABS(1, 2)", "ABS takes 1 argument, not 2 (ABS(Integer) -> Integer)"),
-    ("SUBSTRING('a')", "SUBSTRING takes 2 or 3 arguments, not 1 (SUBSTRING(String, Integer) -> "
-                       "String; SUBSTRING(String, Integer, Integer) -> String)"),
-    ("CONCAT_WS()", "CONCAT_WS takes at least 1 argument, not 0 "
-                    "(CONCAT_WS(String, String...) -> String)"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("LENGTH()", "LENGTH takes 1 argument, not 0 (LENGTH(String) -> Integer)"),
+        ("ABS(1, 2)", "ABS takes 1 argument, not 2 (ABS(Integer) -> Integer)"),
+        (
+            "SUBSTRING('a')",
+            "SUBSTRING takes 2 or 3 arguments, not 1 (SUBSTRING(String, Integer) -> "
+            "String; SUBSTRING(String, Integer, Integer) -> String)",
+        ),
+        (
+            "CONCAT_WS()",
+            "CONCAT_WS takes at least 1 argument, not 0 (CONCAT_WS(String, String...) -> String)",
+        ),
+    ],
+)
 def test_wrong_arity_is_rejected_with_the_signatures(text: str, reason: str) -> None:
     assert rejected(text).reason == reason
 
@@ -63,16 +72,19 @@ def test_nested_and_short_circuited_calls_are_checked_too() -> None:
 
 def test_known_functions_still_compile_and_evaluate() -> None:
     event = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "subject": "Hello"}
-    expression = cesql.parse("LENGTH(subject) = 5 AND lower(subject) = 'hello' "
-                             "AND CONCAT_WS('-', 'a', 'b') = 'a-b' AND SUBSTRING(subject, 2, 2) "
-                             "= 'el' AND CONCAT() = ''")
+    expression = cesql.parse(
+        "LENGTH(subject) = 5 AND lower(subject) = 'hello' "
+        "AND CONCAT_WS('-', 'a', 'b') = 'a-b' AND SUBSTRING(subject, 2, 2) "
+        "= 'el' AND CONCAT() = ''"
+    )
     assert expression.evaluate(event) == (True, [])
 
 
 def test_custom_registry_is_what_is_checked() -> None:
     registry = cesql.default_registry()
-    registry.register(cesql.Function("DOUBLE", (cesql.Type.INTEGER,), cesql.Type.INTEGER,
-                                     lambda errors, x: x * 2))
+    registry.register(
+        cesql.Function("DOUBLE", (cesql.Type.INTEGER,), cesql.Type.INTEGER, lambda errors, x: x * 2)
+    )
     assert cesql.parse("DOUBLE(2) = 4", functions=registry).evaluate({}) == (True, [])
     error = rejected("DOUBEL(2) = 4", functions=registry)
     assert "did you mean DOUBLE?" in error.reason and "DOUBLE, INT" in error.reason
@@ -91,8 +103,12 @@ def test_error_pickles() -> None:
     error = rejected("nope(1, 2)")
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is cesql.UnknownFunctionError
-    assert (str(copy), copy.position, copy.name, copy.arity) == \
-        (str(error), error.position, "NOPE", 2)
+    assert (str(copy), copy.position, copy.name, copy.arity) == (
+        str(error),
+        error.position,
+        "NOPE",
+        2,
+    )
 
 
 def test_compile_filter_rejects_unknown_functions() -> None:
