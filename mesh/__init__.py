@@ -8,6 +8,7 @@ should be imported from deeper paths. ``__all__`` is exactly the public surface
 
 from mesh import codec
 from mesh.app import HandlerSpec, Mesh
+from mesh.batch import BatchPolicy
 from mesh.capabilities import Capability, from_a2a_skill, from_mcp_tool, to_a2a_skill, to_mcp_tool
 from mesh.config import CapabilitiesConfig, IdempotencyConfig, MeshConfig, RetryConfig, RouteConfig
 from mesh.context import Context, derive_id
@@ -73,6 +74,7 @@ from mesh.transport import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchPolicy",
     "CapabilitiesConfig",
     "Capability",
     "ConfigError",

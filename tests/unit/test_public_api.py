@@ -8,6 +8,7 @@ import mesh
 from mesh import errors
 
 PUBLIC = {
+    "BatchPolicy",
     "ConfigError",
     "ConnectError",
     "ConsumerStats",
