@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
-import os
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+import _ui  # the examples' shared output and script helpers (examples/_ui.py)
 
 from mesh import Context, Event, Mesh, MeshError
 
@@ -90,18 +89,6 @@ async def fake_llm(prompt: str) -> str:
 # --- progress display ---------------------------------------------------------------------
 
 
-class View(Protocol):
-    """Where the swarm's progress goes: a live rich table on a terminal, plain lines
-    otherwise (CI logs, pipes, tests), with the same facts in both."""
-
-    def created(self, index: int, title: str) -> None: ...
-    def started(self, index: int, worker: str, redeliveries: int) -> None: ...
-    def crashed(self, index: int, worker: str) -> None: ...
-    def completed(self, index: int, worker: str, redeliveries: int) -> None: ...
-    def say(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
 @dataclass
 class TaskState:
     title: str
@@ -132,60 +119,55 @@ class Progress:
         ]
 
 
-class PlainView:
-    """One line per fact, flushed at once: readable in logs and easy to assert on."""
+class View:
+    """The swarm's progress: every fact is recorded in `progress` and said once, as a
+    line (plain output) or in the live table of tasks (on a terminal: pending, in
+    progress and done, by worker). The crash and the redelivery are lines in both, so
+    they stay on screen afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, plain: bool) -> None:
         self.progress = Progress()
+        self.out = _ui.output(plain, self._table)
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
+        self.out.say(text)
+
+    def close(self) -> None:
+        self.out.close()
 
     def created(self, index: int, title: str) -> None:
         self.progress.created(index, title)
-        self.say(f"task {index} created: {title}")
+        self.out.note(f"task {index} created: {title}")
 
     def started(self, index: int, worker: str, redeliveries: int) -> None:
         state = self.progress.task(index)
         state.status, state.worker = "in progress", worker
-        if redeliveries and not state.redelivered_to:
-            state.redelivered_to = worker
-            self.say(f"task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
-        else:
-            self.say(f"task {index} started on {worker}")
+        if not self._redelivered(index, worker, redeliveries):
+            self.out.note(f"task {index} started on {worker}")
 
     def crashed(self, index: int, worker: str) -> None:
         state = self.progress.task(index)
         state.status, state.crashed_on = "crashed", worker
-        self.say(
+        self.out.say(
             f"task {index} crashed on {worker}: the worker died mid-task, the delivery "
-            "was not acked, the broker will redeliver it"
+            "was not acked, the broker will redeliver it",
+            "bold red",
         )
 
     def completed(self, index: int, worker: str, redeliveries: int) -> None:
+        self._redelivered(index, worker, redeliveries)  # its start notice may not have come
         state = self.progress.task(index)
-        if redeliveries and not state.redelivered_to:  # its start notice may not have come
-            state.redelivered_to = worker
-            self.say(f"task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
         state.status, state.worker = "done", worker
-        self.say(f"task {index} completed by {worker}")
+        self.out.note(f"task {index} completed by {worker}")
 
-    def close(self) -> None:
-        pass
-
-
-class RichView(PlainView):
-    """A live table of tasks (pending / in progress by worker / done by worker); the crash
-    and the redelivery also get a line above it so they stay on screen afterwards."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from rich.console import Console
-        from rich.live import Live
-
-        self.console = Console()
-        self.live = Live(self._table(), console=self.console, refresh_per_second=12)
-        self.live.start()
+    def _redelivered(self, index: int, worker: str, redeliveries: int) -> bool:
+        """Say (once per task) that a redelivered task reached ``worker``."""
+        state = self.progress.task(index)
+        if not redeliveries or state.redelivered_to:
+            return False
+        state.redelivered_to = worker
+        self.out.say(f"task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
+        return True
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -203,53 +185,6 @@ class RichView(PlainView):
                 worker = f"{worker} (after crash on {state.crashed_on})"
             table.add_row(str(index), state.title, Text(state.status, styles[state.status]), worker)
         return table
-
-    def say(self, text: str) -> None:
-        self.live.console.print(text, markup=False, highlight=False)
-
-    def _refresh(self) -> None:
-        self.live.update(self._table())
-
-    def created(self, index: int, title: str) -> None:
-        self.progress.created(index, title)
-        self._refresh()
-
-    def started(self, index: int, worker: str, redeliveries: int) -> None:
-        state = self.progress.task(index)
-        state.status, state.worker = "in progress", worker
-        if redeliveries and not state.redelivered_to:
-            state.redelivered_to = worker
-            self.say(f"\u21bb task {index} redelivered to {worker} (delivery #{redeliveries + 1})")
-        self._refresh()
-
-    def crashed(self, index: int, worker: str) -> None:
-        state = self.progress.task(index)
-        state.status, state.crashed_on = "crashed", worker
-        self.say(
-            f"\u2717 task {index} crashed on {worker}: not acked, the broker will redeliver it"
-        )
-        self._refresh()
-
-    def completed(self, index: int, worker: str, redeliveries: int) -> None:
-        state = self.progress.task(index)
-        if redeliveries and not state.redelivered_to:
-            state.redelivered_to = worker
-            self.say(f"\u21bb task {index} redelivered to {worker}")
-        state.status, state.worker = "done", worker
-        self._refresh()
-
-    def close(self) -> None:
-        self.live.stop()
-
-
-def make_view(plain: bool) -> View:
-    """Rich on a terminal when rich is installed (the ``examples`` extra); else plain."""
-    if not plain and sys.stdout.isatty():
-        try:
-            return RichView()
-        except ImportError:
-            pass
-    return PlainView()
 
 
 # --- the agents ---------------------------------------------------------------------------
@@ -343,16 +278,6 @@ class Synthesizer:
 # --- wiring -------------------------------------------------------------------------------
 
 
-def resolve_transport(url: str | None) -> str:
-    """``--transport``, else ``MESH_TRANSPORT``, else memory. A bare ``memory://`` is one
-    private broker per Mesh, so it becomes a named one every agent here shares."""
-    url = url or os.environ.get("MESH_TRANSPORT") or "memory://"
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() == "memory" and not rest.strip("/"):
-        return "memory://research-swarm"
-    return url
-
-
 class Swarm:
     """Every agent of the example as its own Mesh, plus the client that asks and watches."""
 
@@ -441,23 +366,14 @@ def format_report(report: dict[str, Any], progress: Progress) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def closing_view(view: View) -> Iterator[View]:
-    try:
-        yield view
-    finally:
-        view.close()
-
-
 async def main_async(args: argparse.Namespace) -> int:
-    url = resolve_transport(args.transport)
-    view = make_view(args.plain)
-    with closing_view(view):
+    url = _ui.resolve_transport(args.transport, "research-swarm")
+    view = View(args.plain)
+    try:
         try:
             swarm = Swarm(url, args.workers, view)
         except MeshError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return _ui.fail(exc)
         view.say(
             f"research swarm on {swarm.client.config.redacted_transport}: "
             f"{args.workers} researcher(s), question: {args.question}"
@@ -467,40 +383,25 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             report = await asyncio.wait_for(swarm.ask(args.question), args.timeout)
         except TimeoutError:
-            done = sum(t.status == "done" for t in view_progress(view).tasks.values())
-            print(
-                f"error: no report within {args.timeout:g}s ({done}/{len(ANGLES)} tasks "
-                "done); is the broker reachable and are all agents running?",
-                file=sys.stderr,
+            done = sum(t.status == "done" for t in view.progress.tasks.values())
+            return _ui.fail(
+                f"no report within {args.timeout:g}s ({done}/{len(ANGLES)} tasks "
+                "done); is the broker reachable and are all agents running?"
             )
-            return 1
         except MeshError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return _ui.fail(exc)
         finally:
             await swarm.close()
-    print(format_report(report, view_progress(view)), flush=True)
+    finally:
+        view.close()
+    print(format_report(report, view.progress), flush=True)
     return 0
 
 
-def view_progress(view: View) -> Progress:
-    progress = getattr(view, "progress", None)
-    return progress if isinstance(progress, Progress) else Progress()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--transport", metavar="URL", help="broker URL (default: MESH_TRANSPORT, else memory://)"
-    )
+    parser = _ui.parser(__doc__, timeout=60.0)
     parser.add_argument("--question", default=DEFAULT_QUESTION)
     parser.add_argument("--workers", type=int, default=3, help="researchers (default 3)")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)"
-    )
-    parser.add_argument(
-        "--plain", action="store_true", help="plain lines even on a terminal (default when piped)"
-    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -508,10 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return asyncio.run(main_async(parse_args(argv)))
-    except KeyboardInterrupt:
-        return 130
+    return _ui.main(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+import _ui  # the examples' shared output and script helpers (examples/_ui.py)
 from pydantic import BaseModel, Field
 
 from mesh import Context, ContractViolation, Event, Mesh, MeshError
@@ -130,36 +128,23 @@ def congested_hub(reason: str) -> str | None:
 # --- the trace ----------------------------------------------------------------------------
 
 
-class View(Protocol):
-    """Where the trace goes: rich on a terminal, plain lines otherwise (logs, tests)."""
+class View:
+    """The trace: every step is a line; on a terminal the lines are styled and stand
+    above a live table of the agents' state (one row per consumer group)."""
 
-    def say(self, text: str, style: str = "") -> None: ...
-    def agent(self, group: str, status: str) -> None: ...
-    def close(self) -> None: ...
+    def __init__(self, plain: bool) -> None:
+        self.status = {group: "waiting" for group in GROUPS}
+        self.out = _ui.output(plain, self._table)
 
-
-class PlainView:
     def say(self, text: str, style: str = "") -> None:
-        print(text, flush=True)
+        self.out.say(text, style)
 
     def agent(self, group: str, status: str) -> None:
-        pass
+        self.status[group] = status
+        self.out.refresh()
 
     def close(self) -> None:
-        pass
-
-
-class RichView:
-    """The same lines, styled, above a live table of the agents' state."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.status = {group: "waiting" for group in GROUPS}
-        self.console = Console()
-        self.live = Live(self._table(), console=self.console, refresh_per_second=12)
-        self.live.start()
+        self.out.close()
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -170,25 +155,6 @@ class RichView:
         for group, status in self.status.items():
             table.add_row(group, status, style="green" if status.startswith("done") else "")
         return table
-
-    def say(self, text: str, style: str = "") -> None:
-        self.live.console.print(text, style=style or None, markup=False, highlight=False)
-
-    def agent(self, group: str, status: str) -> None:
-        self.status[group] = status
-        self.live.update(self._table())
-
-    def close(self) -> None:
-        self.live.stop()
-
-
-def make_view(plain: bool) -> View:
-    if not plain and sys.stdout.isatty():
-        try:
-            return RichView()
-        except ImportError:
-            pass
-    return PlainView()
 
 
 # --- the agents ---------------------------------------------------------------------------
@@ -473,16 +439,6 @@ class SupplyChain:
 # --- wiring -------------------------------------------------------------------------------
 
 
-def resolve_transport(url: str | None) -> str:
-    """``--transport``, else ``MESH_TRANSPORT``, else memory. A bare ``memory://`` is one
-    private broker per Mesh, so it becomes a named one every agent here shares."""
-    url = url or os.environ.get("MESH_TRANSPORT") or "memory://"
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() == "memory" and not rest.strip("/"):
-        return "memory://supply-chain"
-    return url
-
-
 def format_summary(outcome: Outcome, shipment: dict[str, Any]) -> str:
     decision = outcome.results["shipment.decision"].data
     moved = outcome.results["inventory.rebalanced"].data
@@ -505,24 +461,15 @@ def format_summary(outcome: Outcome, shipment: dict[str, Any]) -> str:
     )
 
 
-@contextlib.contextmanager
-def closing_view(view: View) -> Iterator[View]:
-    try:
-        yield view
-    finally:
-        view.close()
-
-
 async def main_async(args: argparse.Namespace) -> int:
-    url = resolve_transport(args.transport)
+    url = _ui.resolve_transport(args.transport, "supply-chain")
     shipment = {**DEFAULT_SHIPMENT, "shipment_id": args.shipment, "delay_hours": args.delay}
-    view = make_view(args.plain)
-    with closing_view(view):
+    view = View(args.plain)
+    try:
         try:
             chain = SupplyChain(url, view, request_timeout=args.timeout)
         except MeshError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return _ui.fail(exc)
         view.say(
             f"supply chain on {chain.dispatch.config.redacted_transport}: agents "
             + ", ".join(GROUPS)
@@ -532,27 +479,23 @@ async def main_async(args: argparse.Namespace) -> int:
             outcome = await asyncio.wait_for(chain.run(shipment), args.timeout)
         except TimeoutError:
             missing = chain.outcome.missing()
-            print(
-                f"error: the supply chain did not finish within {args.timeout:g}s (missing: "
+            return _ui.fail(
+                f"the supply chain did not finish within {args.timeout:g}s (missing: "
                 f"{', '.join(missing) or 'nothing'}); is the broker reachable and are all "
-                "agents running?",
-                file=sys.stderr,
+                "agents running?"
             )
-            return 1
         except MeshError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return _ui.fail(exc)
         finally:
             await chain.close()
+    finally:
+        view.close()
     print(format_summary(outcome, shipment), flush=True)
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--transport", metavar="URL", help="broker URL (default: MESH_TRANSPORT, else memory://)"
-    )
+    parser = _ui.parser(__doc__, timeout=30.0)
     parser.add_argument(
         "--shipment",
         default=DEFAULT_SHIPMENT["shipment_id"],
@@ -564,20 +507,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_SHIPMENT["delay_hours"],
         help="hours of delay (default %(default)s)",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)"
-    )
-    parser.add_argument(
-        "--plain", action="store_true", help="plain lines even on a terminal (default when piped)"
-    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return asyncio.run(main_async(parse_args(argv)))
-    except KeyboardInterrupt:
-        return 130
+    return _ui.main(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,26 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_hello_sends_one_event_each_way_and_exits() -> None:
+    proc = run_example("hello.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sent = re.search(r"^alice sent (\S+)$", proc.stdout, re.MULTILINE)
+    assert sent is not None, proc.stdout
+    assert "bob got 'hello bob' from /alice" in proc.stdout
+    # the reply is caused by the greeting: ctx.emit carried the conversation over
+    assert f"alice got 'hello alice' from /bob (reply to {sent.group(1)})" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_hello_stays_the_twenty_lines_the_docs_promise() -> None:
+    code = [
+        line
+        for line in (EXAMPLES / "hello.py").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    assert len(code) <= 22, f"examples/hello.py has {len(code)} non-blank lines"
+
+
 def test_research_swarm_recovers_the_crashed_task_on_another_worker() -> None:
     proc = run_example("research_swarm.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
