@@ -1,11 +1,19 @@
-"""MeshConfig: one pydantic model, filled from kwargs, a YAML file, or ``MESH_*`` variables.
+"""MeshConfig: one pydantic model, read by pydantic-settings from keyword arguments,
+``MESH_*`` environment variables and a YAML file.
 
 Precedence, lowest first: defaults, the YAML file (``path``, else ``MESH_CONFIG``),
-environment variables, explicit keyword arguments. Environment variables use ``__`` for nesting::
+environment variables, explicit keyword arguments. Environment variables use ``__`` for
+nesting; a list or mapping value is JSON::
 
     MESH_TRANSPORT=nats://localhost:4222
     MESH_RETRY__MAX_ATTEMPTS=5
     MESH_IDEMPOTENCY__STORE=sqlite:///var/lib/app/idem.db
+
+A ``MESH_*`` variable that names no setting is ignored: Kubernetes injects ``MESH_PORT``
+and ``MESH_SERVICE_HOST`` for a Service named ``mesh``, test suites keep their own
+``MESH_*_URL`` variables. One inside a known section (``MESH_RETRY__ATTEMPTS``) is
+ignored too, with a warning naming it (a likely typo). An unknown key in the file or in
+the arguments is a `ConfigError` naming it and the known ones.
 
 The transport URL is a `SecretStr` because it may hold a password: it never
 appears in a repr, a log line or an error (`redacted_transport` is safe to show).
@@ -14,15 +22,24 @@ Every validation problem raises `ConfigError` naming the field and the fix.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import socket
 from collections.abc import Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
 from mesh.errors import ConfigError
 from mesh.transport import redact_url
@@ -83,7 +100,13 @@ class RouteConfig(BaseModel):
 
 
 class MeshConfig(BaseModel):
-    """Everything a Mesh needs. See the module docstring for the sources."""
+    """Everything a Mesh needs.
+
+    `load` reads it (defaults < YAML file < ``MESH_*`` variables, ``__`` nesting <
+    keyword arguments; variables that name no setting are ignored); `build` and the
+    constructor validate exactly what they are given. An unknown key is a `ConfigError`
+    naming it and listing the known ones.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -134,15 +157,14 @@ class MeshConfig(BaseModel):
         """Defaults < YAML file at ``path`` < ``MESH_*`` environment < ``overrides``.
 
         Without ``path``, ``MESH_CONFIG`` names the file (so ``mesh run --config`` reaches
-        an app that builds its Mesh at import time).
+        an app that builds its Mesh at import time). ``env`` stands in for ``os.environ``.
+        ``None`` overrides count as not given.
         """
         environ = os.environ if env is None else env
-        data: dict[str, Any] = {}
         if path is None:
             path = environ.get("MESH_CONFIG") or None
-        if path is not None:
-            data = _read_yaml(Path(path))
-        from_env = env_overrides(environ)
+        data = _YamlFile(Path(path))() if path is not None else {}
+        from_env = _environment(env)
         given = {k: v for k, v in overrides.items() if v is not None}
         _warn_overridden(from_env, given)
         _merge(data, from_env)
@@ -151,6 +173,7 @@ class MeshConfig(BaseModel):
 
     @classmethod
     def build(cls, data: Mapping[str, Any], origin: str = "configuration") -> MeshConfig:
+        """Validate exactly ``data`` (no environment, no file): a ConfigError otherwise."""
         # The ConfigError is raised after the except block, not in it: pydantic's error
         # holds the input values (a URL with its password), and an exception raised
         # inside the block would keep it as __context__, where error reporters find it.
@@ -162,7 +185,9 @@ class MeshConfig(BaseModel):
                 field = ".".join(str(p) for p in err["loc"]) or "(root)"
                 msg = err["msg"]
                 if err["type"] == "extra_forbidden":
-                    msg = f"unknown field; known fields: {', '.join(_known(cls, err['loc']))}"
+                    known = _known(cls, err["loc"])
+                    msg = f"unknown field; known fields: {', '.join(known)}"
+                    msg += _did_you_mean(str(err["loc"][-1]), known)
                 problems.append(f"{field}: {msg}")
         raise ConfigError(f"invalid {origin}: " + "; ".join(problems))
 
@@ -173,76 +198,119 @@ class MeshConfig(BaseModel):
         )
 
 
-def _known(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = model
-    for part in loc[:-1]:
-        field = current.model_fields.get(str(part)) if hasattr(current, "model_fields") else None
-        if field is None or not isinstance(field.annotation, type):
-            break
-        current = field.annotation
-    return sorted(getattr(current, "model_fields", {}))
+class _Sources(BaseSettings, MeshConfig):
+    """MeshConfig's fields as pydantic-settings reads them: ``MESH_`` prefix, ``__`` nesting.
+
+    Only the sources below use it; it is never instantiated. MeshConfig itself stays a
+    plain model, so `MeshConfig.build` (and ``MeshConfig(...)``) validate exactly what
+    they are given, and `MeshConfig.load` merges the sources itself, keeping the values
+    (a URL with its password) out of pydantic-settings' debug log."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _environment(env: Mapping[str, str] | None) -> dict[str, Any]:
+    """The settings the ``MESH_*`` variables of ``env`` (default ``os.environ``) make,
+    nested. pydantic-settings reads only variables that name a setting."""
+    source = EnvSettingsSource(_Sources)
+    if env is not None:
+        source.env_vars = {key.lower(): value for key, value in env.items()}
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:  # its message quotes the file (a password, maybe): not kept
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
+        values = source()
+    except SettingsError as exc:  # names the field, never the value
+        problem: str = str(exc)
     else:
-        problem = None
-    if problem is not None:
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}")
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return loaded
+        _drop_undefined(values, MeshConfig)
+        return values
+    raise ConfigError(
+        f"cannot read the MESH_* variables: {problem}; a list or mapping value must be "
+        """JSON, e.g. MESH_TRANSPORT_OPTIONS='{"stream": "APP"}'"""
+    )
 
 
-#: ``MESH_*`` variables that are not configuration: where the config file is, and the
-#: test suite's own settings (servers to test against, reports to write).
-_NOT_CONFIG = frozenset(
-    {
-        "MESH_CONFIG",
-        "MESH_KAFKA_URL",
-        "MESH_NATS_URL",
-        "MESH_RABBITMQ_URL",
-        "MESH_POSTGRES_URL",
-        "MESH_REDIS_URL",
-        "MESH_KAFKA_PROXY_URL",
-        "MESH_KAFKA_PROXY_TARGET",
-        "MESH_CESQL_TCK",
-        "MESH_RELIABILITY_REPORT",
-    }
-)
+def _drop_undefined(
+    values: dict[str, Any], model: type[BaseModel], here: tuple[str, ...] = ()
+) -> None:
+    """Drop what a variable sets inside a section that has no such setting
+    (``MESH_RETRY__ATTEMPTS``): ignored like every variable the mesh does not define, but
+    said once by name, being a likely typo."""
+    for key in list(values):
+        field = model.model_fields.get(key)
+        if field is None:
+            del values[key]
+            variable = ENV_PREFIX + "__".join(part.upper() for part in (*here, key))
+            if variable not in _WARNED:
+                _WARNED.add(variable)
+                log.warning(
+                    "%s is set, but %s has no setting %r (known: %s); the variable is ignored",
+                    variable,
+                    ".".join(here),
+                    key,
+                    ", ".join(sorted(model.model_fields)),
+                )
+        elif isinstance(values[key], dict):
+            nested = _model_of(field.annotation)
+            if nested is not None:
+                _drop_undefined(values[key], nested, (*here, key))
 
 
-def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``MESH_A__B=v`` -> ``{"a": {"b": v}}`` (values parsed as YAML scalars)."""
-    result: dict[str, Any] = {}
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key.startswith("MESH_TEST"):
-            continue
-        if key in _NOT_CONFIG:
-            continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, stricter: a missing or unreadable file, bad YAML or
+    no mapping at the top is a ConfigError, and no message quotes the file (a YAML error
+    quotes the lines around the problem, maybe a password)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise ConfigError(f"cannot read config file {path}: no such file")
+        super().__init__(_Sources, yaml_file=path)
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         try:
-            value = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            value = raw
-        if path[-1] == "transport" or not isinstance(value, (int, float, bool, dict, list)):
-            value = raw
-        node = result
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return result
+            text = file_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file_path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+        else:
+            problem = None
+        if problem is not None:
+            raise ConfigError(f"config file {file_path} is not valid YAML{where}: {problem}")
+        if loaded is None:
+            return {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping at the top level")
+        return loaded
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds: itself, or the item model of a list (``routes``)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _known(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The fields known where ``loc`` points (``("retry", "attemps")``: RetryConfig's)."""
+    current = model
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list: same model
+            continue
+        field = current.model_fields.get(str(part))
+        nested = _model_of(field.annotation) if field is not None else None
+        if nested is None:
+            break
+        current = nested
+    return sorted(current.model_fields)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _warn_overridden(
