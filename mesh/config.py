@@ -238,20 +238,15 @@ def _drop_undefined(
         field = model.model_fields.get(key)
         if field is None:
             del values[key]
-            variable = ENV_PREFIX + "__".join(part.upper() for part in (*here, key))
-            if variable not in _WARNED:
-                _WARNED.add(variable)
-                log.warning(
-                    "%s is set, but %s has no setting %r (known: %s); the variable is ignored",
-                    variable,
-                    ".".join(here),
-                    key,
-                    ", ".join(sorted(model.model_fields)),
-                )
-        elif isinstance(values[key], dict):
-            nested = _model_of(field.annotation)
-            if nested is not None:
-                _drop_undefined(values[key], nested, (*here, key))
+            _warn_once(
+                (*here, key),
+                "%s is set, but %s has no setting %r (known: %s); the variable is ignored",
+                ".".join(here),
+                key,
+                ", ".join(sorted(model.model_fields)),
+            )
+        elif isinstance(values[key], dict) and (nested := _model_of(field.annotation)):
+            _drop_undefined(values[key], nested, (*here, key))
 
 
 class _YamlFile(YamlConfigSettingsSource):
@@ -325,17 +320,21 @@ def _warn_overridden(
         if isinstance(value, Mapping) and isinstance(from_env[key], Mapping):
             _warn_overridden(from_env[key], value, here)
             continue
-        variable = ENV_PREFIX + "__".join(part.upper() for part in here)
-        if variable not in _WARNED:
-            _WARNED.add(variable)
-            log.warning(
-                "%s is set, but the app passes %s explicitly, which wins (precedence: "
-                "defaults < config file < MESH_* variables < arguments); to let the "
-                "environment choose, build the Mesh without it (Mesh() or "
-                "Mesh.from_config())",
-                variable,
-                ".".join(here),
-            )
+        _warn_once(
+            here,
+            "%s is set, but the app passes %s explicitly, which wins (precedence: "
+            "defaults < config file < MESH_* variables < arguments); to let the "
+            "environment choose, build the Mesh without it (Mesh() or Mesh.from_config())",
+            ".".join(here),
+        )
+
+
+def _warn_once(path: tuple[str, ...], message: str, *args: object) -> None:
+    """Log ``message`` about the variable that sets ``path``, once per process."""
+    variable = ENV_PREFIX + "__".join(part.upper() for part in path)
+    if variable not in _WARNED:
+        _WARNED.add(variable)
+        log.warning(message, variable, *args)
 
 
 _WARNED: set[str] = set()
