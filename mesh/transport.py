@@ -57,6 +57,11 @@ class TransportFeatures:
     regex, or the neutral mesh syntax). ``retained_reads`` says `Transport.retain`
     and `Transport.read` work: a channel can be read without consuming it (the
     dead-letter tools need this).
+
+    ``max_in_flight`` is the most deliveries one subscription can hold unsettled
+    (RabbitMQ's prefetch is a 16-bit count), None for no limit: the mesh refuses a
+    handler's ``max_in_flight`` or batch ``max_size`` above it at registration, with a
+    `ConfigError`.
     """
 
     consumer_groups: bool = True
@@ -68,6 +73,7 @@ class TransportFeatures:
     wildcard_patterns: bool = True
     pattern_syntax: PatternSyntax = "mesh"
     retained_reads: bool = False
+    max_in_flight: int | None = None
 
 
 class Delivery(ABC):

@@ -18,9 +18,17 @@ import pytest_asyncio
 from pydantic import BaseModel
 
 from mesh.app import Mesh
+from mesh.batch import BatchPolicy
 from mesh.context import Context
 from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_ID, DL_REASON
-from mesh.errors import ContractViolation, MeshError, NoProvider, RemoteError, RetryLater
+from mesh.errors import (
+    ContractViolation,
+    DeadLetter,
+    MeshError,
+    NoProvider,
+    RemoteError,
+    RetryLater,
+)
 from mesh.event import Event
 from mesh.testing.util import scaled, wait_until
 
@@ -537,6 +545,96 @@ class MeshCases:
         await asyncio.sleep(1.0)
         assert len(set(runs)) == 1 and mesh.stats("fixer").dropped == 1
         assert len(await mesh.dead_letters.list(idle=1.0 + self.settle_time)) == 1
+
+    # --- batch handlers -------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_mesh_batch_outcomes_are_per_event(self, meshes: MeshFactory) -> None:
+        """A batch call fails whole once (every event of it is retried), then returns
+        per-event outcomes: one event dead-lettered, one retried alone until it passes;
+        the rest acked once, and nothing comes back after."""
+        mesh = await meshes()
+        calls: list[list[int]] = []
+        passed: Counter[int] = Counter()
+        flaky = 0
+        dead: list[Event] = []
+
+        @mesh.on(
+            self.t("rows"),
+            group=f"{self.prefix}-bulk",
+            batch=BatchPolicy(max_size=6, max_wait=1.0),
+        )
+        async def insert(rows: list[Event]) -> dict[str, Exception]:
+            nonlocal flaky
+            calls.append([row.data["n"] for row in rows])
+            if len(calls) == 1:
+                raise ConnectionError("bulk insert failed")
+            outcomes: dict[str, Exception] = {}
+            for row in rows:
+                if row.data["n"] == 1:
+                    outcomes[row.id] = DeadLetter("rejected row")
+                elif row.data["n"] == 2 and flaky == 0:
+                    flaky += 1
+                    outcomes[row.id] = ValueError("flaky row")
+                else:
+                    passed[row.data["n"]] += 1
+            return outcomes
+
+        @mesh.on_dead_letter()
+        async def dlq(event: Event) -> None:
+            dead.append(event)
+
+        await self.started(mesh)
+        await mesh.publish_many([Event(self.t("rows"), "/t", {"n": n}) for n in range(6)])
+        await wait_until(
+            lambda: sorted(passed) == [0, 2, 3, 4, 5] and len(dead) == 1,
+            self.timeout,
+            "five rows inserted and one dead-lettered",
+        )
+        await asyncio.sleep(0.5 + self.settle_time)
+        assert max(len(call) for call in calls) > 1, f"no batch of several events: {calls}"
+        assert all(count == 1 for count in passed.values()), f"acked rows came back: {calls}"
+        assert all(n in {m for later in calls[1:] for m in later} for n in calls[0]), (
+            "an event of the failed call was not retried"
+        )
+        assert dead[0].data["n"] == 1 and dead[0].extensions[DL_ERROR] == "DeadLetter"
+        stats = mesh.stats("insert")
+        assert stats.handled == 5 and stats.dead_lettered == 1
+        assert stats.failed_attempts == len(calls[0]) + 1
+
+    @pytest.mark.asyncio
+    async def test_mesh_batch_stop_acks_nothing_unhandled(self, meshes: MeshFactory) -> None:
+        """Stopping while one batch call runs and more events are collecting: the call is
+        cancelled, nothing is acked, and another member of the group gets every event."""
+        group = f"{self.prefix}-batched"
+        first, second = await meshes(), await meshes()
+        running = asyncio.Event()
+        finished: list[int] = []
+
+        @first.on(self.t("work"), group=group, batch=BatchPolicy(max_size=3, max_wait=30))
+        async def stuck(batch: list[Event]) -> None:
+            running.set()
+            await asyncio.sleep(3600)
+
+        @second.on(self.t("work"), group=group, batch=BatchPolicy(max_size=4, max_wait=0.2))
+        async def rest(batch: list[Event]) -> None:
+            finished.extend(event.data["n"] for event in batch)
+
+        await self.started(first)
+        await first.publish_many([Event(self.t("work"), "/t", {"n": n}) for n in range(3)])
+        await asyncio.wait_for(running.wait(), self.timeout)
+        await first.publish(Event(self.t("work"), "/t", {"n": 3}))  # collects, max_wait 30 s
+        batcher = first._consumers["stuck"].invoke.__self__  # type: ignore[attr-defined]
+        await wait_until(lambda: batcher.collecting == 1, self.timeout, "the fourth collecting")
+        await first.stop(timeout=0.1)
+        stats = first.stats("stuck")
+        assert stats.handled == 0 and stats.dead_lettered == 0 and stats.failed_attempts == 0
+        await self.started(second)
+        await wait_until(
+            lambda: sorted(finished) == [0, 1, 2, 3],
+            self.timeout,
+            "every event redelivered to the other member",
+        )
 
     # --- capabilities and contracts -------------------------------------------------
 

@@ -204,7 +204,7 @@ class _MemorySubscription(Subscription):
                 idle.add(task)  # not handling anything: close() cancels it at once
                 delivery = await queue.take()
                 idle.discard(task)
-            if not idle and queue.pending and len(tasks) < self._max:
+            if not idle and len(tasks) < self._max:  # one worker waits for what comes next
                 tasks.append(asyncio.create_task(self._work()))
             current[task] = delivery
             await deliver(handler, delivery)

@@ -129,6 +129,7 @@ class RabbitMQTransport(Transport):
         wildcard_patterns=True,
         pattern_syntax="amqp",
         retained_reads=True,
+        max_in_flight=65535,  # the prefetch (basic.qos prefetch-count) is a 16-bit count
     )
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
