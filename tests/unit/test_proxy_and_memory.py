@@ -1,4 +1,4 @@
-"""The TCP proxy used by reconnect tests, and the memory transport's size budget."""
+"""The TCP proxy used by reconnect tests, and the memory transport's size budget and flow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mesh import Delivery, Event
 from mesh.testing.proxy import TcpProxy
+from mesh.transports.memory import MemoryTransport
 
 
 async def _echo_server() -> tuple[asyncio.Server, int]:
@@ -49,3 +51,32 @@ def test_memory_transport_stays_small() -> None:
     tree = ast.parse(source.read_text())
     statements = sum(isinstance(node, ast.stmt) for node in ast.walk(tree))
     assert statements < 230, "the memory transport should stay a small, readable reference"
+
+
+async def test_memory_handlers_reach_max_in_flight_when_events_trickle_in() -> None:
+    """An event arriving while every running worker is busy still starts a handler call,
+    up to max_in_flight (workers used to grow only when a burst was already queued)."""
+    transport = MemoryTransport()
+    await transport.connect()
+    release = asyncio.Event()
+    running = 0
+    peak = 0
+
+    async def handler(delivery: Delivery) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        await delivery.ack()
+
+    sub = await transport.subscribe("t", handler, group="g", max_in_flight=3)
+    try:
+        for n in range(4):
+            await transport.publish("t", Event("t", "/s", {"n": n}))
+            await asyncio.sleep(0.01)
+        assert peak == 3
+    finally:
+        release.set()
+        await sub.close(1.0)
+        await transport.close()
