@@ -6,6 +6,8 @@ should be imported from deeper paths. ``__all__`` is exactly the public surface
 (a test keeps it that way).
 """
 
+from importlib import metadata as _metadata
+
 from mesh import codec
 from mesh.app import HandlerSpec, Mesh
 from mesh.batch import BatchPolicy
@@ -71,7 +73,10 @@ from mesh.transport import (
     validate_pattern,
 )
 
-__version__ = "0.1.0"
+try:  # defined once, in pyproject.toml: the installed distribution's metadata carries it
+    __version__ = _metadata.version("event-mesh")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BatchPolicy",

@@ -59,7 +59,7 @@ from mesh.cli.dlq import (
 )
 from mesh.cli.docs import render_asyncapi
 from mesh.cli.loading import import_target, load_app, split_target
-from mesh.cli.output import error, is_terminal
+from mesh.cli.output import error, is_terminal, say
 from mesh.cli.publish import publish_event
 from mesh.cli.run import run_app, run_bounded
 from mesh.cli.tail import format_event_line, parse_filter, tail_events
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         error("aborted")
         return EXIT_ERROR
     if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into this exit code
-        error("interrupted")
+        say("interrupted")
     return code if isinstance(code, int) else EXIT_OK
 
 

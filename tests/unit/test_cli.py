@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,6 +197,93 @@ def test_tail_bad_filter_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown filter dialect" in capsys.readouterr().err
     assert main(["tail", "orders..x", "--count", "1"]) == 2
     assert "empty token" in capsys.readouterr().err
+
+
+def test_version_comes_from_the_distribution(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11: the version is defined once, in pyproject.toml, and read from the
+    installed metadata by mesh.__version__ and mesh --version."""
+    from importlib.metadata import version
+
+    import mesh
+
+    assert mesh.__version__ == version("event-mesh")
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"event-mesh {version('event-mesh')}\n"
+
+
+def test_the_console_script_is_main() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="mesh")
+    assert script.value == "mesh.cli:main" and script.load() is main
+
+
+def _commands(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_command_and_option_has_help() -> None:
+    import typer
+
+    from mesh.cli import app
+
+    seen = dict(_commands(typer.main.get_command(app), "mesh"))
+    assert {"mesh run", "mesh publish", "mesh tail", "mesh dlq list", "mesh dlq replay"} <= set(
+        seen
+    )
+    assert {"mesh agents", "mesh docs", "mesh contracts check", "mesh contracts snapshot"} <= set(
+        seen
+    )
+    for path, command in seen.items():
+        assert command.help, f"{path} has no help"
+        if path != "mesh":
+            assert command.short_help, f"{path} has no line in its group's help"
+        for param in command.params:
+            assert getattr(param, "help", None), f"{path}: {param.name} is not documented"
+
+
+def test_shared_options_work_on_both_sides_of_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The value after the command name wins over the one before it."""
+    assert main(["--transport", "memory://", "publish", "a.b", "--transport", "memry://"]) == 1
+    assert "Did you mean" in capsys.readouterr().err
+    assert main(["--transport", "memry://", "publish", "a.b", "--transport", "memory://"]) == 0
+
+
+def test_help_off_a_terminal_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "replay", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and "\u256d" not in out  # no colours, no rich panels
+    assert "--all-groups" in out and "--dead-letter-channel CHANNEL" in out
+
+
+def test_help_on_a_terminal_is_rich(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mesh.cli
+
+    monkeypatch.setattr(mesh.cli, "is_terminal", lambda stream: True)
+    assert main(["tail", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "\u256d" in out and "Connection and logging" in out  # typer's rich panels
+    assert "--skip-mesh" in out
+
+
+def test_a_mesh_error_is_one_line_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tail", "--transport", "nope://u:hunter2@h", "--count", "1"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: unknown transport scheme")
+    assert "Traceback" not in err and "hunter2" not in err
+
+
+class Terminal(io.StringIO):
+    """What the CLI takes for an interactive terminal."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def test_parse_filter() -> None:
@@ -533,6 +621,32 @@ async def test_dlq_list_shows_why_and_leaves_copies(url: str) -> None:
             assert listed["meshdlid"] == original.id
             assert listed["meshdlreason"] == "customer 42 is unknown"
             assert listed["data"] == {"customer": 42}
+    finally:
+        await app.stop()
+
+
+async def test_dlq_list_and_tail_on_a_terminal_are_rich(url: str) -> None:
+    """A terminal gets a rich table and coloured lines; the plain form (above) is for
+    everything else."""
+    got: list[Event] = []
+    tail_out, ready, stop = Terminal(), asyncio.Event(), asyncio.Event()
+    tail = asyncio.create_task(
+        tail_events(Mesh(url), pattern="orders.>", out=tail_out, ready=ready, stop=stop)
+    )
+    await asyncio.wait_for(ready.wait(), 5)
+    app, original = await _app_with_a_dead_letter(url, got)
+    try:
+        await wait_for(lambda: original.id in tail_out.getvalue())
+        stop.set()
+        await asyncio.wait_for(tail, 5)
+        assert "\x1b[" in tail_out.getvalue() and "orders.created" in tail_out.getvalue()
+        async with Mesh(url) as cli:
+            out = Terminal()
+            (copy,) = await list_dead_letters(cli, out=out, idle=0.3)
+        table = out.getvalue()
+        assert "\u2501" in table and "\x1b[" in table  # rich's table rules, colours
+        assert "1 dead letter(s) on mesh.deadletter" in table and copy.id in table
+        assert "ID  TYPE" not in table
     finally:
         await app.stop()
 
