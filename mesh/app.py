@@ -29,7 +29,7 @@ import signal
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -43,17 +43,17 @@ from mesh.context import Context, child_extensions, derive_id
 from mesh.contracts import Contract, ContractRegistry, SchemaSource
 from mesh.delivery import Consumer, ConsumerStats, Invoker, RetryPolicy
 from mesh.dlq import DeadLetters
-from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
+from mesh.errors import ConfigError, DataValidationError, TransportClosed
 from mesh.event import Event
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
+from mesh.routing.routes import ROUTER_GROUP, apply_routes
 from mesh.stores import IdempotencyStore
 from mesh.transport import Subscription, Transport, is_wildcard, validate_pattern
 
 log = logging.getLogger("mesh")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 G = TypeVar("G", bound=Callable[[], Awaitable[Any]])
-ROUTER_GROUP = "mesh.routes"
 
 
 @dataclass(slots=True)
@@ -265,7 +265,7 @@ class Mesh:
             if not types:
                 raise ConfigError("mesh.on() got an empty list of types")
             types = [validate_pattern(self.channel_for(t)) for t in types]
-        planned = plan(filter, self.transport.features.pattern_syntax, types=types)
+        planned = plan(filter, types=types)
         return list(planned.patterns), planned.residual
 
     def _add(self, spec: HandlerSpec) -> None:
@@ -447,46 +447,12 @@ class Mesh:
         A route with ``group`` gives that group's handler its filter (operators rewire
         without code changes); routes with ``to`` are served by one internal handler
         (group ``mesh.routes``) that republishes matching events. Every problem raises
-        `ConfigError` naming the route.
+        `ConfigError` naming the route (`mesh.routing.routes.apply_routes`).
         """
-        specs = {id(h): h for h in self._handlers}
-        index: RuleIndex[RouteConfig] = RuleIndex()
-        forward: list[str] = []
-        for route in self.config.routes:
-            if (route.group is None) == (route.to is None):
-                raise ConfigError(
-                    f"route {route.name!r}: give exactly one of 'group' (a handler "
-                    "group to deliver to) or 'to' (a channel to republish to)"
-                )
-            try:
-                patterns, residual = self._plan(None, route.filter)
-                if route.to is not None:
-                    validate_pattern(route.to)
-                    index.add(route, route.filter)
-            except MeshError as exc:
-                raise ConfigError(f"route {route.name!r}: {exc}") from None
-            if route.to is not None:
-                forward.extend(p for p in patterns if p not in forward)
-                continue
-            target = next((h for h in self._handlers if h.group == route.group), None)
-            if target is None:
-                groups = sorted(h.group for h in self._handlers if h.group)
-                raise ConfigError(
-                    f"route {route.name!r} names group {route.group!r}, but no "
-                    f"handler has that group (groups: {', '.join(groups) or 'none'})"
-                )
-            specs[id(target)] = replace(
-                target, patterns=patterns, residual=residual, filter=route.filter
-            )
-        result = list(specs.values())
-        for spec in result:
-            if not spec.patterns:
-                raise ConfigError(
-                    f"handler {spec.name} has no type or filter, and no route in "
-                    f"the config names its group {spec.group!r}"
-                )
-        if forward:
-            result.append(self._router_spec(index, forward))
+        applied = apply_routes(self.config.routes, self._handlers)
+        result = applied.handlers
+        if applied.forwards:
+            result.append(self._router_spec(applied.index, applied.forward_patterns))
         return result
 
     def _router_spec(self, index: RuleIndex[RouteConfig], patterns: list[str]) -> HandlerSpec:

@@ -19,7 +19,8 @@ gives the same document.
 The mapping (see docs/asyncapi.md):
 
 * ``servers``: the transport URL with every credential and the query removed; the
-  protocol is the URL scheme (``kafka``, ``nats``, ``amqp``/``amqps``, ``memory``).
+  protocol, its version and the broker's title are what the transport declares
+  (`mesh.WireFormat`, found by URL scheme without connecting).
 * ``channels``: one per channel pattern a handler subscribes to (the address is the
   mesh pattern itself: ``*`` one token, ``>`` the rest), one per contracted event
   type and capability output type, ``mesh.request.<capability>``, the reply
@@ -29,7 +30,8 @@ The mapping (see docs/asyncapi.md):
   ``receive`` with a ``reply`` per capability, and the registry's send/receive.
 * ``components.messages``: one message per event type, its payload from the
   contract, else from a handler's pydantic model, else any JSON; headers describe
-  the CloudEvents binary content mode of the app's transport. Pydantic ``$defs``
+  the CloudEvents binary content mode of the app's transport (its header prefix and
+  binding, from its `mesh.WireFormat`). Pydantic ``$defs``
   become ``components.schemas`` (so ``$ref`` resolves inside the document).
 """
 
@@ -41,7 +43,7 @@ import json
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -58,9 +60,10 @@ from mesh.capabilities import (
     RESYNC_TYPE,
     Capability,
 )
-from mesh.delivery import DL_ERROR, DL_EXTENSIONS, DL_REASON
-from mesh.routing.router import plan
-from mesh.transport import is_wildcard, pattern_matcher
+from mesh import plugins
+from mesh.dlq import DL_ERROR, DL_EXTENSIONS, DL_REASON
+from mesh.routing.routes import ROUTER_GROUP, Forward, apply_routes
+from mesh.transport import WireFormat, is_wildcard, pattern_matcher
 
 if TYPE_CHECKING:
     from mesh.app import HandlerSpec, Mesh
@@ -73,16 +76,6 @@ CONTENT_TYPE = "application/json"
 GENERIC_MESSAGE = "CloudEvent"
 #: Component names must match this (the AsyncAPI 3.0 components key pattern).
 _KEY_UNSAFE = re.compile(r"[^\w.\-]", re.ASCII)
-
-# (protocol, protocolVersion, title) per URL scheme; an unknown scheme is its own protocol.
-_PROTOCOLS: dict[str, tuple[str, str | None, str]] = {
-    "kafka": ("kafka", None, "Apache Kafka"),
-    "nats": ("nats", None, "NATS JetStream"),
-    "tls": ("nats", None, "NATS JetStream (TLS)"),
-    "amqp": ("amqp", "0.9.1", "RabbitMQ"),
-    "amqps": ("amqps", "0.9.1", "RabbitMQ (TLS)"),
-    "memory": ("memory", None, "in-process memory broker"),
-}
 
 # CloudEvents context attributes and the extensions the mesh sets, as binary-mode headers.
 _CE_ATTRIBUTES: dict[str, tuple[dict[str, Any], str]] = {
@@ -150,6 +143,22 @@ def _json_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _wire_format(mesh: Mesh) -> WireFormat:
+    """What the configured transport puts on the wire, found without connecting: the
+    mesh's own transport object when it serves the configured scheme, else the
+    installed transport registered for the scheme, else the defaults (``ce-`` headers,
+    the scheme as protocol)."""
+    url, options = mesh.config.transport_url, mesh.config.transport_options
+    scheme = url.partition("://")[0].lower()
+    own = type(mesh.transport)
+    if scheme in own.schemes:
+        return own.wire_format(url, options)
+    registry = plugins.transport_registry()
+    if scheme in registry.schemes:
+        return registry.wire_format(url, options)
+    return WireFormat()
+
+
 @dataclass
 class _Channel:
     address: str | None
@@ -163,9 +172,9 @@ class _Builder:
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        scheme = mesh.config.transport_url.partition("://")[0].lower()
-        self.scheme = scheme
-        self.prefix = "ce_" if scheme == "kafka" else "ce-"
+        self.scheme = mesh.config.transport_url.partition("://")[0].lower()
+        self.wire = _wire_format(mesh)
+        self.prefix = self.wire.header_prefix
         self.channels: dict[str, _Channel] = {}
         self._channel_ids: dict[str, str] = {}
         self.operations: dict[str, dict[str, Any]] = {}
@@ -181,10 +190,12 @@ class _Builder:
         self.schemas["CloudEventHeaders"] = self._headers_schema()
         self._origin_lock("CloudEventHeaders")
         capability_handlers = {f"capability:{c.name}" for c in self.capabilities}
-        handlers = [h for h in self._routed_handlers() if h.name not in capability_handlers]
-        for spec in handlers:
-            self._handler(spec)
-        self._forward_routes()
+        routed = apply_routes(self.mesh.config.routes, self.mesh.handlers)
+        for spec in routed.handlers:
+            if spec.name not in capability_handlers:
+                self._handler(spec)
+        for forward in routed.forwards:
+            self._forward_route(forward)
         for capability in self.capabilities:
             self._capability(capability)
         self._sends()
@@ -241,20 +252,18 @@ class _Builder:
                 host = urlsplit(url).hostname or ""
             except ValueError:
                 host = ""
-        protocol, protocol_version, what = _PROTOCOLS.get(
-            self.scheme, (self.scheme or "unknown", None, f"{self.scheme} transport")
-        )
-        server: dict[str, Any] = {"host": host or "localhost", "protocol": protocol, "title": what}
-        if protocol_version:
-            server["protocolVersion"] = protocol_version
+        wire = self.wire
+        server: dict[str, Any] = {
+            "host": host or "localhost",
+            "protocol": wire.protocol or self.scheme or "unknown",
+            "title": wire.title or f"{self.scheme} transport",
+        }
+        if wire.protocol_version:
+            server["protocolVersion"] = wire.protocol_version
         if path.strip("/"):
             server["pathname"] = "/" + path.strip("/")
-        if self.scheme == "memory":
-            server["description"] = (
-                "In-process broker: only Mesh instances of one process that use the same "
-                "memory://<name> share it. Run the app with --transport (or "
-                "MESH_TRANSPORT) set to a real broker to share events between processes."
-            )
+        if wire.description:
+            server["description"] = wire.description
         return {_key(self.scheme or "default"): server}
 
     def _channel_object(self, cid: str, channel: _Channel) -> dict[str, Any]:
@@ -415,16 +424,10 @@ class _Builder:
             "description": "on capability requests and replies: the "
             "instance that waits for the reply",
         }
-        binding = {
-            "kafka": "Kafka protocol binding (`ce_` headers)",
-            "amqp": "RabbitMQ binding (`ce-` message headers)",
-            "amqps": "RabbitMQ binding (`ce-` message headers)",
-            "memory": "in-process: events pass as objects; shown as `ce-` headers",
-        }
         return {
             "type": "object",
             "description": "CloudEvents 1.0 binary content mode, "
-            + binding.get(self.scheme, "`ce-` headers")
+            + (self.wire.binding or f"`{self.prefix}` headers")
             + "; `datacontenttype` travels as the message content type. "
             "Values are strings on the wire.",
             "properties": properties,
@@ -500,21 +503,6 @@ class _Builder:
 
     # --- handlers ---------------------------------------------------------------------
 
-    def _routed_handlers(self) -> list[HandlerSpec]:
-        """Handlers with the config's ``routes:`` applied, as ``start()`` would: a route
-        naming a handler's group gives that handler its filter and channels."""
-        routes = {r.group: r for r in self.mesh.config.routes if r.group is not None}
-        result = []
-        for spec in self.mesh.handlers:
-            route = routes.get(spec.group) if spec.group is not None else None
-            if route is not None:
-                spec = replace(
-                    spec, patterns=list(plan(route.filter).patterns), filter=route.filter
-                )
-            if spec.patterns:
-                result.append(spec)
-        return result
-
     def _handler(self, spec: HandlerSpec) -> None:
         model = _handler_model(spec.func)
         for index, pattern in enumerate(spec.patterns):
@@ -589,41 +577,38 @@ class _Builder:
         mids.append(self._model_message(model) if model is not None else self._generic_message())
         return mids
 
-    def _forward_routes(self) -> None:
-        """Routes with ``to``: the internal ``mesh.routes`` group republishes matches."""
-        for route in self.mesh.config.routes:
-            if route.to is None:
-                continue
-            for index, pattern in enumerate(plan(route.filter).patterns):
-                cid = self._channel(
-                    pattern,
-                    "Events whose type matches the pattern."
-                    if is_wildcard(pattern)
-                    else "Events of this type.",
-                )
-                self.operations[self._op_id(_key(f"route.{route.name}.receive.{index + 1}"))] = {
-                    "action": "receive",
-                    "channel": {"$ref": f"#/channels/{cid}"},
-                    "summary": f"route {route.name} (group mesh.routes)",
-                    "description": f"Config route `{route.name}`: events matching "
-                    f"`{_json_key(route.filter)}` are republished to "
-                    f"`{route.to}`.",
-                    "messages": [self._attach(cid, m) for m in self._messages_for(pattern, None)],
-                    "x-mesh": {
-                        "route": route.name,
-                        "group": "mesh.routes",
-                        "filter": route.filter,
-                        "to": route.to,
-                    },
-                }
-            cid = self._channel(route.to, "Events republished by a config route.")
-            self.operations[self._op_id(_key(f"route.{route.name}.send"))] = {
-                "action": "send",
+    def _forward_route(self, forward: Forward) -> None:
+        """A route with ``to``: the internal ``mesh.routes`` group republishes matches."""
+        route = forward.route
+        for index, pattern in enumerate(forward.patterns):
+            cid = self._channel(
+                pattern,
+                "Events whose type matches the pattern."
+                if is_wildcard(pattern)
+                else "Events of this type.",
+            )
+            self.operations[self._op_id(_key(f"route.{route.name}.receive.{index + 1}"))] = {
+                "action": "receive",
                 "channel": {"$ref": f"#/channels/{cid}"},
-                "summary": f"route {route.name} republishes here",
-                "messages": [self._attach(cid, self._generic_message())],
-                "x-mesh": {"route": route.name},
+                "summary": f"route {route.name} (group {ROUTER_GROUP})",
+                "description": f"Config route `{route.name}`: events matching "
+                f"`{_json_key(route.filter)}` are republished to `{forward.to}`.",
+                "messages": [self._attach(cid, m) for m in self._messages_for(pattern, None)],
+                "x-mesh": {
+                    "route": route.name,
+                    "group": ROUTER_GROUP,
+                    "filter": route.filter,
+                    "to": forward.to,
+                },
             }
+        cid = self._channel(forward.to, "Events republished by a config route.")
+        self.operations[self._op_id(_key(f"route.{route.name}.send"))] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{cid}"},
+            "summary": f"route {route.name} republishes here",
+            "messages": [self._attach(cid, self._generic_message())],
+            "x-mesh": {"route": route.name},
+        }
 
     # --- capabilities -------------------------------------------------------------------
 

@@ -1,6 +1,27 @@
-"""The dead-letter channel as an API: list and replay what landed there.
+"""The dead-letter channel: its vocabulary, and an API to list and replay what landed there.
 
-Every mesh asks its transport at start to *retain* its dead-letter channel
+**The vocabulary** (public for plugin and tool authors: ``from mesh import dlq``). A
+dead-letter copy keeps the original's type, source and data, gets a fresh id, and says
+why in ``meshdl*`` extensions (CloudEvents names: lower-case, at most 20 characters):
+
+* ``DL_ERROR`` = ``meshdlerror``: the exception type (``ValueError``, ...)
+* ``DL_REASON`` = ``meshdlreason``: its message (at most 2000 characters)
+* ``DL_ATTEMPTS`` = ``meshdlattempts``: handler attempts made (int)
+* ``DL_GROUP`` = ``meshdlgroup``: the consumer group (``""``: broadcast)
+* ``DL_CHANNEL`` = ``meshdlchannel``: the channel the event was consumed from
+* ``DL_ID`` = ``meshdlid``: the original event's id
+* ``DL_HEADERS`` = ``meshdlheaders``: an undecodable message's headers, as JSON
+* ``DL_REDUCED`` = ``meshdlreduced``: true when the body was too large to keep
+* ``DL_TIME`` = ``meshdltime``: when the copy was written (datetime)
+
+``REPLAY_TO`` (``meshreplayto``) on a replayed event names the one group that runs it;
+``UNDECODABLE_TYPE`` (``mesh.undecodable``) is the type of a copy of a message that was
+not a CloudEvent (its body is the raw bytes); ``REMOVED_TYPE`` (``mesh.dlq.removed``)
+is a removal notice on the channel itself. `dead_letter_event`, `undecodable_event`
+and `reduced_copy` build copies exactly as the mesh does, so a bridge or a tool that
+dead-letters on its own writes entries `DeadLetters` and ``mesh dlq`` understand.
+
+**The API.** Every mesh asks its transport at start to *retain* its dead-letter channel
 (`Transport.retain`): a log that is read without being consumed
 (`Transport.read`). The entries are the copies in that log that no removal
 notice names. So:
@@ -31,6 +52,8 @@ config (``mesh dlq --dead-letter-channel``).
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Collection
@@ -38,27 +61,179 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from mesh import codec
 from mesh.context import ID_NAMESPACE
-from mesh.delivery import (
-    DL_CHANNEL,
-    DL_EXTENSIONS,
-    DL_GROUP,
-    DL_HEADERS,
-    DL_ID,
-    DL_REDUCED,
-    DL_TIME,
-    REMOVED_TYPE,
-    REPLAY_TO,
-    UNDECODABLE_TYPE,
-)
 from mesh.errors import DecodeError, MeshError
 from mesh.event import Event
-from mesh.transport import pattern_matcher
+from mesh.transport import Delivery, pattern_matcher
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
 
+__all__ = [
+    "DL_ATTEMPTS",
+    "DL_CHANNEL",
+    "DL_ERROR",
+    "DL_EXTENSIONS",
+    "DL_GROUP",
+    "DL_HEADERS",
+    "DL_ID",
+    "DL_REASON",
+    "DL_REDUCED",
+    "DL_TIME",
+    "REMOVED_TYPE",
+    "REPLAY_TO",
+    "UNDECODABLE_TYPE",
+    "DeadLetters",
+    "Selection",
+    "dead_letter_event",
+    "dead_lettered_at",
+    "original_of",
+    "reduced_copy",
+    "replay_id",
+    "replayable",
+    "undecodable_event",
+]
+
 log = logging.getLogger("mesh.dlq")
+
+#: Extensions a dead-letter copy carries (see the module docstring).
+DL_ERROR = "meshdlerror"  # exception type
+DL_REASON = "meshdlreason"  # exception message
+DL_ATTEMPTS = "meshdlattempts"  # handler attempts made
+DL_GROUP = "meshdlgroup"  # consumer group ('' for broadcast)
+DL_CHANNEL = "meshdlchannel"  # channel the event was consumed from
+DL_ID = "meshdlid"  # the original event id (the copy gets a fresh id)
+DL_HEADERS = "meshdlheaders"  # an undecodable message's headers, as JSON
+DL_REDUCED = "meshdlreduced"  # true: the body was too large to keep (size + digest only)
+DL_TIME = "meshdltime"  # when the copy was written
+#: The extensions every dead-letter copy of an event carries (a replay clears them).
+DL_EXTENSIONS = (DL_ERROR, DL_REASON, DL_ATTEMPTS, DL_GROUP, DL_CHANNEL, DL_ID)
+#: Set on a replayed event: only the named group (``""``: broadcast subscribers) runs it.
+REPLAY_TO = "meshreplayto"
+#: The type of the copy of a message that was not a CloudEvent.
+UNDECODABLE_TYPE = "mesh.undecodable"
+#: Notices on the dead-letter channel that remove entries (see `DeadLetters.replay`).
+REMOVED_TYPE = "mesh.dlq.removed"
+_MAX_REASON = 2000
+_REDUCED_TEXT = 256  # reason and headers kept in a reduced copy
+
+
+def dead_letter_event(
+    event: Event, error: BaseException, *, attempts: int, group: str | None, channel: str
+) -> Event:
+    """The copy of ``event`` that goes to the dead-letter channel.
+
+    It keeps type, source and data, records why in ``meshdl*`` extensions, and
+    gets a fresh id derived from (group, original id) so re-dead-lettering the same
+    delivery yields the same id (brokers with native dedup keep one copy) while a
+    broker's duplicate window never confuses it with the original.
+    """
+    reason = str(error) or type(error).__name__
+    return event.replace(
+        id=str(uuid.uuid5(ID_NAMESPACE, f"dl\x1f{group or ''}\x1f{event.source}\x1f{event.id}")),
+        **{
+            DL_ERROR: type(error).__name__,
+            DL_REASON: reason[:_MAX_REASON],
+            DL_ATTEMPTS: attempts,
+            DL_GROUP: group or "",
+            DL_CHANNEL: channel,
+            DL_ID: event.id,
+            DL_TIME: datetime.now(UTC),
+            REPLAY_TO: None,
+        },
+    )
+
+
+def undecodable_event(
+    delivery: Delivery, error: DecodeError, *, source: str, group: str | None
+) -> Event:
+    """Wrap a message that is not a CloudEvent so it can travel to the dead-letter channel.
+
+    Its id is derived from everything that tells messages apart (body, headers, channel,
+    group and the broker's `Delivery.position`), so a redelivery of the same message
+    gets the same id while two different ones never share it. Without a position two
+    byte-identical messages cannot be told from a redelivery, so the id is random then:
+    a redelivery may leave a second entry, but no message is ever merged into another.
+    """
+    raw = delivery.raw()
+    headers, body = raw if raw is not None else ({}, b"")
+    position = delivery.position
+    if position is None:
+        event_id = str(uuid.uuid4())
+    else:
+        digest = hashlib.sha256()
+        for part in (
+            delivery.channel,
+            group or "",
+            position,
+            json.dumps(sorted(headers.items()), default=str),
+        ):
+            digest.update(part.encode("utf-8", "surrogatepass") + b"\x1f")
+        digest.update(body)
+        event_id = str(uuid.uuid5(ID_NAMESPACE, digest.hexdigest()))
+    return Event(
+        UNDECODABLE_TYPE,
+        source,
+        bytes(body),
+        id=event_id,
+        extensions={
+            DL_ERROR: "DecodeError",
+            DL_REASON: str(error)[:_MAX_REASON],
+            DL_ATTEMPTS: 0,
+            DL_GROUP: group or "",
+            DL_CHANNEL: delivery.channel,
+            DL_TIME: datetime.now(UTC),
+            DL_HEADERS: json.dumps(dict(headers), default=str)[:_MAX_REASON],
+        },
+    )
+
+
+def reduced_copy(copy: Event) -> Event:
+    """A dead-letter copy the broker can hold: the original's context attributes (a long
+    subject cut), the correlation and the ``meshdl*`` extensions (reason and headers
+    shortened; other extensions dropped), and as data only the size and SHA-256 of the
+    body it could not hold (``meshdlreduced``)."""
+    try:
+        body = (
+            copy.data
+            if isinstance(copy.data, bytes)
+            else codec.encode_data(copy.data, copy.datacontenttype)
+        )
+    except MeshError:
+        body = repr(copy.data).encode("utf-8", "replace")
+    keep = (
+        *DL_EXTENSIONS,
+        DL_HEADERS,
+        DL_TIME,
+        "correlationid",
+        "causationid",
+        "traceparent",
+        "tracestate",
+    )
+    ext: dict[str, object] = {k: copy.extensions[k] for k in keep if k in copy.extensions}
+    for name in (DL_REASON, DL_HEADERS):
+        if isinstance(ext.get(name), str):
+            ext[name] = str(ext[name])[:_REDUCED_TEXT]
+    ext[DL_REDUCED] = True
+    subject = (
+        copy.subject
+        if copy.subject is None or len(copy.subject) <= _REDUCED_TEXT
+        else copy.subject[:_REDUCED_TEXT]
+    )  # a huge subject alone can exceed the limit
+    return Event(
+        copy.type,
+        copy.source,
+        {
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "datacontenttype": copy.datacontenttype,
+        },
+        id=copy.id,
+        subject=subject,
+        time=copy.time,
+        extensions=ext,
+    )
 
 
 def original_of(copy: Event, *, group: str | None) -> tuple[str, Event]:

@@ -19,11 +19,13 @@ mesh above it, once, for every broker. The contract is deliberately small:
   returns or raises without settling, the transport nacks it. A handler call
   cancelled by ``Subscription.close`` is not acked: the broker redelivers it.
 
-Channel patterns use one neutral syntax, translated by each transport: tokens
+Channel patterns use one neutral syntax, translated by each transport into the
+broker's own (the translation is the transport's business, not the core's): tokens
 separated by ``.``, ``*`` matches exactly one token, ``>`` (last only) matches
 one or more trailing tokens. `TransportFeatures` says honestly what a transport
 guarantees; the conformance suite (``mesh.testing.conformance``) skips what a
-transport does not claim and checks the rest.
+transport does not claim and checks the rest. `WireFormat` says what its messages
+look like on the wire, for documents written from configuration alone (AsyncAPI).
 
 Only `mesh.errors` exceptions may escape a transport's public methods.
 """
@@ -38,25 +40,22 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from mesh.errors import ConfigError, DecodeError, MeshError
 from mesh.event import Event
 
 log = logging.getLogger("mesh.transport")
 
-PatternSyntax = Literal["mesh", "nats", "amqp", "kafka-regex"]
-
 
 @dataclass(frozen=True, slots=True)
 class TransportFeatures:
     """What a transport guarantees. Declare only what the broker really does.
 
-    ``pattern_syntax`` tells the routing planner how to push a channel pattern
-    down to the broker (NATS subject wildcards, AMQP binding keys, Kafka topic
-    regex, or the neutral mesh syntax). ``retained_reads`` says `Transport.retain`
-    and `Transport.read` work: a channel can be read without consuming it (the
-    dead-letter tools need this).
+    ``wildcard_patterns`` says the transport takes neutral patterns with ``*``/``>``
+    (and translates them to the broker's syntax itself). ``retained_reads`` says
+    `Transport.retain` and `Transport.read` work: a channel can be read without
+    consuming it (the dead-letter tools need this).
 
     ``max_in_flight`` is the most deliveries one subscription can hold unsettled
     (RabbitMQ's prefetch is a 16-bit count), None for no limit: the mesh refuses a
@@ -71,9 +70,36 @@ class TransportFeatures:
     replay_for_new_groups: bool = False
     native_dedup: bool = False
     wildcard_patterns: bool = True
-    pattern_syntax: PatternSyntax = "mesh"
     retained_reads: bool = False
     max_in_flight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """What a transport's messages look like on the wire, and what its broker is called.
+
+    Each `Transport` class declares one (``wire``); `TransportRegistry.wire_format`
+    finds it by URL scheme without building or connecting a transport, so tools that
+    work from configuration alone (the AsyncAPI document of ``mesh docs``) describe
+    the broker the app will use. Everything here is documentation the transport owns:
+    the core never guesses it from a scheme.
+
+    * ``title``: the broker for people (``"NATS JetStream"``).
+    * ``protocol`` / ``protocol_version``: the AsyncAPI server ``protocol`` (None: the
+      URL scheme) and ``protocolVersion`` (None: not stated).
+    * ``header_prefix``: in CloudEvents binary content mode attribute ``x`` travels in
+      header ``<header_prefix>x`` (``ce-`` for most bindings, ``ce_`` for Kafka).
+    * ``binding``: which CloudEvents protocol binding the headers follow, in words
+      (empty: only the prefix is stated).
+    * ``description``: anything a reader of the server entry must know (None: nothing).
+    """
+
+    title: str = ""
+    protocol: str | None = None
+    protocol_version: str | None = None
+    header_prefix: str = "ce-"
+    binding: str = ""
+    description: str | None = None
 
 
 class Delivery(ABC):
@@ -215,6 +241,16 @@ class Transport(ABC):
     #: URL scheme(s) this transport serves, e.g. ``("nats",)``.
     schemes: ClassVar[tuple[str, ...]] = ()
     features: ClassVar[TransportFeatures] = TransportFeatures()
+    #: What its messages look like on the wire (see `WireFormat`).
+    wire: ClassVar[WireFormat] = WireFormat()
+
+    @classmethod
+    def wire_format(cls, url: str, options: Mapping[str, Any]) -> WireFormat:
+        """The `WireFormat` of a transport built from ``url`` and ``options``, without
+        building it. The default is ``wire``; override it where a scheme or an option
+        changes what goes on the wire (TLS schemes, a choice of header convention).
+        Raises `ConfigError` for options the transport would refuse."""
+        return cls.wire
 
     @abstractmethod
     async def connect(self) -> None:
@@ -407,31 +443,61 @@ class TransportRegistry:
 
     A factory is called as ``factory(url, options)`` and returns an unconnected
     `Transport`. Registering the same scheme twice is an error, so two plugins
-    cannot silently shadow each other.
+    cannot silently shadow each other. ``transport`` is the `Transport` class the
+    factory builds (inferred when the factory is that class): its `WireFormat` is
+    what `wire_format` reports for the scheme.
     """
 
     def __init__(self) -> None:
-        self._factories: dict[str, tuple[TransportFactory, str]] = {}
+        self._factories: dict[str, tuple[TransportFactory, str, type[Transport] | None]] = {}
 
-    def register(self, scheme: str, factory: TransportFactory, *, description: str = "") -> None:
+    def register(
+        self,
+        scheme: str,
+        factory: TransportFactory,
+        *,
+        description: str = "",
+        transport: type[Transport] | None = None,
+    ) -> None:
         scheme = scheme.lower()
         if scheme in self._factories:
             raise ConfigError(
                 f"transport scheme {scheme!r} is registered twice; "
                 "uninstall one of the plugins that provide it"
             )
-        self._factories[scheme] = (factory, description)
+        if transport is None and isinstance(factory, type) and issubclass(factory, Transport):
+            transport = factory
+        if transport is not None and not (
+            isinstance(transport, type) and issubclass(transport, Transport)
+        ):
+            raise ConfigError(
+                f"transport scheme {scheme!r}: transport= must be the Transport subclass "
+                f"the factory builds, not {transport!r}"
+            )
+        self._factories[scheme] = (factory, description, transport)
 
     @property
     def schemes(self) -> list[str]:
         return sorted(self._factories)
 
     def describe(self) -> dict[str, str]:
-        return {scheme: desc for scheme, (_, desc) in sorted(self._factories.items())}
+        return {scheme: entry[1] for scheme, entry in sorted(self._factories.items())}
 
     def create(self, url: str, options: Mapping[str, Any] | None = None) -> Transport:
         """Build the transport for ``url``; unknown schemes raise `ConfigError`
         listing the installed ones and suggesting the nearest."""
+        return self._entry(url)[0](url, options or {})
+
+    def wire_format(self, url: str, options: Mapping[str, Any] | None = None) -> WireFormat:
+        """What the transport for ``url`` would put on the wire (see `WireFormat`),
+        without building or connecting it; unknown schemes raise `ConfigError` like
+        `create`. A scheme registered without a `Transport` class gets the defaults."""
+        transport = self._entry(url)[2]
+        if transport is None:
+            return WireFormat()
+        return transport.wire_format(url, options or {})
+
+    def _entry(self, url: str) -> tuple[TransportFactory, str, type[Transport] | None]:
         scheme, sep, _ = url.partition("://")
         if not sep or not scheme:
             raise ConfigError(
@@ -457,4 +523,4 @@ class TransportRegistry:
                 f"unknown transport scheme {scheme!r}.{hint} Installed schemes: "
                 f"{', '.join(s + '://' for s in self.schemes)}.{install}"
             )
-        return entry[0](url, options or {})
+        return entry

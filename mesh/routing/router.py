@@ -1,10 +1,11 @@
 """Planning filters: what the broker can filter, what the client must, and a rule index.
 
 Channels are event types, so the part of a filter that constrains ``type`` can
-be pushed down as channel patterns (`plan`), translated per broker by
-`mesh.routing.patterns`. Whatever the patterns cannot express stays a compiled
-residual predicate evaluated in the client; events it rejects are acked and
-counted, never handed to the handler.
+be pushed down as channel patterns (`plan`), in the neutral syntax; each transport
+translates them to its broker's (NATS subjects, AMQP binding keys, Kafka topic
+regexes), so the broker drops what does not match. Whatever the patterns cannot
+express stays a compiled residual predicate evaluated in the client; events it
+rejects are acked and counted, never handed to the handler.
 
 Type constraints come from every dialect: ``exact``/``prefix`` on ``type``,
 ``all`` (intersection), ``any`` (union of exact sets), and from CESQL:
@@ -25,8 +26,6 @@ from typing import Generic, TypeVar
 
 from mesh.event import Event
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
-from mesh.routing.patterns import translate
-from mesh.transport import PatternSyntax
 
 __all__ = ["Plan", "RuleIndex", "TypeConstraint", "channel_patterns", "plan", "type_constraint"]
 
@@ -167,24 +166,23 @@ def channel_patterns(constraint: TypeConstraint) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """How to run one filter: broker-side patterns plus a client-side residual."""
+    """How to run one filter: broker-side patterns plus a client-side residual.
 
-    patterns: tuple[str, ...]  # neutral syntax
-    native: tuple[str, ...]  # the transport's syntax
+    ``patterns`` are neutral; the transport subscribed to them translates them."""
+
+    patterns: tuple[str, ...]
     residual: Predicate | None  # None: the broker filters everything
 
 
-def plan(
-    spec: FilterSpec | None, syntax: PatternSyntax = "mesh", *, types: Sequence[str] | None = None
-) -> Plan:
-    """Plan ``spec`` (optionally restricted to channel patterns ``types``) for a broker."""
+def plan(spec: FilterSpec | None, *, types: Sequence[str] | None = None) -> Plan:
+    """Plan ``spec`` (optionally restricted to channel patterns ``types``)."""
     constraint = type_constraint(spec)
     patterns = list(types) if types else channel_patterns(constraint)
     exact_channels = constraint.exact is not None and not types
     residual = (
         None if spec is None or (constraint.complete and exact_channels) else compile_filter(spec)
     )
-    return Plan(tuple(patterns), tuple(translate(p, syntax) for p in patterns), residual)
+    return Plan(tuple(patterns), residual)
 
 
 class _Rule(Generic[K]):

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from mesh.app import Mesh
 from mesh.batch import BatchPolicy
 from mesh.context import Context
-from mesh.delivery import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_ID, DL_REASON
+from mesh.dlq import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_ID, DL_REASON
 from mesh.errors import (
     ContractViolation,
     DeadLetter,

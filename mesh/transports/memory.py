@@ -33,6 +33,7 @@ from mesh.transport import (
     Transport,
     TransportFeatures,
     TransportRegistry,
+    WireFormat,
     cancel_calls,
     deliver,
     pattern_list,
@@ -241,8 +242,17 @@ class MemoryTransport(Transport):
         replay_for_new_groups=False,
         native_dedup=False,
         wildcard_patterns=True,
-        pattern_syntax="mesh",
         retained_reads=True,
+    )
+    wire = WireFormat(
+        title="in-process memory broker",
+        protocol="memory",
+        binding="in-process: events pass as objects, shown as `ce-` headers",
+        description=(
+            "In-process broker: only Mesh instances of one process that use the same "
+            "memory://<name> share it. Run the app with --transport (or MESH_TRANSPORT) "
+            "set to a real broker to share events between processes."
+        ),
     )
 
     def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:

@@ -35,7 +35,17 @@ from pydantic import BaseModel, Field
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from mesh import Context, Event, Mesh, MeshConfig
+from mesh import (
+    Context,
+    Event,
+    Mesh,
+    MeshConfig,
+    Transport,
+    TransportRegistry,
+    WireFormat,
+    hookimpl,
+    plugins,
+)
 from mesh.asyncapi import asyncapi_document
 from mesh.transports.memory import MemoryTransport
 
@@ -193,6 +203,9 @@ def assert_valid(validator: Draft7Validator, document: Mapping[str, Any]) -> Non
 
 
 def load_example(name: str) -> ModuleType:
+    examples = str(REPO / "examples")
+    if examples not in sys.path:  # the examples import their shared helpers (examples/_ui.py)
+        sys.path.append(examples)
     spec = importlib.util.spec_from_file_location(
         f"_example_{name}", REPO / "examples" / f"{name}.py"
     )
@@ -206,7 +219,9 @@ def load_example(name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def supply_chain() -> Any:
     example = load_example("supply_chain")
-    return example.SupplyChain(f"memory://asyncapi-{uuid.uuid4().hex[:8]}", example.PlainView())
+    return example.SupplyChain(
+        f"memory://asyncapi-{uuid.uuid4().hex[:8]}", example.View(plain=True)
+    )
 
 
 class Stop(BaseModel):
@@ -378,21 +393,6 @@ def test_servers_validate_for_every_transport(validator: Draft7Validator, url: s
             "kafka",
             {"host": "k1:9092,k2:9092", "protocol": "kafka"},
         ),
-        (
-            "amqp://guest:s3cret@rabbit:5672/prod?heartbeat=5",
-            "amqp",
-            {
-                "host": "rabbit:5672",
-                "protocol": "amqp",
-                "protocolVersion": "0.9.1",
-                "pathname": "/prod",
-            },
-        ),
-        (
-            "amqps://guest:s3cret@rabbit:5671/",
-            "amqps",
-            {"host": "rabbit:5671", "protocol": "amqps", "protocolVersion": "0.9.1"},
-        ),
         ("memory://supply-chain", "memory", {"host": "supply-chain", "protocol": "memory"}),
         ("memory://", "memory", {"host": "localhost", "protocol": "memory"}),
     ],
@@ -522,23 +522,90 @@ def test_pydantic_defs_move_to_components_schemas() -> None:
     assert semantic_problems(document) == []
 
 
-def test_kafka_headers_and_a_shared_reply_channel() -> None:
-    class SharedReplies(MemoryTransport):
-        def reply_channel(self, instance_id: str) -> str:
-            return "mesh.replies"
+class FakeBroker(MemoryTransport):
+    """A transport the core knows nothing about: everything the document says of its
+    broker comes from what it declares."""
 
-    app = Mesh(SharedReplies(), config=MeshConfig.load(transport="kafka://k:9092"))
+    schemes = ("fakebroker",)
+    wire = WireFormat(
+        title="Fake Broker",
+        protocol="fake",
+        protocol_version="9.1",
+        header_prefix="fb_",
+        binding="Fake binding (`fb_` headers)",
+        description="A broker for tests.",
+    )
+
+    def reply_channel(self, instance_id: str) -> str:
+        return "mesh.replies"
+
+
+def _echo_app(transport: Transport, url: str) -> Mesh:
+    app = Mesh(transport, config=MeshConfig.load(transport=url))
 
     @app.capability("echo")
     async def echo(event: Event, ctx: Context) -> Any:
         return event.data
 
-    document = asyncapi_document(app)
+    return app
+
+
+def test_the_transport_declares_protocol_headers_and_reply_channel() -> None:
+    document = asyncapi_document(_echo_app(FakeBroker(), "fakebroker://u:s3cret@fb:7000/vh"))
+    assert document["servers"] == {
+        "fakebroker": {
+            "host": "fb:7000",
+            "protocol": "fake",
+            "protocolVersion": "9.1",
+            "title": "Fake Broker",
+            "pathname": "/vh",
+            "description": "A broker for tests.",
+        }
+    }
     reply = document["channels"]["mesh.reply"]
     assert reply["address"] == "mesh.replies" and "parameters" not in reply
     assert "shared by every instance" in reply["description"]
     headers = document["components"]["schemas"]["CloudEventHeaders"]
-    assert "ce_type" in headers["properties"] and "ce-type" not in headers["properties"]
+    assert "fb_type" in headers["properties"] and "ce-type" not in headers["properties"]
+    assert headers["required"] == ["fb_specversion", "fb_id", "fb_source", "fb_type"]
+    assert "Fake binding (`fb_` headers)" in headers["description"]
+    request = document["components"]["messages"]["mesh.request.echo"]
+    assert request["headers"]["allOf"][1]["required"] == ["fb_meshreplyto"]
+    assert request["correlationId"]["location"] == "$message.header#/fb_correlationid"
+    assert "s3cret" not in json.dumps(document)
+
+
+def test_the_wire_format_comes_from_the_registry_by_scheme() -> None:
+    """Configured for a scheme the mesh's own transport object does not serve, the
+    document asks the installed transports (nothing is built or connected)."""
+
+    class Registering:
+        @hookimpl
+        def mesh_register_transports(self, registry: TransportRegistry) -> None:
+            registry.register("fakebroker", FakeBroker, description="test")
+
+    manager = plugins.plugin_manager()
+    plugin = Registering()
+    manager.register(plugin)
+    try:
+        document = asyncapi_document(_echo_app(MemoryTransport(), "fakebroker://fb:7000"))
+    finally:
+        manager.unregister(plugin)
+    assert document["servers"]["fakebroker"]["protocol"] == "fake"
+    assert "fb_type" in document["components"]["schemas"]["CloudEventHeaders"]["properties"]
+
+
+def test_a_scheme_nobody_declares_gets_the_defaults() -> None:
+    document = asyncapi_document(_echo_app(MemoryTransport(), "unknownbroker://h:1"))
+    assert document["servers"] == {
+        "unknownbroker": {
+            "host": "h:1",
+            "protocol": "unknownbroker",
+            "title": "unknownbroker transport",
+        }
+    }
+    headers = document["components"]["schemas"]["CloudEventHeaders"]
+    assert "ce-type" in headers["properties"] and "`ce-` headers" in headers["description"]
 
 
 def test_supply_chain_route_optimizer(supply_chain: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mesh import Delivery, Event, codec, Mesh, MessageTooLarge, PublishError, RetryLater, Transport
-from mesh.delivery import DL_ATTEMPTS, DL_REASON
+from mesh.dlq import DL_ATTEMPTS, DL_REASON
 from mesh.testing.util import wait_until
 from mesh.transports.memory import MemoryTransport
 
@@ -188,7 +188,7 @@ async def test_undecodable_messages_with_the_same_body_stay_apart() -> None:
 
 
 def test_undecodable_ids_follow_headers_and_position() -> None:
-    from mesh.delivery import undecodable_event
+    from mesh.dlq import undecodable_event
     from mesh.errors import DecodeError
 
     class Raw(Delivery):
@@ -247,7 +247,7 @@ async def test_too_large_dead_letter_copy_is_written_reduced(data: Any, size: in
 
 
 def test_a_reduced_copy_is_small_whatever_the_original_carried() -> None:
-    from mesh.delivery import dead_letter_event, reduced_copy
+    from mesh.dlq import dead_letter_event, reduced_copy
 
     event = Event(
         "big", "/t", "x" * 100_000, subject="s" * 100_000, extensions={"custom": "c" * 100_000}

@@ -14,7 +14,6 @@ import re
 from functools import lru_cache
 
 from mesh import ConfigError, is_wildcard, validate_pattern
-from mesh.routing.patterns import kafka_topic_regex
 
 _LEGAL = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_TOPIC = 249
@@ -31,15 +30,18 @@ def topic_for(channel: str) -> str:
 
 
 def subscription_for(pattern: str) -> str:
-    """A topic name, or a ``^``-anchored regex for wildcard patterns (the routing
-    planner's Kafka translation: ``*`` -> ``[^.]+``, ``>`` -> ``.+``)."""
+    """A topic name, or a ``^``-anchored regex for wildcard patterns (librdkafka treats a
+    subscription starting with ``^`` as a regex) that matches exactly the topics the
+    neutral pattern matches: ``*`` -> ``[^.]+``, ``>`` -> ``.+``."""
     validate_pattern(pattern)
     if not is_wildcard(pattern):
         return topic_for(pattern)
-    for token in pattern.split("."):
+    tokens = pattern.split(".")
+    for token in tokens:
         if token not in ("*", ">"):
             _check_name(token)
-    return kafka_topic_regex(pattern)
+    parts = [r"[^.]+" if t == "*" else r".+" if t == ">" else re.escape(t) for t in tokens]
+    return "^" + r"\.".join(parts) + "$"
 
 
 def group_id_for(group: str) -> str:

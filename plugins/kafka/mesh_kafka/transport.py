@@ -54,6 +54,7 @@ from mesh import (
     TransportClosed,
     TransportError,
     TransportFeatures,
+    WireFormat,
     ensure_listening,
     pattern_list,
     pattern_matcher,
@@ -63,7 +64,7 @@ from mesh import (
 from mesh_kafka.config import KafkaConfig
 from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on, read_topic, resolve
 from mesh_kafka.naming import group_id_for, subscription_for, topic_for
-from mesh_kafka.wire import received_size, size_bound, to_record, wire_size
+from mesh_kafka.wire import HEADER_PREFIX, received_size, size_bound, to_record, wire_size
 
 log = logging.getLogger("mesh_kafka")
 
@@ -91,8 +92,13 @@ class KafkaTransport(Transport):
         replay_for_new_groups=True,
         native_dedup=False,
         wildcard_patterns=True,
-        pattern_syntax="kafka-regex",
         retained_reads=True,
+    )
+    wire: ClassVar[WireFormat] = WireFormat(
+        title="Apache Kafka",
+        protocol="kafka",
+        header_prefix=HEADER_PREFIX,
+        binding=f"Kafka protocol binding (`{HEADER_PREFIX}` headers)",
     )
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:

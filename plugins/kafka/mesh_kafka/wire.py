@@ -36,7 +36,9 @@ from mesh import DecodeError, Event, codec
 
 Headers = Mapping[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]] | None
 
-_CE = kafka.CE_PREFIX  # "ce_"
+#: The prefix of attribute headers in binary mode (``ce_``, the Kafka protocol binding's).
+HEADER_PREFIX: str = kafka.CE_PREFIX
+_CE = HEADER_PREFIX
 _CONTENT_TYPE = "content-type"
 _STRUCTURED = "application/cloudevents"  # media type prefix of every event format
 _JSON_FORMAT = "application/cloudevents+json"

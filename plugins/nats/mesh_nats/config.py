@@ -79,7 +79,9 @@ class NatsConfig(BaseModel):
         return value
 
     def subject(self, channel: str) -> str:
-        """The NATS subject of a channel (or a neutral pattern: the syntax is the same)."""
+        """The NATS subject of a channel, or the subject filter of a neutral pattern:
+        NATS's ``*`` and ``>`` mean what the neutral wildcards mean, so a pattern
+        translates token for token, under the prefix."""
         return f"{self.subject_prefix}.{channel}"
 
     def channel(self, subject: str) -> str:

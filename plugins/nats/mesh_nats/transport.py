@@ -71,6 +71,7 @@ from mesh import (
     TransportClosed,
     TransportError,
     TransportFeatures,
+    WireFormat,
     codec,
     ensure_listening,
     pattern_list,
@@ -126,8 +127,13 @@ class NatsTransport(Transport):
         replay_for_new_groups=False,
         native_dedup=True,
         wildcard_patterns=True,
-        pattern_syntax="nats",
         retained_reads=True,
+    )
+    wire = WireFormat(
+        title="NATS JetStream",
+        protocol="nats",
+        header_prefix=binding.CE_PREFIX,
+        binding=f"NATS protocol binding (`{binding.CE_PREFIX}` message headers)",
     )
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:

@@ -23,15 +23,23 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from mesh.routing.patterns import amqp_binding_key
+from mesh import validate_pattern
 from mesh_rabbitmq.config import RabbitMQConfig
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.:@#,/+ ]")
 _MAX_NAME = 200
 
 
-#: The AMQP topic binding key of a neutral pattern (shared with the routing planner).
-binding_key = amqp_binding_key
+def binding_key(pattern: str) -> str:
+    """The AMQP topic-exchange binding key of a neutral pattern, matching exactly the
+    channels the pattern matches. ``>`` (one or more) becomes ``*.#`` ("one word, then
+    zero or more"; a bare ``#`` would also match the parent channel). A ``#`` in a
+    pattern, which AMQP would read as a wildcard, is refused by `validate_pattern`
+    (`ConfigError`)."""
+    tokens = validate_pattern(pattern).split(".")
+    if tokens[-1] == ">":
+        tokens[-1:] = ["*", "#"]
+    return ".".join(tokens)
 
 
 def group_queue(exchange: str, group: str, patterns: Sequence[str]) -> str:

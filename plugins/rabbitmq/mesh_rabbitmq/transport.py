@@ -24,6 +24,7 @@ import copy
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -51,6 +52,7 @@ from mesh import (
     Transport,
     TransportClosed,
     TransportFeatures,
+    WireFormat,
     ensure_listening,
     is_wildcard,
     pattern_list,
@@ -127,10 +129,33 @@ class RabbitMQTransport(Transport):
         replay_for_new_groups=False,
         native_dedup=False,
         wildcard_patterns=True,
-        pattern_syntax="amqp",
         retained_reads=True,
         max_in_flight=65535,  # the prefetch (basic.qos prefetch-count) is a 16-bit count
     )
+    wire = WireFormat(
+        title="RabbitMQ",
+        protocol="amqp",
+        protocol_version="0.9.1",
+        header_prefix=binding.CE_PREFIX,
+        binding="RabbitMQ binding (`ce-` message headers)",
+    )
+
+    @classmethod
+    def wire_format(cls, url: str, options: Mapping[str, Any]) -> WireFormat:
+        """``amqps://`` is its own AsyncAPI protocol; ``binding=amqp`` writes the
+        CloudEvents AMQP binding's prefix instead of ``ce-``."""
+        config = RabbitMQConfig.from_url(url, options)
+        wire = cls.wire
+        if config.tls:
+            wire = replace(wire, protocol="amqps", title="RabbitMQ (TLS)")
+        if config.binding == "amqp":
+            wire = replace(
+                wire,
+                header_prefix=config.header_prefix,
+                binding=f"CloudEvents AMQP binding (`{config.header_prefix}` application "
+                "properties, carried as message headers)",
+            )
+        return wire
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.config = RabbitMQConfig.from_url(url, options or {})

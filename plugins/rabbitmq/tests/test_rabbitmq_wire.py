@@ -1,0 +1,109 @@
+"""What the RabbitMQ plugin owns about its wire (no broker): binding keys that match
+exactly what the neutral patterns match, its `WireFormat` (per scheme and header
+convention), and what the AsyncAPI document of an ``amqp://`` app says because of it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mesh_rabbitmq.topology import binding_key
+from mesh_rabbitmq.transport import RabbitMQTransport
+
+from mesh import ConfigError, Event, Mesh, MeshConfig, plugins
+from mesh.asyncapi import asyncapi_document
+from mesh.testing.patterns import check_translation
+
+
+def topic_exchange_matches(key: str, routing_key: str) -> bool:
+    """RabbitMQ's topic exchange rule: ``*`` is exactly one word, ``#`` zero or more."""
+
+    def match(k: list[str], r: list[str]) -> bool:
+        if not k:
+            return not r
+        if k[0] == "#":
+            return any(match(k[1:], r[i:]) for i in range(len(r) + 1))
+        return bool(r) and k[0] in ("*", r[0]) and match(k[1:], r[1:])
+
+    return match(key.split("."), routing_key.split("."))
+
+
+def test_binding_keys_match_exactly_what_the_neutral_pattern_matches() -> None:
+    check_translation(binding_key, topic_exchange_matches)
+    assert binding_key("a.*.c") == "a.*.c"
+    assert binding_key("a.>") == "a.*.#"  # one or more, never the parent 'a' itself
+    with pytest.raises(ConfigError, match="'#' is not a mesh wildcard"):
+        binding_key("a.#")
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "protocol", "title", "prefix"),
+    [
+        ("amqp://guest:guest@rabbit:5672/", {}, "amqp", "RabbitMQ", "ce-"),
+        ("amqps://guest:guest@rabbit:5671/", {}, "amqps", "RabbitMQ (TLS)", "ce-"),
+        ("amqp://rabbit/", {"binding": "amqp"}, "amqp", "RabbitMQ", "cloudEvents_"),
+        (
+            "amqps://rabbit/?binding=amqp&amqp_prefix=cloudEvents:",
+            {},
+            "amqps",
+            "RabbitMQ (TLS)",
+            "cloudEvents:",
+        ),
+    ],
+)
+def test_the_wire_format_follows_the_scheme_and_the_header_convention(
+    url: str, options: dict[str, str], protocol: str, title: str, prefix: str
+) -> None:
+    wire = plugins.transport_registry().wire_format(url, options)
+    assert (wire.protocol, wire.protocol_version, wire.title) == (protocol, "0.9.1", title)
+    assert wire.header_prefix == prefix == RabbitMQTransport(url, options).config.header_prefix
+    assert f"`{prefix}`" in wire.binding
+
+
+def test_the_wire_format_refuses_options_the_transport_refuses() -> None:
+    with pytest.raises(ConfigError, match="amqp_prefix"):
+        RabbitMQTransport.wire_format("amqp://rabbit/", {"amqp_prefix": "cloudEvents:"})
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "server", "prefix"),
+    [
+        (
+            "amqp://guest:s3cret@rabbit:5672/prod?heartbeat=5",
+            {},
+            {
+                "host": "rabbit:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "title": "RabbitMQ",
+                "pathname": "/prod",
+            },
+            "ce-",
+        ),
+        (
+            "amqps://guest:s3cret@rabbit:5671/",
+            {"binding": "amqp"},
+            {
+                "host": "rabbit:5671",
+                "protocol": "amqps",
+                "protocolVersion": "0.9.1",
+                "title": "RabbitMQ (TLS)",
+            },
+            "cloudEvents_",
+        ),
+    ],
+)
+def test_asyncapi_document_of_a_rabbitmq_app(
+    url: str, options: dict[str, str], server: dict[str, str], prefix: str
+) -> None:
+    app = Mesh(config=MeshConfig.load(transport=url, transport_options=options))
+
+    @app.on("orders.created", group="billing")
+    async def bill(event: Event) -> None: ...
+
+    document = asyncapi_document(app)
+    assert list(document["servers"].values()) == [server]
+    headers = document["components"]["schemas"]["CloudEventHeaders"]
+    assert f"{prefix}type" in headers["properties"]
+    assert headers["required"][0] == f"{prefix}specversion"
+    assert "s3cret" not in json.dumps(document) and "guest" not in json.dumps(document)
