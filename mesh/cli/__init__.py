@@ -40,59 +40,32 @@ import typer
 
 from mesh.cli import agents, contracts, docs, dlq, publish, run, tail, transports
 from mesh.cli._click import ClickException, ClickUsageError, NoSuchOption
-from mesh.cli.agents import agent_row, format_agents, list_agents
-from mesh.cli.app import (
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    UsageError,
-    app,
-)
-from mesh.cli.contracts import contract_report, print_contract_report, read_snapshot, snapshot_json
-from mesh.cli.dlq import (
-    dead_letter_row,
-    format_dead_letters,
-    list_dead_letters,
-    parse_since,
-    replay_dead_letters,
-)
-from mesh.cli.docs import render_asyncapi
-from mesh.cli.loading import import_target, load_app, split_target
+from mesh.cli.agents import list_agents
+from mesh.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, app
+from mesh.cli.contracts import contract_report
+from mesh.cli.dlq import list_dead_letters, parse_since, replay_dead_letters
+from mesh.cli.loading import load_app, split_target
 from mesh.cli.output import error, is_terminal, say
 from mesh.cli.publish import publish_event
-from mesh.cli.run import run_app, run_bounded
+from mesh.cli.run import run_bounded
 from mesh.cli.tail import format_event_line, parse_filter, tail_events
 from mesh.errors import MeshError
 
+# the command bodies, and the helpers other tools (and the tests) use
 __all__ = [
-    "EXIT_ERROR",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_USAGE",
     "UsageError",
-    "agent_row",
     "app",
     "contract_report",
-    "dead_letter_row",
-    "format_agents",
-    "format_dead_letters",
     "format_event_line",
-    "import_target",
     "list_agents",
     "list_dead_letters",
     "load_app",
     "main",
     "parse_filter",
     "parse_since",
-    "print_contract_report",
     "publish_event",
-    "read_snapshot",
-    "render_asyncapi",
     "replay_dead_letters",
-    "run_app",
     "run_bounded",
-    "snapshot_json",
     "split_target",
     "tail_events",
 ]

@@ -1,5 +1,5 @@
 """The typer app every ``mesh`` command registers on, the options they share and the
-helpers their bodies need (configuration, signals, loading an app, writing a file).
+helpers their bodies need (configuration, signals, exit codes, writing a file).
 
 ``--transport``, ``--config`` and ``--log-level`` are accepted before the command name
 and after it (``mesh --transport URL tail`` and ``mesh tail --transport URL``); a value
