@@ -1,14 +1,14 @@
 """event-mesh: event-driven multi-agent systems on any broker.
 
-Everything public is importable from ``mesh`` (plus the ``mesh.codec``,
-``mesh.errors``, ``mesh.routing`` and ``mesh.testing`` modules); nothing else
-should be imported from deeper paths. ``__all__`` is exactly the public surface
-(a test keeps it that way).
+Everything public is importable from ``mesh`` (plus the ``mesh.codec``, ``mesh.dlq``
+(the dead-letter vocabulary), ``mesh.errors``, ``mesh.routing`` and ``mesh.testing``
+modules); nothing else should be imported from deeper paths. ``__all__`` is exactly
+the public surface (a test keeps it that way).
 """
 
 from importlib import metadata as _metadata
 
-from mesh import codec
+from mesh import codec, dlq
 from mesh.app import HandlerSpec, Mesh
 from mesh.batch import BatchPolicy
 from mesh.capabilities import Capability, from_a2a_skill, from_mcp_tool, to_a2a_skill, to_mcp_tool
@@ -65,6 +65,7 @@ from mesh.transport import (
     Transport,
     TransportFeatures,
     TransportRegistry,
+    WireFormat,
     deliver,
     is_wildcard,
     pattern_list,
@@ -129,12 +130,14 @@ __all__ = [
     "TransportFeatures",
     "TransportRegistry",
     "TransportURL",
+    "WireFormat",
     "__version__",
     "build_options",
     "codec",
     "compatibility_problems",
     "deliver",
     "derive_id",
+    "dlq",
     "ensure_listening",
     "from_a2a_skill",
     "from_mcp_tool",
