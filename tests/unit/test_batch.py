@@ -23,7 +23,7 @@ from mesh import (
     TransportFeatures,
 )
 from mesh.context import current_event
-from mesh.delivery import DL_ATTEMPTS, DL_ERROR, DL_ID, DL_REASON
+from mesh.dlq import DL_ATTEMPTS, DL_ERROR, DL_ID, DL_REASON
 from mesh.testing.util import wait_until
 from mesh.transports.memory import MemoryTransport
 
@@ -462,6 +462,22 @@ async def test_dead_letter_handlers_can_batch(meshes: Any) -> None:
 # --- shutdown ----------------------------------------------------------------------------
 
 
+async def test_a_graceful_stop_lets_a_collecting_batch_finish(meshes: Any) -> None:
+    mesh = meshes()
+    calls: list[int] = []
+
+    @mesh.on("job", group="g", batch=BatchPolicy(max_size=100, max_wait=0.3))
+    async def work(batch: list[Event]) -> None:
+        calls.append(len(batch))
+
+    await mesh.start()
+    await mesh.publish_many(events(2))
+    batcher = mesh._consumers["work"].invoke.__self__
+    await wait_until(lambda: batcher.collecting == 2, 5, "both events collecting")
+    await mesh.stop(timeout=5)  # longer than max_wait: the batch goes and is acked
+    assert calls == [2] and mesh.stats("work").handled == 2
+
+
 async def test_stop_while_collecting_acks_nothing(meshes: Any) -> None:
     first, second = meshes(), meshes()
     called: list[int] = []
@@ -525,3 +541,47 @@ async def test_plain_handlers_do_not_go_through_a_batcher(meshes: Any) -> None:
     await mesh.start()
     consumer = mesh._consumers["plain"]
     assert consumer._call_event is plain  # the handler itself, as before batches existed
+
+
+async def test_a_runtime_subscription_batches_and_its_close_acks_nothing_unhandled(
+    meshes: Any,
+) -> None:
+    first, second = meshes(), meshes()
+    got: list[list[int]] = []
+    later: list[int] = []
+    await first.start()
+    with pytest.raises(ConfigError, match="max_in_flight=2 is below batch max_size=3"):
+        await first.subscribe("job", collect(got), batch={"max_size": 3}, max_in_flight=2)
+    with pytest.raises(ConfigError, match="no handler named 'insert'"):
+        first.subscription("insert")  # nothing subscribed
+    sub = await first.subscribe(
+        "job", collect(got), group="g", batch={"max_size": 3, "max_wait": 0.05}
+    )
+    await first.publish_many(events(3))
+    await wait_until(lambda: got == [[0, 1, 2]], 5, "a batch through mesh.subscribe")
+    await sub.close()
+    await sub.close()  # twice: a no-op
+    slow = await first.subscribe(
+        "job", collect(got), group="g", batch={"max_size": 100, "max_wait": 30}
+    )
+    await first.publish(Event("job", "/t", {"n": 7}))
+    batcher = first._consumers["insert"].invoke.__self__
+    await wait_until(lambda: batcher.collecting == 1, 5, "the event collecting")
+    await slow.close(0.1)
+    assert got == [[0, 1, 2]] and batcher.collecting == 0
+
+    @second.on("job", group="g", batch=BatchPolicy(max_size=2, max_wait=0.05))
+    async def rest(batch: list[Event]) -> None:
+        later.extend(e.data["n"] for e in batch)
+
+    await second.start()
+    await wait_until(lambda: later == [7], 5, "the unhandled event given back to the group")
+
+
+def collect(got: list[list[int]]) -> Any:
+    """A batch handler (named insert) recording the ``n`` of each call's events."""
+
+    async def insert(batch: list[Event]) -> None:
+        got.append([e.data["n"] for e in batch])
+
+    return insert
