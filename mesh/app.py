@@ -28,7 +28,7 @@ import logging
 import signal
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +37,7 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel, ValidationError
 
 from mesh import plugins
+from mesh.batch import BatchPolicy, adapt_batch, batch_invoker, plan_in_flight
 from mesh.capabilities import Capabilities, Capability
 from mesh.config import MeshConfig, RouteConfig
 from mesh.context import Context, child_extensions, derive_id
@@ -69,6 +70,7 @@ class HandlerSpec:
     max_in_flight: int
     idempotent: bool
     dead_letters: bool = False
+    batch: BatchPolicy | None = None  # a batch handler: gets lists of events (mesh.batch)
 
 
 def _adapt(
@@ -187,6 +189,7 @@ class Mesh:
         name: str | None = None,
         max_in_flight: int | None = None,
         idempotent: bool | None = None,
+        batch: BatchPolicy | Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for an event type (or channel pattern) and/or a filter.
 
@@ -194,7 +197,11 @@ class Mesh:
         ``filter`` is a Subscriptions API filter (see `mesh.routing.filters`); what
         it implies about ``type`` picks the channels, the rest is checked per event.
         ``idempotent`` defaults to True for groups (duplicates are acked unseen).
+        ``batch`` (a `BatchPolicy` or a dict of its fields) makes it a batch handler:
+        it gets lists of events and may return per-event outcomes (see `mesh.batch`
+        and docs/batch.md); ``max_in_flight`` then defaults to at least ``max_size``.
         """
+        policy, in_flight = self._in_flight(batch, max_in_flight, "mesh.on()")
         if type is None and filter is None and group is None:
             raise ConfigError(
                 "mesh.on() needs an event type, a filter, or a group that a "
@@ -213,8 +220,9 @@ class Mesh:
                     filter=filter,
                     residual=residual,
                     group=group,
-                    max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                    max_in_flight=in_flight,
                     idempotent=group is not None if idempotent is None else idempotent,
+                    batch=policy,
                 )
             )
             return func
@@ -228,14 +236,17 @@ class Mesh:
         name: str | None = None,
         max_in_flight: int | None = None,
         filter: FilterSpec | None = None,
+        batch: BatchPolicy | Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for the dead-letter channel (a repair or alerting agent).
 
         Dead-letter copies keep the original type and data; ``meshdl*`` extensions say
         why (see `mesh.delivery`). They are never retried into the dead-letter channel
         again: a failing dead-letter handler's event is logged and dropped after retries.
+        ``batch`` makes it a batch handler, as for `on` (archive copies in bulk).
         """
         channel = self.config.dead_letter_channel
+        policy, in_flight = self._in_flight(batch, max_in_flight, "mesh.on_dead_letter()")
 
         def register(func: F) -> F:
             self._add(
@@ -246,9 +257,10 @@ class Mesh:
                     filter=filter,
                     residual=compile_filter(filter) if filter is not None else None,
                     group=group,
-                    max_in_flight=max_in_flight or self.config.default_max_in_flight,
+                    max_in_flight=in_flight,
                     idempotent=group is not None,
                     dead_letters=True,
+                    batch=policy,
                 )
             )
             return func
@@ -279,8 +291,25 @@ class Mesh:
             )
         if any(h.name == spec.name and h.group == spec.group for h in self._handlers):
             raise ConfigError(f"handler name {spec.name!r} is registered twice; pass name=...")
-        _adapt(spec.func)
+        if spec.batch is None:
+            _adapt(spec.func)
+        else:
+            adapt_batch(spec.func, spec.name)
         self._handlers.append(spec)
+
+    def _in_flight(
+        self, batch: BatchPolicy | Mapping[str, Any] | None, max_in_flight: int | None, where: str
+    ) -> tuple[BatchPolicy | None, int]:
+        """A handler's batch policy (None: one event per call) and ``max_in_flight``,
+        checked against the transport (`TransportFeatures.max_in_flight`)."""
+        policy = None if batch is None else BatchPolicy.coerce(batch, where=f"{where} batch")
+        return policy, plan_in_flight(
+            policy,
+            max_in_flight,
+            default=self.config.default_max_in_flight,
+            limit=self.transport.features.max_in_flight,
+            where=where,
+        )
 
     def contract(
         self, event_type: str, schema: SchemaSource, *, version: int = 1, compatible: bool = True
@@ -477,7 +506,11 @@ class Mesh:
 
     async def _subscribe(self, spec: HandlerSpec) -> None:
         scope = spec.group or f"{spec.name}@{self.instance_id}"
-        invoke, wants_ctx, call_event = _adapt(spec.func)
+        invoke, wants_ctx, call_event = (
+            _adapt(spec.func)
+            if spec.batch is None
+            else batch_invoker(spec.func, spec.batch, spec.name)
+        )
         consumer = Consumer(
             self,
             invoke=invoke,
