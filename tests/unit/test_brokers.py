@@ -63,7 +63,7 @@ def nats() -> Iterator[brokers.PrivateNats]:
 
 @pytest.mark.broker
 async def test_private_nats_restarts_and_is_killed_by_pid(nats: brokers.PrivateNats) -> None:
-    import nats as nats_client
+    nats_client = pytest.importorskip("nats", reason="the NATS client comes with plugins/nats")
 
     first = nats.pid
     assert first is not None and _comm(first) == "nats-server"
@@ -95,6 +95,7 @@ def test_private_rabbitmq_is_a_separate_node_killed_by_pid() -> None:
     """Its own node, ports and files; kill() ends beam.smp itself and its helpers; a
     restart keeps a durable quorum queue; and the guard notices ``stop_app``/``start_app``
     (what the old reconnect case did to the machine's node: same PID, new listener)."""
+    pytest.importorskip("aio_pika", reason="the RabbitMQ client comes with plugins/rabbitmq")
     system = brokers.identify(brokers.BROKERS["rabbitmq"].default_url)
     with brokers.private_or_skip(brokers.PrivateRabbitMQ) as rabbit:
         beam = rabbit.pid
