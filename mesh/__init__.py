@@ -58,6 +58,7 @@ from mesh.stores import (
     StoreRegistry,
     SyncIdempotencyStore,
 )
+from mesh.subscriptions import SubscriptionHandle
 from mesh.transport import (
     Delivery,
     DeliveryHandler,
@@ -123,6 +124,7 @@ __all__ = [
     "SQLiteIdempotencyStore",
     "StoreRegistry",
     "Subscription",
+    "SubscriptionHandle",
     "SyncIdempotencyStore",
     "Transport",
     "TransportClosed",

@@ -11,12 +11,16 @@
     async with mesh:                              # start() ... stop()
         await mesh.publish(Event("task.created", "/me", {"n": 1}))
 
-Handlers are registered before ``start()``. A handler takes the event (annotate
-``Event``, or a pydantic model to get validated data) and optionally the
-`Context`. ``group=`` names a consumer group: each event goes to one member
-across every process running the app; without a group every instance gets every
-event. A group name is the broker-side queue/consumer name, so one app may use a
-group for one handler only.
+A handler takes the event (annotate ``Event``, or a pydantic model to get validated
+data) and optionally the `Context`. ``group=`` names a consumer group: each event goes
+to one member across every process running the app; without a group every instance
+gets every event. A group name is the broker-side queue/consumer name, so one app may
+use a group for one handler only.
+
+Handlers and capabilities may be added before or after ``start()``: every
+registration (``@mesh.on``, `Mesh.subscribe`, a capability) goes through one path,
+`Mesh._add`, and has a `SubscriptionHandle` whose ``close()`` removes it again without
+losing an event (docs/runtime.md). Bad input raises `ConfigError` at the call.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import logging
 import signal
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +54,7 @@ from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
 from mesh.routing.routes import ROUTER_GROUP, apply_routes
 from mesh.stores import IdempotencyStore
+from mesh.subscriptions import SubscriptionHandle
 from mesh.transport import Subscription, Transport, is_wildcard, validate_pattern
 
 log = logging.getLogger("mesh")
@@ -71,6 +76,11 @@ class HandlerSpec:
     idempotent: bool
     dead_letters: bool = False
     batch: BatchPolicy | None = None  # a batch handler: gets lists of events (mesh.batch)
+    retry: RetryPolicy | None = None  # its own retry policy (None: the mesh's, config.retry)
+
+
+def _listish(value: object) -> bool:
+    return isinstance(value, Sequence | set | frozenset) and not isinstance(value, bytes)
 
 
 def _adapt(
@@ -149,7 +159,9 @@ class Mesh:
             config.transport_url, config.transport_options
         )
         self._policy = RetryPolicy.from_config(config.retry)
-        self._handlers: list[HandlerSpec] = []
+        #: every registered handler by (name, group), in registration order
+        self._handles: dict[tuple[str, str | None], SubscriptionHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # runtime subscribes and closes
         self._consumers: dict[str, Consumer] = {}
         self._subscriptions: list[Subscription] = []
         self._store: IdempotencyStore | None = None
@@ -190,6 +202,8 @@ class Mesh:
         max_in_flight: int | None = None,
         idempotent: bool | None = None,
         batch: BatchPolicy | Mapping[str, Any] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for an event type (or channel pattern) and/or a filter.
 
@@ -200,34 +214,148 @@ class Mesh:
         ``batch`` (a `BatchPolicy` or a dict of its fields) makes it a batch handler:
         it gets lists of events and may return per-event outcomes (see `mesh.batch`
         and docs/batch.md); ``max_in_flight`` then defaults to at least ``max_size``.
+        ``retry`` (a `RetryPolicy`, or a dict of `RetryConfig` fields over the
+        config's) and ``max_deliveries`` override ``config.retry`` for this handler.
+
+        Every argument is checked here: bad input raises `ConfigError` at the call,
+        with nothing registered. After ``start()`` the handler is subscribed at once,
+        through the same code as `subscribe`, in a task the mesh tracks: a failure is
+        logged (and the handler unregistered), ``await mesh.subscription(name).ready()``
+        waits for it and raises that failure, and ``stop()`` waits for it.
         """
-        policy, in_flight = self._in_flight(batch, max_in_flight, "mesh.on()")
-        if type is None and filter is None and group is None:
-            raise ConfigError(
-                "mesh.on() needs an event type, a filter, or a group that a "
-                "route in the config points at"
-            )
-        patterns, residual = (
-            ([], None) if type is None and filter is None else self._plan(type, filter)
-        )  # a bad filter fails here, not at start
+        make = self._prepare(
+            "mesh.on()",
+            type,
+            filter,
+            group=group,
+            name=name,
+            max_in_flight=max_in_flight,
+            idempotent=idempotent,
+            batch=batch,
+            retry=retry,
+            max_deliveries=max_deliveries,
+        )
 
         def register(func: F) -> F:
-            self._add(
-                HandlerSpec(
-                    name=name or func.__name__,
-                    func=func,
-                    patterns=patterns,
-                    filter=filter,
-                    residual=residual,
-                    group=group,
-                    max_in_flight=in_flight,
-                    idempotent=group is not None if idempotent is None else idempotent,
-                    batch=policy,
-                )
-            )
+            self._add(make(func))
             return func
 
         return register
+
+    async def subscribe(
+        self,
+        type: str | Sequence[str] | None,
+        handler: Callable[..., Awaitable[Any]],
+        *,
+        filter: FilterSpec | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        max_in_flight: int | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
+        idempotent: bool | None = None,
+        batch: BatchPolicy | Mapping[str, Any] | None = None,
+    ) -> SubscriptionHandle:
+        """Subscribe ``handler`` (the arguments are those of `on`) and return its handle.
+
+        On a started mesh it is live when this returns: what is published to the
+        channels from then on reaches it, and a group that existed before (another
+        member, an earlier run) hands it its share of what the group holds. Before
+        ``start()`` it is registered like ``@mesh.on`` and goes live at start. The
+        handle stays part of the app across ``stop()``/``start()`` until
+        `SubscriptionHandle.close` removes it. Bad input raises `ConfigError` here,
+        with nothing subscribed; a broker failure raises and leaves nothing
+        registered. Cancelling this call does not leave a subscription behind.
+        See docs/runtime.md.
+        """
+        make = self._prepare(
+            "mesh.subscribe()",
+            type,
+            filter,
+            group=group,
+            name=name,
+            max_in_flight=max_in_flight,
+            idempotent=idempotent,
+            batch=batch,
+            retry=retry,
+            max_deliveries=max_deliveries,
+        )
+        if not callable(handler):
+            raise ConfigError(
+                f"mesh.subscribe(): handler must be an 'async def' function taking (event) "
+                f"or (event, ctx), got {handler!r}"
+            )
+        handle = self._add(make(handler), log_failure=False)
+        try:
+            await handle.ready()
+        except asyncio.CancelledError:
+            self._spawn(handle.close(), f"close {handle.name}")  # undo, in the background
+            raise
+        return handle
+
+    def subscription(self, name: str, *, group: str | None = None) -> SubscriptionHandle:
+        """The handle of the handler registered as ``name`` (``@mesh.on``, `subscribe`,
+        `on_dead_letter`, or ``capability:<name>`` for a capability); ``group`` picks
+        one when several handlers share the name. `ConfigError` when there is none."""
+        found = [
+            h
+            for h in self._handles.values()
+            if h.name == name and (group is None or h.group == group)
+        ]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            groups = ", ".join(repr(h.group) for h in found)
+            raise ConfigError(f"several handlers are named {name!r} (groups {groups}); pass group=")
+        known = ", ".join(sorted({h.name for h in self._handles.values()})) or "none"
+        raise ConfigError(f"no handler named {name!r} is registered; known: {known}")
+
+    def _prepare(
+        self,
+        where: str,
+        type: str | Sequence[str] | None,
+        filter: FilterSpec | None,
+        *,
+        group: str | None,
+        name: str | None,
+        max_in_flight: int | None,
+        idempotent: bool | None,
+        batch: BatchPolicy | Mapping[str, Any] | None,
+        retry: RetryPolicy | Mapping[str, Any] | None,
+        max_deliveries: int | None,
+    ) -> Callable[[Callable[..., Awaitable[Any]]], HandlerSpec]:
+        """Check every argument of `on`/`subscribe` but the handler (so bad input raises
+        at the call) and return what makes the `HandlerSpec` of a handler."""
+        policy, in_flight = self._in_flight(batch, max_in_flight, where)
+        if type is None and filter is None and group is None:
+            raise ConfigError(
+                f"{where} needs an event type, a filter, or a group that a "
+                "route in the config points at"
+            )
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ConfigError(f"{where}: group must be a non-empty string, got {group!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(f"{where}: name must be a non-empty string, got {name!r}")
+        patterns, residual = (
+            ([], None) if type is None and filter is None else self._plan(type, filter)
+        )  # a bad filter fails here, not at start
+        retry_policy = self._policy.resolve(retry, max_deliveries=max_deliveries, where=where)
+
+        def make(func: Callable[..., Awaitable[Any]]) -> HandlerSpec:
+            return HandlerSpec(
+                name=name or str(getattr(func, "__name__", func)),
+                func=func,
+                patterns=patterns,
+                filter=filter,
+                residual=residual,
+                group=group,
+                max_in_flight=in_flight,
+                idempotent=group is not None if idempotent is None else idempotent,
+                batch=policy,
+                retry=retry_policy,
+            )
+
+        return make
 
     def on_dead_letter(
         self,
@@ -237,16 +365,24 @@ class Mesh:
         max_in_flight: int | None = None,
         filter: FilterSpec | None = None,
         batch: BatchPolicy | Mapping[str, Any] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for the dead-letter channel (a repair or alerting agent).
 
         Dead-letter copies keep the original type and data; ``meshdl*`` extensions say
         why (see `mesh.delivery`). They are never retried into the dead-letter channel
         again: a failing dead-letter handler's event is logged and dropped after retries.
-        ``batch`` makes it a batch handler, as for `on` (archive copies in bulk).
+        ``batch`` makes it a batch handler, as for `on` (archive copies in bulk);
+        ``retry`` and ``max_deliveries`` as for `on`. After ``start()`` it subscribes at
+        once, like `on`.
         """
         channel = self.config.dead_letter_channel
         policy, in_flight = self._in_flight(batch, max_in_flight, "mesh.on_dead_letter()")
+        retry_policy = self._policy.resolve(
+            retry, max_deliveries=max_deliveries, where="mesh.on_dead_letter()"
+        )
+        residual = compile_filter(filter) if filter is not None else None
 
         def register(func: F) -> F:
             self._add(
@@ -255,12 +391,13 @@ class Mesh:
                     func=func,
                     patterns=[channel],
                     filter=filter,
-                    residual=compile_filter(filter) if filter is not None else None,
+                    residual=residual,
                     group=group,
                     max_in_flight=in_flight,
                     idempotent=group is not None,
                     dead_letters=True,
                     batch=policy,
+                    retry=retry_policy,
                 )
             )
             return func
@@ -273,29 +410,76 @@ class Mesh:
         """Channel patterns to subscribe and the residual predicate checked per event."""
         types = None
         if type is not None:
-            types = [type] if isinstance(type, str) else list(type)
-            if not types:
-                raise ConfigError("mesh.on() got an empty list of types")
+            types = [type] if isinstance(type, str) else list(type) if _listish(type) else []
+            if not types or not all(isinstance(t, str) for t in types):
+                raise ConfigError(
+                    f"the event type must be a type or channel pattern ('orders.created', "
+                    f"'orders.*') or a non-empty list of them, got {type!r}"
+                )
             types = [validate_pattern(self.channel_for(t)) for t in types]
         planned = plan(filter, types=types)
+        if not self.transport.features.wildcard_patterns:
+            for pattern in planned.patterns:
+                if is_wildcard(pattern):
+                    raise ConfigError(
+                        f"{self.transport.__class__.__name__} does not support wildcard channel "
+                        f"patterns like {pattern!r}; list the types"
+                    )
         return list(planned.patterns), planned.residual
 
-    def _add(self, spec: HandlerSpec) -> None:
-        if self._started:
-            raise ConfigError(f"register handler {spec.name} before mesh.start()")
-        if spec.group is not None and any(h.group == spec.group for h in self._handlers):
+    def _add(
+        self,
+        spec: HandlerSpec,
+        *,
+        log_failure: bool = True,
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> SubscriptionHandle:
+        """Check ``spec`` and register it: the one path of every handler, before or after
+        start. On a started mesh it then goes live in a tracked task (the handle's
+        ``ready()``), followed by ``after`` (a capability's announcement); a failure
+        unregisters it, and is logged unless ``log_failure`` is False (the caller
+        awaits ``ready()`` and raises it)."""
+        handlers = self._handlers
+        if spec.group is not None and any(h.group == spec.group for h in handlers):
             raise ConfigError(
                 f"group {spec.group!r} is already used by handler "
-                f"{next(h.name for h in self._handlers if h.group == spec.group)}; a group is "
+                f"{next(h.name for h in handlers if h.group == spec.group)}; a group is "
                 "one broker-side consumer group, so give each handler its own group"
             )
-        if any(h.name == spec.name and h.group == spec.group for h in self._handlers):
+        if any(h.name == spec.name and h.group == spec.group for h in handlers):
             raise ConfigError(f"handler name {spec.name!r} is registered twice; pass name=...")
         if spec.batch is None:
             _adapt(spec.func)
         else:
             adapt_batch(spec.func, spec.name)
-        self._handlers.append(spec)
+        routed = self._routed(spec) if self._started else None  # a route problem raises now
+        if routed is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise ConfigError(
+                    f"handler {spec.name}: a started mesh subscribes new handlers on its "
+                    "event loop; register it from code running on that loop"
+                ) from None
+        handle = SubscriptionHandle(self, spec)
+        self._handles[(spec.name, spec.group)] = handle
+        if routed is not None:
+            handle._task = self._spawn(
+                self._go_live(handle, routed, after),
+                f"subscribe {spec.name}",
+                log_failure=log_failure,
+            )
+        return handle
+
+    @property
+    def _handlers(self) -> list[HandlerSpec]:
+        return [handle.spec for handle in self._handles.values()]
+
+    def _routed(self, spec: HandlerSpec) -> HandlerSpec:
+        """``spec`` with the config's ``routes:`` for its group applied, as ``start()``
+        applies them to every handler (`apply_routes`), for one registered at runtime."""
+        routes = [r for r in self.config.routes if r.group is not None and r.group == spec.group]
+        return apply_routes(routes, [spec]).handlers[0]
 
     def _in_flight(
         self, batch: BatchPolicy | Mapping[str, Any] | None, max_in_flight: int | None, where: str
@@ -335,6 +519,8 @@ class Mesh:
         description: str | None = None,
         output: Sequence[str] = (),
         tags: Sequence[str] = (),
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
     ) -> Callable[[F], F]: ...
 
     @overload
@@ -349,6 +535,8 @@ class Mesh:
         description: str | None = None,
         output: Sequence[str] = (),
         tags: Sequence[str] = (),
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
     ) -> F: ...
 
     def capability(
@@ -362,13 +550,19 @@ class Mesh:
         description: str | None = None,
         output: Sequence[str] = (),
         tags: Sequence[str] = (),
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
     ) -> Any:
         """Serve requests addressed to capability ``name`` (also usable as a decorator).
 
         ``handler(request, ctx)`` gets the validated model when ``input`` is a pydantic
         model, else the request `Event`; what it returns (a dict, a model, any JSON value)
         is the reply's data. ``group`` (default ``cap.<name>``) is the consumer group
-        whose members share the requests. See docs/capabilities.md.
+        whose members share the requests. ``retry``/``max_deliveries`` as for `on`: the
+        caller gets its error reply when that policy gives up. After ``start()`` this
+        behaves like ``@mesh.on`` after start: it subscribes at once in a tracked task
+        and then announces the capability (``await add_capability(...)`` does the same
+        and returns when peers were told). See docs/capabilities.md.
         """
 
         def register(func: F) -> F:
@@ -381,10 +575,61 @@ class Mesh:
                 description=description,
                 output=output,
                 tags=tags,
+                retry=retry,
+                max_deliveries=max_deliveries,
             )
             return func
 
         return register if handler is None else register(handler)
+
+    async def add_capability(
+        self,
+        name: str,
+        handler: Callable[..., Awaitable[Any]],
+        *,
+        input: SchemaSource | None = None,
+        group: str | None = None,
+        version: str = "1.0.0",
+        description: str | None = None,
+        output: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
+    ) -> Capability:
+        """Serve capability ``name`` from now on (the arguments are those of `capability`).
+
+        On a started mesh it returns once the request channel is subscribed and the
+        updated announcement was published: peers list it (``mesh.capabilities()``)
+        as soon as they receive that, without waiting for a heartbeat. Before start it
+        registers like `capability`. Bad input raises `ConfigError` with nothing
+        registered; a broker failure raises and leaves nothing registered."""
+        capability, handle = self._capabilities.register(
+            name,
+            handler,
+            input=input,
+            group=group,
+            version=version,
+            description=description,
+            output=output,
+            tags=tags,
+            retry=retry,
+            max_deliveries=max_deliveries,
+            log_failure=False,
+        )
+        try:
+            await handle.ready()
+        except asyncio.CancelledError:
+            self._spawn(handle.close(), f"close {handle.name}")
+            raise
+        return capability
+
+    async def remove_capability(self, name: str, *, timeout: float | None = None) -> None:
+        """Stop serving capability ``name``: the withdrawal is announced at once (peers
+        drop it from ``mesh.capabilities()`` when they receive it), then its
+        subscription closes like `SubscriptionHandle.close`: requests in flight finish
+        within ``timeout`` (default ``shutdown_timeout``), unsettled ones go back to the
+        capability's group. `ConfigError` naming the served ones when it is not served."""
+        await self._capabilities.handle(name).close(timeout)
 
     def capabilities(self) -> list[Capability]:
         """The live registry: every capability announced by a live instance."""
@@ -433,7 +678,8 @@ class Mesh:
         return list(self._handlers)
 
     def stats(self, name: str) -> ConsumerStats:
-        """Counters of the handler registered as ``name`` (after start)."""
+        """Counters of the handler registered as ``name`` (after start; a closed one's
+        are on its `SubscriptionHandle`)."""
         try:
             return self._consumers[name].stats
         except KeyError:
@@ -444,7 +690,8 @@ class Mesh:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and subscribe every handler. Idempotent."""
+        """Connect and subscribe every registered handler (and those registered while it
+        runs). Idempotent."""
         async with self._lock:
             if self._started:
                 return
@@ -454,14 +701,23 @@ class Mesh:
                 if self.config.idempotency.enabled and any(h.idempotent for h in self._handlers):
                     self._store = plugins.store_registry().create(self.config.idempotency.store)
                 await self.dead_letters.declare()
-                await asyncio.gather(*(self._subscribe(spec) for spec in routed))
+                handles = dict(self._handles)  # registered so far; the rest follow below
+                await asyncio.gather(
+                    *(self._attach(spec, handles.get((spec.name, spec.group))) for spec in routed)
+                )
                 if self.config.capabilities.enabled:
                     self._subscriptions.extend(await self._capabilities.start())
                 self._started = True
+                for handle in list(self._handles.values()):  # registered while starting
+                    if handles.get((handle.name, handle.group)) is not handle:
+                        handle._task = self._spawn(
+                            self._go_live(handle), f"subscribe {handle.name}"
+                        )
                 for hook in self._on_start:
                     await hook()
             except BaseException:
                 self._started = False
+                await self._settle_tasks(0.0)
                 await self._teardown(0.0)
                 raise
             log.info(
@@ -504,7 +760,8 @@ class Mesh:
             idempotent=True,
         )
 
-    async def _subscribe(self, spec: HandlerSpec) -> None:
+    async def _subscribe(self, spec: HandlerSpec) -> tuple[Consumer, Subscription]:
+        """Subscribe ``spec`` (routes applied) to the transport; nothing recorded."""
         scope = spec.group or f"{spec.name}@{self.instance_id}"
         invoke, wants_ctx, call_event = (
             _adapt(spec.func)
@@ -520,34 +777,121 @@ class Mesh:
             call_event=call_event,
             name=spec.name,
             predicate=spec.residual,
-            policy=self._policy,
+            policy=spec.retry or self._policy,
             store=self._store if spec.idempotent else None,
             contracts=self.contracts,
             patterns=spec.patterns,
             accepts_dead_letters=spec.dead_letters,
         )
-        self._consumers[spec.name] = consumer
-        for pattern in spec.patterns:
-            if is_wildcard(pattern) and not self.transport.features.wildcard_patterns:
-                raise ConfigError(
-                    f"handler {spec.name}: transport does not support wildcard "
-                    f"channel patterns like {pattern!r}; list the types"
-                )
-        self._subscriptions.append(
-            await self.transport.subscribe(
-                spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,
-                consumer,
-                group=spec.group,
-                max_in_flight=spec.max_in_flight,
-            )
+        sub = await self.transport.subscribe(
+            spec.patterns[0] if len(spec.patterns) == 1 else spec.patterns,
+            consumer,
+            group=spec.group,
+            max_in_flight=spec.max_in_flight,
         )
+        return consumer, sub
+
+    async def _attach(self, spec: HandlerSpec, handle: SubscriptionHandle | None) -> None:
+        """Subscribe ``spec`` and give the subscription to ``handle`` (None: an internal
+        one, the config's forwarding routes); a handle closed meanwhile gets none."""
+        consumer, sub = await self._subscribe(spec)
+        if handle is not None and handle.closed:
+            await sub.close(0.0)
+            return
+        if handle is None:
+            self._subscriptions.append(sub)
+        else:
+            handle._attach(spec, consumer, sub)
+        self._consumers[spec.name] = consumer
+
+    async def _go_live(
+        self,
+        handle: SubscriptionHandle,
+        routed: HandlerSpec | None = None,
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Subscribe a handler registered on a started mesh (the task `_add` spawns).
+
+        Any failure unregisters it (nothing stays subscribed) and propagates to its
+        ``ready()``; cancelled by ``stop()``, it stays registered for the next start."""
+        try:
+            if routed is None:
+                routed = self._routed(handle.spec)
+            if routed.idempotent and self.config.idempotency.enabled and self._store is None:
+                self._store = plugins.store_registry().create(self.config.idempotency.store)
+            await self._attach(routed, handle)
+            if after is not None and handle.live:
+                await after()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            handle._closed = True
+            self._forget(handle)
+            sub = handle._detach()
+            if sub is not None:
+                await sub.close(0.0)
+            raise
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], what: str, *, log_failure: bool = True
+    ) -> asyncio.Task[None]:
+        """Run ``coro`` in a task ``stop()`` waits for (see `_settle_tasks`); a failure
+        is logged with ``what`` unless the caller awaits the task and raises it."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"mesh: {what}")
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and (error := task.exception()) is not None and log_failure:
+                log.error("%s failed: %s: %s", what, type(error).__name__, error, exc_info=error)
+
+        task.add_done_callback(done)
+        return task
+
+    async def _settle_tasks(self, timeout: float) -> None:
+        """Let runtime subscribes and closes in progress end within ``timeout`` seconds,
+        then cancel them (a cancelled subscribe leaves its handler registered)."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    def _forget(self, handle: SubscriptionHandle) -> bool:
+        """Unregister ``handle`` (its name and group are free again); True when it
+        served a capability, which is then withdrawn from this instance's list."""
+        key = (handle.name, handle.group)
+        if self._handles.get(key) is handle:
+            del self._handles[key]
+        consumer = handle._consumer
+        if consumer is not None and self._consumers.get(handle.name) is consumer:
+            del self._consumers[handle.name]
+        return self._capabilities.forget(handle)
+
+    async def _close_handle(self, handle: SubscriptionHandle, timeout: float | None) -> None:
+        """`SubscriptionHandle.close`: unregister, let a runtime subscribe in progress
+        end, withdraw a capability (announced at once), then close the subscription."""
+        was_capability = self._forget(handle)
+        task = handle._task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+        if was_capability:
+            await self._capabilities.announce_now()
+        sub = handle._detach()
+        if sub is not None:
+            await sub.close(self.config.shutdown_timeout if timeout is None else timeout)
 
     async def stop(self, timeout: float | None = None, *, deregister: bool = True) -> None:
         """Stop taking events, let in-flight handlers finish within ``timeout`` seconds
         (default ``shutdown_timeout``), then close. Handlers still running are cancelled
         and their events redelivered, not acked. ``deregister=False`` skips the registry
         leave notice (the instance's capabilities then expire after their TTL, as after
-        a crash). Idempotent."""
+        a crash). Runtime subscribes still in progress are waited for within the same
+        timeout, then cancelled. Handlers stay registered (their handles are not
+        closed): the next ``start()`` subscribes them again. Idempotent."""
         async with self._lock:
             if not self._started:
                 return
@@ -558,11 +902,16 @@ class Mesh:
                 except Exception:
                     log.exception("on_stop hook %s failed", getattr(hook, "__name__", hook))
             self._started = False
-            await self._teardown(self.config.shutdown_timeout if timeout is None else timeout)
+            limit = self.config.shutdown_timeout if timeout is None else timeout
+            await self._settle_tasks(limit)
+            await self._teardown(limit)
             log.info("mesh stopped")
 
     async def _teardown(self, timeout: float) -> None:
+        """Close every subscription (handles stay registered for the next start) and
+        the transport."""
         subs, self._subscriptions = self._subscriptions, []
+        subs += [sub for h in list(self._handles.values()) if (sub := h._detach()) is not None]
         await asyncio.gather(*(sub.close(timeout) for sub in subs), return_exceptions=True)
         await self.transport.close()
         if self._store is not None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import inspect
 import json
 import logging
 import time
@@ -49,22 +50,21 @@ from pydantic import BaseModel
 
 from mesh.context import Context, child_extensions, current_event
 from mesh.contracts import SchemaSource, schema_of
+from mesh.delivery import RetryPolicy
 from mesh.errors import (
     ConfigError,
     ContractViolation,
-    DataValidationError,
-    DeadLetter,
     MeshError,
     NoProvider,
     RemoteError,
     RequestTimeout,
-    RetryLater,
 )
 from mesh.event import Event
 from mesh.transport import Delivery, Subscription
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
+    from mesh.subscriptions import SubscriptionHandle
 
 log = logging.getLogger("mesh.capabilities")
 
@@ -220,6 +220,23 @@ def input_errors(capability: Capability, data: Any) -> list[str]:
 Handler = Callable[..., Awaitable[Any]]
 
 
+def _capability_call(handler: Handler, where: str) -> Callable[[Any, Context], Awaitable[Any]]:
+    """``handler`` as ``call(request, ctx)``: it may take ``(request, ctx)`` or
+    ``(request)``; anything else is a `ConfigError` at registration."""
+    label = getattr(handler, "__qualname__", repr(handler))
+    if not inspect.iscoroutinefunction(handler):
+        raise ConfigError(
+            f"{where}: handler {label} must be 'async def handler(request, ctx)' (run "
+            "blocking work with asyncio.to_thread inside it)"
+        )
+    params = list(inspect.signature(handler).parameters.values())
+    if len(params) == 2:
+        return handler
+    if len(params) == 1:
+        return lambda request, ctx: handler(request)
+    raise ConfigError(f"{where}: handler {label} must take (request) or (request, ctx)")
+
+
 class Capabilities:
     """The capability machinery of one Mesh (``mesh.capability``/``request``/
     ``capabilities`` delegate here)."""
@@ -232,6 +249,9 @@ class Capabilities:
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
+        self._handles: dict[str, SubscriptionHandle] = {}  # the subscription of each served name
+        self._live = False  # between start() and stop(): announcements go out
+        self._announcing = asyncio.Lock()  # one announcement at a time, each the latest list
 
     @property
     def heartbeat(self) -> float:
@@ -254,9 +274,24 @@ class Capabilities:
         description: str | None,
         output: Sequence[str],
         tags: Sequence[str],
-    ) -> Capability:
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        max_deliveries: int | None = None,
+        log_failure: bool = True,
+    ) -> tuple[Capability, SubscriptionHandle]:
+        """Check and record capability ``name`` with its handler on ``mesh.request.<name>``
+        (every problem is a `ConfigError` here, with nothing registered). On a started
+        mesh the handler subscribes at once and the capability is announced when it is
+        live (the handle's ``ready()``); see `Mesh.add_capability`."""
+        where = f"capability {name!r}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a capability name must be a non-empty string, got {name!r}")
         if name in self.local:
-            raise ConfigError(f"capability {name!r} is registered twice in this app")
+            raise ConfigError(
+                f"capability {name!r} is registered twice in this app"
+                + ("; remove_capability() it first" if self.mesh.started else "")
+            )
+        call = _capability_call(handler, where)
+        policy = self.mesh._policy.resolve(retry, max_deliveries=max_deliveries, where=where)
         model = input if isinstance(input, type) and issubclass(input, BaseModel) else None
         capability = Capability(
             name=name,
@@ -271,22 +306,54 @@ class Capabilities:
             instance=self.mesh.instance_id,
             source=self.mesh.source,
         )
-        self.local[name] = capability
 
         async def serve(event: Event, ctx: Context) -> None:
-            await self._serve(capability, model, handler, event, ctx)
+            await self._serve(capability, model, call, policy, event, ctx)
 
         serve.__name__ = f"capability:{name}"
-        self.mesh.on(REQUEST_PREFIX + name, group=capability.group, name=f"capability:{name}")(
-            serve
+        make = self.mesh._prepare(
+            where,
+            REQUEST_PREFIX + name,
+            None,
+            group=capability.group,
+            name=f"capability:{name}",
+            max_in_flight=None,
+            idempotent=None,
+            batch=None,
+            retry=policy,
+            max_deliveries=None,
         )
-        return capability
+        handle = self.mesh._add(make(serve), log_failure=log_failure, after=self.announce_now)
+        self.local[name] = capability
+        self._handles[name] = handle
+        return capability, handle
+
+    def handle(self, name: str) -> SubscriptionHandle:
+        """The subscription serving capability ``name``, or `ConfigError` listing them."""
+        try:
+            return self._handles[name]
+        except KeyError:
+            raise ConfigError(
+                f"this app does not serve capability {name!r}; it serves: "
+                f"{', '.join(sorted(self._handles)) or 'none'}"
+            ) from None
+
+    def forget(self, handle: SubscriptionHandle) -> bool:
+        """Drop the capability ``handle`` serves (if it serves one) from this instance's
+        list; True when it did. `announce_now` then tells the peers."""
+        for name, served in self._handles.items():
+            if served is handle:
+                del self._handles[name]
+                self.local.pop(name, None)
+                return True
+        return False
 
     async def _serve(
         self,
         capability: Capability,
         model: type[BaseModel] | None,
-        handler: Handler,
+        call: Callable[[Any, Context], Awaitable[Any]],
+        policy: RetryPolicy,
         event: Event,
         ctx: Context,
     ) -> None:
@@ -299,14 +366,9 @@ class Capabilities:
                     problems,
                 )
             argument: Any = model.model_validate(event.data) if model is not None else event
-            result = await handler(argument, ctx)
-        except RetryLater:
-            raise
+            result = await call(argument, ctx)
         except Exception as exc:  # tell the caller only when the mesh gives up on it
-            if (
-                isinstance(exc, DeadLetter | DataValidationError)
-                or ctx.attempt >= self.mesh.config.retry.max_attempts
-            ):
+            if policy.gives_up(exc, ctx.attempt):
                 await self._reply(
                     event,
                     ctx,
@@ -345,7 +407,7 @@ class Capabilities:
                 transport.reply_channel(self.mesh.instance_id), self._on_reply, max_in_flight=16
             ),
         ]
-        self.directory.update(self.mesh.instance_id, list(self.local.values()), self.ttl)
+        self._live = True
         await self._announce()
         await self._publish(RESYNC_TYPE, {"instance": self.mesh.instance_id})
         self._heartbeat_task = asyncio.create_task(self._beat(), name="mesh-heartbeat")
@@ -355,6 +417,7 @@ class Capabilities:
         return self._subs
 
     async def stop(self, deregister: bool = True) -> None:
+        self._live = False
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -376,20 +439,39 @@ class Capabilities:
             except MeshError as exc:
                 log.warning("capability heartbeat failed: %s", exc)
 
+    async def announce_now(self) -> None:
+        """Publish this instance's current list at once (a capability added or removed
+        at runtime): peers replace their entry for it when they receive it, without
+        waiting for the next heartbeat. A no-op unless the registry is running."""
+        if self._live:
+            await self._announce()
+
     async def _announce(self) -> None:
-        await self._publish(
-            ANNOUNCE_TYPE,
-            {
-                "instance": self.mesh.instance_id,
-                "source": self.mesh.source,
-                "ttl": self.ttl,
-                "capabilities": [cap.to_dict() for cap in self.local.values()],
-            },
-        )
+        """Announce the list as it is when the announcement is written: one at a time,
+        so a slower earlier one never lands after a newer one (the registry events of
+        one instance share a partition key, so brokers keep their order too)."""
+        async with self._announcing:
+            capabilities = list(self.local.values())
+            self.directory.update(self.mesh.instance_id, capabilities, self.ttl)
+            await self._publish(
+                ANNOUNCE_TYPE,
+                {
+                    "instance": self.mesh.instance_id,
+                    "source": self.mesh.source,
+                    "ttl": self.ttl,
+                    "capabilities": [cap.to_dict() for cap in capabilities],
+                },
+            )
 
     async def _publish(self, event_type: str, data: Any) -> None:
         await self.mesh.transport.publish(
-            REGISTRY_CHANNEL, Event(event_type, self.mesh.source, data)
+            REGISTRY_CHANNEL,
+            Event(
+                event_type,
+                self.mesh.source,
+                data,
+                extensions={"partitionkey": self.mesh.instance_id},
+            ),
         )
 
     async def _on_registry(self, delivery: Delivery) -> None:

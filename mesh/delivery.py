@@ -33,16 +33,20 @@ in ``stats.dropped`` and acked; the copy stays in the channel's retained log
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from mesh.config import RetryConfig
 from mesh.context import ID_NAMESPACE, Context, reset_current_event, set_current_event
 from mesh.errors import (
+    ConfigError,
     ContractViolation,
     DataValidationError,
     DeadLetter,
@@ -79,7 +83,17 @@ LOOP_DETECTED_TYPE = "mesh.loop.detected"
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: ``initial * multiplier**(n-1)``, capped, +/- jitter."""
+    """One handler's retry rule: exponential backoff with jitter between attempts
+    (``initial * multiplier**(n-1)``, capped, +/- jitter), up to ``max_attempts``, and
+    the redelivery cap ``max_deliveries`` (the broker's count; 0: no limit).
+
+    The mesh's default comes from ``config.retry``; a handler given ``retry=`` (on
+    ``mesh.on``, ``mesh.subscribe``, ``mesh.capability``) gets its own, see `resolve`.
+    `gives_up` is the rule itself: whatever needs to know whether a failure is final
+    (the consumer, a capability deciding to send its caller an error reply) asks it.
+    The fields are validated as `RetryConfig` validates them (`ConfigError` naming
+    the field), so a policy built in code cannot hold what a config file could not.
+    """
 
     max_attempts: int = 3
     initial_backoff: float = 0.1
@@ -88,9 +102,68 @@ class RetryPolicy:
     jitter: float = 0.2
     max_deliveries: int = 10
 
+    def __post_init__(self) -> None:
+        _checked({name: getattr(self, name) for name in RETRY_FIELDS}, "RetryPolicy")
+
     @classmethod
     def from_config(cls, config: RetryConfig) -> RetryPolicy:
         return cls(**config.model_dump())
+
+    def resolve(
+        self,
+        retry: RetryPolicy | Mapping[str, Any] | None,
+        *,
+        max_deliveries: int | None = None,
+        where: str = "retry",
+    ) -> RetryPolicy:
+        """The policy of one handler, with this one (the mesh's) as the default.
+
+        ``retry`` is a complete `RetryPolicy`, a mapping of `RetryConfig` fields that
+        override this policy's (``{"max_attempts": 5}`` keeps the rest), or None.
+        ``max_deliveries`` overrides the redelivery cap of either. ``where`` names the
+        call in errors: an unknown field is a `ConfigError` naming it and listing the
+        known ones; a bad value names the field and its bounds."""
+        if retry is None:
+            policy = self
+        elif isinstance(retry, RetryPolicy):
+            policy = retry
+        elif isinstance(retry, Mapping):
+            unknown = [str(k) for k in retry if k not in RETRY_FIELDS]
+            if unknown:
+                near = difflib.get_close_matches(unknown[0], RETRY_FIELDS, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(
+                    f"{where}: unknown retry field {unknown[0]!r}{hint}; known fields: "
+                    f"{', '.join(RETRY_FIELDS)}"
+                )
+            fields = {name: getattr(self, name) for name in RETRY_FIELDS}
+            policy = RetryPolicy(**_checked({**fields, **retry}, f"{where}: retry"))
+        else:
+            raise ConfigError(
+                f"{where}: retry must be a mesh.RetryPolicy or a dict of its fields "
+                f"({', '.join(RETRY_FIELDS)}), got {type(retry).__name__}"
+            )
+        if max_deliveries is not None:
+            if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int):
+                raise ConfigError(
+                    f"{where}: max_deliveries must be an integer (deliveries before an "
+                    f"event is dead-lettered unrun; 0: no limit), got {max_deliveries!r}"
+                )
+            if max_deliveries < 0:
+                raise ConfigError(
+                    f"{where}: max_deliveries must be >= 0 (0: no limit), got {max_deliveries}"
+                )
+            policy = replace(policy, max_deliveries=max_deliveries)
+        return policy
+
+    def gives_up(self, error: BaseException, attempt: int) -> bool:
+        """Whether the handler's ``attempt``-th attempt failing with ``error`` is its last
+        (the event is dead-lettered now): at once for `DeadLetter` and
+        `DataValidationError`, else after ``max_attempts`` attempts. `RetryLater` never
+        is: the event is redelivered later, not counted as an attempt."""
+        if isinstance(error, RetryLater):
+            return False
+        return isinstance(error, DeadLetter | DataValidationError) or attempt >= self.max_attempts
 
     def backoff(self, failed_attempts: int) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure."""
@@ -98,6 +171,20 @@ class RetryPolicy:
             self.max_backoff, self.initial_backoff * self.multiplier ** max(0, failed_attempts - 1)
         )
         return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+#: The fields of `RetryPolicy` and `RetryConfig`, in declaration order.
+RETRY_FIELDS: tuple[str, ...] = tuple(RetryConfig.model_fields)
+
+
+def _checked(fields: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``fields`` validated by `RetryConfig`'s rules, or `ConfigError` naming the field."""
+    try:
+        return RetryConfig.model_validate(dict(fields)).model_dump()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = ".".join(str(part) for part in error["loc"])
+        raise ConfigError(f"{where}.{name}: {error['msg']} (got {error.get('input')!r})") from None
 
 
 @dataclass(slots=True)
@@ -257,7 +344,7 @@ class Consumer:
                 return
             except Exception as exc:
                 self.stats.failed_attempts += 1
-                if attempt >= self.policy.max_attempts:
+                if self.policy.gives_up(exc, attempt):
                     log.error(
                         "handler %s failed %d times on %s (%s)",
                         self.name,
@@ -329,7 +416,8 @@ class Consumer:
         error = DeliveryLimitExceeded(
             f"delivered {delivery.redeliveries} times without being settled (max_deliveries="
             f"{self._max_deliveries}): its handler probably crashes the process or gives it "
-            "back every time; fix the handler and replay it, or raise retry.max_deliveries"
+            "back every time; fix the handler and replay it, or raise its max_deliveries "
+            "(max_deliveries= on the handler, or retry.max_deliveries in the config)"
         )
         log.error("handler %s: event %s %s", self.name, event.id, error)
         await self._fail(delivery, event, error, attempts=0)

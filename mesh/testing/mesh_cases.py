@@ -734,3 +734,135 @@ class MeshCases:
         assert dead[0].extensions[DL_ERROR] == "ContractViolation"
         assert "hours" in str(dead[0].extensions[DL_REASON])
         assert str(dead[0].extensions[DL_ATTEMPTS]) == "0"
+
+    # --- runtime subscriptions and capabilities (issue 11) ----------------------------
+
+    def _flow(self, mesh: Mesh, channel: str, sent: list[str]) -> tuple[asyncio.Task[None], Any]:
+        """Publish to ``channel`` every 10 ms until the returned ``stop()`` is awaited;
+        the ids sent (confirmed by the broker) go to ``sent``."""
+        stopping = asyncio.Event()
+
+        async def flow() -> None:
+            n = 0
+            while not stopping.is_set():
+                event = Event(channel, "/flow", {"n": n})
+                await mesh.publish(event)
+                sent.append(event.id)
+                n += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(flow())
+
+        async def stop(more: int = 10) -> None:
+            """Let ``more`` events more go out, then stop."""
+            target = len(sent) + more
+            await wait_until(lambda: len(sent) >= target or task.done(), self.timeout, "events")
+            stopping.set()
+            await task
+
+        return task, stop
+
+    @pytest.mark.asyncio
+    async def test_mesh_subscribe_while_events_flow_loses_nothing(
+        self, meshes: MeshFactory
+    ) -> None:
+        """A member subscribing at runtime to a group that existed before (declared by
+        ``ensure_group``, nobody consuming) gets what the group held and what follows;
+        a second member joining at runtime, mid-stream, makes nothing get lost."""
+        first, second = await meshes(), await meshes()
+        channel, group = self.t("flow"), f"{self.prefix}-flow"
+        got: Counter[str] = Counter()
+        sent: list[str] = []
+
+        async def take(event: Event) -> None:
+            got[event.id] += 1
+
+        await self.started(first, second)
+        await first.transport.ensure_group(channel, group)
+        task, stop = self._flow(first, channel, sent)
+        await wait_until(lambda: len(sent) >= 10, self.timeout, "events held by the group")
+        one = await first.subscribe(channel, take, group=group)
+        await wait_until(lambda: len(got) >= 5, self.timeout, "the first member's events")
+        two = await second.subscribe(channel, take, group=group)
+        await stop()
+        assert one.live and two.live and not task.exception()
+        await wait_until(lambda: set(sent) <= set(got), self.timeout, "every event")
+        assert set(got) == set(sent), "an event no one published was handled"
+
+    @pytest.mark.asyncio
+    async def test_mesh_close_while_events_flow_acks_only_handled_events(
+        self, meshes: MeshFactory
+    ) -> None:
+        """Closing a runtime subscription while events flow lets quick calls finish and
+        cancels slow ones; a later member of the group gets every event the first did
+        not finish (those published during and after the close too): nothing lost,
+        nothing acked that its handler did not finish."""
+        first, second = await meshes(shutdown_timeout=0.05), await meshes()
+        channel, group = self.t("closing"), f"{self.prefix}-closing"
+        began: set[str] = set()
+        finished: Counter[str] = Counter()
+        later: Counter[str] = Counter()
+        sent: list[str] = []
+
+        async def work(event: Event) -> None:
+            began.add(event.id)
+            await asyncio.sleep(0.5 if event.data["n"] % 4 == 3 else 0.005)
+            finished[event.id] += 1
+
+        async def take(event: Event) -> None:
+            later[event.id] += 1
+
+        await self.started(first, second)
+        sub = await first.subscribe(channel, work, group=group, max_in_flight=4)
+        task, stop = self._flow(first, channel, sent)
+        await wait_until(
+            lambda: len(finished) >= 10 and bool(began - set(finished)),
+            self.timeout,
+            "handled events and a slow call running",
+        )
+        await asyncio.gather(sub.close(), sub.close())  # timeout: the 0.05 s shutdown_timeout
+        await sub.close()  # a no-op
+        assert sub.closed and first.handlers == []
+        assert sub.stats.handled == sum(finished.values()), "an unfinished call was acked"
+        unfinished = began - set(finished)
+        assert unfinished, "no call was running when the subscription closed"
+        await stop(20)  # published after the close: the group holds them
+        assert not task.exception()
+        await second.subscribe(channel, take, group=group)
+        await wait_until(
+            lambda: set(sent) <= set(finished) | set(later),
+            self.timeout,
+            "every event handled by one member or the other",
+        )
+        assert unfinished <= set(later), "a cancelled call's event was not redelivered"
+
+    @pytest.mark.asyncio
+    async def test_mesh_capability_added_and_removed_at_runtime(self, meshes: MeshFactory) -> None:
+        """add_capability/remove_capability on a started mesh reach a peer at once: the
+        heartbeat is far longer than the case, so only the immediate announcement can
+        explain what the peer sees."""
+        caps = {"enabled": True, "heartbeat": 600.0, "resync_wait": 1.0 + self.settle_time}
+        provider, caller = await meshes(capabilities=caps), await meshes(capabilities=caps)
+        name = f"{self.prefix}.translate"
+
+        async def translate(request: Event, ctx: Context) -> dict[str, Any]:
+            return {"text": str(request.data["text"]).upper()}
+
+        await self.started(provider, caller)
+        assert caller.capabilities() == []
+        capability = await provider.add_capability(name, translate, group=f"{self.prefix}-tr")
+        await wait_until(
+            lambda: [c.name for c in caller.capabilities()] == [name],
+            self.timeout,
+            "the runtime capability in the peer's registry",
+        )
+        assert caller.capabilities()[0].instance == provider.instance_id == capability.instance
+        reply = await caller.request(name, {"text": "hola"}, timeout=self.timeout)
+        assert reply.data == {"text": "HOLA"}
+        await provider.remove_capability(name)
+        await wait_until(
+            lambda: caller.capabilities() == [], self.timeout, "the withdrawal at the peer"
+        )
+        with pytest.raises(NoProvider):
+            await caller.request(name, {"text": "adios"}, timeout=self.timeout)
+        assert provider.served_capabilities() == [] and provider.handlers == []

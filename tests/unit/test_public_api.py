@@ -41,6 +41,7 @@ PUBLIC = {
     "SQLiteIdempotencyStore",
     "StoreRegistry",
     "Subscription",
+    "SubscriptionHandle",
     "SyncIdempotencyStore",
     "Transport",
     "TransportClosed",
