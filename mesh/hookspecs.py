@@ -12,7 +12,9 @@ and implement hooks decorated with `hookimpl`::
 
     @hookimpl
     def mesh_register_transports(registry):
-        registry.register("mine", MyTransport.from_url, description="my broker")
+        registry.register(
+            "mine", MyTransport.from_url, description="my broker", transport=MyTransport
+        )
 
 Each hook hands the plugin a registry object instead of asking it to return
 values, so a plugin can register several things and the mesh can report
@@ -40,7 +42,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def mesh_register_transports(registry: TransportRegistry) -> None:
     """Register transports by URL scheme: ``registry.register(scheme, factory)``.
 
-    ``factory(url, options)`` returns an unconnected `mesh.Transport`.
+    ``factory(url, options)`` returns an unconnected `mesh.Transport`; pass
+    ``transport=`` (the class it builds) unless the factory is that class, so tools find
+    its `mesh.WireFormat` by scheme (`TransportRegistry.wire_format`).
     """
 
 

@@ -15,6 +15,7 @@ that part.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -36,6 +37,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
 from mesh import (
+    ConfigError,
     Context,
     Event,
     Mesh,
@@ -640,3 +642,36 @@ def test_served_capabilities_are_known_before_start() -> None:
     app = rich_app()
     assert app.capabilities() == []  # the live registry: empty until started
     assert [c.name for c in app.served_capabilities()] == ["plan.route", "echo"]
+
+
+async def test_the_document_applies_routes_exactly_as_start_does() -> None:
+    """One function applies config routes for both (mesh.routing.routes.apply_routes)."""
+    routes = [{"name": "esc", "filter": {"prefix": {"type": "incident."}}, "group": "esc"}]
+    app = Mesh("memory://", routes=routes)
+
+    seen: list[str] = []
+
+    @app.on(group="esc")
+    async def escalate(event: Event) -> None:
+        seen.append(event.type)
+
+    operation = asyncapi_document(app)["operations"]["receive.esc.escalate"]
+    assert operation["x-mesh"]["pattern"] == "incident.>"
+    async with app:  # start subscribed what the document shows
+        await app.publish(Event("other.thing", "/t"))
+        await app.publish(Event("incident.opened", "/t"))
+        async with asyncio.timeout(5):
+            while not seen:
+                await asyncio.sleep(0.01)
+    assert seen == ["incident.opened"]
+
+    lonely = Mesh("memory://", routes=[{**routes[0], "group": "elsewhere"}])
+
+    @lonely.on(group="lonely")
+    async def alone(event: Event) -> None: ...
+
+    message = "route 'esc' names group 'elsewhere', but no handler has that group"
+    with pytest.raises(ConfigError, match=message):
+        asyncapi_document(lonely)
+    with pytest.raises(ConfigError, match=message):
+        await lonely.start()

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
 
-from mesh import ConfigError, Transport, TransportRegistry, hookimpl, hookspecs, plugins
+from mesh import (
+    ConfigError,
+    Transport,
+    TransportRegistry,
+    WireFormat,
+    hookimpl,
+    hookspecs,
+    plugins,
+)
 from mesh.stores import MemoryIdempotencyStore, SQLiteIdempotencyStore, StoreRegistry
 from mesh.transports.memory import MemoryTransport
 
@@ -70,6 +79,41 @@ def test_third_party_plugin_registers_transport_and_store() -> None:
     assert isinstance(transports.create("fake://x"), MemoryTransport)
     assert transports.describe() == {"fake": "a test transport"}
     assert isinstance(stores.create("fakestore://"), MemoryIdempotencyStore)
+
+
+class _Declared(MemoryTransport):
+    schemes = ("declared",)
+    wire = WireFormat(title="Declared", protocol="decl", header_prefix="d_")
+
+    @classmethod
+    def wire_format(cls, url: str, options: Mapping[str, Any]) -> WireFormat:
+        if options.get("tls"):
+            return replace(cls.wire, protocol="decls")
+        return cls.wire
+
+
+def test_the_registry_reports_what_a_transport_declares_without_building_it() -> None:
+    built: list[str] = []
+
+    def factory(url: str, options: Mapping[str, Any]) -> Transport:
+        built.append(url)
+        return _Declared()
+
+    registry = TransportRegistry()
+    registry.register("declared", _Declared)  # the class is the factory: inferred
+    registry.register("viafactory", factory, transport=_Declared)
+    registry.register("bare", factory)  # no class known: the defaults
+    assert registry.wire_format("declared://h") is _Declared.wire
+    assert registry.wire_format("DECLARED://h", {"tls": True}).protocol == "decls"
+    assert registry.wire_format("viafactory://h").header_prefix == "d_"
+    assert registry.wire_format("bare://h") == WireFormat()
+    assert WireFormat().header_prefix == "ce-" and WireFormat().protocol is None
+    assert MemoryTransport.wire.protocol == "memory"
+    assert not built, "wire_format builds no transport"
+    with pytest.raises(ConfigError, match="Did you mean 'declared://'"):
+        registry.wire_format("declare://h")
+    with pytest.raises(ConfigError, match="transport= must be the Transport subclass"):
+        registry.register("odd", factory, transport=object)  # type: ignore[arg-type]
 
 
 def test_registry_errors() -> None:

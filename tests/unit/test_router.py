@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import ConfigError, Event
+from mesh import ConfigError, Event, pattern_matcher
 from mesh.routing.router import RuleIndex, TypeConstraint, channel_patterns, plan, type_constraint
+from mesh.testing.patterns import check_translation
 
 X = frozenset({"x"})
 
@@ -115,3 +116,14 @@ def test_rule_index_checks_only_candidates() -> None:
     assert index.match(Event("other", "/s", subject="x.pdf")) == ["any"]
     with pytest.raises(ConfigError):
         index.add("bad", {"regex": "x"})
+
+
+def test_check_translation_proves_exactness_and_names_the_mismatch() -> None:
+    def neutral(native: str, channel: str) -> bool:
+        return pattern_matcher(native)(channel)
+
+    check_translation(lambda pattern: pattern, neutral)  # the reference is exact
+    with pytest.raises(AssertionError, match=r"'orders\.>' -> 'orders\.\*' misses channel"):
+        check_translation(lambda pattern: pattern.replace(">", "*"), neutral)
+    with pytest.raises(AssertionError, match=r"'orders\.\*' -> 'orders\.>' also matches"):
+        check_translation(lambda pattern: pattern.replace("*", ">"), neutral)
