@@ -64,9 +64,6 @@ from mesh.dlq import (  # the dead-letter vocabulary lives with DeadLetters (mes
     reduced_copy,
     undecodable_event,
 )
-
-# Still importable from here for modules written before the move; import them from mesh.dlq.
-from mesh.dlq import DL_ATTEMPTS, DL_CHANNEL, DL_ERROR, DL_GROUP, DL_ID, DL_REASON  # noqa: F401
 from mesh.event import Event
 from mesh.stores import SyncIdempotencyStore
 from mesh.transport import Delivery
