@@ -289,7 +289,7 @@ class Mesh:
         try:
             await handle.ready()
         except asyncio.CancelledError:
-            self._spawn(handle.close(), f"close {handle.name}")  # undo, in the background
+            self._abandon(handle)
             raise
         return handle
 
@@ -619,7 +619,7 @@ class Mesh:
         try:
             await handle.ready()
         except asyncio.CancelledError:
-            self._spawn(handle.close(), f"close {handle.name}")
+            self._abandon(handle)
             raise
         return capability
 
@@ -870,6 +870,19 @@ class Mesh:
         if consumer is not None and self._consumers.get(handle.name) is consumer:
             del self._consumers[handle.name]
         return self._capabilities.forget(handle)
+
+    def _abandon(self, handle: SubscriptionHandle) -> None:
+        """Undo a registration whose caller was cancelled while it subscribed: it is
+        unregistered now, and whatever the broker completed is closed in the background."""
+        handle._closed = True  # a subscribe completing later closes what it got
+        was_capability = self._forget(handle)
+
+        async def undo() -> None:
+            await handle.close(0.0)
+            if was_capability:
+                await self._capabilities.announce_now()
+
+        self._spawn(undo(), f"undo {handle.name}")
 
     async def _close_handle(self, handle: SubscriptionHandle, timeout: float | None) -> None:
         """`SubscriptionHandle.close`: unregister, let a runtime subscribe in progress

@@ -149,7 +149,7 @@ async def test_an_on_start_hook_may_subscribe() -> None:
 
 class FlakyTransport(MemoryTransport):
     """A memory transport whose subscribe fails for channels starting with 'broken',
-    and waits ``delay`` seconds for channels starting with 'slow'."""
+    and waits ``delay`` seconds for channels with a 'slow' token."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -169,7 +169,7 @@ class FlakyTransport(MemoryTransport):
             from mesh import ConnectError
 
             raise ConnectError("the broker refused the subscription")
-        if first.startswith("slow"):
+        if "slow" in first.split("."):
             await asyncio.sleep(self.delay)
         sub = await super().subscribe(pattern, handler, group=group, max_in_flight=max_in_flight)
         self.subscribed.append(first)
@@ -549,3 +549,21 @@ async def test_bad_capability_input_registers_nothing(
         with pytest.raises(ConfigError, match=fragment):
             mesh.capability("bad", handler, **kwargs)
         assert mesh.served_capabilities() == [] and mesh.handlers == []
+
+
+async def test_a_cancelled_add_capability_serves_nothing() -> None:
+    transport = FlakyTransport(broker())
+    transport.delay = 0.3
+    mesh = Mesh(transport, capabilities=CAPS)
+
+    async def echo(request: Event) -> Any:
+        return request.data
+
+    async with mesh:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(mesh.add_capability("slow.echo", echo), 0.05)
+        assert mesh.served_capabilities() == [] and mesh.handlers == []
+        await asyncio.sleep(0.4)  # the broker completed the subscribe: closed again
+        assert [c.name for c in mesh.capabilities()] == []
+        await mesh.add_capability("slow.echo", echo)  # the name is free
+        assert [c.name for c in mesh.capabilities()] == ["slow.echo"]
