@@ -636,7 +636,8 @@ class Mesh:
         return self._capabilities.directory.live()
 
     def served_capabilities(self) -> list[Capability]:
-        """The capabilities this app serves (registered with `capability`), started or not."""
+        """The capabilities this app serves (`capability`, `add_capability`; not those
+        removed), started or not."""
         return list(self._capabilities.local.values())
 
     async def request(self, capability: str, data: Any = None, *, timeout: float = 30.0) -> Event:
@@ -675,6 +676,7 @@ class Mesh:
 
     @property
     def handlers(self) -> list[HandlerSpec]:
+        """Every registered handler, in registration order (a closed one is gone)."""
         return list(self._handlers)
 
     def stats(self, name: str) -> ConsumerStats:
