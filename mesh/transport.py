@@ -382,6 +382,24 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda channel: regex.fullmatch(channel) is not None
 
 
+def pattern_covers(outer: str, inner: str) -> bool:
+    """True when every channel that pattern ``inner`` matches also matches pattern
+    ``outer`` (both neutral: ``*`` one token, ``>`` last and one or more tokens; a plain
+    channel is a pattern matching itself). For clean-up that must find the broker
+    objects (consumers, queues, streams) whose filter lies within a pattern: ``orders.>``
+    covers ``orders.*`` and ``orders.eu.>``, ``orders.*`` does not cover ``orders.>``.
+
+    Compares tokens, so it also serves a broker whose filters are the neutral pattern
+    under a prefix of plain tokens (``mesh.orders.>`` covers ``mesh.orders.*``)."""
+    outs, ins = outer.split("."), inner.split(".")
+    for index, token in enumerate(outs):
+        if token == ">":
+            return len(ins) > index
+        if index >= len(ins) or ins[index] == ">" or token not in ("*", ins[index]):
+            return False
+    return len(ins) == len(outs)
+
+
 # --- URLs and the transport registry ------------------------------------------------------
 
 

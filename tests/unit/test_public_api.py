@@ -57,6 +57,7 @@ PUBLIC = {
     "hookimpl",
     "is_wildcard",
     "pattern_list",
+    "pattern_covers",
     "pattern_matcher",
     "redact_url",
     "validate_pattern",

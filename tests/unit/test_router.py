@@ -6,9 +6,11 @@ translations are tested with the plugins (plugins/<name>/tests).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from mesh import ConfigError, Event, pattern_matcher
+from mesh import ConfigError, Event, pattern_covers, pattern_matcher
 from mesh.routing.router import RuleIndex, TypeConstraint, channel_patterns, plan, type_constraint
 from mesh.testing.patterns import check_translation
 
@@ -127,3 +129,42 @@ def test_check_translation_proves_exactness_and_names_the_mismatch() -> None:
         check_translation(lambda pattern: pattern.replace(">", "*"), neutral)
     with pytest.raises(AssertionError, match=r"'orders\.\*' -> 'orders\.>' also matches"):
         check_translation(lambda pattern: pattern.replace("*", ">"), neutral)
+
+
+@pytest.mark.parametrize(
+    "outer,inner,expected",
+    [
+        ("p.>", "p.a", True),
+        ("p.>", "p.a.b", True),
+        ("p.>", "p.*", True),
+        ("p.>", "p.>", True),
+        ("p.>", "p", False),
+        ("p.>", "q.a", False),
+        ("p.*", "p.a", True),
+        ("p.*", "p.a.b", False),
+        ("p.*", "p.>", False),
+        ("p.a", "p.*", False),
+        ("p.a", "p.a", True),
+        ("mesh.p.>", "mesh.p.*.x", True),
+    ],
+)
+def test_pattern_covers(outer: str, inner: str, expected: bool) -> None:
+    assert pattern_covers(outer, inner) is expected
+
+
+def test_pattern_covers_agrees_with_the_matcher() -> None:
+    """Containment as the matcher defines it, over every pattern of up to three tokens
+    and every channel of up to four (a ``>`` reaching further behaves the same)."""
+    tokens = ("a", "b", "*", ">")
+    patterns = [
+        ".".join(parts)
+        for n in (1, 2, 3)
+        for parts in itertools.product(tokens, repeat=n)
+        if ">" not in parts[:-1]
+    ]
+    channels = [
+        ".".join(parts) for n in (1, 2, 3, 4) for parts in itertools.product("abc", repeat=n)
+    ]
+    matched = {p: {c for c in channels if pattern_matcher(p)(c)} for p in patterns}
+    for outer, inner in itertools.product(patterns, repeat=2):
+        assert pattern_covers(outer, inner) is (matched[inner] <= matched[outer]), (outer, inner)

@@ -1,4 +1,4 @@
-"""Deterministic broker names: consumer names, message ids, and pattern coverage.
+"""Deterministic broker names: consumer names, message ids, and channel checks.
 
 A consumer group is one durable JetStream consumer *per channel pattern*, named
 from the group and the pattern. That keeps a group's position per pattern (like
@@ -49,18 +49,3 @@ def check_channel(channel: str) -> str:
             "tokens without spaces, '*' or '>' (event types like 'order.created')"
         )
     return channel
-
-
-def covers(pattern: str, subject: str) -> bool:
-    """True when every subject matched by ``subject`` (itself possibly a wildcard
-    filter) is matched by ``pattern``: used to find consumers to delete."""
-    ptoks, stoks = pattern.split("."), subject.split(".")
-    for i, ptok in enumerate(ptoks):
-        if ptok == ">":
-            return len(stoks) > i
-        if i >= len(stoks):
-            return False
-        stok = stoks[i]
-        if stok == ">" or (ptok != "*" and ptok != stok) or (ptok == "*" and stok == ">"):
-            return False
-    return len(stoks) == len(ptoks)

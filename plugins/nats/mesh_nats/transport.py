@@ -74,6 +74,7 @@ from mesh import (
     WireFormat,
     codec,
     ensure_listening,
+    pattern_covers,
     pattern_list,
     redact_url,
     tls_context,
@@ -82,7 +83,7 @@ from mesh import (
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig, parse
 from mesh_nats.consumer import NatsDelivery, NatsSubscription
-from mesh_nats.naming import check_channel, consumer_name, covers, msg_id
+from mesh_nats.naming import check_channel, consumer_name, msg_id
 
 log = logging.getLogger("mesh_nats")
 _BATCH = 256  # publishes in flight at once in publish_batch
@@ -668,7 +669,7 @@ class NatsTransport(Transport):
             raise TransportError(
                 f"could not read stream {self.config.stream} on {self._where} ({reason})"
             )
-        if not any(covers(s, subject) or s == subject for s in info.subjects or []):
+        if not any(pattern_covers(s, subject) for s in info.subjects or []):
             raise ConfigError(
                 f"stream {self.config.stream} does not capture {subject}; add "
                 f"{self.config.subject_prefix}.> to its subjects"
@@ -772,7 +773,7 @@ class NatsTransport(Transport):
                 doomed += [
                     c.name
                     for c in page
-                    if c.config.filter_subject and covers(subject, c.config.filter_subject)
+                    if c.config.filter_subject and pattern_covers(subject, c.config.filter_subject)
                 ]
                 offset += len(page)
                 if len(page) < 256:

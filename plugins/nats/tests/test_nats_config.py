@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from mesh_nats import NatsTransport, NatsTransportWithoutDedup, create, parse
-from mesh_nats.naming import check_channel, consumer_name, covers, msg_id
+from mesh_nats.naming import check_channel, consumer_name, msg_id
 
 from mesh import ConfigError, Event, plugins
 
@@ -84,26 +84,6 @@ def test_channels_must_be_subject_tokens() -> None:
     for bad in ("", "a..b", "a b", "a.*", "a.>", "."):
         with pytest.raises(ConfigError):
             check_channel(bad)
-
-
-@pytest.mark.parametrize(
-    "pattern,subject,expected",
-    [
-        ("p.>", "p.a", True),
-        ("p.>", "p.a.b", True),
-        ("p.>", "p.*", True),
-        ("p.>", "p.>", True),
-        ("p.>", "p", False),
-        ("p.>", "q.a", False),
-        ("p.*", "p.a", True),
-        ("p.*", "p.a.b", False),
-        ("p.*", "p.>", False),
-        ("p.a", "p.*", False),
-        ("p.a", "p.a", True),
-    ],
-)
-def test_covers(pattern: str, subject: str, expected: bool) -> None:
-    assert covers(pattern, subject) is expected
 
 
 def test_default_ack_wait_bounds_recovery_from_a_dead_worker() -> None:

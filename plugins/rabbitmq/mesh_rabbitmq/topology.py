@@ -109,16 +109,3 @@ def group_arguments(config: RabbitMQConfig) -> dict[str, Any]:
     if config.replicas is not None:
         args["x-quorum-initial-group-size"] = config.replicas
     return args
-
-
-def covers(outer: str, inner: str) -> bool:
-    """True when every channel matching pattern ``inner`` also matches ``outer``."""
-    out, inn = outer.split("."), inner.split(".")
-    for index, token in enumerate(out):
-        if token == ">":
-            return len(inn) > index
-        if index >= len(inn) or inn[index] == ">":
-            return False
-        if token != "*" and token != inn[index]:
-            return False
-    return len(inn) == len(out)

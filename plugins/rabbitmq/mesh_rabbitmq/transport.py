@@ -55,6 +55,7 @@ from mesh import (
     WireFormat,
     ensure_listening,
     is_wildcard,
+    pattern_covers,
     pattern_list,
     scrub,
     validate_pattern,
@@ -788,12 +789,12 @@ class RabbitMQTransport(Transport):
             name
             for (ex, name), (group, patterns) in list(_DECLARED.items())
             if ex == exchange
-            and (all(topology.covers(pattern, p) for p in patterns) or group.startswith(heads))
+            and (all(pattern_covers(pattern, p) for p in patterns) or group.startswith(heads))
         ]
         doomed += [
             name
             for (ex, name), channel in list(_RETAINED.items())
-            if ex == exchange and topology.covers(pattern, channel)
+            if ex == exchange and pattern_covers(pattern, channel)
         ]
         if not doomed:
             return
