@@ -184,18 +184,36 @@ def tls_context(
 
 
 async def ensure_listening(
-    addresses: Sequence[tuple[str, int]], *, timeout: float, broker: str
-) -> None:
-    """Raise `ConnectError` at once when every ``(host, port)`` refuses a TCP connection
-    or does not resolve; return as soon as one accepts, or when an attempt is still
-    pending after ``timeout`` seconds (a slow network: the client's own connect timeout
-    then decides). ``broker`` names the broker in the message. Opens and closes plain
-    TCP connections only: no protocol bytes are sent.
+    addresses: Sequence[tuple[str, int] | str], *, timeout: float, broker: str
+) -> float:
+    """Raise `ConnectError` at once when every address refuses a TCP connection or does
+    not resolve; return as soon as one accepts, or when an attempt is still pending
+    after ``timeout`` seconds (a slow network: the client's own connect timeout then
+    decides). ``broker`` names the broker in the message. Opens and closes plain TCP
+    connections only: no protocol bytes are sent.
+
+    An address is a ``(host, port)`` pair or a ``[scheme://]host:port`` string (IPv6
+    hosts in brackets), as `TransportURL.addresses` and client server lists write them.
+    Returns the seconds it took, so the caller can give its client the rest of a
+    connect timeout.
 
     Broker clients retry a refused connection until their connect timeout (10 s
     and more), which makes "the broker is not running" the slowest error to see."""
-    if not addresses:
-        return
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pairs = [_host_port(a) if isinstance(a, str) else a for a in addresses]
+    if pairs:
+        await _probe(pairs, timeout, broker)
+    return loop.time() - started
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``[scheme://]host:port`` (an IPv6 host without brackets)."""
+    host, _, port = address.strip().rpartition("://")[2].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _probe(addresses: Sequence[tuple[str, int]], timeout: float, broker: str) -> None:
     failures: list[str] = []
 
     async def attempt(host: str, port: int) -> bool:

@@ -1,17 +1,26 @@
-"""`mesh.options` (parse_url, TransportURL.addresses, build_options, scrub, tls_context)
-and `mesh.transport.redact_url`: what every transport plugin uses to read its settings
-without ever echoing a secret."""
+"""`mesh.options` (parse_url, TransportURL.addresses, build_options, scrub, tls_context,
+ensure_listening) and `mesh.transport.redact_url`: what every transport plugin uses to
+read its settings and connect without ever echoing a secret."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from mesh.errors import ConfigError
-from mesh.options import TransportURL, build_options, parse_url, scrub, tls_context
+from mesh.errors import ConfigError, ConnectError
+from mesh.options import (
+    TransportURL,
+    build_options,
+    ensure_listening,
+    parse_url,
+    scrub,
+    tls_context,
+)
 from mesh.transport import redact_url
 
 SCHEMES = ("nats", "tls")
@@ -462,3 +471,39 @@ def test_unencoded_separators_in_a_password_never_leak(url: str) -> None:
         parse(url)
     except ConfigError as exc:
         assert SECRET not in str(exc)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_ensure_listening_takes_pairs_and_address_strings() -> None:
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    refused = _closed_port()
+    try:
+        for addresses in (
+            [("127.0.0.1", port)],
+            [f"127.0.0.1:{port}"],
+            [f"nats://127.0.0.1:{refused}", f" nats://127.0.0.1:{port}"],
+        ):
+            spent = await ensure_listening(addresses, timeout=5.0, broker="X")
+            assert 0.0 <= spent < 5.0
+        assert await ensure_listening([], timeout=1.0, broker="X") >= 0.0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_ensure_listening_refused_everywhere_names_every_address() -> None:
+    refused = _closed_port()
+    with pytest.raises(ConnectError) as exc:
+        await ensure_listening(
+            [f"kafka://127.0.0.1:{refused}", ("127.0.0.1", refused)], timeout=5.0, broker="Kafka"
+        )
+    text = str(exc.value)
+    assert text.startswith("nothing accepts connections for Kafka at ")
+    assert text.count(f"127.0.0.1:{refused} (connection refused)") == 2

@@ -128,14 +128,12 @@ class KafkaTransport(Transport):
         no librdkafka log lines."""
         if self._producer is not None:
             return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await ensure_listening(
-            [_address(server) for server in self.config.bootstrap_servers.split(",")],
+        spent = await ensure_listening(
+            self.config.bootstrap_servers.split(","),
             timeout=min(_LISTEN_TIMEOUT, self.config.connect_timeout),
             broker="Kafka",
         )
-        left = max(0.1, self.config.connect_timeout - (loop.time() - started))
+        left = max(0.1, self.config.connect_timeout - spent)
         try:
             admin_conf: dict[str, Any] = {**self.config.common(), "logger": log}
             producer_conf: dict[str, Any] = {
@@ -504,12 +502,6 @@ class KafkaTransport(Transport):
                 f"cannot delete topics matching {pattern}: {self._scrub(exc)}"
             ) from None
         self._topics -= set(doomed)
-
-
-def _address(server: str) -> tuple[str, int]:
-    """``(host, port)`` of a ``host:port`` bootstrap entry (IPv6 hosts without brackets)."""
-    host, _, port = server.strip().rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _int_property(conf: Mapping[str, Any], name: str, default: int) -> int:

@@ -110,12 +110,6 @@ def wire_size(headers: Mapping[str, str] | None, payload: bytes) -> int:
     return size + len(payload)
 
 
-def _address(server: str) -> tuple[str, int]:
-    """``(host, port)`` of a ``nats://host:port`` server entry (IPv6 without brackets)."""
-    host, _, port = server.partition("://")[2].rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class NatsTransport(Transport):
     """NATS JetStream transport; see the module docstring."""
 
@@ -197,14 +191,10 @@ class NatsTransport(Transport):
                 return
             cfg = self.config
             options = await asyncio.to_thread(self._connect_options)  # reads TLS files
-            started = asyncio.get_running_loop().time()
-            await ensure_listening(
-                [_address(s) for s in cfg.servers],
-                timeout=min(1.0, cfg.connect_timeout),
-                broker="NATS",
+            spent = await ensure_listening(
+                cfg.servers, timeout=min(1.0, cfg.connect_timeout), broker="NATS"
             )
-            left = cfg.connect_timeout - (asyncio.get_running_loop().time() - started)
-            nc, js, inbox = await self._dial(options, max(left, 0.1))
+            nc, js, inbox = await self._dial(options, max(cfg.connect_timeout - spent, 0.1))
             problem = None
             try:
                 await self._ensure_stream(js)
