@@ -48,6 +48,7 @@ from mesh.options import (
     build_options,
     ensure_listening,
     parse_url,
+    quietly,
     scrub,
     tls_context,
 )
@@ -150,6 +151,7 @@ __all__ = [
     "pattern_covers",
     "pattern_list",
     "pattern_matcher",
+    "quietly",
     "redact_url",
     "scrub",
     "tls_context",

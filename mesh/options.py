@@ -16,6 +16,8 @@ ever echoing a secret. These helpers do that once, the same way for every plugin
 * `ensure_listening` fails at once when nothing listens at any broker address, so
   a refused connection is reported in milliseconds while a slow network still gets
   the client's whole connect timeout.
+* `quietly` awaits a best-effort clean-up step (closing a channel, deleting a
+  consumer) that must neither raise nor hang.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import difflib
 import socket
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
@@ -248,3 +250,16 @@ async def _probe(addresses: Sequence[tuple[str, int]], timeout: float, broker: s
         f"nothing accepts connections for {broker} at {', '.join(failures)}; "
         "check that the broker runs there and the host and port are right"
     )
+
+
+async def quietly(step: Awaitable[object], timeout: float | None = None) -> None:
+    """Await a best-effort clean-up ``step`` (closing a client or channel, deleting a
+    consumer, unsubscribing): any `Exception` it raises is dropped, and with a
+    ``timeout`` it is abandoned after that many seconds (a broker that stopped
+    answering must not hang a close). Cancellation still propagates.
+
+    For steps whose failure changes nothing for the caller (the broker cleans up
+    after a lost connection anyway); never for a step whose error the caller reports."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await step

@@ -1,5 +1,5 @@
 """`mesh.options` (parse_url, TransportURL.addresses, build_options, scrub, tls_context,
-ensure_listening) and `mesh.transport.redact_url`: what every transport plugin uses to
+ensure_listening, quietly) and `mesh.transport.redact_url`: what every transport plugin uses to
 read its settings and connect without ever echoing a secret."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from mesh.options import (
     build_options,
     ensure_listening,
     parse_url,
+    quietly,
     scrub,
     tls_context,
 )
@@ -507,3 +508,29 @@ async def test_ensure_listening_refused_everywhere_names_every_address() -> None
     text = str(exc.value)
     assert text.startswith("nothing accepts connections for Kafka at ")
     assert text.count(f"127.0.0.1:{refused} (connection refused)") == 2
+
+
+async def test_quietly_drops_errors_and_bounds_the_wait() -> None:
+    done: list[str] = []
+
+    async def step(what: str, wait: float = 0.0, fail: bool = False) -> None:
+        await asyncio.sleep(wait)
+        if fail:
+            raise RuntimeError("connection reset")
+        done.append(what)
+
+    await quietly(step("ok"))
+    await quietly(step("failed", fail=True))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await quietly(step("hung", wait=30.0), timeout=0.05)
+    assert loop.time() - started < 5.0
+    assert done == ["ok"]
+
+
+async def test_quietly_lets_cancellation_through() -> None:
+    task = asyncio.ensure_future(quietly(asyncio.sleep(30.0)))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

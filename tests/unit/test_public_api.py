@@ -83,6 +83,7 @@ PUBLIC = {
             "deliver",
             "ensure_listening",
             "parse_url",
+            "quietly",
             "redact_url",
             "scrub",
             "tls_context",

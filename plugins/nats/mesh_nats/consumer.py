@@ -53,6 +53,7 @@ from mesh import (
     Subscription,
     codec,
     pattern_matcher,
+    quietly,
 )
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig
@@ -380,8 +381,7 @@ class NatsSubscription(Subscription):
             )
             await asyncio.wait_for(answered, 2.0)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await quietly(sub.unsubscribe())
 
     def _next_subject(self, pull: _Pull) -> str:
         return f"$JS.API.CONSUMER.MSG.NEXT.{self._cfg.stream}.{pull.consumer}"
@@ -410,8 +410,7 @@ class NatsSubscription(Subscription):
                     try:
                         await asyncio.wait_for(pull.sub.drain(), 5.0)  # type: ignore[no-untyped-call]
                     except Exception:  # disconnected: drop the interest without the round trip
-                        with contextlib.suppress(Exception):
-                            await pull.sub.unsubscribe()
+                        await quietly(pull.sub.unsubscribe())
             await asyncio.gather(
                 *(self._sweep(pull) for pull in self._pulls), return_exceptions=True
             )

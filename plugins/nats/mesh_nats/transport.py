@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -76,6 +77,7 @@ from mesh import (
     ensure_listening,
     pattern_covers,
     pattern_list,
+    quietly,
     redact_url,
     tls_context,
     validate_pattern,
@@ -201,8 +203,7 @@ class NatsTransport(Transport):
             except TransportError as exc:
                 problem = str(exc)
             if problem is not None:
-                with contextlib.suppress(Exception):
-                    await nc.close()
+                await quietly(nc.close())
                 raise ConnectError(problem)
             self._nc, self._js, self._inbox = nc, js, inbox
             self._open = True
@@ -213,29 +214,16 @@ class NatsTransport(Transport):
         """A connected client with its callbacks and the PubAck inbox subscribed, or
         `ConnectError` (raised outside the handler: a client error may quote options)."""
         nc = Client()
-
-        async def on_error(exc: Exception) -> None:
-            await self._on_error(nc, exc)
-
-        async def on_disconnect() -> None:
-            await self._on_disconnect(nc)
-
-        async def on_reconnect() -> None:
-            await self._on_reconnect(nc)
-
-        async def on_closed() -> None:
-            await self._on_closed(nc)
-
         self._last_error = ""
         reason = None
-        try:
+        try:  # each callback is told its client: a replaced one's late calls are ignored
             await asyncio.wait_for(
                 nc.connect(
                     **options,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnect,
-                    reconnected_cb=on_reconnect,
-                    closed_cb=on_closed,
+                    error_cb=functools.partial(self._on_error, nc),
+                    disconnected_cb=functools.partial(self._on_disconnect, nc),
+                    reconnected_cb=functools.partial(self._on_reconnect, nc),
+                    closed_cb=functools.partial(self._on_closed, nc),
                 ),
                 timeout,
             )
@@ -244,12 +232,10 @@ class NatsTransport(Transport):
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             reason = self._last_error or f"{type(exc).__name__} {exc}".strip()
         except BaseException:  # cancelled (close() during a recovery): leave nothing open
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await quietly(nc.close())
             raise
         if reason is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await quietly(nc.close())
             raise ConnectError(
                 f"could not connect to NATS at {self._where} within "
                 f"{self.config.connect_timeout:g}s ({reason}); check that nats-server runs "
@@ -321,10 +307,8 @@ class NatsTransport(Transport):
             await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
             nc, self._nc, self._js = self._nc, None, None
             if nc is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(nc.flush(), 5.0)
-                with contextlib.suppress(Exception):
-                    await nc.close()
+                await quietly(nc.flush(), timeout=5.0)
+                await quietly(nc.close())
             self._release_waiters()
 
     async def _on_error(self, nc: Client, exc: Exception) -> None:
@@ -608,8 +592,7 @@ class NatsTransport(Transport):
             current = self._js or js  # the client may have been replaced since
             if group is None:  # a broadcast subscriber's consumers die with it
                 for name in sub.consumers:
-                    with contextlib.suppress(Exception):
-                        await current.delete_consumer(self.config.stream, name)
+                    await quietly(current.delete_consumer(self.config.stream, name))
 
         sub = NatsSubscription(
             nc,
@@ -740,11 +723,9 @@ class NatsTransport(Transport):
         except (nats.errors.Error, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         finally:
-            with contextlib.suppress(Exception):
-                if sub is not None:
-                    await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await (self._js or js).delete_consumer(self.config.stream, name)
+            if sub is not None:
+                await quietly(sub.unsubscribe())
+            await quietly((self._js or js).delete_consumer(self.config.stream, name))
         if reason is not None:
             raise TransportError(
                 f"reading {channel!r} from NATS {self._where} failed ({reason}); retry"

@@ -31,7 +31,6 @@ so a failed settle is logged, not raised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -39,7 +38,7 @@ from typing import Any, Literal
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 
-from mesh import Delivery, DeliveryHandler, Dispatcher, Event, Subscription, codec
+from mesh import Delivery, DeliveryHandler, Dispatcher, Event, Subscription, codec, quietly
 from mesh_rabbitmq import binding
 
 log = logging.getLogger("mesh_rabbitmq")
@@ -213,9 +212,7 @@ class RabbitMQSubscription(Subscription):
         # the connection is down it cannot reach the broker, so do not wait for that
         wait = 0.05 if self.channel.is_closed else OP_TIMEOUT
         if self._tag is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(wait):
-                    await self.queue.cancel(self._tag)
+            await quietly(self.queue.cancel(self._tag), wait)
         await asyncio.gather(*(settle(message, "nack") for message in waiting))
         await self._pool.drain(timeout)
         timers = list(self._timers)
@@ -224,11 +221,7 @@ class RabbitMQSubscription(Subscription):
         await asyncio.gather(*timers, return_exceptions=True)
         wait = 0.05 if self.channel.is_closed else OP_TIMEOUT
         if self.exclusive:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(wait):
-                    await self.queue.delete(if_unused=False, if_empty=False)
-        with contextlib.suppress(Exception):  # also ends aio-pika's restoring of it
-            async with asyncio.timeout(wait):
-                await self.channel.close()
+            await quietly(self.queue.delete(if_unused=False, if_empty=False), wait)
+        await quietly(self.channel.close(), wait)  # also ends aio-pika's restoring of it
         if self.on_closed is not None:
             self.on_closed(self)

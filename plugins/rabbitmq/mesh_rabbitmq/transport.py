@@ -23,7 +23,7 @@ import contextlib
 import copy
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -57,6 +57,7 @@ from mesh import (
     is_wildcard,
     pattern_covers,
     pattern_list,
+    quietly,
     scrub,
     validate_pattern,
 )
@@ -174,6 +175,20 @@ class RabbitMQTransport(Transport):
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub(f"{type(exc).__name__}: {exc}", self.config.password)
+
+    @contextlib.contextmanager
+    def _failing(self, doing: str, then: str = "retry") -> Iterator[None]:
+        """A client error in the block as one `ConnectError` ("``doing`` on RabbitMQ at
+        <address> failed (<error, scrubbed>); ``then``"), raised with ``from None``; mesh
+        errors pass unchanged."""
+        try:
+            yield
+        except MeshError:
+            raise
+        except Exception as exc:
+            raise ConnectError(
+                f"{doing} on RabbitMQ at {self.config.redacted} failed ({self._scrub(exc)}); {then}"
+            ) from None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -316,9 +331,7 @@ class RabbitMQTransport(Transport):
         await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
         conn, self._conn, self._publisher = self._conn, None, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(OP_TIMEOUT):
-                    await conn.close()
+            await quietly(conn.close(), OP_TIMEOUT)
 
     def _open(self) -> AbstractRobustConnection:
         if self._closed or self._conn is None:
@@ -496,9 +509,7 @@ class RabbitMQTransport(Transport):
                 )
                 await sub.start()
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(OP_TIMEOUT):
-                    await channel.close()
+            await quietly(channel.close(), OP_TIMEOUT)
             raise self._declare_error(exc, f"queue {name!r}") from None
         if self._closed:
             await sub.close()
@@ -509,15 +520,10 @@ class RabbitMQTransport(Transport):
         return sub
 
     async def _channel(self, conn: AbstractRobustConnection) -> AbstractRobustChannel:
-        try:
+        with self._failing("opening a channel"):
             async with asyncio.timeout(self.config.connect_timeout):
                 channel: AbstractRobustChannel = await conn.channel(publisher_confirms=False)
                 return channel
-        except Exception as exc:
-            raise ConnectError(
-                f"could not open a channel to RabbitMQ at "
-                f"{self.config.redacted} ({self._scrub(exc)}); retry"
-            ) from None
 
     async def _declare(
         self,
@@ -581,7 +587,7 @@ class RabbitMQTransport(Transport):
                 try:
                     await raw.queue_declare(name, passive=True)
                 except ChannelNotFoundEntity:  # the broker closed that channel: a new one
-                    await self._drop(raw)
+                    await quietly(raw.close(), OP_TIMEOUT)
                     raw = await self._raw_channel(conn)
                     await raw.queue_declare(name, durable=True, arguments=arguments)
                 for key in keys:
@@ -591,7 +597,7 @@ class RabbitMQTransport(Transport):
         except Exception as exc:
             raise self._declare_error(exc, f"queue {name!r}") from None
         finally:
-            await self._drop(raw)
+            await quietly(raw.close(), OP_TIMEOUT)
 
     # --- retained channels (the dead-letter tools read them) -------------------------
 
@@ -599,24 +605,13 @@ class RabbitMQTransport(Transport):
         """A plain aiormq channel on the current connection: nothing of it is restored
         after a reconnect (aio-pika's robust channel would re-open and re-declare), and
         a broker error on it (404 of a passive declare) just closes it."""
-        try:
+        with self._failing("opening a channel"):
             async with asyncio.timeout(self.config.connect_timeout):
                 await conn.ready()
                 underlay = conn.transport
                 if underlay is None:
                     raise ConnectionError("not connected")
                 return await underlay.connection.channel(publisher_confirms=False)
-        except Exception as exc:
-            raise ConnectError(
-                f"could not open a channel to RabbitMQ at "
-                f"{self.config.redacted} ({self._scrub(exc)}); retry"
-            ) from None
-
-    @staticmethod
-    async def _drop(channel: AbstractChannel) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(OP_TIMEOUT):
-                await channel.close()
 
     def _retained_name(self, channel: str) -> str:
         validate_pattern(channel)
@@ -654,27 +649,20 @@ class RabbitMQTransport(Transport):
             return
         raw = await self._raw_channel(conn)
         try:
-            inbox = await self._consume(raw, name, "first")
-            last = -1
-            while last < end:
-                message = await self._next(inbox, name, idle)
-                if message is None:
-                    return
-                offset = self._offset(message, name)
-                await self._credit(raw, message)  # a stream keeps what is acked
-                if offset > last:  # a chunk may start before the offset asked for
-                    last = offset
-                    yield RetainedDelivery(message, offset)
-        except MeshError:
-            raise
-        except Exception as exc:
-            raise ConnectError(
-                f"reading stream queue {name!r} on RabbitMQ at "
-                f"{self.config.redacted} failed ({self._scrub(exc)}); "
-                "read again"
-            ) from None
+            with self._failing(f"reading stream queue {name!r}", "read again"):
+                inbox = await self._consume(raw, name, "first")
+                last = -1
+                while last < end:
+                    message = await self._next(inbox, name, idle)
+                    if message is None:
+                        return
+                    offset = self._offset(message, name)
+                    await self._credit(raw, message)  # a stream keeps what is acked
+                    if offset > last:  # a chunk may start before the offset asked for
+                        last = offset
+                        yield RetainedDelivery(message, offset)
         finally:
-            await self._drop(raw)
+            await quietly(raw.close(), OP_TIMEOUT)
 
     async def _exists(self, conn: AbstractRobustConnection, name: str) -> bool:
         raw = await self._raw_channel(conn)
@@ -690,7 +678,7 @@ class RabbitMQTransport(Transport):
                 f"{self.config.redacted} ({self._scrub(exc)})"
             ) from None
         finally:
-            await self._drop(raw)
+            await quietly(raw.close(), OP_TIMEOUT)
 
     async def _stream_end(
         self, conn: AbstractRobustConnection, name: str, idle: float
@@ -699,28 +687,21 @@ class RabbitMQTransport(Transport):
         within ``idle``): the highest offset of the burst a consumer at ``last`` gets."""
         raw = await self._raw_channel(conn)
         try:
-            inbox = await self._consume(raw, name, "last")
-            message = await self._next(inbox, name, idle)
-            end = None
-            # bounded: under a steady stream of new publishes the burst never goes quiet
-            deadline = asyncio.get_running_loop().time() + max(1.0, idle)
-            while message is not None:
-                end = max(end if end is not None else -1, self._offset(message, name))
-                await self._credit(raw, message)
-                if asyncio.get_running_loop().time() > deadline:
-                    break
-                message = await self._next(inbox, name, min(idle, LAST_CHUNK_QUIET))
-            return end
-        except MeshError:
-            raise
-        except Exception as exc:
-            raise ConnectError(
-                f"reading stream queue {name!r} on RabbitMQ at "
-                f"{self.config.redacted} failed ({self._scrub(exc)}); "
-                "read again"
-            ) from None
+            with self._failing(f"reading stream queue {name!r}", "read again"):
+                inbox = await self._consume(raw, name, "last")
+                message = await self._next(inbox, name, idle)
+                end = None
+                # bounded: under a steady stream of new publishes the burst never goes quiet
+                deadline = asyncio.get_running_loop().time() + max(1.0, idle)
+                while message is not None:
+                    end = max(end if end is not None else -1, self._offset(message, name))
+                    await self._credit(raw, message)
+                    if asyncio.get_running_loop().time() > deadline:
+                        break
+                    message = await self._next(inbox, name, min(idle, LAST_CHUNK_QUIET))
+                return end
         finally:
-            await self._drop(raw)
+            await quietly(raw.close(), OP_TIMEOUT)
 
     @staticmethod
     async def _consume(
@@ -822,9 +803,7 @@ class RabbitMQTransport(Transport):
                 f" ({self._scrub(exc)})"
             ) from None
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(OP_TIMEOUT):
-                    if own:
-                        await conn.close()
-                    elif channel is not None:
-                        await channel.close()
+            if own:
+                await quietly(conn.close(), OP_TIMEOUT)
+            elif channel is not None:
+                await quietly(channel.close(), OP_TIMEOUT)
