@@ -353,23 +353,12 @@ class KafkaTransport(Transport):
         if self.config.create_topics:
             await self._ensure_topics({topic}, TransportError)
             return
-        _, admin = self._clients()
-        try:
-            metadata = await asyncio.to_thread(  # every topic: naming a missing one
-                admin.list_topics, timeout=self.config.connect_timeout
-            )  # creates it on Tansu
-        except KafkaException as exc:
-            reason: str | None = self._scrub(exc)
-        else:
-            found = metadata.topics.get(topic)
-            reason = None if found is not None and found.error is None else "missing"
-        if reason == "missing":
+        found = (await self._list_topics(TransportError)).get(topic)
+        if found is None or found.error is not None:
             raise ConfigError(
                 f"topic {topic} does not exist and create_topics is false; "
                 "create it (the dead-letter tools read it)"
             )
-        if reason is not None:
-            raise TransportError(f"cannot look up topic {topic}: {reason}")
         self._topics.add(topic)
 
     def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
@@ -392,6 +381,20 @@ class KafkaTransport(Transport):
         )
 
     # --- topics --------------------------------------------------------------------------
+
+    async def _list_topics(self, error: type[TransportError]) -> dict[str, Any]:
+        """Every topic's metadata by name, or ``error``. Lists them all rather than naming
+        one: a metadata request naming a missing topic creates it on Tansu."""
+        _, admin = self._clients()
+        try:
+            metadata = await asyncio.to_thread(
+                admin.list_topics, timeout=self.config.connect_timeout
+            )
+        except KafkaException as exc:
+            reason = self._scrub(exc)
+        else:
+            return dict(metadata.topics)
+        raise error(f"cannot list topics: {reason}")  # outside the except: no chained error
 
     async def _ensure_topics(self, topics: set[str], error: type[TransportError]) -> None:
         """Create missing topics (``partitions``, ``replication_factor``) once per transport;
@@ -450,14 +453,8 @@ class KafkaTransport(Transport):
         """True when some topic or topic regex of a subscription matches an existing topic."""
         if any(not t.startswith("^") for t in topics):
             return True  # exact topics were just created
-        _, admin = self._clients()
-        try:
-            metadata = await asyncio.to_thread(
-                admin.list_topics, timeout=self.config.connect_timeout
-            )
-        except KafkaException as exc:
-            raise ConnectError(f"cannot list topics: {self._scrub(exc)}") from None
-        return any(re.fullmatch(t[1:], name) for t in topics for name in metadata.topics)
+        names = await self._list_topics(ConnectError)
+        return any(re.fullmatch(t[1:], name) for t in topics for name in names)
 
     def reply_channel(self, instance_id: str) -> str:
         """One shared replies topic for every instance: a topic per instance would pile
@@ -486,11 +483,9 @@ class KafkaTransport(Transport):
         """
         _, admin = self._clients()
         matches = pattern_matcher(pattern)
+        names = await self._list_topics(TransportError)
+        doomed = [t for t in names if matches(t) and not t.startswith("__")]
         try:
-            metadata = await asyncio.to_thread(
-                admin.list_topics, timeout=self.config.connect_timeout
-            )
-            doomed = [t for t in metadata.topics if matches(t) and not t.startswith("__")]
             if doomed:
                 await close_subscriptions_on(self.config.bootstrap_servers, doomed)
                 futures = admin.delete_topics(doomed, operation_timeout=self.config.connect_timeout)
