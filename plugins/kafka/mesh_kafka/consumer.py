@@ -241,7 +241,7 @@ class KafkaSubscription(Subscription):
         commit_interval: float,
         on_closed: Callable[[KafkaSubscription], None],
     ) -> None:
-        self._conf, self._topics, self._handler = conf, topics, handler
+        self._conf, self._topics = conf, topics
         self._max = max(1, max_in_flight)
         self._broadcast, self._admin = broadcast, admin
         self._group = str(conf["group.id"])
@@ -411,9 +411,8 @@ class KafkaSubscription(Subscription):
                     self._step(consumer, self._steps.popleft(), finished=True)
                 room = self._flow(consumer)
                 if room > 0 or self._paused:  # wait for one, then take what else is there
-                    wait = 0.1  # a suspect record's end is noticed here: look sooner
-                    if any(part.stepping for part in self._suspects):
-                        wait = 0.01
+                    # a suspect record's end is noticed here: look sooner while one runs
+                    wait = 0.01 if any(part.stepping for part in self._suspects) else 0.1
                     ready = consumer.consume(1, wait)  # (one hand-off to the loop for all)
                     if ready and room > 1:
                         ready += consumer.consume(min(room - 1, 1000), 0)

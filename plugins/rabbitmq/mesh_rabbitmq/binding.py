@@ -28,15 +28,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from cloudevents.core.base import EventFactory
 from cloudevents.core.formats.base import Format
 
 from mesh import DecodeError, Event, codec
-
-Binding = Literal["rabbitmq", "amqp"]
-AmqpPrefix = Literal["cloudEvents_", "cloudEvents:"]
 
 CE_PREFIX: Final = "ce-"
 AMQP_PREFIXES: Final = ("cloudEvents_", "cloudEvents:")
