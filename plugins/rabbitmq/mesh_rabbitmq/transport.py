@@ -179,12 +179,16 @@ class RabbitMQTransport(Transport):
     @contextlib.contextmanager
     def _failing(self, doing: str, then: str = "retry") -> Iterator[None]:
         """A client error in the block as one `ConnectError` ("``doing`` on RabbitMQ at
-        <address> failed (<error, scrubbed>); ``then``"), raised with ``from None``; mesh
-        errors pass unchanged."""
+        <address> failed (<error, scrubbed>); ``then``", or that the broker did not answer
+        for a timeout), raised with ``from None``; mesh errors pass unchanged."""
         try:
             yield
         except MeshError:
             raise
+        except TimeoutError:
+            raise ConnectError(
+                f"RabbitMQ at {self.config.redacted} did not answer while {doing}; {then}"
+            ) from None
         except Exception as exc:
             raise ConnectError(
                 f"{doing} on RabbitMQ at {self.config.redacted} failed ({self._scrub(exc)}); {then}"
@@ -667,16 +671,13 @@ class RabbitMQTransport(Transport):
     async def _exists(self, conn: AbstractRobustConnection, name: str) -> bool:
         raw = await self._raw_channel(conn)
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await raw.queue_declare(name, passive=True)
+            with self._failing(f"looking up stream queue {name!r}"):
+                try:
+                    async with asyncio.timeout(self.config.connect_timeout):
+                        await raw.queue_declare(name, passive=True)
+                except ChannelNotFoundEntity:
+                    return False
             return True
-        except ChannelNotFoundEntity:
-            return False
-        except Exception as exc:
-            raise ConnectError(
-                f"could not look up stream queue {name!r} on RabbitMQ at "
-                f"{self.config.redacted} ({self._scrub(exc)})"
-            ) from None
         finally:
             await quietly(raw.close(), OP_TIMEOUT)
 
@@ -784,24 +785,14 @@ class RabbitMQTransport(Transport):
         channel: AbstractRobustChannel | None = None
         try:
             channel = await self._channel(conn)
-            for name in doomed:
-                subs = _LIVE.pop((exchange, name), set())
-                await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
-                async with asyncio.timeout(self.config.connect_timeout):
-                    await channel.queue_delete(name)
-                _DECLARED.pop((exchange, name), None)
-                _RETAINED.pop((exchange, name), None)
-        except TimeoutError:
-            raise ConnectError(
-                f"RabbitMQ at {self.config.redacted} did not answer while deleting queues"
-            ) from None
-        except MeshError:
-            raise
-        except Exception as exc:
-            raise ConnectError(
-                f"could not delete queues on RabbitMQ at {self.config.redacted}"
-                f" ({self._scrub(exc)})"
-            ) from None
+            with self._failing("deleting queues"):
+                for name in doomed:
+                    subs = _LIVE.pop((exchange, name), set())
+                    await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
+                    async with asyncio.timeout(self.config.connect_timeout):
+                        await channel.queue_delete(name)
+                    _DECLARED.pop((exchange, name), None)
+                    _RETAINED.pop((exchange, name), None)
         finally:
             if own:
                 await quietly(conn.close(), OP_TIMEOUT)

@@ -1,6 +1,7 @@
 """What the RabbitMQ plugin owns about its wire (no broker): binding keys that match
 exactly what the neutral patterns match, its `WireFormat` (per scheme and header
-convention), and what the AsyncAPI document of an ``amqp://`` app says because of it."""
+convention), what the AsyncAPI document of an ``amqp://`` app says because of it, and
+how client errors are reported."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from mesh_rabbitmq.topology import binding_key
 from mesh_rabbitmq.transport import RabbitMQTransport
 
-from mesh import ConfigError, Event, Mesh, MeshConfig, plugins
+from mesh import ConfigError, ConnectError, Event, Mesh, MeshConfig, plugins
 from mesh.asyncapi import asyncapi_document
 from mesh.testing.patterns import check_translation
 
@@ -107,3 +108,23 @@ def test_asyncapi_document_of_a_rabbitmq_app(
     assert f"{prefix}type" in headers["properties"]
     assert headers["required"][0] == f"{prefix}specversion"
     assert "s3cret" not in json.dumps(document) and "guest" not in json.dumps(document)
+
+
+def test_client_errors_become_one_connect_error_without_the_password() -> None:
+    """`_failing`: a client error is a `ConnectError` naming the step and the broker
+    (password scrubbed, no chained client exception shown), a timeout says the broker
+    did not answer, and mesh errors pass unchanged."""
+    transport = RabbitMQTransport("amqp://guest:s3cret-pw@localhost:5672/", {})
+    with pytest.raises(ConnectError) as info:
+        with transport._failing("deleting queues"):
+            raise OSError("auth failed for s3cret-pw")
+    text = str(info.value)
+    assert text.startswith("deleting queues on RabbitMQ at amqp://guest:***@localhost:5672/")
+    assert "s3cret-pw" not in text and text.endswith("; retry")
+    assert info.value.__suppress_context__
+    with pytest.raises(ConnectError, match="did not answer while reading stream queue 'q'"):
+        with transport._failing("reading stream queue 'q'", "read again"):
+            raise TimeoutError
+    with pytest.raises(ConfigError, match="as it was"):
+        with transport._failing("opening a channel"):
+            raise ConfigError("as it was")
