@@ -141,13 +141,16 @@ class View:
 
     def started(self, index: int, worker: str, redeliveries: int) -> None:
         state = self.progress.task(index)
-        state.status, state.worker = "in progress", worker
+        if state.status != "done":  # notices travel on their own channels, and a broker
+            state.status, state.worker = "in progress", worker  # may hand one over late
         if not self._redelivered(index, worker, redeliveries):
             self.out.note(f"task {index} started on {worker}")
 
     def crashed(self, index: int, worker: str) -> None:
         state = self.progress.task(index)
-        state.status, state.crashed_on = "crashed", worker
+        state.crashed_on = worker
+        if state.status != "done":  # a late notice never undoes a completion
+            state.status = "crashed"
         self.out.say(
             f"task {index} crashed on {worker}: the worker died mid-task, the delivery "
             "was not acked, the broker will redeliver it",

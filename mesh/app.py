@@ -48,7 +48,7 @@ from mesh.context import Context, child_extensions, derive_id
 from mesh.contracts import Contract, ContractRegistry, SchemaSource
 from mesh.delivery import Consumer, ConsumerStats, Invoker, RetryPolicy
 from mesh.dlq import DeadLetters
-from mesh.errors import ConfigError, DataValidationError, TransportClosed
+from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
 from mesh.event import Event
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
@@ -162,6 +162,7 @@ class Mesh:
         #: every registered handler by (name, group), in registration order
         self._handles: dict[tuple[str, str | None], SubscriptionHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # runtime subscribes and closes
+        self._closes: set[asyncio.Task[None]] = set()  # the closes: stop() never cancels them
         self._consumers: dict[str, Consumer] = {}
         self._subscriptions: list[Subscription] = []
         self._store: IdempotencyStore | None = None
@@ -698,12 +699,12 @@ class Mesh:
             if self._started:
                 return
             routed = self._apply_routes()
+            handles = dict(self._handles)  # the ones routed; those added while starting follow
             await self.transport.connect()
             try:
                 if self.config.idempotency.enabled and any(h.idempotent for h in self._handlers):
                     self._store = plugins.store_registry().create(self.config.idempotency.store)
                 await self.dead_letters.declare()
-                handles = dict(self._handles)  # registered so far; the rest follow below
                 await asyncio.gather(
                     *(self._attach(spec, handles.get((spec.name, spec.group))) for spec in routed)
                 )
@@ -712,13 +713,20 @@ class Mesh:
                 self._started = True
                 for handle in list(self._handles.values()):  # registered while starting
                     if handles.get((handle.name, handle.group)) is not handle:
+                        after = (
+                            self._capabilities.announce_now
+                            if self._capabilities.serves(handle)
+                            else None
+                        )
                         handle._task = self._spawn(
-                            self._go_live(handle), f"subscribe {handle.name}"
+                            self._go_live(handle, after=after), f"subscribe {handle.name}"
                         )
                 for hook in self._on_start:
                     await hook()
             except BaseException:
                 self._started = False
+                with contextlib.suppress(Exception):  # the heartbeat must not outlive it
+                    await self._capabilities.stop(deregister=True)
                 await self._settle_tasks(0.0)
                 await self._teardown(0.0)
                 raise
@@ -835,15 +843,25 @@ class Mesh:
             raise
 
     def _spawn(
-        self, coro: Coroutine[Any, Any, None], what: str, *, log_failure: bool = True
+        self,
+        coro: Coroutine[Any, Any, None],
+        what: str,
+        *,
+        log_failure: bool = True,
+        cancel_on_stop: bool = True,
     ) -> asyncio.Task[None]:
         """Run ``coro`` in a task ``stop()`` waits for (see `_settle_tasks`); a failure
-        is logged with ``what`` unless the caller awaits the task and raises it."""
+        is logged with ``what`` unless the caller awaits the task and raises it.
+        ``cancel_on_stop=False`` (a ``close()``) is never cancelled by ``stop()``:
+        cancelling a subscription's close half-way would leave its handlers running."""
         task = asyncio.get_running_loop().create_task(coro, name=f"mesh: {what}")
         self._tasks.add(task)
+        if not cancel_on_stop:
+            self._closes.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
             self._tasks.discard(task)
+            self._closes.discard(task)
             if not task.cancelled() and (error := task.exception()) is not None and log_failure:
                 log.error("%s failed: %s: %s", what, type(error).__name__, error, exc_info=error)
 
@@ -857,10 +875,14 @@ class Mesh:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
+        closes = pending & self._closes
+        cancel = pending - closes
+        for task in cancel:
             task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
+        if cancel:
+            await asyncio.wait(cancel, timeout=1.0)
+        if closes:  # bounded by their own timeout, then their handler calls are cancelled
+            await asyncio.wait(closes)
 
     def _forget(self, handle: SubscriptionHandle) -> bool:
         """Unregister ``handle`` (its name and group are free again); True when it
@@ -894,7 +916,15 @@ class Mesh:
         if task is not None and not task.done():
             await asyncio.wait([task])
         if was_capability:
-            await self._capabilities.announce_now()
+            try:
+                await self._capabilities.announce_now()
+            except MeshError as exc:  # peers still drop it at this instance's next heartbeat
+                log.warning(
+                    "withdrawing capability handler %s was not announced (%s); peers drop "
+                    "it with this instance's next heartbeat",
+                    handle.name,
+                    exc,
+                )
         sub = handle._detach()
         if sub is not None:
             await sub.close(self.config.shutdown_timeout if timeout is None else timeout)
@@ -905,8 +935,10 @@ class Mesh:
         and their events redelivered, not acked. ``deregister=False`` skips the registry
         leave notice (the instance's capabilities then expire after their TTL, as after
         a crash). Runtime subscribes still in progress are waited for within the same
-        timeout, then cancelled. Handlers stay registered (their handles are not
-        closed): the next ``start()`` subscribes them again. Idempotent."""
+        timeout, then cancelled; a ``SubscriptionHandle.close()`` in progress is waited
+        for with its own timeout (it is never cancelled half-way). Handlers stay
+        registered (their handles are not closed): the next ``start()`` subscribes them
+        again. Idempotent."""
         async with self._lock:
             if not self._started:
                 return

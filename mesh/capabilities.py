@@ -338,6 +338,10 @@ class Capabilities:
                 f"{', '.join(sorted(self._handles)) or 'none'}"
             ) from None
 
+    def serves(self, handle: SubscriptionHandle) -> bool:
+        """Whether ``handle`` is the subscription of one of this app's capabilities."""
+        return any(served is handle for served in self._handles.values())
+
     def forget(self, handle: SubscriptionHandle) -> bool:
         """Drop the capability ``handle`` serves (if it serves one) from this instance's
         list; True when it did. `announce_now` then tells the peers."""
@@ -417,7 +421,9 @@ class Capabilities:
         return self._subs
 
     async def stop(self, deregister: bool = True) -> None:
-        self._live = False
+        async with self._announcing:  # an announcement being written lands before the LEAVE
+            was_live, self._live = self._live, False
+        deregister = deregister and was_live
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -451,7 +457,10 @@ class Capabilities:
         so a slower earlier one never lands after a newer one (the registry events of
         one instance share a partition key, so brokers keep their order too)."""
         async with self._announcing:
-            capabilities = list(self.local.values())
+            if not self._live:  # stopped while this one waited: no announcement after LEAVE
+                return
+            # only what is subscribed: a request must never reach a name before its group
+            capabilities = [cap for name, cap in self.local.items() if self._handles[name].live]
             self.directory.update(self.mesh.instance_id, capabilities, self.ttl)
             await self._publish(
                 ANNOUNCE_TYPE,
@@ -484,7 +493,7 @@ class Capabilities:
                 self.directory.update(instance, caps, float(data.get("ttl") or self.ttl))
                 self._synced.set()
             elif event.type == RESYNC_TYPE and instance != self.mesh.instance_id:
-                await self._announce()
+                await self._announce()  # a no-op once stopping (see _announce)
             elif event.type == LEAVE_TYPE:
                 self.directory.remove(instance)
         except (MeshError, TypeError, ValueError, KeyError) as exc:

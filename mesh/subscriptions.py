@@ -135,7 +135,7 @@ class SubscriptionHandle:
         if self._closing is None:
             self._closed = True
             self._closing = self._mesh._spawn(
-                self._mesh._close_handle(self, timeout), f"close {self.name}"
+                self._mesh._close_handle(self, timeout), f"close {self.name}", cancel_on_stop=False
             )
         await asyncio.shield(self._closing)
 

@@ -153,3 +153,23 @@ def test_supply_chain_refuses_an_invalid_shipment_it_was_asked_to_send() -> None
     assert proc.returncode == 1
     assert "error: data of shipment.delayed" in proc.stderr
     assert "shipment_id: 'not-an-id' does not match" in proc.stderr
+
+
+def test_research_swarm_tells_the_crash_story_in_any_order_of_notices() -> None:
+    """Start, crash and completion notices travel on different channels, and Kafka keeps
+    no order across topics: a late 'started' or 'crashed' must not undo a completion."""
+    import importlib
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        swarm = importlib.import_module("research_swarm")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    view = swarm.View(plain=True)
+    view.created(3, "competing approaches")
+    view.completed(3, "worker-2", 1)  # the redelivered attempt finished first
+    view.started(3, "worker-1", 0)  # the crashed attempt's start notice, late
+    view.crashed(3, "worker-1")  # and its crash notice, later still
+    assert view.progress.recoveries() == [
+        "task 3 crashed on worker-1, redelivered, completed by worker-2"
+    ]

@@ -567,3 +567,157 @@ async def test_a_cancelled_add_capability_serves_nothing() -> None:
         assert [c.name for c in mesh.capabilities()] == []
         await mesh.add_capability("slow.echo", echo)  # the name is free
         assert [c.name for c in mesh.capabilities()] == ["slow.echo"]
+
+
+# --- races found in review: each failed before its fix ------------------------------------
+
+
+async def test_stop_never_cancels_a_close_half_way() -> None:
+    """A close() with a longer timeout than stop(): stop waits for it, and the handler
+    never runs on after stop() returned (it used to, acking against a closed transport)."""
+    mesh = Mesh(broker())
+    ended: list[bool] = []
+    began = asyncio.Event()
+    stop_returned = False
+
+    async def slow(event: Event) -> None:
+        began.set()
+        await asyncio.sleep(0.6)
+        ended.append(stop_returned)
+
+    await mesh.start()
+    sub = await mesh.subscribe("t", slow, group="g")
+    await mesh.publish(Event("t", "/t", {}))
+    await asyncio.wait_for(began.wait(), 5)
+    close = asyncio.create_task(sub.close(timeout=5))
+    await asyncio.sleep(0.05)
+    await mesh.stop(timeout=0.1)
+    stop_returned = True
+    await asyncio.sleep(0.7)
+    assert ended == [False]  # the handler finished before stop() returned
+    await close  # and the caller's close() ends normally, not with CancelledError
+    assert close.exception() is None and sub.closed
+
+
+class SlowConnect(MemoryTransport):
+    async def connect(self) -> None:
+        await asyncio.sleep(0.2)
+        await super().connect()
+
+
+async def test_a_handler_added_while_start_connects_goes_live() -> None:
+    mesh = Mesh(SlowConnect(broker()))
+    got: list[str] = []
+
+    async def take(event: Event) -> None:
+        got.append(event.id)
+
+    starting = asyncio.create_task(mesh.start())
+    await asyncio.sleep(0.05)
+    sub = await mesh.subscribe("t", take, group="g")
+    await starting
+    await sub.ready()
+    assert sub.live
+    await mesh.publish(Event("t", "/t", {}, id="e1"))
+    await wait_until(lambda: got == ["e1"], 5, "the event")
+    await mesh.stop()
+
+
+async def test_a_capability_is_announced_only_once_it_is_subscribed() -> None:
+    url = broker()
+    transport = FlakyTransport(url)
+    a, b = Mesh(transport, capabilities=CAPS), Mesh(url, capabilities=CAPS)
+
+    async def calc(request: Event, ctx: Context) -> dict[str, int]:
+        return {"ok": 1}
+
+    async with a:
+        transport.delay = 0.5
+        adding = asyncio.create_task(a.add_capability("calc.slow", calc))
+        await asyncio.sleep(0.05)
+        async with b:  # b's resync makes a announce while calc.slow is still subscribing
+            await asyncio.sleep(0.2)
+            assert not adding.done()
+            assert [c.name for c in b.capabilities()] == []
+            await adding
+            await wait_until(lambda: [c.name for c in b.capabilities()] == ["calc.slow"], 5, "")
+            assert (await b.request("calc.slow", {}, timeout=5)).data == {"ok": 1}
+
+
+class RegistryBlip(MemoryTransport):
+    fail = False
+
+    async def publish(self, channel: str, event: Event) -> None:
+        if self.fail and channel == "mesh.registry":
+            from mesh import PublishError
+
+            raise PublishError("broker blip")
+        await super().publish(channel, event)
+
+
+async def test_a_failed_withdrawal_announcement_still_closes_the_capability(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = broker()
+    transport = RegistryBlip(url)
+    a, b = Mesh(transport, capabilities=CAPS), Mesh(url, capabilities=CAPS)
+    served: list[str] = []
+
+    async def calc(request: Event, ctx: Context) -> None:
+        served.append(request.id)
+
+    async with a, b:
+        await a.add_capability("calc", calc)
+        handle = a.subscription("capability:calc")
+        transport.fail = True
+        with caplog.at_level(logging.WARNING, logger="mesh"):
+            await a.remove_capability("calc")
+        transport.fail = False
+        assert handle.closed and not handle.live and a.served_capabilities() == []
+        assert "was not announced" in caplog.text
+        await b.publish(Event("mesh.request.calc", "/b", {}, id="r1"))
+        await asyncio.sleep(0.2)
+        assert served == []
+
+
+async def test_a_stopping_instance_does_not_answer_a_resync() -> None:
+    url = broker()
+    a = Mesh(url, source="/a", capabilities=CAPS)
+    b = Mesh(url, source="/b", capabilities=CAPS)
+
+    @a.capability("calc")
+    async def calc(request: Event, ctx: Context) -> dict[str, int]:
+        return {"ok": 1}
+
+    @a.on_stop
+    async def flush() -> None:
+        await asyncio.sleep(0.5)  # the registry is still subscribed meanwhile
+
+    await a.start()
+    stopping = asyncio.create_task(a.stop())
+    await asyncio.sleep(0.1)
+    async with b:  # resyncs while a stops: a must not announce itself after its LEAVE
+        await stopping
+        await asyncio.sleep(0.1)
+        assert b.capabilities() == []
+
+
+async def test_a_failed_start_leaves_no_heartbeat_behind() -> None:
+    mesh = Mesh(broker(), capabilities={"heartbeat": 0.05})
+
+    @mesh.on_start
+    async def boom() -> None:
+        raise RuntimeError("hook fails")
+
+    def beating() -> int:
+        return sum(1 for t in asyncio.all_tasks() if t.get_name() == "mesh-heartbeat")
+
+    with pytest.raises(RuntimeError, match="hook fails"):
+        await mesh.start()
+    await asyncio.sleep(0.1)
+    assert beating() == 0 and not mesh.started
+    mesh._on_start.clear()
+    async with mesh:
+        assert beating() == 1
+    await asyncio.sleep(0.1)
+    assert beating() == 0
