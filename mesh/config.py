@@ -197,6 +197,10 @@ class MeshConfig(BaseModel):
             f"hop_limit={self.hop_limit}, retry={self.retry!r})"
         )
 
+    #: pydantic's own ``__str__`` lists every field, transport options (a SASL password,
+    #: a token) included: ``str(config)`` and f-strings must say no more than the repr
+    __str__ = __repr__
+
 
 class _Sources(BaseSettings, MeshConfig):
     """MeshConfig's fields as pydantic-settings reads them: ``MESH_`` prefix, ``__`` nesting.

@@ -79,3 +79,11 @@ def test_chain_text_sees_a_suppressed_context() -> None:
             raise ConfigError("clean") from None
     except ConfigError as exc:
         assert CANARY in chain_text(exc), "the walker must see what `from None` hides"
+
+
+def test_str_of_a_config_keeps_transport_options_out() -> None:
+    config = MeshConfig.load(
+        transport=f"memory://guest:{CANARY}@host", transport_options={"sasl.password": CANARY}
+    )
+    for text in (repr(config), str(config), f"{config}", repr(Mesh(config=config))):
+        assert CANARY not in text
