@@ -152,7 +152,7 @@ class Mesh:
                 for k, v in dict(overrides, transport=transport, source=source).items()
                 if v is not None
             }
-            config = MeshConfig.build({**config.model_dump(), **update})
+            config = config.merged(update)  # sections merge field by field, as in load()
         self.config = config
         self.instance_id = uuid.uuid4().hex[:12]
         self.transport: Transport = instance or plugins.transport_registry().create(

@@ -171,6 +171,14 @@ class MeshConfig(BaseModel):
         _merge(data, given)
         return cls.build(data, origin=str(path) if path else "configuration")
 
+    def merged(self, overrides: Mapping[str, Any]) -> MeshConfig:
+        """This config with ``overrides`` applied as `load` applies keyword arguments:
+        sections merge field by field (``retry={"max_attempts": 5}`` keeps the other
+        retry fields), anything else is replaced. A ConfigError as `build` raises."""
+        data = self.model_dump()
+        _merge(data, overrides)
+        return MeshConfig.build(data, origin="arguments")
+
     @classmethod
     def build(cls, data: Mapping[str, Any], origin: str = "configuration") -> MeshConfig:
         """Validate exactly ``data`` (no environment, no file): a ConfigError otherwise."""

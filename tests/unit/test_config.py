@@ -260,3 +260,13 @@ def test_an_argument_that_outranks_a_variable_is_reported(
     with caplog.at_level("WARNING", logger="mesh.config"):
         MeshConfig.load()  # nothing passed: the variable decides, nothing to report
     assert caplog.text == ""
+
+
+def test_overrides_of_a_given_config_merge_sections_field_by_field() -> None:
+    config = MeshConfig.load(transport="memory://", retry={"max_attempts": 7, "max_deliveries": 4})
+    mesh = Mesh(config=config, retry={"initial_backoff": 0.5})
+    assert mesh.config.retry.max_attempts == 7 and mesh.config.retry.max_deliveries == 4
+    assert mesh.config.retry.initial_backoff == 0.5
+    assert config.retry.initial_backoff != 0.5  # the given config is not changed
+    with pytest.raises(ConfigError, match=r"retry\.max_atempts"):
+        config.merged({"retry": {"max_atempts": 1}})
