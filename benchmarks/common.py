@@ -100,6 +100,24 @@ class Target:
     def subject(self) -> str:
         return f"{self.subject_prefix}.{self.channel}"
 
+    def stream_config(self) -> Any:
+        """The run's JetStream stream as the mesh declares its own (file storage, one
+        replica, a week, 120 s duplicate window), so the raw and FastStream sides write to
+        the same kind of stream."""
+        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+        return StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.subject_prefix}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=1,
+            max_age=604800,
+            max_bytes=-1,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120,
+        )
+
     # RabbitMQ: one topic exchange per run
     @property
     def exchange(self) -> str:

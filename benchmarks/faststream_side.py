@@ -198,22 +198,9 @@ class NatsSession(WindowedPublish, _Brokers):
 
     async def open(self) -> None:
         import nats
-        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
         self.admin = await nats.connect(self.target.url)
-        await self.admin.jetstream(timeout=10).add_stream(
-            StreamConfig(
-                name=self.target.stream,
-                subjects=[f"{self.target.subject_prefix}.>"],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                num_replicas=1,
-                max_age=604800,
-                max_bytes=-1,
-                discard=DiscardPolicy.OLD,
-                duplicate_window=120,
-            )
-        )
+        await self.admin.jetstream(timeout=10).add_stream(self.target.stream_config())
         await super().open()
         await self.publisher.publish(
             {},

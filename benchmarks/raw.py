@@ -229,23 +229,10 @@ class NatsSession(WindowedPublish, Session):
 
     async def open(self) -> None:
         import nats
-        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
         self.nc = await nats.connect(self.target.url)
         self.js = self.nc.jetstream(timeout=10)
-        await self.js.add_stream(
-            StreamConfig(
-                name=self.target.stream,
-                subjects=[f"{self.target.subject_prefix}.>"],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                num_replicas=1,
-                max_age=604800,
-                max_bytes=-1,
-                discard=DiscardPolicy.OLD,
-                duplicate_window=120,
-            )
-        )
+        await self.js.add_stream(self.target.stream_config())
         await self.js.publish(
             f"{self.target.subject_prefix}.{self.target.warmup_channel}",
             b"{}",

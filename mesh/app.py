@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import signal
 import typing
@@ -49,6 +48,7 @@ from mesh.contracts import Contract, ContractRegistry, SchemaSource
 from mesh.delivery import Consumer, ConsumerStats, Invoker, RetryPolicy
 from mesh.dlq import DeadLetters
 from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
+from mesh.handlers import handler_params
 from mesh.event import Event
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
@@ -91,14 +91,7 @@ def _adapt(
     Returns the adapted callable, whether the handler takes a Context (the mesh
     builds one per delivery only then), and ``func`` itself when it takes just the
     `Event` (the consumer then calls it without the adapter), else None."""
-    if not inspect.iscoroutinefunction(func):
-        raise ConfigError(
-            f"handler {func.__qualname__} must be 'async def' "
-            "(run blocking work with asyncio.to_thread inside it)"
-        )
-    params = list(inspect.signature(func).parameters.values())
-    if not 1 <= len(params) <= 2:
-        raise ConfigError(f"handler {func.__qualname__} must take (event) or (event, ctx)")
+    params = handler_params(func, f"handler {func.__qualname__}", "(event) or (event, ctx)")
     try:
         hints = typing.get_type_hints(func)
     except Exception as exc:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import logging
 import math
 import typing
@@ -62,6 +61,7 @@ from pydantic import BaseModel, ValidationError
 
 from mesh.context import Context
 from mesh.errors import ConfigError, DataValidationError
+from mesh.handlers import handler_params
 from mesh.event import Event
 
 log = logging.getLogger("mesh.delivery")
@@ -194,17 +194,12 @@ class BatchHandler:
 def adapt_batch(func: Callable[..., Awaitable[Any]], name: str | None = None) -> BatchHandler:
     """Check a batch handler's signature; `ConfigError` saying how to fix it."""
     qualname = getattr(func, "__qualname__", repr(func))
-    if not inspect.iscoroutinefunction(func):
-        raise ConfigError(
-            f"batch handler {qualname} must be 'async def' "
-            "(run blocking work with asyncio.to_thread inside it)"
-        )
-    params = list(inspect.signature(func).parameters.values())
-    if not 1 <= len(params) <= 2:
-        raise ConfigError(
-            f"batch handler {qualname} must take (events) or (events, contexts): a list of "
-            "events and, optionally, the list of their contexts"
-        )
+    params = handler_params(
+        func,
+        f"batch handler {qualname}",
+        "(events) or (events, contexts): a list of events and, optionally, the list of "
+        "their contexts",
+    )
     try:
         hint = typing.get_type_hints(func).get(params[0].name)
     except Exception as exc:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
-import inspect
 import json
 import logging
 import time
@@ -60,6 +59,7 @@ from mesh.errors import (
     RequestTimeout,
 )
 from mesh.event import Event
+from mesh.handlers import handler_params
 from mesh.transport import Delivery, Subscription
 
 if TYPE_CHECKING:
@@ -224,17 +224,10 @@ def _capability_call(handler: Handler, where: str) -> Callable[[Any, Context], A
     """``handler`` as ``call(request, ctx)``: it may take ``(request, ctx)`` or
     ``(request)``; anything else is a `ConfigError` at registration."""
     label = getattr(handler, "__qualname__", repr(handler))
-    if not inspect.iscoroutinefunction(handler):
-        raise ConfigError(
-            f"{where}: handler {label} must be 'async def handler(request, ctx)' (run "
-            "blocking work with asyncio.to_thread inside it)"
-        )
-    params = list(inspect.signature(handler).parameters.values())
+    params = handler_params(handler, f"{where}: handler {label}", "(request) or (request, ctx)")
     if len(params) == 2:
         return handler
-    if len(params) == 1:
-        return lambda request, ctx: handler(request)
-    raise ConfigError(f"{where}: handler {label} must take (request) or (request, ctx)")
+    return lambda request, ctx: handler(request)
 
 
 class Capabilities:

@@ -533,7 +533,7 @@ async def test_capability_retry_policy_decides_the_error_reply() -> None:
 @pytest.mark.parametrize(
     "handler,kwargs,fragment",
     [
-        (sync_handler, {}, "must be 'async def handler"),
+        (sync_handler, {}, r"must be 'async def' taking \(request\) or \(request, ctx\)"),
         (three, {}, r"must take \(request\) or \(request, ctx\)"),
         (nothing, {"retry": {"attempts": 2}}, "unknown retry field 'attempts'"),
         (nothing, {"max_deliveries": -2}, "max_deliveries must be >= 0"),
