@@ -30,7 +30,6 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractMessage, AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.abc import AbstractRobustQueue, HeadersType
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from aiormq.exceptions import (
     ChannelAccessRefused,
@@ -347,36 +346,30 @@ class RabbitMQTransport(Transport):
     def _message(self, event: Event) -> tuple[bytes, Properties]:
         """Body and properties as ``aio_pika.Message`` makes them (persistent, priority 0),
         without building one: publishing goes straight to aiormq, see `_send`. Headers
-        in the configured convention (option ``binding``), values canonical strings."""
+        in the configured convention (option ``binding``), values canonical strings.
+
+        Raises `MessageTooLarge` when body plus headers (UTF-8, with the name and value
+        of each) exceed ``max_message_size``; nothing is sent then."""
         body, headers, content_type = binding.encode(event, self._prefix)
         limit = self.config.max_message_size
         if len(body) > limit - 4 * sum(len(k) + len(v) for k, v in headers.items()) - 255:
-            self._check_size(event, body, headers, content_type)  # near the limit: exactly
-        table: HeadersType = headers
-        return body, Properties(
-            headers=table, content_type=content_type, delivery_mode=2, priority=0
-        )
-
-    def _check_size(
-        self, event: Event, body: bytes, headers: Mapping[str, str], content_type: str | None
-    ) -> None:
-        """Raise `MessageTooLarge` when body plus headers (UTF-8, with the name and value
-        of each) exceed ``max_message_size``; nothing is sent then."""
-        size = (
-            len(body)
-            + len((content_type or "").encode())
-            + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
-        )
-        limit = self.config.max_message_size
-        if size > limit:
-            raise MessageTooLarge(
-                f"event {event.id[:80]!r} is {size} bytes with its headers, over the "
-                f"{limit}-byte limit (option max_message_size, which should match the "
-                "broker's max_message_size); it was not sent. Make it smaller: store large "
-                "data elsewhere and send a reference",
-                size=size,
-                limit=limit,
+            size = (  # near the limit: count exactly
+                len(body)
+                + len((content_type or "").encode())
+                + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
             )
+            if size > limit:
+                raise MessageTooLarge(
+                    f"event {event.id[:80]!r} is {size} bytes with its headers, over the "
+                    f"{limit}-byte limit (option max_message_size, which should match the "
+                    "broker's max_message_size); it was not sent. Make it smaller: store "
+                    "large data elsewhere and send a reference",
+                    size=size,
+                    limit=limit,
+                )
+        return body, Properties(
+            headers=headers, content_type=content_type, delivery_mode=2, priority=0
+        )
 
     async def publish(self, channel: str, event: Event) -> None:
         self._open()
@@ -423,17 +416,14 @@ class RabbitMQTransport(Transport):
                 "stored: publish again"
             ) from None
         failed = [r for r in results if r is not None]
-        if self._closed and failed:
+        if failed and self._closed:
             raise TransportClosed("RabbitMQ transport was closed during publish")
+        if failed and len(window) == 1:
+            raise failed[0]
         if failed:
-            first = failed[0]
-            raise (
-                first
-                if len(window) == 1
-                else PublishError(
-                    f"{len(failed)} of {len(window)} events were not confirmed by RabbitMQ "
-                    f"(first: {first})"
-                )
+            raise PublishError(
+                f"{len(failed)} of {len(window)} events were not confirmed by RabbitMQ "
+                f"(first: {failed[0]})"
             )
 
     async def _send(
@@ -494,23 +484,33 @@ class RabbitMQTransport(Transport):
         group: str | None = None,
         max_in_flight: int = 1,
     ) -> Subscription:
+        """Declare the queue and bind it robustly: aio-pika re-declares and re-binds it
+        after a reconnect (exclusive broadcast queues die with the old connection)."""
         patterns = pattern_list(pattern)
         keys = [topology.binding_key(p) for p in patterns]
-        conn = self._open()
-        cfg = self.config
-        name = (
-            topology.broadcast_queue(cfg.exchange)
-            if group is None
-            else topology.group_queue(cfg.exchange, group, patterns)
-        )
+        conn, cfg, limit = self._open(), self.config, max(1, max_in_flight)
+        if group is None:
+            name = topology.broadcast_queue(cfg.exchange)
+            arguments = {"x-queue-type": "classic"}
+        else:
+            name = topology.group_queue(cfg.exchange, group, patterns)
+            arguments = topology.group_arguments(cfg)
         channel = await self._channel(conn)
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                await channel.set_qos(prefetch_count=max(1, max_in_flight))
-                queue = await self._declare(channel, name, group, patterns, keys)
-                sub = RabbitMQSubscription(
-                    channel, queue, handler, max(1, max_in_flight), exclusive=group is None
+                await channel.set_qos(prefetch_count=limit)
+                queue = await channel.declare_queue(
+                    name,
+                    durable=group is not None,
+                    exclusive=group is None,
+                    auto_delete=group is None,
+                    arguments=arguments,
                 )
+                if group is not None:
+                    _DECLARED[(cfg.exchange, name)] = (group, tuple(patterns))
+                for key in keys:
+                    await queue.bind(cfg.exchange, key)
+                sub = RabbitMQSubscription(channel, queue, handler, limit, exclusive=group is None)
                 await sub.start()
         except Exception as exc:
             await quietly(channel.close(), OP_TIMEOUT)
@@ -528,35 +528,6 @@ class RabbitMQTransport(Transport):
             async with asyncio.timeout(self.config.connect_timeout):
                 channel: AbstractRobustChannel = await conn.channel(publisher_confirms=False)
                 return channel
-
-    async def _declare(
-        self,
-        channel: AbstractRobustChannel,
-        name: str,
-        group: str | None,
-        patterns: Sequence[str],
-        keys: Sequence[str],
-    ) -> AbstractRobustQueue:
-        """Declare the queue and bind it, robustly: aio-pika re-declares and re-binds it
-        after a reconnect (exclusive broadcast queues die with the old connection)."""
-        robust = True
-        exchange = self.config.exchange
-        if group is None:
-            queue = await channel.declare_queue(
-                name,
-                exclusive=True,
-                auto_delete=True,
-                arguments={"x-queue-type": "classic"},
-                robust=robust,
-            )
-        else:
-            queue = await channel.declare_queue(
-                name, durable=True, robust=robust, arguments=topology.group_arguments(self.config)
-            )
-            _DECLARED[(exchange, name)] = (group, tuple(patterns))
-        for key in keys:
-            await queue.bind(exchange, key, robust=robust)
-        return queue
 
     def _forget(self, sub: RabbitMQSubscription) -> None:
         self._subs.discard(sub)
