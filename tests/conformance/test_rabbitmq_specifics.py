@@ -542,10 +542,12 @@ def test_item23_every_precondition_text_of_rabbitmq_is_parsed(
         f"PRECONDITION_FAILED - inequivalent arg "
         f"'x-delivery-limit' for queue 'mesh:g@c' in vhost '/': {text}"
     )
-    error = transport._declare_error(exc, "queue 'mesh:g@c'")
-    assert isinstance(error, ConfigError)
-    assert f"{current}, but this transport declares {wanted}" in str(error)
-    assert "'mesh:g@c'" in str(error) and "of type" not in str(error)
+    with pytest.raises(ConfigError) as info:
+        with transport._failing("declaring queue 'mesh:g@c'"):
+            raise exc
+    error = str(info.value)
+    assert f"{current}, but this transport declares {wanted}" in error
+    assert "'mesh:g@c'" in error and "of type" not in error
 
 
 # --- MessageTooLarge: the core writes a reduced dead-letter copy when it gets one ---------

@@ -177,20 +177,38 @@ class RabbitMQTransport(Transport):
 
     @contextlib.contextmanager
     def _failing(self, doing: str, then: str = "retry") -> Iterator[None]:
-        """A client error in the block as one `ConnectError` ("``doing`` on RabbitMQ at
-        <address> failed (<error, scrubbed>); ``then``", or that the broker did not answer
-        for a timeout), raised with ``from None``; mesh errors pass unchanged."""
+        """A client error in the block as one mesh error, raised with ``from None``
+        (mesh errors pass unchanged): a `ConfigError` that says what to do when the broker
+        refused a declaration (the queue or exchange exists with other arguments), else
+        a `ConnectError`: missing permissions, the broker did not answer (a timeout), or
+        "``doing`` on RabbitMQ at <address> failed (<error, scrubbed>); ``then``"."""
+        cfg = self.config
         try:
             yield
         except MeshError:
             raise
+        except ChannelPreconditionFailed as exc:
+            text = str(exc.args[0]) if exc.args else str(exc)
+            if (found := _INEQUIVALENT.search(text)) is not None:
+                raise self._inequivalent(found) from None
+            raise ConfigError(
+                f"{doing} on RabbitMQ at {cfg.redacted} was refused: it exists with other "
+                f"settings ({self._scrub(exc)}); delete it or choose another name "
+                "(options exchange=..., or another group)"
+            ) from None
+        except ChannelAccessRefused:
+            raise ConnectError(
+                f"{doing} on RabbitMQ at {cfg.redacted} was refused: user {cfg.username!r} "
+                f"lacks permissions on vhost {cfg.vhost!r}; grant configure/write/read "
+                "permissions (rabbitmqctl set_permissions)"
+            ) from None
         except TimeoutError:
             raise ConnectError(
-                f"RabbitMQ at {self.config.redacted} did not answer while {doing}; {then}"
+                f"RabbitMQ at {cfg.redacted} did not answer while {doing}; {then}"
             ) from None
         except Exception as exc:
             raise ConnectError(
-                f"{doing} on RabbitMQ at {self.config.redacted} failed ({self._scrub(exc)}); {then}"
+                f"{doing} on RabbitMQ at {cfg.redacted} failed ({self._scrub(exc)}); {then}"
             ) from None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -258,7 +276,7 @@ class RabbitMQTransport(Transport):
         docstring) and on it the exchange, the dead-letter exchange and its queue --
         robustly, so aio-pika declares them again after a reconnect to a wiped broker."""
         cfg = self.config
-        try:
+        with self._failing(f"declaring exchange {cfg.exchange!r}"):
             async with asyncio.timeout(cfg.connect_timeout):
                 publisher = await conn.channel(publisher_confirms=True, on_return_raises=False)
                 await publisher.declare_exchange(cfg.exchange, "topic", durable=True)
@@ -268,33 +286,6 @@ class RabbitMQTransport(Transport):
                 )
                 await dead.bind(cfg.dlx, "")
                 self._publisher = publisher
-        except Exception as exc:
-            raise self._declare_error(exc, f"exchange {cfg.exchange!r}") from None
-
-    def _declare_error(self, exc: Exception, what: str) -> Exception:
-        if isinstance(exc, ChannelPreconditionFailed):
-            text = str(exc.args[0]) if exc.args else str(exc)
-            if (found := _INEQUIVALENT.search(text)) is not None:
-                return self._inequivalent(found)
-            return ConfigError(
-                f"RabbitMQ refused to declare {what}: it exists with other "
-                f"settings ({self._scrub(exc)}); delete it or choose another "
-                "name (options exchange=..., or another group)"
-            )
-        if isinstance(exc, ChannelAccessRefused):
-            return ConnectError(
-                f"RabbitMQ user {self.config.username!r} may not declare "
-                f"{what} on vhost {self.config.vhost!r}; grant configure/"
-                "write/read permissions (rabbitmqctl set_permissions)"
-            )
-        if isinstance(exc, TimeoutError):
-            return ConnectError(
-                f"RabbitMQ did not answer while declaring {what} at "
-                f"{self.config.redacted}; is the broker reachable?"
-            )
-        return ConnectError(
-            f"could not declare {what} on RabbitMQ at {self.config.redacted}: {self._scrub(exc)}"
-        )
 
     def _inequivalent(self, found: re.Match[str]) -> ConfigError:
         """What to do when a queue exists with other arguments than this transport's
@@ -497,24 +488,27 @@ class RabbitMQTransport(Transport):
             arguments = topology.group_arguments(cfg)
         channel = await self._channel(conn)
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                await channel.set_qos(prefetch_count=limit)
-                queue = await channel.declare_queue(
-                    name,
-                    durable=group is not None,
-                    exclusive=group is None,
-                    auto_delete=group is None,
-                    arguments=arguments,
-                )
-                if group is not None:
-                    _DECLARED[(cfg.exchange, name)] = (group, tuple(patterns))
-                for key in keys:
-                    await queue.bind(cfg.exchange, key)
-                sub = RabbitMQSubscription(channel, queue, handler, limit, exclusive=group is None)
-                await sub.start()
-        except Exception as exc:
+            with self._failing(f"declaring queue {name!r}"):
+                async with asyncio.timeout(cfg.connect_timeout):
+                    await channel.set_qos(prefetch_count=limit)
+                    queue = await channel.declare_queue(
+                        name,
+                        durable=group is not None,
+                        exclusive=group is None,
+                        auto_delete=group is None,
+                        arguments=arguments,
+                    )
+                    if group is not None:
+                        _DECLARED[(cfg.exchange, name)] = (group, tuple(patterns))
+                    for key in keys:
+                        await queue.bind(cfg.exchange, key)
+                    sub = RabbitMQSubscription(
+                        channel, queue, handler, limit, exclusive=group is None
+                    )
+                    await sub.start()
+        except Exception:
             await quietly(channel.close(), OP_TIMEOUT)
-            raise self._declare_error(exc, f"queue {name!r}") from None
+            raise
         if self._closed:
             await sub.close()
             raise TransportClosed("RabbitMQ transport was closed during subscribe")
@@ -558,19 +552,16 @@ class RabbitMQTransport(Transport):
         cfg, conn = self.config, self._open()
         raw = await self._raw_channel(conn)
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                try:
-                    await raw.queue_declare(name, passive=True)
-                except ChannelNotFoundEntity:  # the broker closed that channel: a new one
-                    await quietly(raw.close(), OP_TIMEOUT)
-                    raw = await self._raw_channel(conn)
-                    await raw.queue_declare(name, durable=True, arguments=arguments)
-                for key in keys:
-                    await raw.queue_bind(name, cfg.exchange, routing_key=key)
-        except MeshError:
-            raise
-        except Exception as exc:
-            raise self._declare_error(exc, f"queue {name!r}") from None
+            with self._failing(f"declaring queue {name!r}"):
+                async with asyncio.timeout(cfg.connect_timeout):
+                    try:
+                        await raw.queue_declare(name, passive=True)
+                    except ChannelNotFoundEntity:  # the broker closed that channel: a new one
+                        await quietly(raw.close(), OP_TIMEOUT)
+                        raw = await self._raw_channel(conn)
+                        await raw.queue_declare(name, durable=True, arguments=arguments)
+                    for key in keys:
+                        await raw.queue_bind(name, cfg.exchange, routing_key=key)
         finally:
             await quietly(raw.close(), OP_TIMEOUT)
 

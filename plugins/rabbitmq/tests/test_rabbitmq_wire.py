@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 from mesh_rabbitmq.topology import binding_key
 from mesh_rabbitmq.transport import RabbitMQTransport
 
@@ -128,3 +129,22 @@ def test_client_errors_become_one_connect_error_without_the_password() -> None:
     with pytest.raises(ConfigError, match="as it was"):
         with transport._failing("opening a channel"):
             raise ConfigError("as it was")
+
+
+def test_refused_declarations_say_what_to_do() -> None:
+    """`_failing` on a declaration: a queue that exists with other settings is a
+    `ConfigError` (delete it or choose another name), missing permissions a
+    `ConnectError` naming the user, the vhost and the command that grants them."""
+    transport = RabbitMQTransport("amqp://ann:s3cret-pw@localhost:5672/prod", {})
+    with pytest.raises(ConfigError) as info:
+        with transport._failing("declaring queue 'q'"):
+            raise ChannelPreconditionFailed("PRECONDITION_FAILED - s3cret-pw durable")
+    text = str(info.value)
+    assert text.startswith("declaring queue 'q' on RabbitMQ at amqp://ann:***@localhost")
+    assert "other settings" in text and "choose another name" in text
+    assert "s3cret-pw" not in text
+    with pytest.raises(ConnectError) as refused:
+        with transport._failing("declaring queue 'q'"):
+            raise ChannelAccessRefused("ACCESS_REFUSED")
+    text = str(refused.value)
+    assert "user 'ann'" in text and "vhost 'prod'" in text and "set_permissions" in text
