@@ -38,7 +38,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -56,7 +56,6 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import NotFoundError
-from pydantic import SecretStr
 
 from mesh import (
     ConfigError,
@@ -93,23 +92,32 @@ _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 _READ_BATCH = 256  # messages per pull request of `read`
 
 
-def wire_size(headers: Mapping[str, str] | None, payload: bytes) -> int:
+def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
     """Bytes a message counts against the server's ``max_payload``: the header block as
     nats-py writes it (``NATS/1.0`` line, one ``name: value`` line per header with both
     stripped, empty names skipped, CR/LF in values made spaces, a blank line) plus the
-    payload. ``None`` headers: a plain PUB, the payload alone."""
-    if headers is None:
-        return len(payload)
-    size = 12  # b"NATS/1.0\r\n" and the closing b"\r\n"
+    payload."""
+    size = 12 + len(payload)  # b"NATS/1.0\r\n" and the closing b"\r\n"
     for name, value in headers.items():
-        key = name.strip()
-        if key:
-            size += (
-                len(key.encode())
-                + len(value.strip().translate(_NEWLINES).encode("utf-8", "surrogatepass"))
-                + 4
-            )  # ": " and CRLF
-    return size + len(payload)
+        if key := name.strip():
+            text = value.strip().translate(_NEWLINES)
+            size += len(key.encode()) + len(text.encode("utf-8", "surrogatepass")) + 4  # ": ", CRLF
+    return size
+
+
+@contextlib.contextmanager
+def _failing(what: str, then: str = "", error: type[MeshError] = TransportError) -> Iterator[None]:
+    """A client error in the block as one ``error``, "<what> (<client error>)[; <then>]",
+    raised ``from None``; mesh errors pass unchanged. Only around calls on a connected
+    client (JetStream API requests, inboxes): their errors quote no credentials, while
+    `NatsTransport._dial` raises outside its handler (a connect error may quote options)."""
+    try:
+        yield
+    except MeshError:
+        raise
+    except Exception as exc:
+        then = f"; {then}" if then else ""
+        raise error(f"{what} ({type(exc).__name__}: {exc}){then}") from None
 
 
 class NatsTransport(Transport):
@@ -160,29 +168,26 @@ class NatsTransport(Transport):
     # --- lifecycle ------------------------------------------------------------------
 
     def _connect_options(self) -> dict[str, Any]:
+        """nats-py's connect options (None is its default for each one left out); reads
+        the TLS files, so it runs in a thread."""
         cfg = self.config
-        opts: dict[str, Any] = {
+        tls = cfg.tls or cfg.tls_ca_file or cfg.tls_cert_file
+        return {
             "servers": cfg.servers,
             "name": cfg.name,
-            "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": cfg.reconnect_wait,
             "connect_timeout": min(cfg.connect_timeout, 5.0),
+            "user": cfg.user,
+            "password": cfg.password.get_secret_value() if cfg.password is not None else None,
+            "token": cfg.token.get_secret_value() if cfg.token is not None else None,
+            "user_credentials": cfg.creds,
+            "nkeys_seed": cfg.nkey,
+            "tls": tls_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
+            if tls
+            else None,
+            "tls_hostname": cfg.tls_hostname if tls else None,
         }
-        for key, value in (
-            ("user", cfg.user),
-            ("password", cfg.password),
-            ("token", cfg.token),
-            ("user_credentials", cfg.creds),
-            ("nkeys_seed", cfg.nkey),
-        ):
-            if value is not None:
-                opts[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if cfg.tls or cfg.tls_ca_file or cfg.tls_cert_file:
-            opts["tls"] = tls_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
-            if cfg.tls_hostname:
-                opts["tls_hostname"] = cfg.tls_hostname
-        return opts
 
     async def connect(self) -> None:
         """Connect and make sure the stream exists. A refused connection (nothing listens
@@ -197,14 +202,11 @@ class NatsTransport(Transport):
                 cfg.servers, timeout=min(1.0, cfg.connect_timeout), broker="NATS"
             )
             nc, js, inbox = await self._dial(options, max(cfg.connect_timeout - spent, 0.1))
-            problem = None
             try:
                 await self._ensure_stream(js)
-            except TransportError as exc:
-                problem = str(exc)
-            if problem is not None:
+            except BaseException:
                 await quietly(nc.close())
-                raise ConnectError(problem)
+                raise
             self._nc, self._js, self._inbox = nc, js, inbox
             self._open = True
 
@@ -248,10 +250,13 @@ class NatsTransport(Transport):
         created elsewhere (``manage_stream=false``) only has to capture the prefix."""
         cfg = self.config
         wanted = f"{cfg.subject_prefix}.>"
-        reason = None
-        try:
+        with _failing(
+            f"JetStream stream {cfg.stream} on {self._where} could not be created or updated",
+            "is JetStream enabled (nats-server -js) and are the stream options valid?",
+            ConnectError,
+        ):
             try:
-                info = await js.stream_info(cfg.stream)
+                current = (await js.stream_info(cfg.stream)).config
             except NotFoundError:
                 await js.add_stream(
                     StreamConfig(
@@ -267,11 +272,10 @@ class NatsTransport(Transport):
                     )
                 )
                 return
-            current = info.config
             subjects = list(current.subjects or [])
             if not cfg.manage_stream:
                 if wanted not in subjects and ">" not in subjects:
-                    raise TransportError(
+                    raise ConnectError(
                         f"stream {cfg.stream} does not capture {wanted}; "
                         "add it to the stream's subjects"
                     )
@@ -285,16 +289,6 @@ class NatsTransport(Transport):
                 changes["subjects"] = [*subjects, wanted]
             if changes:
                 await js.update_stream(current.evolve(**changes))
-        except TransportError:
-            raise
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        if reason is not None:
-            raise TransportError(
-                f"JetStream stream {cfg.stream} on {self._where} could not be created or "
-                f"updated ({reason}); is JetStream enabled (nats-server -js) and are the "
-                "stream options valid?"
-            )
 
     async def close(self) -> None:
         async with self._lock:
@@ -427,11 +421,15 @@ class NatsTransport(Transport):
             messages.append((check_channel(channel), message.data, message.headers, event))
         await self._confirm(messages)
 
-    def _check_sizes(
-        self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]], limit: int
+    async def _confirm(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]]
     ) -> None:
-        """`MessageTooLarge` for the first message over ``limit``, before anything is sent
-        (the server would close the connection on it)."""
+        """Check every message against the server's limit (`MessageTooLarge` before anything
+        is sent: the server would close the connection on it), then publish windows of 256
+        with replies to our ack inbox and await their PubAcks together (no task or request
+        per message, unlike js.publish)."""
+        nc, _ = self._client(PublishError)
+        limit = nc.max_payload
         for channel, data, headers, event in messages:
             headers["Nats-Expected-Stream"] = self.config.stream
             if len(data) + 12 + 4 * sum(len(k) + len(v) + 4 for k, v in headers.items()) <= limit:
@@ -447,15 +445,6 @@ class NatsTransport(Transport):
                     size=size,
                     limit=limit,
                 )
-
-    async def _confirm(
-        self, messages: Sequence[tuple[str, bytes, dict[str, str], Event | None]]
-    ) -> None:
-        """Publish windows of 256 (channels and sizes checked before) with replies to our ack
-        inbox, then await their PubAcks together (no task or request per message, unlike
-        js.publish)."""
-        nc, _ = self._client(PublishError)
-        self._check_sizes(messages, nc.max_payload)
         inbox = self._inbox
         failures: list[str] = []
         for start in range(0, len(messages), _BATCH):
@@ -468,10 +457,9 @@ class NatsTransport(Transport):
                     await nc.publish(
                         self.config.subject(channel), data, reply=reply, headers=headers
                     )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.publish_timeout):
-                        for *_, waiter in sent:
-                            await waiter
+                await asyncio.wait(
+                    [waiter for *_, waiter in sent], timeout=self.config.publish_timeout
+                )
             except Exception as exc:  # nats-py: closed, draining, reconnect buffer full
                 failures.append(f"a publish ({type(exc).__name__}: {exc})")
                 break
@@ -528,40 +516,30 @@ class NatsTransport(Transport):
         on 2.9 it resets the consumer's redelivery state, and a message nacked just
         before (a member closing) then waits for ``ack_wait`` instead of coming back."""
         _, js = self._client()
-        wanted = max(self.config.max_ack_pending, max_in_flight)
-        try:
+        cfg = self.config
+        wanted = max(cfg.max_ack_pending, max_in_flight)
+        with _failing(f"could not create JetStream consumer {name} on stream {cfg.stream}"):
             try:
-                current = (await js.consumer_info(self.config.stream, name)).config
-            except NotFoundError:
-                current = None
-            if current is not None:
-                if (
-                    current.ack_wait == self.config.ack_wait
-                    and (current.max_ack_pending or 0) >= wanted
-                ):
+                current = (await js.consumer_info(cfg.stream, name)).config
+                if current.ack_wait == cfg.ack_wait and (current.max_ack_pending or 0) >= wanted:
                     return
                 wanted = max(wanted, current.max_ack_pending or 0)
+            except NotFoundError:
+                pass
             await js.add_consumer(
-                self.config.stream,
+                cfg.stream,
                 ConsumerConfig(
                     name=name,
                     durable_name=name,
                     deliver_policy=DeliverPolicy.NEW,
                     ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self.config.ack_wait,
+                    ack_wait=cfg.ack_wait,
                     max_deliver=-1,
-                    filter_subject=self.config.subject(pattern),
+                    filter_subject=cfg.subject(pattern),
                     max_ack_pending=wanted,
-                    inactive_threshold=self.config.broadcast_inactive if broadcast else None,
+                    inactive_threshold=cfg.broadcast_inactive if broadcast else None,
                 ),
             )
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            return
-        raise TransportError(
-            f"could not create JetStream consumer {name} on stream {self.config.stream} ({reason})"
-        )
 
     async def subscribe(
         self,
@@ -572,20 +550,16 @@ class NatsTransport(Transport):
         max_in_flight: int = 1,
     ) -> Subscription:
         nc, js = self._client()
-        patterns = list(dict.fromkeys(pattern_list(pattern)))
         max_in_flight = max(1, max_in_flight)
-        if group is None:
-            base = f"mesh_bc_{uuid.uuid4().hex[:16]}"
-            consumers = [(f"{base}_{i}", p) for i, p in enumerate(patterns)]
-        else:
-            consumers = [(consumer_name(group, p), p) for p in patterns]
+        base = f"mesh_bc_{uuid.uuid4().hex[:16]}"  # a broadcast subscriber's consumers
+        consumers = [
+            (f"{base}_{i}" if group is None else consumer_name(group, p), p)
+            for i, p in enumerate(dict.fromkeys(pattern_list(pattern)))
+        ]
         for name, p in consumers:
             await self._create_consumer(
                 name, p, max_in_flight=max_in_flight, broadcast=group is None
             )
-
-        async def recreate(name: str, p: str) -> None:
-            await self._create_consumer(name, p, max_in_flight=max_in_flight, broadcast=True)
 
         async def closed(sub: NatsSubscription) -> None:
             self._subs.discard(sub)
@@ -594,6 +568,9 @@ class NatsTransport(Transport):
                 for name in sub.consumers:
                     await quietly(current.delete_consumer(self.config.stream, name))
 
+        recreate = functools.partial(
+            self._create_consumer, max_in_flight=max_in_flight, broadcast=True
+        )
         sub = NatsSubscription(
             nc,
             self.config,
@@ -603,17 +580,14 @@ class NatsTransport(Transport):
             closed,
             recreate if group is None else None,
         )
-        reason = None
         try:
-            await sub.start()
-        except Exception as exc:  # the connection closed meanwhile
-            reason = f"{type(exc).__name__}: {exc}"
-        if reason is not None:
+            with _failing(
+                f"could not subscribe on NATS {self._where}", "retry once the connection is back"
+            ):
+                await sub.start()  # fails if the connection closed meanwhile
+        except BaseException:
             await sub.close()
-            raise TransportError(
-                f"could not subscribe on NATS {self._where} ({reason}); "
-                "retry once the connection is back"
-            )
+            raise
         self._subs.add(sub)
         if self._nc is not nc:  # replaced while we subscribed: follow the fresh client
             await sub.rebind(self._nc or nc)
@@ -632,27 +606,19 @@ class NatsTransport(Transport):
         interest stream deletes what groups ack). Changes nothing; messages still expire
         with the stream's ``max_age``/``max_bytes``."""
         _, js = self._client()
-        subject = self.config.subject(check_channel(channel))
-        reason = None
-        try:
-            info = (await js.stream_info(self.config.stream)).config
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        if reason is not None:
-            raise TransportError(
-                f"could not read stream {self.config.stream} on {self._where} ({reason})"
-            )
+        stream, subject = self.config.stream, self.config.subject(check_channel(channel))
+        with _failing(f"could not read stream {stream} on {self._where}"):
+            info = (await js.stream_info(stream)).config
         if not any(pattern_covers(s, subject) for s in info.subjects or []):
             raise ConfigError(
-                f"stream {self.config.stream} does not capture {subject}; add "
+                f"stream {stream} does not capture {subject}; add "
                 f"{self.config.subject_prefix}.> to its subjects"
             )
         retention = str(getattr(info.retention, "value", info.retention or "limits"))
         if retention != RetentionPolicy.LIMITS.value:
             raise ConfigError(
-                f"stream {self.config.stream} uses {retention} "
-                "retention, which deletes messages once consumed; retained "
-                "reads (the dead-letter tools) need limits retention"
+                f"stream {stream} uses {retention} retention, which deletes messages once "
+                "consumed; retained reads (the dead-letter tools) need limits retention"
             )
 
     async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
@@ -666,96 +632,56 @@ class NatsTransport(Transport):
         seconds (messages that expired or were purged meanwhile). The deliveries are
         settled from the start (ack and nack do nothing) and count no redeliveries;
         ``position`` is the stream sequence."""
-        nc, js = self._client()
-        subject = self.config.subject(check_channel(channel))
-        reason, name = None, ""
+        _, js = self._client()
+        stream, subject = self.config.stream, self.config.subject(check_channel(channel))
+        info = pull = None
         try:
-            info = await js.add_consumer(
-                self.config.stream,
-                ConsumerConfig(
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.NONE,
-                    filter_subject=subject,
-                    mem_storage=True,
-                    num_replicas=1,
-                    inactive_threshold=max(60.0, 4 * idle),
-                ),
-            )
-            name, left = info.name, info.num_pending or 0
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        if reason is not None:
-            raise TransportError(
-                f"could not read {channel!r} from stream {self.config.stream} "
-                f"on {self._where} ({reason})"
-            )
-        inbox = nc.new_inbox()
-        arrived: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def receive(msg: Msg) -> None:
-            arrived.put_nowait(msg)
-
-        sub = None
-        try:
-            if left:
-                sub = await nc.subscribe(inbox, cb=receive)
-            while left > 0:
-                batch = min(left, _READ_BATCH)
-                await nc.publish(
-                    f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{name}",
-                    json.dumps({"batch": batch, "expires": int(idle * 1e9)}).encode(),
-                    reply=inbox,
+            with _failing(f"could not read {channel!r} from stream {stream} on {self._where}"):
+                info = await js.add_consumer(
+                    stream,
+                    ConsumerConfig(
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.NONE,
+                        filter_subject=subject,
+                        mem_storage=True,
+                        num_replicas=1,
+                        inactive_threshold=max(60.0, 4 * idle),
+                    ),
                 )
-                got = 0
-                while got < batch:
+                pull = await js.pull_subscribe_bind(info.name, stream)
+                left = info.num_pending or 0
+                while left > 0:
                     try:
-                        msg = await asyncio.wait_for(arrived.get(), idle + 5.0)
+                        msgs = await pull.fetch(min(left, _READ_BATCH), timeout=idle)
                     except TimeoutError:
-                        break  # neither messages nor the request's end: give up
-                    if not msg.reply:  # a status (408 expired, 404 none): the request ended
-                        break
-                    got += 1
-                    with contextlib.suppress(ValueError, IndexError):
-                        yield NatsDelivery(msg, self.config.channel(msg.subject), None)
-                left -= got
-                if got == 0:
-                    break  # nothing more within idle: the rest expired or was purged
-        except (nats.errors.Error, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+                        break  # nothing more within idle: the rest expired or was purged
+                    left -= len(msgs)
+                    for msg in msgs:
+                        with contextlib.suppress(ValueError, IndexError):
+                            yield NatsDelivery(msg, self.config.channel(msg.subject), None)
         finally:
-            if sub is not None:
-                await quietly(sub.unsubscribe())
-            await quietly((self._js or js).delete_consumer(self.config.stream, name))
-        if reason is not None:
-            raise TransportError(
-                f"reading {channel!r} from NATS {self._where} failed ({reason}); retry"
-            )
+            if pull is not None:
+                await quietly(pull.unsubscribe())
+            if info is not None:
+                await quietly((self._js or js).delete_consumer(stream, info.name))
 
     async def delete_channels(self, pattern: str) -> None:
         """Purge the stream's messages on matching subjects and delete the consumers whose
         filter lies within the pattern (groups and broadcast subscribers alike)."""
         _, js = self._client()
-        subject = self.config.subject(validate_pattern(pattern))
-        try:
-            await js.purge_stream(self.config.stream, subject=subject)
-            offset, doomed = 0, []
-            while True:
-                page = await js.consumers_info(self.config.stream, offset=offset)
-                doomed += [
-                    c.name
-                    for c in page
-                    if c.config.filter_subject and pattern_covers(subject, c.config.filter_subject)
-                ]
-                offset += len(page)
-                if len(page) < 256:
-                    break
-            for name in doomed:
-                with contextlib.suppress(NotFoundError):
-                    await js.delete_consumer(self.config.stream, name)
-        except Exception as exc:
-            raise TransportError(
-                f"could not delete NATS state for {pattern!r}: {type(exc).__name__}: {exc}"
-            ) from None
+        stream, subject = self.config.stream, self.config.subject(validate_pattern(pattern))
+        with _failing(f"could not delete NATS state for {pattern!r}"):
+            await js.purge_stream(stream, subject=subject)
+            page = await js.consumers_info(stream)
+            consumers = list(page)
+            while len(page) == 256:  # the server lists consumers 256 at a time
+                page = await js.consumers_info(stream, offset=len(consumers))
+                consumers += page
+            for info in consumers:
+                doomed = info.config.filter_subject
+                if doomed and pattern_covers(subject, doomed):
+                    with contextlib.suppress(NotFoundError):
+                        await js.delete_consumer(stream, info.name)
 
 
 class NatsTransportWithoutDedup(NatsTransport):
