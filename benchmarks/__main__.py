@@ -103,8 +103,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def sides(settings: Settings) -> list[Side]:
     chosen: list[Side] = [MeshSide(), RawSide(), FastStreamSide()]
-    if not settings.smoke:  # the extra row; a smoke run proves the harness only
-        chosen.insert(1, MeshSide(idempotency=False))
+    if not settings.smoke:  # the extra rows; a smoke run proves the harness only
+        chosen[1:1] = [MeshSide(idempotency=False), MeshSide(middleware=True)]
     return chosen
 
 

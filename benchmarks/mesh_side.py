@@ -19,7 +19,8 @@ from typing import Any
 
 from benchmarks import cleanup
 from benchmarks.common import Handler, Session, Settings, Side, Target
-from mesh import Event, Mesh
+from mesh import Attempt, Event, Mesh, Middleware
+from mesh.middleware import HandleNext, PublishNext
 
 SOURCE = "/bench/publisher"
 
@@ -42,10 +43,23 @@ def transport_options(target: Target, settings: Settings) -> dict[str, Any]:
     return {}
 
 
+class PassThrough(Middleware):
+    """A middleware that only passes on: the cost of a chain with one link per hook."""
+
+    async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
+        await call_next(event, channel)
+
+    async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+        await call_next(attempt)
+
+
 class MeshSession(Session):
-    def __init__(self, target: Target, settings: Settings, idempotency: bool) -> None:
+    def __init__(
+        self, target: Target, settings: Settings, idempotency: bool, middleware: bool = False
+    ) -> None:
         super().__init__(target, settings)
         self.idempotency = idempotency
+        self.middleware = middleware
         self.url = f"memory://bench{target.run}" if target.transport == "memory" else target.url
         self.publisher: Mesh | None = None
         self.consumers: list[Mesh] = []
@@ -58,6 +72,7 @@ class MeshSession(Session):
             idempotency={"enabled": self.idempotency},
             capabilities={"enabled": False},
             dead_letter_channel=f"bench.r{self.target.run}.deadletter",
+            middleware=[PassThrough()] if self.middleware else (),
         )
 
     async def open(self) -> None:
@@ -136,9 +151,11 @@ class MeshSession(Session):
 
 
 class MeshSide(Side):
-    def __init__(self, idempotency: bool = True) -> None:
-        self.idempotency = idempotency
+    def __init__(self, idempotency: bool = True, middleware: bool = False) -> None:
+        self.idempotency, self.middleware = idempotency, middleware
         self.name = "mesh" if idempotency else "mesh (idempotency off)"
+        if middleware:
+            self.name += " + pass-through middleware"
 
     def guarantees(self, transport: str) -> str:
         idem = (
@@ -157,4 +174,4 @@ class MeshSide(Side):
         }[transport]
 
     def session(self, target: Target, settings: Settings) -> Session:
-        return MeshSession(target, settings, self.idempotency)
+        return MeshSession(target, settings, self.idempotency, self.middleware)

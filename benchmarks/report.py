@@ -13,7 +13,13 @@ from typing import Any
 
 from benchmarks.common import TRANSPORTS
 
-SIDES = ("mesh", "mesh (idempotency off)", "raw client", "faststream")
+SIDES = (
+    "mesh",
+    "mesh (idempotency off)",
+    "mesh + pass-through middleware",
+    "raw client",
+    "faststream",
+)
 ROWS = (  # (scenario, metric, label, format)
     ("e2e_1", "events_per_s", "end-to-end, 1 consumer (events/s)", "{:,.0f}"),
     ("e2e_group", "events_per_s", "end-to-end, group of {group} (events/s)", "{:,.0f}"),
@@ -265,8 +271,8 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
     lines += [f"Machine: {_machine_line(first['meta'])}", ""]
     lines += [
         "| transport | scenario | mesh | raw client | FastStream | mesh/raw | "
-        "mesh/FastStream | mesh, idempotency off |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "mesh/FastStream | mesh, idempotency off | mesh + pass-through middleware |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for transport in TRANSPORTS:
         result = results.get(transport)
@@ -278,13 +284,20 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
                 continue
             vals = [
                 _median(result, scenario, side, metric)
-                for side in ("mesh", "raw client", "faststream", "mesh (idempotency off)")
+                for side in (
+                    "mesh",
+                    "raw client",
+                    "faststream",
+                    "mesh (idempotency off)",
+                    "mesh + pass-through middleware",
+                )
             ]
             ratios = [f"{vals[0] / other:.2f}" if vals[0] and other else "—" for other in vals[1:3]]
             cells = [_fmt(v, fmt) for v in vals]
             lines.append(
                 f"| {transport} | {label.format(group=group)} | {cells[0]} | "
-                f"{cells[1]} | {cells[2]} | {ratios[0]} | {ratios[1]} | {cells[3]} |"
+                f"{cells[1]} | {cells[2]} | {ratios[0]} | {ratios[1]} | {cells[3]} | "
+                f"{cells[4]} |"
             )
     lines += ["", "## Targets", "", "| transport | target | value | met |", "|---|---|---:|:---:|"]
     for transport in TRANSPORTS:

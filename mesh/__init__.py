@@ -1,9 +1,10 @@
 """event-mesh: event-driven multi-agent systems on any broker.
 
 Everything public is importable from ``mesh`` (plus the ``mesh.codec``, ``mesh.dlq``
-(the dead-letter vocabulary), ``mesh.errors``, ``mesh.routing`` and ``mesh.testing``
-modules); nothing else should be imported from deeper paths. ``__all__`` is exactly
-the public surface (a test keeps it that way).
+(the dead-letter vocabulary), ``mesh.errors``, ``mesh.middleware`` (the chain's
+``call_next`` types), ``mesh.routing`` and ``mesh.testing`` modules); nothing else
+should be imported from deeper paths. ``__all__`` is exactly the public surface (a
+test keeps it that way).
 """
 
 from importlib import metadata as _metadata
@@ -43,6 +44,7 @@ from mesh.errors import (
 )
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
+from mesh.middleware import Attempt, Middleware, Outcome
 from mesh.options import (
     TransportURL,
     build_options,
@@ -83,6 +85,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "Attempt",
     "BatchPolicy",
     "CapabilitiesConfig",
     "Capability",
@@ -114,7 +117,9 @@ __all__ = [
     "MeshConfig",
     "MeshError",
     "MessageTooLarge",
+    "Middleware",
     "NoProvider",
+    "Outcome",
     "PublishError",
     "RemoteError",
     "RequestError",

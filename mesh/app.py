@@ -48,8 +48,9 @@ from mesh.contracts import Contract, ContractRegistry, SchemaSource
 from mesh.delivery import Consumer, ConsumerStats, Invoker, RetryPolicy
 from mesh.dlq import DeadLetters
 from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
-from mesh.handlers import handler_params
 from mesh.event import Event
+from mesh.handlers import handler_params
+from mesh.middleware import Chain, Middleware, PublishNext
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
 from mesh.routing.routes import ROUTER_GROUP, apply_routes
@@ -132,6 +133,7 @@ class Mesh:
         *,
         config: MeshConfig | None = None,
         source: str | None = None,
+        middleware: Sequence[Middleware] = (),
         **overrides: Any,
     ) -> None:
         instance: Transport | None = None
@@ -152,6 +154,10 @@ class Mesh:
             config.transport_url, config.transport_options
         )
         self._policy = RetryPolicy.from_config(config.retry)
+        #: the middleware chain (`mesh.middleware`): read by every publish and delivery
+        self._chain = Chain.of(middleware)
+        self._publish_chain: PublishNext | None = None
+        self._rebuild_publish_chain()
         #: every registered handler by (name, group), in registration order
         self._handles: dict[tuple[str, str | None], SubscriptionHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # runtime subscribes and closes
@@ -988,33 +994,84 @@ class Mesh:
 
     # --- publishing ------------------------------------------------------------------
 
+    # --- middleware -------------------------------------------------------------------
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The installed middleware, outermost first (see `mesh.middleware`)."""
+        return self._chain.middleware
+
+    def use(self, middleware: Middleware) -> Middleware:
+        """Install ``middleware`` innermost (after those given to `Mesh` or installed
+        before); allowed while the mesh runs: the next publish and the next attempt go
+        through it. Returns it, so ``tracing = mesh.use(Tracing())`` keeps a handle."""
+        self._chain = Chain.of((*self._chain.middleware, middleware))
+        self._rebuild_publish_chain()
+        return middleware
+
+    def _rebuild_publish_chain(self) -> None:
+        wrap = self._chain.publish
+        self._publish_chain = None if wrap is None else wrap(self._send)
+
+    # --- publishing ------------------------------------------------------------------
+
     async def publish(self, event: Event, *, channel: str | None = None) -> None:
         """Publish ``event`` (to the channel of its type unless ``channel`` is given)
         and return when the transport confirmed it."""
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes a mesh.Event, got {type(event).__name__}")
+        if self._publish_chain is not None:  # the chain sees what the caller sent
+            await self._publish_chain(event, channel or self.channel_for(event.type))
+            return
         event = self._under_contract(event)
         try:
             await self.transport.publish(channel or self.channel_for(event.type), event)
         except TransportClosed:
             if self._started:  # the transport's own reason; never "not started" here
                 raise
-            raise TransportClosed(
-                "the mesh is not started; use 'async with mesh:' or "
-                "await mesh.start() before publishing"
-            ) from None
+            raise self._not_started() from None
+
+    async def _send(self, event: Event, channel: str) -> None:
+        """The innermost link of the publish chain: the contract check and the write."""
+        if not isinstance(event, Event):
+            raise TypeError(
+                f"a middleware passed on {type(event).__name__}, not a mesh.Event, to publish"
+            )
+        event = self._under_contract(event)
+        try:
+            await self.transport.publish(channel, event)
+        except TransportClosed:
+            if self._started:  # the transport's own reason; never "not started" here
+                raise
+            raise self._not_started() from None
+
+    @staticmethod
+    def _not_started() -> TransportClosed:
+        return TransportClosed(
+            "the mesh is not started; use 'async with mesh:' or "
+            "await mesh.start() before publishing"
+        )
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish several events; returns when all are confirmed (pipelined where the
         transport can)."""
-        if len(self.contracts):
+        chain = self._publish_chain
+        if len(self.contracts) and chain is None:  # else checked in the chain's last link
             events = [self._under_contract(e) for e in events]
         if type(self).channel_for is Mesh.channel_for:  # the channel is the type
             items = [(e.type, e) for e in events]
         else:
             channel_for = self.channel_for
             items = [(channel_for(e.type), e) for e in events]
-        await self.transport.publish_batch(items)
+        if chain is None:
+            await self.transport.publish_batch(items)
+            return
+        results = await asyncio.gather(
+            *(chain(event, channel) for channel, event in items), return_exceptions=True
+        )
+        for result in results:  # every event had its chance; the first failure is raised
+            if isinstance(result, BaseException):
+                raise result
 
     def _under_contract(self, event: Event) -> Event:
         """Validate against the type's contract (`ContractViolation`, nothing sent) and

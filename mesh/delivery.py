@@ -61,10 +61,12 @@ from mesh.dlq import (  # the dead-letter vocabulary lives with DeadLetters (mes
     REMOVED_TYPE,
     REPLAY_TO,
     dead_letter_event,
+    reason_of,
     reduced_copy,
     undecodable_event,
 )
 from mesh.event import Event
+from mesh.middleware import Attempt, Outcome
 from mesh.stores import SyncIdempotencyStore
 from mesh.transport import Delivery
 
@@ -255,6 +257,10 @@ class Consumer:
         self._check_hops = not accepts_dead_letters
         self._skip_channel: dict[str, bool] = {}
         self._sync = store if isinstance(store, SyncIdempotencyStore) else None
+        #: what a failure outside an attempt leads to for this handler
+        self._failed = Outcome.DROPPED if accepts_dead_letters else Outcome.DEAD_LETTERED
+        #: (the mesh's composed handle hook, this consumer's chain) once a middleware has it
+        self._wrapped: tuple[object, Callable[[Attempt], Awaitable[None]]] | None = None
 
     def __repr__(self) -> str:
         return f"<handler {self.name}>"
@@ -264,6 +270,12 @@ class Consumer:
             event = delivery.event
         except DecodeError as exc:
             log.warning("undecodable message on %s: %s", delivery.channel, exc)
+            self._tell(
+                delivery,
+                None,
+                Outcome.DROPPED if self.accepts_dead_letters else Outcome.DEAD_LETTERED,
+                exc,
+            )
             if self.accepts_dead_letters:
                 await self._drop(delivery, f"an undecodable message ({exc})")
                 return
@@ -285,6 +297,7 @@ class Consumer:
             return
         if self.predicate is not None and not self.predicate(event):
             self.stats.filtered += 1
+            self._tell(delivery, event, Outcome.FILTERED)
             await delivery.ack()
             return
         if self._check_hops and ext and event.meshhops > self._hop_limit:
@@ -296,6 +309,7 @@ class Consumer:
                 try:
                     contract.check(event)
                 except ContractViolation as exc:
+                    self._tell(delivery, event, self._failed, exc)
                     await self._fail(delivery, event, exc, attempts=0)
                     return
         key = None
@@ -304,10 +318,14 @@ class Consumer:
             key = f"{self.scope}\x1f{event.source}\x1f{event.id}"
             if self._sync.seen_nowait(key) if self._sync is not None else await store.seen(key):
                 self.stats.duplicates += 1
+                self._tell(delivery, event, Outcome.DUPLICATE)
                 await delivery.ack()
                 return
         if self._max_deliveries and delivery.redeliveries >= self._max_deliveries:
             await self._delivery_limit(delivery, event)
+            return
+        if self.mesh._chain.handle is not None:
+            await self._chained(delivery, event, key)
             return
         attempt = 0
         while True:  # the attempts, inline (no coroutine per attempt)
@@ -332,47 +350,170 @@ class Consumer:
                         if self.wants_ctx
                         else None,
                     )
-            except RetryLater as exc:
-                self.stats.retry_later += 1
-                await delivery.nack(exc.after)
-                return
-            except (DeadLetter, DataValidationError) as exc:
-                await self._fail(delivery, event, exc, attempts=attempt)
-                return
             except Exception as exc:
-                self.stats.failed_attempts += 1
-                if self.policy.gives_up(exc, attempt):
-                    log.error(
-                        "handler %s failed %d times on %s (%s)",
-                        self.name,
-                        attempt,
-                        event.id,
-                        type(exc).__name__,
-                    )
-                    await self._fail(delivery, event, exc, attempts=attempt)
-                    return
-                log.info(
-                    "handler %s failed on %s (attempt %d/%d): %s: %s",
-                    self.name,
-                    event.id,
-                    attempt,
-                    self.policy.max_attempts,
-                    type(exc).__name__,
-                    exc,
-                )
-                await asyncio.sleep(self.policy.backoff(attempt))
-                continue
+                outcome = self._judge(exc, attempt, event)
+                if outcome is Outcome.RETRIED:
+                    await asyncio.sleep(self.policy.backoff(attempt))
+                    continue
+                await self._conclude(delivery, event, outcome, exc, attempt)
+                return
             finally:
                 reset_current_event(token)
-            # success: recorded before the ack, so a redelivery racing the ack is a duplicate
-            if key is not None and store is not None:
-                if self._sync is not None:
-                    self._sync.mark_nowait(key)
-                else:
-                    await store.mark(key)
-            self.stats.handled += 1
-            await delivery.ack()
+            await self._handled(delivery, key)
             return
+
+    async def _handled(self, delivery: Delivery, key: str | None) -> None:
+        """Success: recorded before the ack, so a redelivery racing the ack is a duplicate."""
+        if key is not None and self.store is not None:
+            if self._sync is not None:
+                self._sync.mark_nowait(key)
+            else:
+                await self.store.mark(key)
+        self.stats.handled += 1
+        await delivery.ack()
+
+    def _judge(self, error: Exception, attempt: int, event: Event) -> Outcome:
+        """What a failed attempt leads to, under the retry policy (counted and logged)."""
+        if isinstance(error, RetryLater):
+            return Outcome.RETRY_LATER
+        if isinstance(error, DeadLetter | DataValidationError):
+            return Outcome.DROPPED if self.accepts_dead_letters else Outcome.DEAD_LETTERED
+        self.stats.failed_attempts += 1
+        if self.policy.gives_up(error, attempt):
+            log.error(
+                "handler %s failed %d times on %s (%s)",
+                self.name,
+                attempt,
+                event.id,
+                type(error).__name__,
+            )
+            return Outcome.DROPPED if self.accepts_dead_letters else Outcome.DEAD_LETTERED
+        log.info(
+            "handler %s failed on %s (attempt %d/%d): %s: %s",
+            self.name,
+            event.id,
+            attempt,
+            self.policy.max_attempts,
+            type(error).__name__,
+            error,
+        )
+        return Outcome.RETRIED
+
+    async def _conclude(
+        self,
+        delivery: Delivery,
+        event: Event,
+        outcome: Outcome,
+        error: BaseException | None,
+        attempt: int,
+    ) -> None:
+        """Settle a delivery whose last attempt failed (``outcome`` from `_judge`)."""
+        if outcome is Outcome.RETRY_LATER:
+            self.stats.retry_later += 1
+            await delivery.nack(error.after if isinstance(error, RetryLater) else 0.0)
+        else:
+            await self._fail(delivery, event, error or RuntimeError("failed"), attempts=attempt)
+
+    async def _chained(self, delivery: Delivery, event: Event, key: str | None) -> None:
+        """The attempts through the middleware chain (see `mesh.middleware`): the same
+        decisions as the inline loop, with an `Attempt` each middleware can look at."""
+        wrap = self.mesh._chain.handle
+        if self._wrapped is None or self._wrapped[0] is not wrap:
+            assert wrap is not None
+            self._wrapped = (wrap, wrap(self._attempt))
+        call = self._wrapped[1]
+        number = 0
+        while True:
+            number += 1
+            attempt = Attempt(
+                event,
+                delivery.channel,
+                self.group,
+                self.name,
+                number,
+                delivery.redeliveries,
+                delivery,
+            )
+            try:
+                await call(attempt)
+            except Exception as exc:
+                if attempt.outcome is None:  # raised before the handler: as if it raised
+                    self._record(attempt, exc)
+                else:
+                    log.exception("middleware failed on %s after its outcome was decided", event.id)
+            outcome = attempt.outcome
+            if outcome is Outcome.RETRIED:
+                await asyncio.sleep(self.policy.backoff(number))
+                continue
+            if outcome is Outcome.ACKED:
+                await self._handled(delivery, key)
+            else:
+                assert outcome is not None
+                await self._conclude(delivery, event, outcome, attempt.error, number)
+            return
+
+    async def _attempt(self, attempt: Attempt) -> None:
+        """The innermost link of the chain: run the handler once and record the outcome."""
+        event = attempt.event
+        assert event is not None
+        token = set_current_event(event)
+        try:
+            if self._call_event is not None:
+                await self._call_event(event)
+            else:
+                await self.invoke(
+                    event,
+                    Context(
+                        self.mesh,
+                        event,
+                        channel=attempt.channel,
+                        group=self.group,
+                        scope=self.scope,
+                        attempt=attempt.number,
+                        redeliveries=attempt.redeliveries,
+                        delivery=attempt.delivery,
+                    )
+                    if self.wants_ctx
+                    else None,
+                )
+        except Exception as exc:
+            self._record(attempt, exc)
+        else:
+            attempt.outcome = Outcome.ACKED
+        finally:
+            reset_current_event(token)
+
+    def _record(self, attempt: Attempt, error: Exception) -> None:
+        assert attempt.event is not None
+        attempt.error = error
+        attempt.outcome = self._judge(error, attempt.number, attempt.event)
+        if attempt.outcome in (Outcome.DEAD_LETTERED, Outcome.DROPPED):
+            attempt.reason = reason_of(error)
+
+    def _tell(
+        self,
+        delivery: Delivery,
+        event: Event | None,
+        outcome: Outcome,
+        error: BaseException | None = None,
+    ) -> None:
+        """Tell the middleware about a delivery that does not reach the handler."""
+        notify = self.mesh._chain.skipped
+        if notify is not None:
+            notify(
+                Attempt(
+                    event,
+                    delivery.channel,
+                    self.group,
+                    self.name,
+                    0,
+                    delivery.redeliveries,
+                    delivery,
+                    outcome,
+                    error,
+                    None if error is None else reason_of(error),
+                )
+            )
 
     def _skips(self, channel: str) -> bool:
         """Whether deliveries from ``channel`` are acked unseen: a dead-letter copy
@@ -417,6 +558,7 @@ class Consumer:
             "(max_deliveries= on the handler, or retry.max_deliveries in the config)"
         )
         log.error("handler %s: event %s %s", self.name, event.id, error)
+        self._tell(delivery, event, self._failed, error)
         await self._fail(delivery, event, error, attempts=0)
 
     async def _dead_letter(self, delivery: Delivery, copy: Event) -> None:
@@ -451,6 +593,7 @@ class Consumer:
             f"hop limit {self._hop_limit}: handlers are probably emitting in a loop"
         )
         log.warning("%s", error)
+        self._tell(delivery, event, Outcome.HOP_LIMITED, error)
         alert = Event(
             LOOP_DETECTED_TYPE,
             self.mesh.source,

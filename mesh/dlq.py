@@ -89,6 +89,7 @@ __all__ = [
     "dead_letter_event",
     "dead_lettered_at",
     "original_of",
+    "reason_of",
     "reduced_copy",
     "replay_id",
     "replayable",
@@ -119,6 +120,12 @@ _MAX_REASON = 2000
 _REDUCED_TEXT = 256  # reason and headers kept in a reduced copy
 
 
+def reason_of(error: BaseException) -> str:
+    """Why an event was dead-lettered, as its copy's ``meshdlreason`` says (untruncated):
+    the error's message, or its type's name when it has none."""
+    return str(error) or type(error).__name__
+
+
 def dead_letter_event(
     event: Event, error: BaseException, *, attempts: int, group: str | None, channel: str
 ) -> Event:
@@ -129,7 +136,7 @@ def dead_letter_event(
     delivery yields the same id (brokers with native dedup keep one copy) while a
     broker's duplicate window never confuses it with the original.
     """
-    reason = str(error) or type(error).__name__
+    reason = reason_of(error)
     return event.replace(
         id=str(uuid.uuid5(ID_NAMESPACE, f"dl\x1f{group or ''}\x1f{event.source}\x1f{event.id}")),
         **{

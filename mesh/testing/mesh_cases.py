@@ -30,6 +30,7 @@ from mesh.errors import (
     RetryLater,
 )
 from mesh.event import Event
+from mesh.middleware import Attempt, HandleNext, Middleware, Outcome, PublishNext
 from mesh.testing.util import scaled, wait_until
 
 if TYPE_CHECKING:
@@ -143,6 +144,55 @@ class MeshCases:
         assert copy.extensions[DL_CHANNEL] == self.t("job")
         assert copy.extensions[DL_ID] == sent.id and copy.id != sent.id
         assert mesh.stats("work").dead_lettered == 1
+
+    @pytest.mark.asyncio
+    async def test_mesh_middleware_sees_publishes_attempts_and_skips(
+        self, meshes: MeshFactory
+    ) -> None:
+        """The middleware chain on this broker: what a publish hook adds travels, every
+        attempt reports its outcome, a filtered delivery is reported as skipped."""
+        seen: list[tuple[str, int, Outcome | None, str | None]] = []
+
+        class Watch(Middleware):
+            async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
+                await call_next(event.replace(mwstamp="on"), channel)
+
+            async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+                await call_next(attempt)
+                assert attempt.event is not None
+                seen.append((attempt.event.data["n"], attempt.number, attempt.outcome, None))
+
+            def skipped(self, attempt: Attempt) -> None:
+                assert attempt.event is not None
+                seen.append((attempt.event.data["n"], 0, attempt.outcome, attempt.reason))
+
+        mesh = await meshes(middleware=[Watch()])
+        stamps: list[object] = []
+        calls: Counter[int] = Counter()
+
+        @mesh.on(self.t("mw"), group=f"{self.prefix}-mw", filter={"exact": {"subject": "go"}})
+        async def work(event: Event) -> None:
+            n = event.data["n"]
+            calls[n] += 1
+            stamps.append(event.extensions.get("mwstamp"))
+            if n == 1 and calls[n] == 1:
+                raise ValueError("flaky once")
+            if n == 2:
+                raise DeadLetter("never")
+
+        await self.started(mesh)
+        for n, subject in ((0, "go"), (1, "go"), (2, "go"), (3, "stop")):
+            await mesh.publish(Event(self.t("mw"), "/t", {"n": n}, subject=subject))
+        await wait_until(lambda: len(seen) >= 5, self.timeout, "every outcome")
+        await asyncio.sleep(self.settle_time)
+        assert sorted(seen) == [
+            (0, 1, Outcome.ACKED, None),
+            (1, 1, Outcome.RETRIED, None),
+            (1, 2, Outcome.ACKED, None),
+            (2, 1, Outcome.DEAD_LETTERED, None),
+            (3, 0, Outcome.FILTERED, None),
+        ]
+        assert stamps == ["on"] * 4
 
     @pytest.mark.asyncio
     async def test_mesh_invalid_data_dead_letters_without_retry(self, meshes: MeshFactory) -> None:

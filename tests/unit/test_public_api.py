@@ -8,6 +8,7 @@ import mesh
 from mesh import errors
 
 PUBLIC = {
+    "Attempt",
     "BatchPolicy",
     "ConfigError",
     "ConnectError",
@@ -33,6 +34,8 @@ PUBLIC = {
     "MeshConfig",
     "MeshError",
     "MessageTooLarge",
+    "Middleware",
+    "Outcome",
     "PublishError",
     "RetryConfig",
     "RetryLater",

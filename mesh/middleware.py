@@ -1,0 +1,185 @@
+"""The middleware chain: one seam every publish and every delivery passes through.
+
+::
+
+    class Timing(mesh.Middleware):
+        async def handle(self, attempt, call_next):
+            started = time.perf_counter()
+            await call_next(attempt)
+            print(attempt.handler, attempt.outcome, time.perf_counter() - started)
+
+    app = Mesh("memory://", middleware=[Timing()])      # or app.use(Timing())
+
+A middleware subclasses `Middleware` and overrides any of three hooks; the ones it
+leaves alone cost nothing (the chain is built from the overridden hooks only, and with
+no middleware installed the core takes the path it took before the chain existed).
+The first middleware of the list is the outermost: it sees a publish first and an
+attempt's outcome last.
+
+``publish(event, channel, call_next)``
+    Around every `Mesh.publish` (so `Mesh.emit`, `Context.emit`, replies and the
+    capability registry's own events too, and each event of `Mesh.publish_many`, which
+    then runs the events through the chain concurrently). ``await call_next(event,
+    channel)`` sends and returns once the transport confirmed the write; a middleware
+    may pass on a different event (``event.replace(traceparent=...)``), or raise
+    instead of calling it (nothing is sent, the caller gets the exception).
+    Dead-letter copies are written straight to the transport and do not pass here.
+
+``handle(attempt, call_next)``
+    Around each attempt of a handler on a delivery (a retried delivery is several
+    attempts; a batch handler's delivery is one attempt per event, waiting for its
+    batch). ``await call_next(attempt)`` runs the rest of the chain and the handler; it
+    does not raise what the handler raised: when it returns, `Attempt.outcome` says
+    what the mesh does next (`Outcome.ACKED`, ``RETRIED`` after a backoff,
+    ``RETRY_LATER`` given back to the broker, ``DEAD_LETTERED`` with
+    `Attempt.reason`, ``DROPPED`` by a dead-letter handler) and `Attempt.error` holds
+    the handler's exception. A middleware that raises *before* calling ``call_next``
+    (a rate limiter raising `RetryLater`, a guard raising `DeadLetter`) is treated
+    exactly as if the handler had raised it. Cancellation (shutdown) propagates.
+
+``skipped(attempt)``
+    A delivery that never reached its handler: ``FILTERED`` (the residual filter said
+    no), ``DUPLICATE`` (the idempotency store had it), ``HOP_LIMITED`` (dead-lettered
+    past the hop limit), ``DEAD_LETTERED`` (undecodable, a contract violation, past
+    ``max_deliveries``; the reason says which) or ``DROPPED``. `Attempt.number` is 0,
+    and `Attempt.event` is None for an undecodable message. Called after the outcome
+    was decided, before the ack; it must not block (it is a plain function).
+
+Exceptions a middleware raises in ``handle`` after ``call_next`` returned, and any
+``skipped`` raises, are logged and otherwise ignored: the outcome was already decided,
+and a broken metrics exporter must never lose or duplicate an event.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from mesh.errors import ConfigError
+from mesh.event import Event
+
+if TYPE_CHECKING:
+    from mesh.transport import Delivery
+
+__all__ = ["Attempt", "HandleNext", "Middleware", "Outcome", "PublishNext"]
+
+log = logging.getLogger("mesh.middleware")
+
+
+class Outcome(StrEnum):
+    """What the mesh does with a delivery after an attempt (or instead of one)."""
+
+    ACKED = "acked"  # handled; acked (after the idempotency store recorded it)
+    RETRIED = "retried"  # the attempt failed; another follows after the backoff
+    RETRY_LATER = "retry_later"  # given back to the broker for redelivery (RetryLater)
+    DEAD_LETTERED = "dead_lettered"  # a copy goes to the dead-letter channel, then ack
+    DROPPED = "dropped"  # a dead-letter handler could not handle it: logged, acked
+    FILTERED = "filtered"  # the residual filter rejected it: acked unseen
+    DUPLICATE = "duplicate"  # this group handled it already: acked unseen
+    HOP_LIMITED = "hop_limited"  # past the hop limit: dead-lettered unrun
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One handler attempt on one delivery, as the middleware sees it.
+
+    The core fills in ``outcome``, ``error`` and ``reason`` before ``call_next``
+    returns; the rest is fixed when the attempt starts. ``state`` is a scratch dict for
+    middleware (keyed by something of its own) that lives as long as the attempt.
+    """
+
+    event: Event | None
+    channel: str
+    group: str | None
+    handler: str
+    number: int  # 1 for the first attempt of this delivery; 0 for `Middleware.skipped`
+    redeliveries: int  # earlier deliveries of the message, as the broker counts them
+    delivery: Delivery
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    reason: str | None = None  # why it was dead-lettered or dropped
+    state: dict[object, object] | None = None
+
+
+PublishNext = Callable[[Event, str], Awaitable[None]]
+HandleNext = Callable[[Attempt], Awaitable[None]]
+
+
+class Middleware:
+    """Base class of a middleware: every hook passes through. See the module docstring
+    for the contract of each; override only what you need."""
+
+    async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
+        await call_next(event, channel)
+
+    async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+        await call_next(attempt)
+
+    def skipped(self, attempt: Attempt) -> None:
+        """A delivery that ended without reaching its handler (see the module docstring)."""
+
+
+def _overrides(middleware: Middleware, hook: str) -> bool:
+    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """The composed hooks of an ordered list of middleware (None: no middleware has it)."""
+
+    middleware: tuple[Middleware, ...] = ()
+    publish: Callable[[PublishNext], PublishNext] | None = None
+    handle: Callable[[HandleNext], HandleNext] | None = None
+    skipped: Callable[[Attempt], None] | None = None
+
+    @classmethod
+    def of(cls, middleware: Iterable[Middleware]) -> Chain:
+        """Compose ``middleware`` (outermost first); a `ConfigError` for anything that is
+        not a `Middleware` (an instance: pass ``Timing()``, not ``Timing``)."""
+        items = tuple(middleware)
+        for item in items:
+            if not isinstance(item, Middleware):
+                hint = (
+                    f"pass an instance ({item.__name__}()), not the class"
+                    if isinstance(item, type) and issubclass(item, Middleware)
+                    else "subclass mesh.Middleware and pass an instance"
+                )
+                raise ConfigError(f"middleware {item!r} is not a mesh.Middleware: {hint}")
+        publishers = [m for m in items if _overrides(m, "publish")]
+        handlers = [m for m in items if _overrides(m, "handle")]
+        watchers = [m for m in items if _overrides(m, "skipped")]
+        return cls(
+            items,
+            _wrapper(publishers, "publish") if publishers else None,
+            _wrapper(handlers, "handle") if handlers else None,
+            _notifier(watchers) if watchers else None,
+        )
+
+
+def _wrapper(items: list[Middleware], hook: str) -> Callable[[Any], Any]:
+    """A function that wraps the innermost call (the send, the handler) in ``items``'
+    ``hook``, the first item outermost."""
+    methods = [getattr(m, hook) for m in reversed(items)]
+
+    def wrap(inner: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        call = inner
+        for method in methods:
+            call = functools.partial(method, call_next=call)
+        return call
+
+    return wrap
+
+
+def _notifier(items: list[Middleware]) -> Callable[[Attempt], None]:
+    def notify(attempt: Attempt) -> None:
+        for middleware in items:
+            try:
+                middleware.skipped(attempt)
+            except Exception:  # a broken exporter never changes what happens to an event
+                log.exception("middleware %r failed in skipped()", middleware)
+
+    return notify
