@@ -37,7 +37,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -63,13 +62,6 @@ log = logging.getLogger("mesh_nats")
 ACK, NAK, PROGRESS = b"+ACK", b"-NAK", b"+WPI"
 
 
-class _Owner(Protocol):
-    """Where a delivery's settlements are published: the subscription's current client."""
-
-    @property
-    def nc(self) -> Client: ...
-
-
 class NatsDelivery(Delivery):
     """A JetStream message; settling publishes ``+ACK`` / ``-NAK {"delay": ns}`` / ``+WPI``
     to its ack subject.
@@ -81,11 +73,9 @@ class NatsDelivery(Delivery):
     `NatsTransport.read`) is settled from the start: ack and nack do nothing.
     """
 
-    __slots__ = ("_gate", "_msg", "_owner", "_seq", "progressed")
+    __slots__ = ("_msg", "_owner", "_seq", "progressed")
 
-    def __init__(
-        self, msg: Msg, channel: str, gate: asyncio.Event | None, owner: _Owner | None = None
-    ) -> None:
+    def __init__(self, msg: Msg, channel: str, owner: NatsSubscription | None) -> None:
         # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (9 tokens), or
         # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>... (11-12 tokens);
         # parsed by hand: msg.metadata costs 10x more
@@ -94,7 +84,7 @@ class NatsDelivery(Delivery):
         super().__init__(channel, max(0, int(tokens[at]) - 1))
         self._seq = tokens[at + 1]
         int(self._seq)  # not a JetStream ack subject: ValueError, as for the count
-        self._msg, self._gate, self._owner = msg, gate, owner
+        self._msg, self._owner = msg, owner
         self.progressed = time.monotonic()
         if owner is None:
             self._settled = True
@@ -113,26 +103,22 @@ class NatsDelivery(Delivery):
         return dict(self._msg.headers or {}), bytes(self._msg.data)
 
     async def _settle(self, what: str, payload: bytes) -> None:
-        owner = self._owner
-        if owner is None:
+        if self._owner is None:
             return
         try:
-            await owner.nc.publish(self._msg.reply, payload)
+            await self._owner.nc.publish(self._msg.reply, payload)
         except Exception as exc:  # nats-py raises assorted types once the connection is gone
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            return
-        raise DeliveryError(
-            f"could not {what} a message on {self.channel!r}: {reason}; the "
-            "broker redelivers it after ack_wait"
-        )
+            raise DeliveryError(
+                f"could not {what} a message on {self.channel!r}: {type(exc).__name__}: "
+                f"{exc}; the broker redelivers it after ack_wait"
+            ) from None
 
     async def _ack(self) -> None:
         await self._settle("ack", ACK)
 
     async def _nack(self, delay: float) -> None:
-        if self._gate is not None:
-            await self._gate.wait()  # see NatsSubscription.close
+        if self._owner is not None:
+            await self._owner.gate.wait()  # see NatsSubscription.close
         await self._settle(
             "nack",
             NAK if not delay else NAK + b' {"delay":' + str(int(delay * 1e9)).encode() + b"}",
@@ -176,13 +162,16 @@ class NatsSubscription(Subscription):
         consumers: Sequence[tuple[str, str]],
         handler: DeliveryHandler,
         max_in_flight: int,
-        on_close: Callable[[NatsSubscription], Awaitable[None]],
+        on_close: Callable[[NatsSubscription], None],
         recreate: Callable[[str, str], Awaitable[None]] | None,
     ) -> None:
-        self._nc, self._cfg = nc, config
+        """``consumers`` are (name, pattern) pairs; ``on_close`` is told once the
+        subscription closed. ``recreate(name, pattern)`` is given for a broadcast
+        subscriber only: its consumers are recreated when the server deleted them
+        (inactivity) and deleted when it closes; a group's are left alone."""
+        self.nc, self._cfg = nc, config  # nc: the client it pulls and settles through
         self._max = max_in_flight
         self._on_close, self._recreate = on_close, recreate
-        self.consumers = [name for name, _ in consumers]
         self._pulls = [
             _Pull(name, pattern, [pattern_matcher(p) for _, p in consumers[:i]])
             for i, (name, pattern) in enumerate(consumers)
@@ -194,21 +183,14 @@ class NatsSubscription(Subscription):
         self._pump_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
-        self._gate = asyncio.Event()  # cleared while closing: nacks wait for the unsubscribe
-        self._gate.set()
+        self.gate = asyncio.Event()  # cleared while closing: nacks wait for the unsubscribe
+        self.gate.set()
         self._returned: list[NatsDelivery] = []  # arrived while closing, given back after it
         self._tick = min(1.0, config.ack_wait / 4)
         self._noted: dict[str, float] = {}  # consumer -> when last found missing
 
-    @property
-    def nc(self) -> Client:
-        """The client this subscription pulls and settles through (replaced by `rebind`)."""
-        return self._nc
-
     async def start(self) -> None:
-        for pull in self._pulls:
-            pull.inbox = self._nc.new_inbox()
-            pull.sub = await self._nc.subscribe(f"{pull.inbox}.*", cb=self._receiver(pull))
+        await self.rebind(self.nc)
         self._pump_task = asyncio.create_task(self._pump(), name="mesh-nats-pump")
 
     def reset(self) -> None:
@@ -218,19 +200,19 @@ class NatsSubscription(Subscription):
         self._wake.set()
 
     async def rebind(self, nc: Client) -> None:
-        """Move to ``nc``, a fresh client that replaced one the server closed: new inboxes
-        for every consumer, open requests forgotten (they died with the old connection),
-        so the pump asks again at once. Messages already here stay in the pool; their
-        settlements go through ``nc`` from now on (see `NatsDelivery`)."""
+        """Move to ``nc``, a fresh client that replaced one the server closed (or the first
+        one, from `start`): new inboxes for every consumer, open requests forgotten (they
+        died with the old connection), so the pump asks again at once. Messages already
+        here stay in the pool; their settlements go through ``nc`` from now on (see
+        `NatsDelivery`)."""
         subs = []
         for pull in self._pulls:
             inbox = nc.new_inbox()
             subs.append((inbox, await nc.subscribe(f"{inbox}.*", cb=self._receiver(pull))))
-        self._nc = nc  # no await from here: the pump never pairs the new client with old inboxes
+        self.nc = nc  # no await from here: the pump never pairs the new client with old inboxes
         for pull, (inbox, sub) in zip(self._pulls, subs, strict=True):
             pull.inbox, pull.sub = inbox, sub
-            pull.end()
-        self._wake.set()
+        self.reset()
 
     # --- receiving ------------------------------------------------------------------
 
@@ -278,7 +260,7 @@ class NatsSubscription(Subscription):
     async def _accept(self, pull: _Pull, msg: Msg) -> None:
         channel = self._cfg.channel(msg.subject)
         try:
-            delivery = NatsDelivery(msg, channel, self._gate, self)
+            delivery = NatsDelivery(msg, channel, self)
         except Exception as exc:  # reply is not a JetStream ack subject: not ours to handle
             log.warning("ignoring a non-JetStream message on %s: %s", msg.subject, exc)
             return
@@ -328,7 +310,7 @@ class NatsSubscription(Subscription):
             pull.deadline = now + self._cfg.pull_expires + 1.0
             available -= batch
             request = json.dumps({"batch": batch, "expires": expires_ns}).encode()
-            await self._nc.publish(
+            await self.nc.publish(
                 self._next_subject(pull), request, reply=f"{pull.inbox}.{pull.token}"
             )
 
@@ -367,16 +349,14 @@ class NatsSubscription(Subscription):
         async def probe(msg: Msg) -> None:
             if msg.reply:
                 with contextlib.suppress(ValueError, IndexError):
-                    self._returned.append(
-                        NatsDelivery(msg, self._cfg.channel(msg.subject), self._gate, self)
-                    )
+                    self._returned.append(NatsDelivery(msg, self._cfg.channel(msg.subject), self))
             if not answered.done():
                 answered.set_result(None)
 
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox, cb=probe)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=probe)
         try:
-            await self._nc.publish(
+            await self.nc.publish(
                 self._next_subject(pull), b'{"batch":1,"expires":50000000}', reply=inbox
             )
             await asyncio.wait_for(answered, 2.0)
@@ -398,7 +378,7 @@ class NatsSubscription(Subscription):
             await self._closed.wait()
             return
         self._closing = True
-        self._gate.clear()
+        self.gate.clear()
         backlog = self._pool.stop()
         keeper = asyncio.create_task(self._keep_in_progress(backlog), name="mesh-nats-wpi")
         try:
@@ -414,14 +394,18 @@ class NatsSubscription(Subscription):
             await asyncio.gather(
                 *(self._sweep(pull) for pull in self._pulls), return_exceptions=True
             )
-            self._gate.set()
+            self.gate.set()
             for delivery in (*self._returned, *backlog):
                 with contextlib.suppress(MeshError):
                     await delivery.nack()
             await self._pool.drain(timeout)
-            await self._on_close(self)
+            if self._recreate is not None:  # a broadcast subscriber's consumers die with it
+                js = self.nc.jetstream(timeout=self._cfg.request_timeout)
+                for pull in self._pulls:
+                    await quietly(js.delete_consumer(self._cfg.stream, pull.consumer))
+            self._on_close(self)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-            self._gate.set()
+            self.gate.set()
             self._closed.set()

@@ -549,7 +549,7 @@ class NatsTransport(Transport):
         group: str | None = None,
         max_in_flight: int = 1,
     ) -> Subscription:
-        nc, js = self._client()
+        nc, _ = self._client()
         max_in_flight = max(1, max_in_flight)
         base = f"mesh_bc_{uuid.uuid4().hex[:16]}"  # a broadcast subscriber's consumers
         consumers = [
@@ -560,14 +560,6 @@ class NatsTransport(Transport):
             await self._create_consumer(
                 name, p, max_in_flight=max_in_flight, broadcast=group is None
             )
-
-        async def closed(sub: NatsSubscription) -> None:
-            self._subs.discard(sub)
-            current = self._js or js  # the client may have been replaced since
-            if group is None:  # a broadcast subscriber's consumers die with it
-                for name in sub.consumers:
-                    await quietly(current.delete_consumer(self.config.stream, name))
-
         recreate = functools.partial(
             self._create_consumer, max_in_flight=max_in_flight, broadcast=True
         )
@@ -577,7 +569,7 @@ class NatsTransport(Transport):
             consumers,
             handler,
             max_in_flight,
-            closed,
+            self._subs.discard,
             recreate if group is None else None,
         )
         try:
