@@ -35,8 +35,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
-from aiormq.abc import DeliveredMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from mesh import Delivery, DeliveryHandler, Dispatcher, Event, Subscription, codec, quietly
 from mesh_rabbitmq import binding
@@ -51,11 +50,6 @@ OP_TIMEOUT = 5.0
 def _from_incoming(message: AbstractIncomingMessage, fmt: Any, factory: Any) -> Any:
     """`binding.decode` in the shape of an SDK ``from_*`` function, for `codec.decode`."""
     return binding.decode(message.headers, message.content_type, message.body, fmt, factory)
-
-
-def _from_delivered(message: DeliveredMessage, fmt: Any, factory: Any) -> Any:
-    properties = message.header.properties
-    return binding.decode(properties.headers, properties.content_type, message.body, fmt, factory)
 
 
 def _count(value: Any) -> int:
@@ -124,15 +118,16 @@ class RabbitMQDelivery(Delivery):
             await settle(self._message, "nack" if cancelled else "reject")
 
 
-class RetainedDelivery(Delivery):
+class RetainedDelivery(RabbitMQDelivery):
     """A message read from a retained channel's stream (`RabbitMQTransport.read`):
-    settled from the start (ack and nack do nothing: reading never consumes), no
-    redeliveries, and ``position`` the stream offset (stable, unique in the stream)."""
+    settled from the start (ack and nack do nothing: reading never consumes, so there is
+    no subscription to settle through), no redeliveries, and ``position`` the stream
+    offset (stable, unique in the stream)."""
 
-    __slots__ = ("_message", "_offset")
+    __slots__ = ("_offset",)
 
-    def __init__(self, message: DeliveredMessage, offset: int) -> None:
-        super().__init__(message.routing_key or "", 0)
+    def __init__(self, message: AbstractIncomingMessage, offset: int) -> None:
+        Delivery.__init__(self, message.routing_key or "", 0)
         self._message, self._offset = message, offset
         self._settled = True
 
@@ -140,29 +135,13 @@ class RetainedDelivery(Delivery):
     def position(self) -> str:
         return str(self._offset)
 
-    def _decode(self) -> Event:
-        return codec.decode(_from_delivered, self._message)
-
-    def raw(self) -> tuple[Mapping[str, str], bytes]:
-        properties = self._message.header.properties
-        return (
-            binding.raw_headers(properties.headers, properties.content_type),
-            bytes(self._message.body),
-        )
-
-    async def _ack(self) -> None:
-        """Never called (settled from the start)."""
-
-    async def _nack(self, delay: float) -> None:
-        """Never called (settled from the start)."""
-
 
 class RabbitMQSubscription(Subscription):
     """A consumer on ``queue`` over its own robust ``channel`` (see module docstring)."""
 
     def __init__(
         self,
-        channel: AbstractRobustChannel,
+        channel: AbstractChannel,
         queue: AbstractQueue,
         handler: DeliveryHandler,
         max_in_flight: int,

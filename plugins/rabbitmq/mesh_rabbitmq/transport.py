@@ -22,15 +22,17 @@ import asyncio
 import contextlib
 import copy
 import logging
+import math
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import aio_pika
 import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.abc import AbstractMessage, AbstractRobustChannel, AbstractRobustConnection
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     ChannelAccessRefused,
     ChannelNotFoundEntity,
@@ -482,7 +484,7 @@ class RabbitMQTransport(Transport):
         conn, cfg, limit = self._open(), self.config, max(1, max_in_flight)
         if group is None:
             name = topology.broadcast_queue(cfg.exchange)
-            arguments = {"x-queue-type": "classic"}
+            arguments: dict[str, Any] = {"x-queue-type": "classic"}
         else:
             name = topology.group_queue(cfg.exchange, group, patterns)
             arguments = topology.group_arguments(cfg)
@@ -517,11 +519,17 @@ class RabbitMQTransport(Transport):
         _LIVE.setdefault((cfg.exchange, name), set()).add(sub)
         return sub
 
-    async def _channel(self, conn: AbstractRobustConnection) -> AbstractRobustChannel:
+    async def _channel(self, conn: AbstractConnection, *, robust: bool = True) -> AbstractChannel:
+        """A channel without publisher confirms. ``robust=False``: a plain one on the
+        current connection, of which nothing is restored after a reconnect (a robust
+        channel re-opens and re-declares), and a broker error on it (the 404 of a passive
+        declare) just closes it."""
         with self._failing("opening a channel"):
             async with asyncio.timeout(self.config.connect_timeout):
-                channel: AbstractRobustChannel = await conn.channel(publisher_confirms=False)
-                return channel
+                if robust:
+                    return await conn.channel(publisher_confirms=False)
+                await conn.ready()
+                return await aio_pika.Channel(conn, publisher_confirms=False)
 
     def _forget(self, sub: RabbitMQSubscription) -> None:
         self._subs.discard(sub)
@@ -550,34 +558,22 @@ class RabbitMQTransport(Transport):
         """Passive declare; a real declare (durable, ``arguments``) only if ``name`` does
         not exist; then bind it to every key (bindings are idempotent)."""
         cfg, conn = self.config, self._open()
-        raw = await self._raw_channel(conn)
+        channel = await self._channel(conn, robust=False)
         try:
             with self._failing(f"declaring queue {name!r}"):
                 async with asyncio.timeout(cfg.connect_timeout):
                     try:
-                        await raw.queue_declare(name, passive=True)
+                        queue = await channel.declare_queue(name, passive=True)
                     except ChannelNotFoundEntity:  # the broker closed that channel: a new one
-                        await quietly(raw.close(), OP_TIMEOUT)
-                        raw = await self._raw_channel(conn)
-                        await raw.queue_declare(name, durable=True, arguments=arguments)
+                        await quietly(channel.close(), OP_TIMEOUT)
+                        channel = await self._channel(conn, robust=False)
+                        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
                     for key in keys:
-                        await raw.queue_bind(name, cfg.exchange, routing_key=key)
+                        await queue.bind(cfg.exchange, key)
         finally:
-            await quietly(raw.close(), OP_TIMEOUT)
+            await quietly(channel.close(), OP_TIMEOUT)
 
     # --- retained channels (the dead-letter tools read them) -------------------------
-
-    async def _raw_channel(self, conn: AbstractRobustConnection) -> AbstractChannel:
-        """A plain aiormq channel on the current connection: nothing of it is restored
-        after a reconnect (aio-pika's robust channel would re-open and re-declare), and
-        a broker error on it (404 of a passive declare) just closes it."""
-        with self._failing("opening a channel"):
-            async with asyncio.timeout(self.config.connect_timeout):
-                await conn.ready()
-                underlay = conn.transport
-                if underlay is None:
-                    raise ConnectionError("not connected")
-                return await underlay.connection.channel(publisher_confirms=False)
 
     def _retained_name(self, channel: str) -> str:
         validate_pattern(channel)
@@ -608,89 +604,75 @@ class RabbitMQTransport(Transport):
         a stream raises `ConfigError` (nothing is acked on it)."""
         name = self._retained_name(channel)
         conn = self._open()
-        if not await self._exists(conn, name):
-            return
         end = await self._stream_end(conn, name, idle)
-        if end is None:
+        if end < 0:
             return
-        raw = await self._raw_channel(conn)
+        last = -1
+        async with contextlib.aclosing(self._stream(conn, name, "first", idle, idle)) as stream:
+            async for offset, message in stream:
+                if offset > last:  # a chunk may start before the offset asked for
+                    last = offset
+                    yield RetainedDelivery(message, offset)
+                if last >= end:
+                    return
+
+    async def _stream_end(self, conn: AbstractRobustConnection, name: str, idle: float) -> int:
+        """The offset of the stream's last message now (-1: none arrived within ``idle``):
+        the highest offset of the burst a consumer at ``last`` gets."""
+        loop = asyncio.get_running_loop()
+        end, deadline = -1, math.inf
+        quiet = min(idle, LAST_CHUNK_QUIET)
+        async with contextlib.aclosing(self._stream(conn, name, "last", idle, quiet)) as burst:
+            async for offset, _ in burst:
+                end = max(end, offset)
+                # bounded: under a steady stream of new publishes the burst never goes quiet
+                deadline = min(deadline, loop.time() + max(1.0, idle))
+                if loop.time() > deadline:
+                    break
+        return end
+
+    async def _stream(
+        self, conn: AbstractRobustConnection, name: str, start: str, first: float, then: float
+    ) -> AsyncGenerator[tuple[int, AbstractIncomingMessage]]:
+        """(offset, message) of stream ``name`` from offset ``start`` on a plain channel of
+        its own, each acked (a stream keeps what is acked: that only returns prefetch
+        credit). Ends when no message came for ``first`` seconds (before the first one) or
+        ``then`` seconds (after it), and at once when there is no such queue. A queue that
+        is not a stream raises `ConfigError` before anything is acked on it, a lost
+        connection `ConnectError`."""
+        channel = await self._channel(conn, robust=False)
+        inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        channel.close_callbacks.add(lambda *_: inbox.put_nowait(None))
         try:
             with self._failing(f"reading stream queue {name!r}", "read again"):
-                inbox = await self._consume(raw, name, "first")
-                last = -1
-                while last < end:
-                    message = await self._next(inbox, name, idle)
-                    if message is None:
-                        return
-                    offset = self._offset(message, name)
-                    await self._credit(raw, message)  # a stream keeps what is acked
-                    if offset > last:  # a chunk may start before the offset asked for
-                        last = offset
-                        yield RetainedDelivery(message, offset)
-        finally:
-            await quietly(raw.close(), OP_TIMEOUT)
-
-    async def _exists(self, conn: AbstractRobustConnection, name: str) -> bool:
-        raw = await self._raw_channel(conn)
-        try:
-            with self._failing(f"looking up stream queue {name!r}"):
                 try:
                     async with asyncio.timeout(self.config.connect_timeout):
-                        await raw.queue_declare(name, passive=True)
-                except ChannelNotFoundEntity:
-                    return False
-            return True
+                        queue = await channel.declare_queue(name, passive=True)
+                except ChannelNotFoundEntity:  # never retained: nothing to read
+                    return
+                await channel.set_qos(prefetch_count=READ_PREFETCH)
+                try:
+                    await queue.consume(inbox.put, arguments={"x-stream-offset": start})
+                except ChannelPreconditionFailed as exc:  # a quorum queue refuses the argument
+                    if "x-stream-offset" not in str(exc):
+                        raise
+                    raise ConfigError(_NOT_A_STREAM.format(name=name)) from None
+                wait = first
+                while (message := await self._next(inbox, name, wait)) is not None:
+                    offset = (message.headers or {}).get("x-stream-offset")
+                    if type(offset) is not int:
+                        raise ConfigError(_NOT_A_STREAM.format(name=name))
+                    await message.ack()
+                    yield offset, message
+                    wait = then
         finally:
-            await quietly(raw.close(), OP_TIMEOUT)
-
-    async def _stream_end(
-        self, conn: AbstractRobustConnection, name: str, idle: float
-    ) -> int | None:
-        """The offset of the stream's last message now (None: empty, nothing arrived
-        within ``idle``): the highest offset of the burst a consumer at ``last`` gets."""
-        raw = await self._raw_channel(conn)
-        try:
-            with self._failing(f"reading stream queue {name!r}", "read again"):
-                inbox = await self._consume(raw, name, "last")
-                message = await self._next(inbox, name, idle)
-                end = None
-                # bounded: under a steady stream of new publishes the burst never goes quiet
-                deadline = asyncio.get_running_loop().time() + max(1.0, idle)
-                while message is not None:
-                    end = max(end if end is not None else -1, self._offset(message, name))
-                    await self._credit(raw, message)
-                    if asyncio.get_running_loop().time() > deadline:
-                        break
-                    message = await self._next(inbox, name, min(idle, LAST_CHUNK_QUIET))
-                return end
-        finally:
-            await quietly(raw.close(), OP_TIMEOUT)
-
-    @staticmethod
-    async def _consume(
-        raw: AbstractChannel, name: str, offset: str
-    ) -> asyncio.Queue[DeliveredMessage | None]:
-        """Consume stream ``name`` from ``offset`` into a queue; None in it means the
-        channel closed (the connection was lost)."""
-        inbox: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()
-        raw.closing.add_done_callback(lambda _: inbox.put_nowait(None))
-        await raw.basic_qos(prefetch_count=READ_PREFETCH)
-
-        async def put(message: DeliveredMessage) -> None:
-            inbox.put_nowait(message)
-
-        try:
-            await raw.basic_consume(name, put, arguments={"x-stream-offset": offset})
-        except ChannelPreconditionFailed as exc:  # a quorum queue refuses the argument
-            if "x-stream-offset" not in str(exc):
-                raise
-            raise ConfigError(_NOT_A_STREAM.format(name=name)) from None
-        return inbox
+            await quietly(channel.close(), OP_TIMEOUT)
 
     async def _next(
-        self, inbox: asyncio.Queue[DeliveredMessage | None], name: str, wait: float
-    ) -> DeliveredMessage | None:
-        """The next message, or None after ``wait`` seconds without one."""
+        self, inbox: asyncio.Queue[AbstractIncomingMessage | None], name: str, wait: float
+    ) -> AbstractIncomingMessage | None:
+        """The next message, or None after ``wait`` seconds without one; None in
+        ``inbox`` means the channel closed (the connection was lost)."""
         try:
             async with asyncio.timeout(wait):
                 message = await inbox.get()
@@ -702,19 +684,6 @@ class RabbitMQTransport(Transport):
                 f"lost while reading stream queue {name!r}; read again"
             )
         return message
-
-    @staticmethod
-    async def _credit(raw: AbstractChannel, message: DeliveredMessage) -> None:
-        """Ack a stream message: returns prefetch credit, removes nothing."""
-        if message.delivery_tag is not None:
-            await raw.basic_ack(message.delivery_tag)
-
-    @staticmethod
-    def _offset(message: DeliveredMessage, name: str) -> int:
-        offset = (message.header.properties.headers or {}).get("x-stream-offset")
-        if type(offset) is not int:
-            raise ConfigError(_NOT_A_STREAM.format(name=name))
-        return offset
 
     async def delete_channels(self, pattern: str) -> None:
         """Delete the group queues and retained streams this process declared whose
@@ -744,9 +713,9 @@ class RabbitMQTransport(Transport):
             return
         own = self._closed or self._conn is None  # after close(): a one-off connection
         conn = await self._dial(robust=False) if own else self._open()
-        channel: AbstractRobustChannel | None = None
+        channel: AbstractChannel | None = None
         try:
-            channel = await self._channel(conn)
+            channel = await self._channel(conn, robust=False)
             with self._failing("deleting queues"):
                 for name in doomed:
                     subs = _LIVE.pop((exchange, name), set())
