@@ -61,7 +61,7 @@ class NATSMessage:
 
 def encode_header_value(value: Any) -> str:
     """Percent-encode an attribute's canonical string for a NATS header value."""
-    text = codec.canonical(value)
+    text = value if value.__class__ is str else codec.canonical(value)
     if _UNSAFE.search(text) is None:  # the common case: nothing to encode
         return text
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in text.encode("utf-8"))
@@ -75,11 +75,9 @@ def decode_header_value(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
-    return (
-        _PERCENT.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8"), value)
-        if "%" in value
-        else value
-    )  # usually nothing to decode
+    if "%" not in value:  # usually nothing to decode
+        return value
+    return _PERCENT.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8"), value)
 
 
 def check_text(name: str, value: str) -> str:
@@ -115,12 +113,8 @@ def to_binary(event: BaseCloudEvent, event_format: Format) -> NATSMessage:
     headers: dict[str, str] = {}
     attributes = event.get_attributes()
     for name, value in attributes.items():
-        if value is not None:  # a str with nothing to encode (the common case) as it is
-            headers[CE_PREFIX + name] = (
-                value
-                if value.__class__ is str and _UNSAFE.search(value) is None
-                else encode_header_value(value)
-            )
+        if value is not None:
+            headers[CE_PREFIX + name] = encode_header_value(value)
     content_type = attributes.get("datacontenttype")
     if (
         isinstance(content_type, str)

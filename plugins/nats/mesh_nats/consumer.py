@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -208,7 +209,8 @@ class NatsSubscription(Subscription):
         subs = []
         for pull in self._pulls:
             inbox = nc.new_inbox()
-            subs.append((inbox, await nc.subscribe(f"{inbox}.*", cb=self._receiver(pull))))
+            sub = await nc.subscribe(f"{inbox}.*", cb=functools.partial(self._receive, pull))
+            subs.append((inbox, sub))
         self.nc = nc  # no await from here: the pump never pairs the new client with old inboxes
         for pull, (inbox, sub) in zip(self._pulls, subs, strict=True):
             pull.inbox, pull.sub = inbox, sub
@@ -216,24 +218,21 @@ class NatsSubscription(Subscription):
 
     # --- receiving ------------------------------------------------------------------
 
-    def _receiver(self, pull: _Pull) -> Callable[[Msg], Awaitable[None]]:
-        async def receive(msg: Msg) -> None:
-            if not msg.reply:  # status of a request (sent to its reply subject), not a message
-                status = (msg.headers or {}).get("Status", "")
-                if status != "100" and msg.subject == f"{pull.inbox}.{pull.token}":
-                    pull.end()  # 100 is an idle heartbeat; other statuses end the request
-                    if status in ("409", "503"):
-                        await self._lost(pull, status, (msg.headers or {}).get("Description", ""))
-                    self._wake.set()
-                return
-            # Stream messages keep their own subject, so they count against the open request.
-            pull.left -= 1
-            if pull.left <= 0:
-                pull.end()
+    async def _receive(self, pull: _Pull, msg: Msg) -> None:
+        if not msg.reply:  # status of a request (sent to its reply subject), not a message
+            status = (msg.headers or {}).get("Status", "")
+            if status != "100" and msg.subject == f"{pull.inbox}.{pull.token}":
+                pull.end()  # 100 is an idle heartbeat; other statuses end the request
+                if status in ("409", "503"):
+                    await self._lost(pull, status, (msg.headers or {}).get("Description", ""))
                 self._wake.set()
-            await self._accept(pull, msg)
-
-        return receive
+            return
+        # Stream messages keep their own subject, so they count against the open request.
+        pull.left -= 1
+        if pull.left <= 0:
+            pull.end()
+            self._wake.set()
+        await self._accept(pull, msg)
 
     async def _lost(self, pull: _Pull, status: str, description: str) -> None:
         """A 409 or 503 ended the request: pause this consumer's requests for a second

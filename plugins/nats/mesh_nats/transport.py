@@ -50,7 +50,6 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -124,16 +123,9 @@ class NatsTransport(Transport):
     """NATS JetStream transport; see the module docstring."""
 
     schemes = ("nats",)
-    features = TransportFeatures(
-        consumer_groups=True,
-        broadcast=True,
-        per_key_ordering=False,
-        persistence=True,
-        replay_for_new_groups=False,
-        native_dedup=True,
-        wildcard_patterns=True,
-        retained_reads=True,
-    )
+    # besides the defaults (groups, broadcast, wildcard patterns; no per-key order, and a
+    # new group starts at what is published from then on)
+    features = TransportFeatures(persistence=True, native_dedup=True, retained_reads=True)
     wire = WireFormat(
         title="NATS JetStream",
         protocol="nats",
@@ -151,7 +143,7 @@ class NatsTransport(Transport):
         self._subs: set[NatsSubscription] = set()
         self._last_error = ""
         self._lock = asyncio.Lock()
-        self._acks: dict[str, asyncio.Future[Msg | None]] = {}  # reply subject -> PubAck waiter
+        self._acks: dict[str, asyncio.Future[Msg]] = {}  # reply subject -> PubAck waiter
         self._inbox, self._serial = "", itertools.count()
 
     def __repr__(self) -> str:
@@ -267,7 +259,6 @@ class NatsTransport(Transport):
                         num_replicas=cfg.replicas,
                         max_age=cfg.max_age,
                         max_bytes=cfg.max_bytes,
-                        discard=DiscardPolicy.OLD,
                         duplicate_window=cfg.duplicate_window,
                     )
                 )
@@ -333,8 +324,7 @@ class NatsTransport(Transport):
     def _release_waiters(self) -> None:
         """PubAcks cannot arrive on a closed client: end their waits now (no PubAck)."""
         for waiter in self._acks.values():
-            if not waiter.done():
-                waiter.set_result(None)
+            waiter.cancel()  # no-op once done
 
     def _start_recovery(self) -> None:
         try:
@@ -448,7 +438,7 @@ class NatsTransport(Transport):
         inbox = self._inbox
         failures: list[str] = []
         for start in range(0, len(messages), _BATCH):
-            sent: list[tuple[str, str, Event | None, asyncio.Future[Msg | None]]] = []
+            sent: list[tuple[str, str, Event | None, asyncio.Future[Msg]]] = []
             try:
                 for channel, data, headers, event in messages[start : start + _BATCH]:
                     reply = f"{inbox}{next(self._serial)}"
@@ -484,16 +474,14 @@ class NatsTransport(Transport):
                 f"messages; first: {failures[0]}"
             )
 
-    def _failure(self, waiter: asyncio.Future[Msg | None]) -> str | None:
+    def _failure(self, waiter: asyncio.Future[Msg]) -> str | None:
         """None when the stream stored (or deduplicated) the message, else why not."""
-        ack: Msg | None = None if waiter.cancelled() else waiter.result()
-        if ack is None or ack.headers:  # no PubAck in time, or a status instead of one
-            return (
-                f"status {(ack.headers or {}).get('Status')}; 503: no stream captures the subject"
-                if ack
-                else f"no PubAck within {self.config.publish_timeout:g}s "
-                "or before the connection closed"
-            )
+        if waiter.cancelled():
+            timeout = self.config.publish_timeout
+            return f"no PubAck within {timeout:g}s or before the connection closed"
+        ack = waiter.result()
+        if ack.headers:  # a status instead of a PubAck
+            return f"status {ack.headers.get('Status')}; 503: no stream captures the subject"
         if ack.data[:10] == b'{"stream":' and b'"error"' not in ack.data:
             return None  # the common case, without parsing the PubAck
         try:
