@@ -40,19 +40,8 @@ AMQP_PREFIXES: Final = ("cloudEvents_", "cloudEvents:")
 STRUCTURED: Final = "application/cloudevents"
 
 
-def _kind(value: Any) -> str:
-    """The AMQP 0-9-1 field type a decoded header value came as (for error messages)."""
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, Decimal):
-        return "decimal"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    if value is None:
-        return "void"
-    return type(value).__name__
+#: AMQP 0-9-1 field types (as pamqp decodes them) no attribute type maps to, for errors
+_KINDS = {float: "float", Decimal: "decimal", list: "array", dict: "table", type(None): "void"}
 
 
 def canonical(header: str, value: Any, *, epoch_millis: bool = False) -> str:
@@ -88,18 +77,9 @@ def canonical(header: str, value: Any, *, epoch_millis: bool = False) -> str:
     if isinstance(value, datetime):
         return codec.canonical(value if value.tzinfo else value.replace(tzinfo=UTC))
     raise DecodeError(
-        f"header {header!r} is an AMQP {_kind(value)}, which no CloudEvents "
-        "attribute type maps to; send it as a string"
+        f"header {header!r} is an AMQP {_KINDS.get(type(value), type(value).__name__)}, "
+        "which no CloudEvents attribute type maps to; send it as a string"
     )
-
-
-def attribute_name(header: str) -> tuple[str, bool] | None:
-    """(attribute, from the AMQP binding) for a CloudEvents header, else None."""
-    if header[:3].lower() == CE_PREFIX:
-        return header[3:].lower(), False
-    if header.startswith(AMQP_PREFIXES):
-        return header[12:].lower(), True
-    return None
 
 
 def read_attributes(headers: Mapping[str, Any]) -> dict[str, str]:
@@ -109,10 +89,12 @@ def read_attributes(headers: Mapping[str, Any]) -> dict[str, str]:
     origin: dict[str, str] = {}
     for key, value in headers.items():
         header = str(key)
-        found = attribute_name(header)
-        if found is None:
+        if header[:3].lower() == CE_PREFIX:
+            name, amqp = header[3:].lower(), False
+        elif header.startswith(AMQP_PREFIXES):  # both prefixes are 12 characters long
+            name, amqp = header[12:].lower(), True
+        else:
             continue
-        name, amqp = found
         text = canonical(header, value, epoch_millis=amqp and name == "time")
         if name in attributes and attributes[name] != text:
             raise DecodeError(

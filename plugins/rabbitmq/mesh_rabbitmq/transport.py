@@ -101,13 +101,12 @@ _ARG_OPTION = {
     "x-max-age": "retained_max_age",
 }
 
-#: Group queues declared in this process: (exchange, queue) -> (group, patterns).
-#: delete_channels uses it: AMQP 0-9-1 cannot list queues (the management plugin can).
+#: Queues declared in this process, for delete_channels (AMQP 0-9-1 cannot list queues;
+#: the management plugin can): (exchange, queue) -> (group, the patterns it is bound
+#: to); a retained channel's stream queue has the group "" and the channel.
 _DECLARED: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
-#: Live subscriptions of every transport in this process, by (exchange, queue).
-_LIVE: dict[tuple[str, str], set[RabbitMQSubscription]] = {}
-#: Stream queues retain() declared in this process: (exchange, queue) -> channel.
-_RETAINED: dict[tuple[str, str], str] = {}
+#: Live subscriptions of every transport in this process.
+_LIVE: set[RabbitMQSubscription] = set()
 
 
 def _arg_value(text: str) -> str | None:
@@ -516,7 +515,7 @@ class RabbitMQTransport(Transport):
             raise TransportClosed("RabbitMQ transport was closed during subscribe")
         sub.on_closed = self._forget
         self._subs.add(sub)
-        _LIVE.setdefault((cfg.exchange, name), set()).add(sub)
+        _LIVE.add(sub)
         return sub
 
     async def _channel(self, conn: AbstractConnection, *, robust: bool = True) -> AbstractChannel:
@@ -533,11 +532,7 @@ class RabbitMQTransport(Transport):
 
     def _forget(self, sub: RabbitMQSubscription) -> None:
         self._subs.discard(sub)
-        key = (self.config.exchange, sub.queue.name)
-        live = _LIVE.get(key, set())
-        live.discard(sub)
-        if not live:
-            _LIVE.pop(key, None)
+        _LIVE.discard(sub)
 
     async def ensure_group(self, pattern: str | Sequence[str], group: str) -> None:
         """Make sure the group's quorum queue exists and is bound, without consuming.
@@ -589,7 +584,7 @@ class RabbitMQTransport(Transport):
         cfg = self.config
         name = self._retained_name(channel)
         await self._ensure_queue(name, topology.stream_arguments(cfg), [channel])
-        _RETAINED[(cfg.exchange, name)] = channel
+        _DECLARED[(cfg.exchange, name)] = ("", (channel,))
 
     async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
         """The retained messages of ``channel``, oldest first, read from the stream on a
@@ -704,11 +699,6 @@ class RabbitMQTransport(Transport):
             if ex == exchange
             and (all(pattern_covers(pattern, p) for p in patterns) or group.startswith(heads))
         ]
-        doomed += [
-            name
-            for (ex, name), channel in list(_RETAINED.items())
-            if ex == exchange and pattern_covers(pattern, channel)
-        ]
         if not doomed:
             return
         own = self._closed or self._conn is None  # after close(): a one-off connection
@@ -718,12 +708,11 @@ class RabbitMQTransport(Transport):
             channel = await self._channel(conn, robust=False)
             with self._failing("deleting queues"):
                 for name in doomed:
-                    subs = _LIVE.pop((exchange, name), set())
+                    subs = [sub for sub in _LIVE if sub.queue.name == name]
                     await asyncio.gather(*(sub.close() for sub in subs), return_exceptions=True)
                     async with asyncio.timeout(self.config.connect_timeout):
                         await channel.queue_delete(name)
                     _DECLARED.pop((exchange, name), None)
-                    _RETAINED.pop((exchange, name), None)
         finally:
             if own:
                 await quietly(conn.close(), OP_TIMEOUT)
