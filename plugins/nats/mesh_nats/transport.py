@@ -308,11 +308,10 @@ class NatsTransport(Transport):
             log.warning("NATS %s: disconnected; reconnecting", self._where)
 
     async def _on_reconnect(self, nc: Client) -> None:
-        if nc is not self._nc:
-            return
-        log.info("NATS %s: reconnected; renewing pull requests", self._where)
-        for sub in list(self._subs):
-            sub.reset()
+        if nc is self._nc:
+            log.info("NATS %s: reconnected; renewing pull requests", self._where)
+            for sub in list(self._subs):
+                sub.reset()
 
     async def _on_closed(self, nc: Client) -> None:
         """nats-py closed the client for good (a fatal ``-ERR`` such as a payload
@@ -327,12 +326,11 @@ class NatsTransport(Transport):
             waiter.cancel()  # no-op once done
 
     def _start_recovery(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # called outside the loop (a property read): the next call will
-            return
         if self._open and (self._recovery is None or self._recovery.done()):
-            self._recovery = loop.create_task(self._recover(), name="mesh-nats-recover")
+            # outside the loop (a property read) there is no loop to run it: the next call will
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+                self._recovery = loop.create_task(self._recover(), name="mesh-nats-recover")
 
     async def _recover(self) -> None:
         """Dial a fresh client until one connects (every ``reconnect_wait``), then move the
@@ -673,6 +671,5 @@ class NatsTransportWithoutDedup(NatsTransport):
 
 def create(url: str, options: Mapping[str, Any] | None = None) -> NatsTransport:
     """The registered factory: picks the class whose features match ``dedup``."""
-    if parse(url, options).dedup:
-        return NatsTransport(url, options)
-    return NatsTransportWithoutDedup(url, options)
+    transport = NatsTransport if parse(url, options).dedup else NatsTransportWithoutDedup
+    return transport(url, options)
