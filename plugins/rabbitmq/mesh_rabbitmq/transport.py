@@ -637,7 +637,7 @@ class RabbitMQTransport(Transport):
         connection `ConnectError`."""
         channel = await self._channel(conn, robust=False)
         inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
-        channel.close_callbacks.add(lambda *_: inbox.put_nowait(None))
+        channel.close_callbacks.add(lambda *_: inbox.put_nowait(None))  # connection lost
         try:
             with self._failing(f"reading stream queue {name!r}", "read again"):
                 try:
@@ -653,7 +653,14 @@ class RabbitMQTransport(Transport):
                         raise
                     raise ConfigError(_NOT_A_STREAM.format(name=name)) from None
                 wait = first
-                while (message := await self._next(inbox, name, wait)) is not None:
+                while True:
+                    try:
+                        async with asyncio.timeout(wait):
+                            message = await inbox.get()
+                    except TimeoutError:  # quiet for that long: the end
+                        return
+                    if message is None:
+                        raise ConnectionError("the connection was lost")
                     offset = (message.headers or {}).get("x-stream-offset")
                     if type(offset) is not int:
                         raise ConfigError(_NOT_A_STREAM.format(name=name))
@@ -662,23 +669,6 @@ class RabbitMQTransport(Transport):
                     wait = then
         finally:
             await quietly(channel.close(), OP_TIMEOUT)
-
-    async def _next(
-        self, inbox: asyncio.Queue[AbstractIncomingMessage | None], name: str, wait: float
-    ) -> AbstractIncomingMessage | None:
-        """The next message, or None after ``wait`` seconds without one; None in
-        ``inbox`` means the channel closed (the connection was lost)."""
-        try:
-            async with asyncio.timeout(wait):
-                message = await inbox.get()
-        except TimeoutError:
-            return None
-        if message is None:
-            raise ConnectError(
-                f"the connection to RabbitMQ at {self.config.redacted} was "
-                f"lost while reading stream queue {name!r}; read again"
-            )
-        return message
 
     async def delete_channels(self, pattern: str) -> None:
         """Delete the group queues and retained streams this process declared whose
