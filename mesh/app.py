@@ -50,7 +50,7 @@ from mesh.dlq import DeadLetters
 from mesh.errors import ConfigError, DataValidationError, MeshError, TransportClosed
 from mesh.event import Event
 from mesh.handlers import handler_params
-from mesh.middleware import Chain, Middleware, PublishNext
+from mesh.middleware import Chain, Middleware, PublishBatchNext, PublishNext
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
 from mesh.routing.routes import ROUTER_GROUP, apply_routes
@@ -155,9 +155,9 @@ class Mesh:
         )
         self._policy = RetryPolicy.from_config(config.retry)
         #: the middleware chain (`mesh.middleware`): read by every publish and delivery
-        self._chain = Chain.of(middleware)
+        self._chain = Chain.of(())
         self._publish_chain: PublishNext | None = None
-        self._rebuild_publish_chain()
+        self._batch_chain: PublishBatchNext | None = None
         #: every registered handler by (name, group), in registration order
         self._handles: dict[tuple[str, str | None], SubscriptionHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # runtime subscribes and closes
@@ -172,6 +172,8 @@ class Mesh:
         self.dead_letters = DeadLetters(self)
         self.contracts = ContractRegistry()
         self._capabilities = Capabilities(self)
+        for item in Chain.of(middleware).middleware:  # checked first: all or nothing
+            self.use(item)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:
@@ -655,7 +657,14 @@ class Mesh:
             raise ConfigError(
                 "capabilities are disabled in the config (capabilities.enabled: false)"
             )
-        return await self._capabilities.request(capability, data, timeout)
+        wrap = self._chain.request
+        if wrap is None:
+            return await self._capabilities.request(capability, data, timeout)
+
+        async def ask(name: str, value: Any) -> Event:  # the chain's innermost link
+            return await self._capabilities.request(name, value, timeout)
+
+        return await wrap(ask)(capability, data)
 
     def on_start(self, func: G) -> G:
         """Register ``async def func()`` to run after ``start()`` subscribed every handler
@@ -1005,13 +1014,13 @@ class Mesh:
         """Install ``middleware`` innermost (after those given to `Mesh` or installed
         before); allowed while the mesh runs: the next publish and the next attempt go
         through it. Returns it, so ``tracing = mesh.use(Tracing())`` keeps a handle."""
-        self._chain = Chain.of((*self._chain.middleware, middleware))
-        self._rebuild_publish_chain()
+        chain = Chain.of((*self._chain.middleware, middleware))
+        middleware.attach(self)
+        self._chain = chain
+        self._publish_chain = None if chain.publish is None else chain.publish(self._send)
+        batch = chain.publish_batch
+        self._batch_chain = None if batch is None else batch(self._send_batch)
         return middleware
-
-    def _rebuild_publish_chain(self) -> None:
-        wrap = self._chain.publish
-        self._publish_chain = None if wrap is None else wrap(self._send)
 
     # --- publishing ------------------------------------------------------------------
 
@@ -1055,7 +1064,7 @@ class Mesh:
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish several events; returns when all are confirmed (pipelined where the
         transport can)."""
-        chain = self._publish_chain
+        chain = self._batch_chain
         if len(self.contracts) and chain is None:  # else checked in the chain's last link
             events = [self._under_contract(e) for e in events]
         if type(self).channel_for is Mesh.channel_for:  # the channel is the type
@@ -1065,13 +1074,25 @@ class Mesh:
             items = [(channel_for(e.type), e) for e in events]
         if chain is None:
             await self.transport.publish_batch(items)
-            return
-        results = await asyncio.gather(
-            *(chain(event, channel) for channel, event in items), return_exceptions=True
-        )
-        for result in results:  # every event had its chance; the first failure is raised
-            if isinstance(result, BaseException):
-                raise result
+        else:
+            await chain(items)
+
+    async def _send_batch(self, items: list[tuple[str, Event]]) -> None:
+        """The innermost link of the batch chain: the contract checks and the writes."""
+        for _, event in items:
+            if not isinstance(event, Event):
+                raise TypeError(
+                    f"a middleware passed on {type(event).__name__}, not a mesh.Event, "
+                    "to publish_many"
+                )
+        if len(self.contracts):
+            items = [(channel, self._under_contract(event)) for channel, event in items]
+        try:
+            await self.transport.publish_batch(items)
+        except TransportClosed:
+            if self._started:
+                raise
+            raise self._not_started() from None
 
     def _under_contract(self, event: Event) -> Event:
         """Validate against the type's contract (`ContractViolation`, nothing sent) and

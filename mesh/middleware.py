@@ -10,7 +10,7 @@
 
     app = Mesh("memory://", middleware=[Timing()])      # or app.use(Timing())
 
-A middleware subclasses `Middleware` and overrides any of three hooks; the ones it
+A middleware subclasses `Middleware` and overrides any of its hooks; the ones it
 leaves alone cost nothing (the chain is built from the overridden hooks only, and with
 no middleware installed the core takes the path it took before the chain existed).
 The first middleware of the list is the outermost: it sees a publish first and an
@@ -18,12 +18,20 @@ attempt's outcome last.
 
 ``publish(event, channel, call_next)``
     Around every `Mesh.publish` (so `Mesh.emit`, `Context.emit`, replies and the
-    capability registry's own events too, and each event of `Mesh.publish_many`, which
-    then runs the events through the chain concurrently). ``await call_next(event,
-    channel)`` sends and returns once the transport confirmed the write; a middleware
-    may pass on a different event (``event.replace(traceparent=...)``), or raise
-    instead of calling it (nothing is sent, the caller gets the exception).
-    Dead-letter copies are written straight to the transport and do not pass here.
+    capability registry's own events too). ``await call_next(event, channel)`` sends
+    and returns once the transport confirmed the write; a middleware may pass on a
+    different event (``event.replace(traceparent=...)``), or raise instead of calling
+    it (nothing is sent, the caller gets the exception). Dead-letter copies are written
+    straight to the transport and do not pass here.
+
+``publish_batch(items, call_next)``
+    Around every `Mesh.publish_many`, with its ``(channel, event)`` pairs;
+    ``await call_next(items)`` sends them as one pipelined batch and returns once all
+    are confirmed. The default runs each event through this middleware's ``publish``
+    first, whose ``call_next`` then only queues the (possibly changed) event into the
+    batch and returns at once: a middleware that only overrides ``publish`` still sees
+    and may change every event, but learns of the batch's confirmation or failure only
+    by overriding this hook. Raising stops the whole batch: nothing of it is sent.
 
 ``handle(attempt, call_next)``
     Around each attempt of a handler on a delivery (a retried delivery is several
@@ -37,6 +45,13 @@ attempt's outcome last.
     (a rate limiter raising `RetryLater`, a guard raising `DeadLetter`) is treated
     exactly as if the handler had raised it. Cancellation (shutdown) propagates.
 
+``request(capability, data, call_next)``
+    Around every `Mesh.request`: ``await call_next(capability, data)`` sends the request
+    (through the ``publish`` hooks) and returns the reply event; it raises what
+    `Mesh.request` raises (`NoProvider`, `RequestTimeout`, `RemoteError`, ...). A
+    tracer opens its client span here, so the request's send span and the provider's
+    handler span join its trace.
+
 ``skipped(attempt)``
     A delivery that never reached its handler: ``FILTERED`` (the residual filter said
     no), ``DUPLICATE`` (the idempotency store had it), ``HOP_LIMITED`` (dead-lettered
@@ -44,6 +59,10 @@ attempt's outcome last.
     ``max_deliveries``; the reason says which) or ``DROPPED``. `Attempt.number` is 0,
     and `Attempt.event` is None for an undecodable message. Called after the outcome
     was decided, before the ack; it must not block (it is a plain function).
+
+``attach(mesh)`` is called once when a middleware is installed on a mesh (by `Mesh` or
+`Mesh.use`), before any hook, so it can read what it needs of the mesh (its transport's
+`WireFormat`, its source).
 
 Exceptions a middleware raises in ``handle`` after ``call_next`` returned, and any
 ``skipped`` raises, are logged and otherwise ignored: the outcome was already decided,
@@ -63,9 +82,18 @@ from mesh.errors import ConfigError
 from mesh.event import Event
 
 if TYPE_CHECKING:
+    from mesh.app import Mesh
     from mesh.transport import Delivery
 
-__all__ = ["Attempt", "HandleNext", "Middleware", "Outcome", "PublishNext"]
+__all__ = [
+    "Attempt",
+    "HandleNext",
+    "Middleware",
+    "Outcome",
+    "PublishBatchNext",
+    "PublishNext",
+    "RequestNext",
+]
 
 log = logging.getLogger("mesh.middleware")
 
@@ -106,7 +134,9 @@ class Attempt:
 
 
 PublishNext = Callable[[Event, str], Awaitable[None]]
+PublishBatchNext = Callable[[list[tuple[str, Event]]], Awaitable[None]]
 HandleNext = Callable[[Attempt], Awaitable[None]]
+RequestNext = Callable[[str, Any], Awaitable[Event]]
 
 
 class Middleware:
@@ -116,8 +146,29 @@ class Middleware:
     async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
         await call_next(event, channel)
 
+    async def publish_batch(
+        self, items: list[tuple[str, Event]], call_next: PublishBatchNext
+    ) -> None:
+        if not _overrides(self, "publish"):
+            await call_next(items)
+            return
+        queued: list[tuple[str, Event]] = []
+
+        async def queue(event: Event, channel: str) -> None:
+            queued.append((channel, event))
+
+        for channel, event in items:
+            await self.publish(event, channel, queue)
+        await call_next(queued)
+
     async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
         await call_next(attempt)
+
+    async def request(self, capability: str, data: Any, call_next: RequestNext) -> Event:
+        return await call_next(capability, data)
+
+    def attach(self, mesh: Mesh) -> None:
+        """Called once when installed on ``mesh``, before any other hook."""
 
     def skipped(self, attempt: Attempt) -> None:
         """A delivery that ended without reaching its handler (see the module docstring)."""
@@ -133,7 +184,9 @@ class Chain:
 
     middleware: tuple[Middleware, ...] = ()
     publish: Callable[[PublishNext], PublishNext] | None = None
+    publish_batch: Callable[[PublishBatchNext], PublishBatchNext] | None = None
     handle: Callable[[HandleNext], HandleNext] | None = None
+    request: Callable[[RequestNext], RequestNext] | None = None
     skipped: Callable[[Attempt], None] | None = None
 
     @classmethod
@@ -150,12 +203,16 @@ class Chain:
                 )
                 raise ConfigError(f"middleware {item!r} is not a mesh.Middleware: {hint}")
         publishers = [m for m in items if _overrides(m, "publish")]
+        batchers = [m for m in items if m in publishers or _overrides(m, "publish_batch")]
         handlers = [m for m in items if _overrides(m, "handle")]
+        requesters = [m for m in items if _overrides(m, "request")]
         watchers = [m for m in items if _overrides(m, "skipped")]
         return cls(
             items,
             _wrapper(publishers, "publish") if publishers else None,
+            _wrapper(batchers, "publish_batch") if batchers else None,
             _wrapper(handlers, "handle") if handlers else None,
+            _wrapper(requesters, "request") if requesters else None,
             _notifier(watchers) if watchers else None,
         )
 

@@ -92,6 +92,8 @@ class WireFormat:
     * ``binding``: which CloudEvents protocol binding the headers follow, in words
       (empty: only the prefix is stated).
     * ``description``: anything a reader of the server entry must know (None: nothing).
+    * ``system``: the broker's name in OpenTelemetry's ``messaging.system`` attribute
+      (``kafka``, ``rabbitmq``, ``nats``; empty: the transport's first URL scheme).
     """
 
     title: str = ""
@@ -100,6 +102,7 @@ class WireFormat:
     header_prefix: str = "ce-"
     binding: str = ""
     description: str | None = None
+    system: str = ""
 
 
 class Delivery(ABC):

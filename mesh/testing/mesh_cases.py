@@ -31,6 +31,7 @@ from mesh.errors import (
 )
 from mesh.event import Event
 from mesh.middleware import Attempt, HandleNext, Middleware, Outcome, PublishNext
+from mesh.testing.brokers import in_ci
 from mesh.testing.util import scaled, wait_until
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class MeshCases:
     ) -> None:
         """The middleware chain on this broker: what a publish hook adds travels, every
         attempt reports its outcome, a filtered delivery is reported as skipped."""
-        seen: list[tuple[str, int, Outcome | None, str | None]] = []
+        seen: list[tuple[int, int, Outcome | None, str | None]] = []
 
         class Watch(Middleware):
             async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
@@ -193,6 +194,58 @@ class MeshCases:
             (3, 0, Outcome.FILTERED, None),
         ]
         assert stamps == ["on"] * 4
+
+    @pytest.mark.asyncio
+    async def test_mesh_tracing_follows_a_chain_as_one_trace(self, meshes: MeshFactory) -> None:
+        """OpenTelemetry tracing (`mesh.otel`, needs the otel extra) on this broker: a
+        publish and two agents' follow-ups are one trace, each process span the child of
+        the send span whose context travelled in the event's ``traceparent``."""
+        try:
+            import opentelemetry.sdk  # noqa: F401
+        except ImportError:
+            message = "the otel extra is not installed: pip install 'event-mesh[otel]'"
+            pytest.fail(message) if in_ci() else pytest.skip(message)
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        from mesh.otel import Tracing
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        mesh = await meshes(middleware=[Tracing(tracer_provider=provider)])
+        done: list[Event] = []
+
+        @mesh.on(self.t("tr.one"), group=f"{self.prefix}-tr1")
+        async def first(event: Event, ctx: Context) -> None:
+            await ctx.emit(self.t("tr.two"), {})
+
+        @mesh.on(self.t("tr.two"), group=f"{self.prefix}-tr2")
+        async def second(event: Event) -> None:
+            done.append(event)
+
+        await self.started(mesh)
+        await mesh.publish(Event(self.t("tr.one"), "/t", {}))
+        await wait_until(lambda: len(done) == 1, self.timeout, "the chain")
+
+        def spans(name: str) -> list[Any]:
+            return [s for s in exporter.get_finished_spans() if s.name == name]
+
+        await wait_until(lambda: bool(spans(f"process {self.t('tr.two')}")), 5, "spans")
+        (send1,) = spans(f"send {self.t('tr.one')}")
+        (proc1,) = spans(f"process {self.t('tr.one')}")
+        (send2,) = spans(f"send {self.t('tr.two')}")
+        (proc2,) = spans(f"process {self.t('tr.two')}")
+        assert len({s.context.trace_id for s in (send1, proc1, send2, proc2)}) == 1
+        assert proc1.parent.span_id == send1.context.span_id
+        assert send2.parent.span_id == proc1.context.span_id
+        assert proc2.parent.span_id == send2.context.span_id
+        system = type(mesh.transport).wire.system or type(mesh.transport).schemes[0]
+        assert proc2.attributes["messaging.system"] == system
+        assert proc2.attributes["messaging.consumer.group.name"] == f"{self.prefix}-tr2"
 
     @pytest.mark.asyncio
     async def test_mesh_invalid_data_dead_letters_without_retry(self, meshes: MeshFactory) -> None:

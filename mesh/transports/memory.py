@@ -247,6 +247,7 @@ class MemoryTransport(Transport):
     wire = WireFormat(
         title="in-process memory broker",
         protocol="memory",
+        system="memory",
         binding="in-process: events pass as objects, shown as `ce-` headers",
         description=(
             "In-process broker: only Mesh instances of one process that use the same "

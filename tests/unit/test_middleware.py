@@ -23,7 +23,7 @@ from mesh import (
     Outcome,
     RetryLater,
 )
-from mesh.middleware import Chain, HandleNext, PublishNext
+from mesh.middleware import Chain, HandleNext, PublishBatchNext, PublishNext
 from mesh.testing.util import wait_until
 
 FAST = {"max_attempts": 3, "initial_backoff": 0.001, "max_backoff": 0.005}
@@ -232,22 +232,55 @@ async def test_use_at_runtime_and_publish_many() -> None:
     assert sum(1 for entry in log if entry[1] == "handle<") == 3
 
 
-async def test_publish_many_raises_the_first_failure_after_trying_every_event() -> None:
-    sent: list[int] = []
-
+async def test_a_publish_hook_refusing_one_event_stops_the_batch() -> None:
     class Refuse(Middleware):
         async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
             if event.data["n"] == 1:
                 raise PermissionError("not this one")
             await call_next(event, channel)
-            sent.append(event.data["n"])
+
+    got: list[int] = []
 
     async with Mesh(broker(), middleware=[Refuse()]) as mesh:
+
+        @mesh.on("x", group="g")
+        async def take(event: Event) -> None:
+            got.append(event.data["n"])
+
+        await mesh.subscription("take").ready()
         with pytest.raises(PermissionError, match="not this one"):
             await mesh.publish_many([Event("x", "/t", {"n": n}) for n in range(3)])
-        assert sorted(sent) == [0, 2]
         with pytest.raises(PermissionError):
             await mesh.publish(Event("x", "/t", {"n": 1}))
+        await mesh.publish_many([Event("x", "/t", {"n": n}) for n in (5, 6)])
+        await wait_until(lambda: len(got) == 2, 5, "the second batch")
+    assert got == [5, 6]
+
+
+async def test_a_batch_hook_sees_the_batch_and_its_confirmation() -> None:
+    log: list[Any] = []
+
+    class Batches(Middleware):
+        async def publish_batch(
+            self, items: list[tuple[str, Event]], call_next: PublishBatchNext
+        ) -> None:
+            log.append(("batch>", [e.data["n"] for _, e in items]))
+            await call_next(items)
+            log.append(("batch<", len(items)))
+
+    async with Mesh(broker(), middleware=[Batches(), Recorder("r", log)]) as mesh:
+        await mesh.publish_many([Event("x", "/t", {"n": n}) for n in range(2)])
+        await mesh.publish(Event("x", "/t", {"n": 9}))  # a single publish: no batch hook
+    assert log == [
+        ("batch>", [0, 1]),
+        ("r", "publish>", "x"),
+        ("r", "publish<", "x"),
+        ("r", "publish>", "x"),
+        ("r", "publish<", "x"),
+        ("batch<", 2),
+        ("r", "publish>", "x"),
+        ("r", "publish<", "x"),
+    ]
 
 
 async def test_batch_handler_attempts_pass_through_the_chain() -> None:
@@ -300,8 +333,10 @@ def test_no_overridden_hook_builds_no_chain() -> None:
         pass
 
     chain = Chain.of([Nothing(), Nothing()])
-    assert chain.publish is None and chain.handle is None and chain.skipped is None
-    assert Mesh(broker(), middleware=[Nothing()])._publish_chain is None
+    assert chain.publish is None and chain.publish_batch is None and chain.handle is None
+    assert chain.request is None and chain.skipped is None
+    mesh = Mesh(broker(), middleware=[Nothing()])
+    assert mesh._publish_chain is None and mesh._batch_chain is None
 
 
 def test_bad_middleware_is_a_config_error_that_says_what_to_pass() -> None:
