@@ -2,8 +2,9 @@
 
 One robust connection per transport (aio-pika's ``connect_robust`` reopens it
 and restores channels, queues, bindings and consumers after an outage), with a
-publisher channel in confirm mode, a control channel for declarations, and one
-channel per subscription (see `mesh_rabbitmq.consumer`).
+publisher channel in confirm mode and one channel per subscription (see
+`mesh_rabbitmq.consumer`); passive lookups and retained reads use plain channels of
+their own, which nothing restores.
 
 Publishing is ``mandatory`` with publisher confirms. An event on a channel no
 queue is bound to comes back as ``basic.return``; that is not an error on a
@@ -230,7 +231,7 @@ class RabbitMQTransport(Transport):
                 )
             if self._conn is not None:
                 return
-            conn = await self._dial(robust=True)
+            conn = await self._dial()
             try:
                 await self._declare_topology(conn)
             except BaseException:
@@ -238,9 +239,8 @@ class RabbitMQTransport(Transport):
                 raise
             self._conn = conn
 
-    async def _dial(self, *, robust: bool) -> AbstractRobustConnection:
-        """A new connection: robust (reconnecting) for the transport, plain for one-off
-        clean-up after close()."""
+    async def _dial(self) -> AbstractRobustConnection:
+        """A new robust (reconnecting) connection."""
         cfg = self.config
         # aio-pika would log an ERROR and keep retrying a refused port until the timeout:
         # see that first, in one clean error (a slow network is left to the timeout)
@@ -248,10 +248,9 @@ class RabbitMQTransport(Transport):
             [(cfg.host, cfg.port)], timeout=cfg.connect_timeout, broker="RabbitMQ"
         )
         context = await asyncio.to_thread(ssl_context, cfg) if cfg.tls else None
-        connect = aio_pika.connect_robust if robust else aio_pika.connect
         try:
             async with asyncio.timeout(cfg.connect_timeout + 1):
-                conn: AbstractRobustConnection = await connect(  # type: ignore[assignment]
+                return await aio_pika.connect_robust(
                     host=cfg.host,
                     port=cfg.port,
                     login=cfg.username,
@@ -264,7 +263,6 @@ class RabbitMQTransport(Transport):
                     heartbeat=cfg.heartbeat,
                     client_properties={"connection_name": cfg.connection_name},
                 )
-                return conn
         except Exception as exc:
             raise ConnectError(
                 f"could not connect to RabbitMQ at {cfg.redacted} ({self._scrub(exc)}); "
@@ -542,16 +540,15 @@ class RabbitMQTransport(Transport):
         (the mesh calls it for its dead-letter group at start, and the dead-letter tools
         must work then). `subscribe` declares, and explains a changed setting."""
         patterns = pattern_list(pattern)
-        keys = [topology.binding_key(p) for p in patterns]
         name = topology.group_queue(self.config.exchange, group, patterns)
-        await self._ensure_queue(name, topology.group_arguments(self.config), keys)
-        _DECLARED[(self.config.exchange, name)] = (group, tuple(patterns))
+        await self._ensure_queue(name, topology.group_arguments(self.config), group, patterns)
 
     async def _ensure_queue(
-        self, name: str, arguments: dict[str, Any], keys: Sequence[str]
+        self, name: str, arguments: dict[str, Any], group: str, patterns: Sequence[str]
     ) -> None:
         """Passive declare; a real declare (durable, ``arguments``) only if ``name`` does
-        not exist; then bind it to every key (bindings are idempotent)."""
+        not exist; then bind it to every pattern (bindings are idempotent) and record it
+        for `delete_channels` under ``group``."""
         cfg, conn = self.config, self._open()
         channel = await self._channel(conn, robust=False)
         try:
@@ -563,10 +560,11 @@ class RabbitMQTransport(Transport):
                         await quietly(channel.close(), OP_TIMEOUT)
                         channel = await self._channel(conn, robust=False)
                         queue = await channel.declare_queue(name, durable=True, arguments=arguments)
-                    for key in keys:
-                        await queue.bind(cfg.exchange, key)
+                    for pattern in patterns:
+                        await queue.bind(cfg.exchange, topology.binding_key(pattern))
         finally:
             await quietly(channel.close(), OP_TIMEOUT)
+        _DECLARED[(cfg.exchange, name)] = (group, tuple(patterns))
 
     # --- retained channels (the dead-letter tools read them) -------------------------
 
@@ -581,10 +579,8 @@ class RabbitMQTransport(Transport):
         ``retained_max_age``, 7 days by default) bound to exactly its routing key. The
         queue is looked up passively first and declared only when it does not exist, so
         an existing one is used as it is (other settings never make this fail)."""
-        cfg = self.config
         name = self._retained_name(channel)
-        await self._ensure_queue(name, topology.stream_arguments(cfg), [channel])
-        _DECLARED[(cfg.exchange, name)] = ("", (channel,))
+        await self._ensure_queue(name, topology.stream_arguments(self.config), "", [channel])
 
     async def read(self, channel: str, *, idle: float = 1.0) -> AsyncIterator[Delivery]:
         """The retained messages of ``channel``, oldest first, read from the stream on a
@@ -692,7 +688,7 @@ class RabbitMQTransport(Transport):
         if not doomed:
             return
         own = self._closed or self._conn is None  # after close(): a one-off connection
-        conn = await self._dial(robust=False) if own else self._open()
+        conn = await self._dial() if own else self._open()
         channel: AbstractChannel | None = None
         try:
             channel = await self._channel(conn, robust=False)
