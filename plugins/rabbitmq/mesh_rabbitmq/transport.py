@@ -616,7 +616,8 @@ class RabbitMQTransport(Transport):
         async with contextlib.aclosing(self._stream(conn, name, "last", idle, quiet)) as burst:
             async for offset, _ in burst:
                 end = max(end, offset)
-                # bounded: under a steady stream of new publishes the burst never goes quiet
+                # bounded from the first message on: under a steady stream of new
+                # publishes the burst never goes quiet
                 deadline = min(deadline, loop.time() + max(1.0, idle))
                 if loop.time() > deadline:
                     break
