@@ -174,6 +174,10 @@ class Mesh:
         self._capabilities = Capabilities(self)
         for item in Chain.of(middleware).middleware:  # checked first: all or nothing
             self.use(item)
+        if config.metrics_port is not None:
+            from mesh.metrics import Metrics  # a ConfigError naming the extra if missing
+
+            self.use(Metrics(port=config.metrics_port, host=config.metrics_host))
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:

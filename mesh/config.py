@@ -120,6 +120,13 @@ class MeshConfig(BaseModel):
     dead_letter_channel: str = "mesh.deadletter"
     shutdown_timeout: float = Field(10.0, ge=0)
     default_max_in_flight: int = Field(16, ge=1)
+    #: serve Prometheus ``/metrics`` on this port while the mesh runs (needs the
+    #: prometheus extra; 0: any free port; None: no server)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    #: the address the metrics server binds (all interfaces: Prometheus scrapes pods)
+    metrics_host: str = "0.0.0.0"
+    #: seconds between consumer-lag reads from the broker (the lag gauge)
+    metrics_interval: float = Field(5.0, gt=0)
     retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)  # type: ignore[arg-type]
     capabilities: CapabilitiesConfig = Field(default_factory=CapabilitiesConfig)  # type: ignore[arg-type]

@@ -286,6 +286,15 @@ class Transport(ABC):
         """Start calling ``handler`` for messages on channels matching ``pattern``
         (or any of several patterns)."""
 
+    async def backlog(self, pattern: str | Sequence[str], group: str) -> dict[str, int] | None:
+        """Messages the broker holds for consumer group ``group`` on ``pattern`` that are
+        not acked yet (waiting plus delivered-unacked, as far as the broker tells), by
+        channel; or by the group's queue name where the broker keeps one queue for all
+        its channels. None: this transport cannot tell (the default). Read-only and
+        cheap enough to call every few seconds (the lag gauge of `mesh.metrics`);
+        raises `TransportError` when the broker cannot be asked."""
+        return None
+
     def reply_channel(self, instance_id: str) -> str:
         """The channel replies to instance ``instance_id`` are published on (and that the
         instance subscribes to, without a group). One channel per instance by default;

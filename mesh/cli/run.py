@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from mesh.cli.app import (
 )
 from mesh.cli.loading import import_app, prepare_environment
 from mesh.cli.output import say
+
+if TYPE_CHECKING:
+    from mesh.metrics import Metrics
 
 
 async def run_app(app: Mesh, on_ready: Callable[[], None] | None = None) -> None:
@@ -75,6 +78,19 @@ def run_command(
     transport: TransportOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="serve Prometheus /metrics on PORT while the app runs (needs the "
+            "prometheus extra; 0: any free port)",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="the address the metrics server binds")
+    ] = "0.0.0.0",
 ) -> int:
     options = common(ctx, transport, config, log_level, default_level="info")
     expected = prepare_environment(options)
@@ -87,11 +103,20 @@ def run_command(
             f"({mesh.config.redacted_transport}), which outranks --transport/--config; drop "
             "the argument (use Mesh() or Mesh.from_config()) so the command line can choose"
         )
+    metrics: Metrics | None = None
+    if metrics_port is not None:
+        from mesh.metrics import Metrics  # a ConfigError naming the extra if missing
+
+        served = [m for m in mesh.middleware if isinstance(m, Metrics) and m.port is not None]
+        metrics = served[0] if served else Metrics(port=metrics_port, host=metrics_host)
+        if not served:
+            mesh.use(metrics)
 
     def ready() -> None:
+        served = "" if metrics is None else f", metrics on port {metrics.port}"
         say(
             f"running {target} on {mesh.config.redacted_transport} with "
-            f"{len(mesh.handlers)} handler(s); press Ctrl-C to stop",
+            f"{len(mesh.handlers)} handler(s){served}; press Ctrl-C to stop",
             label="mesh:",
             style="bold green",
         )

@@ -323,6 +323,12 @@ class MemoryTransport(Transport):
             delivery._settled = True
             yield delivery
 
+    async def backlog(self, pattern: str | Sequence[str], group: str) -> dict[str, int] | None:
+        """The group queue's depth (messages waiting; those in flight are not counted),
+        keyed by the patterns, since one queue serves all the group's channels."""
+        queue = self._broker.groups.get(group)
+        return {",".join(pattern_list(pattern)): len(queue.pending) if queue else 0}
+
     async def subscribe(
         self,
         pattern: str | Sequence[str],

@@ -1,0 +1,291 @@
+"""Prometheus metrics of a mesh, as a middleware on ``prometheus_client``.
+
+``Mesh(..., metrics_port=9464)`` (or ``metrics_port:`` in the config,
+``MESH_METRICS_PORT``, ``mesh run app.py --metrics-port 9464``) installs a `Metrics`
+middleware and serves ``/metrics`` on that port while the mesh runs; `Metrics` can
+also be installed by hand (``mesh.use(Metrics(registry))``) to export through a
+registry the app already serves. Needs the ``prometheus`` extra.
+
+Every series is labelled so one dashboard covers a fleet: ``handler``, ``group`` (empty
+for a broadcast handler), ``channel``, and ``outcome`` (the `Outcome` values):
+
+================================== ========= =====================================
+name                               kind      what
+================================== ========= =====================================
+``mesh_messages_sent_total``       counter   events the broker confirmed (channel)
+``mesh_publish_duration_seconds``  histogram publish until confirmed (channel)
+``mesh_messages_consumed_total``   counter   deliveries that reached a handler's rules
+``mesh_process_duration_seconds``  histogram one handler attempt, by outcome
+``mesh_outcomes_total``            counter   attempts and skipped deliveries by outcome
+                                             (retried, dead_lettered, filtered,
+                                             duplicate, hop_limited, ...)
+``mesh_in_flight``                 gauge     handler attempts running now
+``mesh_request_duration_seconds``  histogram `Mesh.request` round trips (capability,
+                                             outcome: ok, timeout, no_provider, ...)
+``mesh_consumer_lag``              gauge     messages of a group not yet acked, from
+                                             the broker (group, channel); see
+                                             `Transport.backlog`
+================================== ========= =====================================
+
+The lag gauge is refreshed every ``metrics_interval`` seconds while the mesh runs, for
+every group handler, from `Transport.backlog`; a transport that cannot tell exports no
+lag series. It is the gauge KEDA's Prometheus scaler reads to scale a worker
+deployment on backlog (docs/observability.md shows the ScaledObject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from mesh.errors import ConfigError, MeshError, NoProvider, RemoteError, RequestTimeout
+from mesh.event import Event
+from mesh.middleware import (
+    Attempt,
+    HandleNext,
+    Middleware,
+    PublishBatchNext,
+    PublishNext,
+    RequestNext,
+)
+
+if TYPE_CHECKING:
+    from mesh.app import Mesh
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+except ImportError:  # pragma: no cover - exercised in a subprocess without the extra
+    raise ConfigError(
+        "metrics need prometheus_client, which is not installed: "
+        "pip install 'event-mesh[prometheus]'"
+    ) from None
+
+__all__ = ["Metrics"]
+
+log = logging.getLogger("mesh.metrics")
+
+#: seconds; LLM agents run from milliseconds (routing) to minutes (a model call)
+BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_REQUEST_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (RequestTimeout, "timeout"),
+    (NoProvider, "no_provider"),
+    (RemoteError, "remote_error"),
+)
+
+
+class Metrics(Middleware):
+    """Prometheus series for every publish, delivery, attempt and request of one mesh.
+
+    ``registry``: where the series are registered (a new `CollectorRegistry` by
+    default, so two meshes in one process never clash). With ``port`` (0: any free
+    one) the mesh serves it on ``host:port/metrics`` from its start to its stop
+    (`port` then says where); without, serve it yourself (`serve`, or your app's own
+    exporter). One instance serves one mesh.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        port: int | None = None,
+        host: str = "0.0.0.0",
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.port, self.host = port, host
+        registry = self.registry
+        attempt = ("handler", "group", "channel")
+        self.sent = Counter(
+            "mesh_messages_sent", "Events the broker confirmed.", ["channel"], registry=registry
+        )
+        self.publish_duration = Histogram(
+            "mesh_publish_duration_seconds",
+            "Publish calls until the broker confirmed.",
+            ["channel"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "mesh_messages_consumed",
+            "Deliveries that reached a handler.",
+            attempt,
+            registry=registry,
+        )
+        self.process_duration = Histogram(
+            "mesh_process_duration_seconds",
+            "One handler attempt, by outcome.",
+            [*attempt, "outcome"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "mesh_outcomes",
+            "Handler attempts and skipped deliveries, by outcome.",
+            [*attempt, "outcome"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "mesh_in_flight",
+            "Handler attempts running now.",
+            ["handler", "group"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "mesh_request_duration_seconds",
+            "Capability requests until the reply, by outcome.",
+            ["capability", "outcome"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "mesh_consumer_lag",
+            "Messages of a group the broker holds that are not acked yet.",
+            ["group", "channel"],
+            registry=registry,
+        )
+        self._mesh: Mesh | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._server: Any = None
+        # label lookups are the cost of a series: each child is resolved once
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def attach(self, mesh: Mesh) -> None:
+        if self._mesh is not None and self._mesh is not mesh:
+            raise ConfigError(
+                "this Metrics instance already serves another mesh; give each mesh its own "
+                "Metrics() (they may share a registry only if their series differ)"
+            )
+        self._mesh = mesh
+        mesh.on_start(self._started)
+        mesh.on_stop(self._stopping)
+        if mesh.started:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` of `registry` on ``host:port`` (0: a free port) from a
+        daemon thread; returns the port. A port that is taken is a `ConfigError`."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}); pick a free "
+                "metrics_port (or 0 for any)"
+            ) from None
+        self._server = server
+        bound: int = server.server_address[1]
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        """Stop serving (idempotent)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    async def _started(self) -> None:
+        if self.port is not None and self._server is None:
+            self.port = self.serve(self.port, self.host)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _stopping(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        await asyncio.to_thread(self.close)  # shutdown() waits for the serving thread
+
+    async def _poll(self) -> None:
+        """Refresh the lag gauge from the broker every ``metrics_interval`` seconds."""
+        mesh = self._mesh
+        assert mesh is not None
+        while True:
+            await self.refresh_lag()
+            await asyncio.sleep(mesh.config.metrics_interval)
+
+    async def refresh_lag(self) -> None:
+        """Ask the broker for every group handler's backlog now (also what the poller
+        does); a broker error is logged and the gauge keeps its last value."""
+        mesh = self._mesh
+        if mesh is None:
+            return
+        for spec in mesh.handlers:
+            if spec.group is None:
+                continue
+            try:
+                backlog = await mesh.transport.backlog(list(spec.patterns), spec.group)
+            except MeshError as exc:
+                log.warning("consumer lag of group %s unavailable: %s", spec.group, exc)
+                continue
+            for channel, waiting in (backlog or {}).items():
+                self.lag.labels(spec.group, channel).set(waiting)
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def _child(self, metric: Any, *labels: Any) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
+        started = time.perf_counter()
+        await call_next(event, channel)
+        self._child(self.publish_duration, channel).observe(time.perf_counter() - started)
+        self._child(self.sent, channel).inc()
+
+    async def publish_batch(
+        self, items: list[tuple[str, Event]], call_next: PublishBatchNext
+    ) -> None:
+        started = time.perf_counter()
+        await call_next(items)
+        took = time.perf_counter() - started
+        counts: dict[str, int] = {}
+        for channel, _ in items:
+            counts[channel] = counts.get(channel, 0) + 1
+        for channel, count in counts.items():
+            self._child(self.publish_duration, channel).observe(took)
+            self._child(self.sent, channel).inc(count)
+
+    async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+        group = attempt.group or ""
+        labels = (attempt.handler, group, attempt.channel)
+        if attempt.number == 1:
+            self._child(self.consumed, *labels).inc()
+        running = self._child(self.in_flight, attempt.handler, group)
+        running.inc()
+        started = time.perf_counter()
+        try:
+            await call_next(attempt)
+        finally:
+            running.dec()
+        outcome = str(attempt.outcome or "cancelled")
+        self._child(self.process_duration, *labels, outcome).observe(time.perf_counter() - started)
+        self._child(self.outcomes, *labels, outcome).inc()
+
+    def skipped(self, attempt: Attempt) -> None:
+        labels = (attempt.handler, attempt.group or "", attempt.channel)
+        self._child(self.consumed, *labels).inc()
+        self._child(self.outcomes, *labels, str(attempt.outcome)).inc()
+
+    async def request(self, capability: str, data: Any, call_next: RequestNext) -> Event:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call_next(capability, data)
+        except Exception as exc:
+            outcome = next(
+                (name for kind, name in _REQUEST_OUTCOMES if isinstance(exc, kind)), "error"
+            )
+            raise
+        finally:
+            self._child(self.request_duration, capability, outcome).observe(
+                time.perf_counter() - started
+            )
