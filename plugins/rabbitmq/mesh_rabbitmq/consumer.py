@@ -145,10 +145,8 @@ class RabbitMQSubscription(Subscription):
         queue: AbstractQueue,
         handler: DeliveryHandler,
         max_in_flight: int,
-        *,
-        exclusive: bool,
     ) -> None:
-        self.channel, self.queue, self.exclusive = channel, queue, exclusive
+        self.channel, self.queue = channel, queue
         self._pool: Dispatcher[AbstractIncomingMessage] = Dispatcher(
             handler, max_in_flight, lambda message: RabbitMQDelivery(message, self)
         )
@@ -199,7 +197,7 @@ class RabbitMQSubscription(Subscription):
             task.cancel()
         await asyncio.gather(*timers, return_exceptions=True)
         wait = 0.05 if self.channel.is_closed else OP_TIMEOUT
-        if self.exclusive:
+        if self.queue.exclusive:  # a broadcast subscriber's own queue
             await quietly(self.queue.delete(if_unused=False, if_empty=False), wait)
         await quietly(self.channel.close(), wait)  # also ends aio-pika's restoring of it
         if self.on_closed is not None:

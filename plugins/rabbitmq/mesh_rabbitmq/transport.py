@@ -501,9 +501,7 @@ class RabbitMQTransport(Transport):
                         _DECLARED[(cfg.exchange, name)] = (group, tuple(patterns))
                     for key in keys:
                         await queue.bind(cfg.exchange, key)
-                    sub = RabbitMQSubscription(
-                        channel, queue, handler, limit, exclusive=group is None
-                    )
+                    sub = RabbitMQSubscription(channel, queue, handler, limit)
                     await sub.start()
         except Exception:
             await quietly(channel.close(), OP_TIMEOUT)
