@@ -29,7 +29,7 @@ import socket
 from collections.abc import Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Literal, Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -127,6 +127,9 @@ class MeshConfig(BaseModel):
     metrics_host: str = "0.0.0.0"
     #: seconds between consumer-lag reads from the broker (the lag gauge)
     metrics_interval: float = Field(5.0, gt=0)
+    #: how the ``mesh`` command logs: ``text`` (for people) or ``json`` (one object per
+    #: line with the event, trace and handler of each record; see `mesh.logs`)
+    log_format: Literal["text", "json"] = "text"
     retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)  # type: ignore[arg-type]
     capabilities: CapabilitiesConfig = Field(default_factory=CapabilitiesConfig)  # type: ignore[arg-type]

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 ID_NAMESPACE = uuid.UUID("6f1d1d1e-5b7c-4a53-9a57-0c9a3e0d4c11")
 
 _INHERITED = ("traceparent", "tracestate")
-_CURRENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+#: (event, handler name, group) of the handler running in this task
+Running = tuple[Event, str, str | None]
+_CURRENT: contextvars.ContextVar[Running | None] = contextvars.ContextVar(
     "mesh_current_event", default=None
 )
 
@@ -37,13 +39,22 @@ _CURRENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
 def current_event() -> Event | None:
     """The event whose handler is running in this task (None outside handlers); lets
     ``mesh.request`` inside a handler inherit the conversation."""
-    return _CURRENT.get()
+    running = _CURRENT.get()
+    return None if running is None else running[0]
 
 
-#: ``set_current_event(event) -> token`` and ``reset_current_event(token)``: the
-#: ContextVar's own methods (no Python frame of ours per delivery).
-set_current_event: Callable[[Event | None], contextvars.Token[Event | None]] = _CURRENT.set
-reset_current_event: Callable[[contextvars.Token[Event | None]], None] = _CURRENT.reset
+def current_handler() -> tuple[str, str | None] | None:
+    """(handler name, group) of the handler running in this task (None outside
+    handlers): what `mesh.logs.JsonFormatter` puts on every line a handler logs."""
+    running = _CURRENT.get()
+    return None if running is None else (running[1], running[2])
+
+
+#: ``set_current_event((event, handler, group)) -> token`` and
+#: ``reset_current_event(token)``: the ContextVar's own methods (no Python frame of ours
+#: per delivery).
+set_current_event: Callable[[Running | None], contextvars.Token[Running | None]] = _CURRENT.set
+reset_current_event: Callable[[contextvars.Token[Running | None]], None] = _CURRENT.reset
 
 
 def derive_id(parent: Event, scope: str, position: int) -> str:

@@ -330,7 +330,7 @@ class Consumer:
         attempt = 0
         while True:  # the attempts, inline (no coroutine per attempt)
             attempt += 1
-            token = set_current_event(event)
+            token = set_current_event((event, self.name, self.group))
             try:
                 if self._call_event is not None:
                     await self._call_event(event)
@@ -456,7 +456,7 @@ class Consumer:
         """The innermost link of the chain: run the handler once and record the outcome."""
         event = attempt.event
         assert event is not None
-        token = set_current_event(event)
+        token = set_current_event((event, self.name, self.group))
         try:
             if self._call_event is not None:
                 await self._call_event(event)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +21,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from mesh import __version__
+from mesh import __version__, logs
 from mesh.cli.output import say
 from mesh.config import MeshConfig
 
@@ -47,6 +46,13 @@ class UsageError(Exception):
     Kept apart from `MeshError` because the fix is in the command line, not in the
     mesh or the broker, and scripts can tell the two apart by exit code.
     """
+
+
+class LogFormat(StrEnum):
+    """``--log-format`` values (see `mesh.logs`)."""
+
+    text = "text"
+    json = "json"
 
 
 class LogLevel(StrEnum):
@@ -116,6 +122,16 @@ LogLevelOption = Annotated[
         rich_help_panel=CONNECTION,
     ),
 ]
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default) or json: one object per line with the event, trace and "
+        "handler of each record (also log_format in the config, MESH_LOG_FORMAT)",
+        rich_help_panel=CONNECTION,
+    ),
+]
 AppArgument = Annotated[
     str,
     typer.Argument(
@@ -136,6 +152,7 @@ def _root(
     transport: TransportOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -171,6 +188,7 @@ class Common:
     transport: str | None = None
     config: str | None = None
     log_level: str | None = None
+    log_format: str = "text"
 
     def load_config(self) -> MeshConfig:
         """The configuration an app would get: the file, then ``MESH_*``, then --transport."""
@@ -184,9 +202,11 @@ def common(
     log_level: LogLevel | None,
     *,
     default_level: str = "warning",
+    log_format: LogFormat | None = None,
 ) -> Common:
     """Merge a command's shared options with those given before its name (the command's
-    win), and set up logging to stderr at the chosen level."""
+    win), and set up logging to stderr at the chosen level and format (``--log-format``,
+    else the config's ``log_format``)."""
     before = ctx.find_root().params
     level = log_level if log_level is not None else before.get("log_level")
     merged = Common(
@@ -194,11 +214,10 @@ def common(
         config=config if config is not None else before.get("config"),
         log_level=str(level) if level is not None else None,
     )
-    logging.basicConfig(
-        level=(merged.log_level or default_level).upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    chosen = log_format if log_format is not None else before.get("log_format")
+    fmt = str(chosen) if chosen is not None else merged.load_config().log_format
+    merged = replace(merged, log_format=fmt)
+    logs.setup(merged.log_level or default_level, "json" if fmt == "json" else "text")
     return merged
 
 

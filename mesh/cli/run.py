@@ -14,6 +14,7 @@ from mesh.cli.app import (
     EXIT_OK,
     AppArgument,
     ConfigOption,
+    LogFormatOption,
     LogLevelOption,
     TransportOption,
     UsageError,
@@ -78,6 +79,7 @@ def run_command(
     transport: TransportOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -92,7 +94,7 @@ def run_command(
         str, typer.Option(metavar="ADDRESS", help="the address the metrics server binds")
     ] = "0.0.0.0",
 ) -> int:
-    options = common(ctx, transport, config, log_level, default_level="info")
+    options = common(ctx, transport, config, log_level, default_level="info", log_format=log_format)
     expected = prepare_environment(options)
     mesh = import_app(target)
     if mesh is None:
