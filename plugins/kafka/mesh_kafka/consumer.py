@@ -54,6 +54,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
@@ -76,6 +77,7 @@ from mesh import (
     Event,
     Subscription,
     TransportError,
+    quietly,
 )
 from mesh_kafka.wire import from_record, raw_headers
 
@@ -95,6 +97,7 @@ PartKey = tuple[str, int]
 _LIVE: weakref.WeakSet[KafkaSubscription] = weakref.WeakSet()
 
 
+@dataclass(eq=False, slots=True)
 class _Partition:
     """Offsets of one partition for one assignment (a new object per assignment).
 
@@ -103,42 +106,21 @@ class _Partition:
     partition's records wait in ``held`` and go to the loop one at a time (``stepping``:
     one is there now); see the module docstring."""
 
-    __slots__ = (
-        "blamed",
-        "committed",
-        "handed",
-        "held",
-        "key",
-        "marked",
-        "marked_below",
-        "next",
-        "pending",
-        "revoked",
-        "started",
-        "stepping",
-        "suspect",
-        "suspect_end",
-        "takeover",
-    )
-
-    def __init__(
-        self, key: PartKey, marked_below: int, start: int, takeover: tuple[int, int] | None = None
-    ) -> None:
-        self.key = key
-        self.pending: set[int] = set()  # received, not acked
-        self.next = start  # one past the highest offset received
-        self.handed = -1  # one past the highest offset given to a handler
-        self.committed = -1
-        self.marked_below = marked_below  # offsets below were delivered by a former owner
-        self.revoked = False
-        self.takeover = takeover
-        self.started = False  # the first record of the assignment arrived
-        self.blamed: tuple[int, int] = (-1, 0)
-        self.marked = -1  # offset of this member's last takeover mark
-        self.suspect = 0  # records left to re-run one at a time
-        self.suspect_end = -1  # ... or until this offset
-        self.held: deque[_Record] = deque()
-        self.stepping = False
+    key: PartKey
+    marked_below: int  # offsets below were delivered by a former owner
+    next: int  # one past the highest offset received
+    takeover: tuple[int, int] | None = None
+    pending: set[int] = field(default_factory=set)  # received, not acked
+    handed: int = -1  # one past the highest offset given to a handler
+    committed: int = -1
+    revoked: bool = False
+    started: bool = False  # the first record of the assignment arrived
+    blamed: tuple[int, int] = (-1, 0)
+    marked: int = -1  # offset of this member's last takeover mark
+    suspect: int = 0  # records left to re-run one at a time
+    suspect_end: int = -1  # ... or until this offset
+    held: deque[_Record] = field(default_factory=deque)
+    stepping: bool = False
 
     def watermark(self) -> int:
         return min(self.pending) if self.pending else self.next
@@ -245,8 +227,9 @@ class KafkaSubscription(Subscription):
         self._max = max(1, max_in_flight)
         self._broadcast, self._admin = broadcast, admin
         self._group = str(conf["group.id"])
-        self._marks_group = None if broadcast else self._group + _MARKS_SUFFIX
-        self._takeovers_group = None if broadcast else self._group + _TAKEOVERS_SUFFIX
+        # companion groups keeping the redelivery marks (none for broadcast subscribers)
+        self._marks_group = self._group + _MARKS_SUFFIX
+        self._takeovers_group = self._group + _TAKEOVERS_SUFFIX
         self._commit_interval, self._on_closed = commit_interval, on_closed
         self._loop = asyncio.get_running_loop()
         # shared with the poll thread
@@ -313,10 +296,7 @@ class KafkaSubscription(Subscription):
         await asyncio.to_thread(self._thread.join)
         if self._broadcast:  # a broadcast group is this subscriber's alone
             await asyncio.to_thread(
-                self._admin_call,
-                self._admin.delete_consumer_groups,
-                [self._group],
-                request_timeout=_ADMIN_TIMEOUT,
+                self._admin_call, self._admin.delete_consumer_groups, [self._group]
             )
         self._on_closed(self)
         _LIVE.discard(self)
@@ -339,7 +319,7 @@ class KafkaSubscription(Subscription):
         if record.part.revoked:  # the partition moved on: its next owner has it
             return None
         record.attempts += 1
-        record.part.handed = max(record.part.handed, (record.message.offset() or 0) + 1)
+        record.part.handed = max(record.part.handed, record.offset + 1)
         return KafkaDelivery(self, record)
 
     def _before(self, record: _Record) -> Awaitable[None] | None:
@@ -354,21 +334,21 @@ class KafkaSubscription(Subscription):
         return self._write_mark(mark)
 
     async def _write_mark(self, mark: TopicPartition) -> None:
-        try:
-            await asyncio.to_thread(self._write_takeovers, [mark])
-        except Exception as exc:  # best effort, like every companion-group write
+        """Best effort, like every companion-group write: a failure is logged."""
+        request = [ConsumerGroupTopicPartitions(self._takeovers_group, [mark])]
+        alter = self._admin.alter_consumer_group_offsets
+        if not await asyncio.to_thread(self._admin_call, alter, request):
             log.warning(
-                "group %s: could not count a takeover of %s/%d (%s); a crash now "
-                "would not count against the record",
+                "group %s: could not count a takeover of %s/%d; a crash now would not "
+                "count against the record",
                 self._group,
                 mark.topic,
                 mark.partition,
-                exc,
             )
 
     def acked(self, record: _Record) -> None:
         with self._lock:
-            record.part.pending.discard(record.message.offset() or 0)
+            record.part.pending.discard(record.offset)
 
     def _done(self, record: _Record) -> None:
         self._finished += 1
@@ -472,7 +452,7 @@ class KafkaSubscription(Subscription):
         up to `_SUSPECT_RECORDS` records or the partition's end as the fetch reported it
         (what former owners can have handed out)."""
         part.started = True
-        if self._takeovers_group is None:
+        if self._broadcast:
             return None
         mark = part.takeover
         count = mark[1] if mark is not None and mark[0] == offset else 0
@@ -532,14 +512,6 @@ class KafkaSubscription(Subscription):
         if not self._suspects:
             self._call(self.pool.resize, self._max)
 
-    def _write_takeovers(self, marks: list[TopicPartition]) -> None:
-        if self._takeovers_group is not None:
-            self._admin_call(
-                self._admin.alter_consumer_group_offsets,
-                [ConsumerGroupTopicPartitions(self._takeovers_group, marks)],
-                request_timeout=_ADMIN_TIMEOUT,
-            )
-
     def _flow(self, consumer: Consumer) -> int:
         """Pause after being full for `_PAUSE_AFTER` s, resume when not full; return room."""
         delayed = self.pool.delayed
@@ -568,14 +540,8 @@ class KafkaSubscription(Subscription):
                 self._parts[key] = _Partition(
                     key, marks.get(key, -1), start.get(key, -1), takeovers.get(key)
                 )
-        consumer.assign(
-            [
-                TopicPartition(tp.topic, tp.partition, start[(tp.topic, tp.partition)])
-                if (tp.topic, tp.partition) in start
-                else tp
-                for tp in partitions
-            ]
-        )
+                tp.offset = start.get(key, tp.offset)
+        consumer.assign(partitions)
         self._set_paused(consumer, partitions)  # pause flags survive reassignment
         self._assigned_once = True
         self._call(resolve, self._assigned)
@@ -603,11 +569,10 @@ class KafkaSubscription(Subscription):
             ]
         if commit:
             self._commit(consumer, parts, wait=True)
-        if marks and self._marks_group is not None:
+        if marks and not self._broadcast:
             self._admin_call(
                 self._admin.alter_consumer_group_offsets,
                 [ConsumerGroupTopicPartitions(self._marks_group, marks)],
-                request_timeout=_ADMIN_TIMEOUT,
             )
 
     def _commit(self, consumer: Consumer, parts: list[_Partition], wait: bool = False) -> None:
@@ -624,7 +589,7 @@ class KafkaSubscription(Subscription):
             if wait:
                 consumer.commit(offsets=offsets, asynchronous=False)
             else:
-                consumer.commit(offsets=offsets, asynchronous=True)
+                consumer.commit(offsets=offsets)
         except KafkaException as exc:
             log.warning(
                 "offset commit for group %s failed (%s); records after the last "
@@ -648,14 +613,13 @@ class KafkaSubscription(Subscription):
     ) -> tuple[dict[PartKey, int], dict[PartKey, tuple[int, int]]]:
         """The companion groups' marks for ``partitions``: "delivered below" offsets and
         (offset, count) takeover marks; both requests are sent before either is awaited."""
-        if self._marks_group is None or self._takeovers_group is None or not partitions:
+        if self._broadcast or not partitions:
             return {}, {}
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         requests = [
             self._admin_request(
                 self._admin.list_consumer_group_offsets,
                 [ConsumerGroupTopicPartitions(group, wanted)],
-                request_timeout=_ADMIN_TIMEOUT,
             )
             for group in (self._marks_group, self._takeovers_group)
         ]
@@ -681,23 +645,22 @@ class KafkaSubscription(Subscription):
             return {(tp.topic, tp.partition): -1 for tp in partitions}  # OFFSET_END
         return {(tp.topic, tp.partition): tp.offset for tp in ends}
 
-    def _admin_call(self, method: Callable[..., Any], *args: Any, **kw: Any) -> list[Any]:
-        """Run an admin request and wait (poll thread or worker thread only)."""
-        return self._admin_results(self._admin_request(method, *args, **kw))
+    def _admin_call(self, method: Callable[..., dict[Any, Any]], request: list[Any]) -> list[Any]:
+        """Run an admin request and wait for its results (poll or worker thread only)."""
+        return self._admin_results(self._admin_request(method, request))
 
     def _admin_request(
-        self, method: Callable[..., Any], *args: Any, **kw: Any
-    ) -> dict[Any, Any] | None:
+        self, method: Callable[..., dict[Any, Any]], request: list[Any]
+    ) -> dict[Any, Any]:
+        """Send an admin request: its futures, none when it failed (best effort, like
+        `_admin_results`)."""
         try:
-            futures: dict[Any, Any] = method(*args, **kw)
+            return method(request, request_timeout=_ADMIN_TIMEOUT)
         except Exception as exc:  # best effort: marks and clean-up are optional
             log.debug("kafka admin request for group %s failed: %s", self._group, exc)
-            return None
-        return futures
+            return {}
 
-    def _admin_results(self, futures: dict[Any, Any] | None) -> list[Any]:
-        if futures is None:
-            return []
+    def _admin_results(self, futures: dict[Any, Any]) -> list[Any]:
         try:
             return [f.result(_ADMIN_TIMEOUT) for f in futures.values()]
         except Exception as exc:  # best effort: marks and clean-up are optional
@@ -857,14 +820,7 @@ async def read_topic(
             for message in messages:
                 yield ReadDelivery(message)
     finally:
-        await asyncio.to_thread(_close_quietly, consumer)
-
-
-def _close_quietly(consumer: Consumer) -> None:
-    try:
-        consumer.close()
-    except (KafkaException, RuntimeError) as exc:
-        log.debug("closing a reader: %s", exc)
+        await quietly(asyncio.to_thread(consumer.close))
 
 
 def resolve(future: asyncio.Future[None], error: BaseException | None = None) -> None:
