@@ -346,9 +346,8 @@ class NatsSubscription(Subscription):
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def probe(msg: Msg) -> None:
-            if msg.reply:
-                with contextlib.suppress(ValueError, IndexError):
-                    self._returned.append(NatsDelivery(msg, self._cfg.channel(msg.subject), self))
+            if msg.reply:  # a message after all: closing, so it joins those given back
+                await self._accept(pull, msg)
             if not answered.done():
                 answered.set_result(None)
 
