@@ -2,9 +2,10 @@
 
 Everything public is importable from ``mesh`` (plus the ``mesh.codec``, ``mesh.dlq``
 (the dead-letter vocabulary), ``mesh.errors``, ``mesh.middleware`` (the chain's
-``call_next`` types), ``mesh.routing`` and ``mesh.testing`` modules); nothing else
-should be imported from deeper paths. ``__all__`` is exactly the public surface (a
-test keeps it that way).
+``call_next`` types), ``mesh.otel`` (tracing; the otel extra), ``mesh.metrics``
+(Prometheus; the prometheus extra), ``mesh.logs``, ``mesh.routing`` and ``mesh.testing``
+modules); nothing else should be imported from deeper paths. ``__all__`` is exactly
+the public surface (a test keeps it that way).
 """
 
 from importlib import metadata as _metadata

@@ -57,6 +57,9 @@ class TransportFeatures:
     `Transport.retain` and `Transport.read` work: a channel can be read without
     consuming it (the dead-letter tools need this).
 
+    ``backlog`` says `Transport.backlog` answers: the broker tells how many messages a
+    consumer group has not acked yet (the lag gauge of `mesh.metrics`).
+
     ``max_in_flight`` is the most deliveries one subscription can hold unsettled
     (RabbitMQ's prefetch is a 16-bit count), None for no limit: the mesh refuses a
     handler's ``max_in_flight`` or batch ``max_size`` above it at registration, with a
@@ -72,6 +75,7 @@ class TransportFeatures:
     wildcard_patterns: bool = True
     retained_reads: bool = False
     max_in_flight: int | None = None
+    backlog: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +296,8 @@ class Transport(ABC):
         channel; or by the group's queue name where the broker keeps one queue for all
         its channels. None: this transport cannot tell (the default). Read-only and
         cheap enough to call every few seconds (the lag gauge of `mesh.metrics`);
-        raises `TransportError` when the broker cannot be asked."""
+        raises `TransportError` when the broker cannot be asked. A transport that
+        overrides it declares ``features.backlog``."""
         return None
 
     def reply_channel(self, instance_id: str) -> str:

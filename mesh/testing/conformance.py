@@ -273,6 +273,36 @@ class TransportConformance(MeshCases):
         await t.subscribe(channel, later, group=group)
         await later.wait_for(10, self.timeout)
 
+    @pytest.mark.asyncio
+    async def test_backlog_counts_what_a_group_has_not_taken(self, transports: Any) -> None:
+        """`Transport.backlog` (the lag gauge): what a group has not acked, from the
+        broker, and 0 once a member acked it all; None from a transport that cannot
+        tell (and does not declare ``backlog``)."""
+        self._require("consumer_groups")
+        t = await transports()
+        channel, group = self.channel(), self.group()
+        if not self.features.backlog:
+            assert await t.backlog(channel, group) is None
+            return
+        await t.ensure_group(channel, group)
+        await t.publish_batch([(channel, self.event(i)) for i in range(5)])
+
+        async def settles_at(count: int) -> None:
+            deadline = time.monotonic() + self.timeout
+            seen: dict[str, int] | None = None
+            while time.monotonic() < deadline:
+                seen = await t.backlog(channel, group)
+                if seen is not None and sum(seen.values()) == count:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"backlog {seen}, expected {count} in all")
+
+        await settles_at(5)
+        col = Collector()
+        await self.subscribe(t, channel, col, group=group)
+        await col.wait_for(5, self.timeout)
+        await settles_at(0)
+
     # --- settling -------------------------------------------------------------------
 
     @pytest.mark.asyncio

@@ -243,6 +243,7 @@ class MemoryTransport(Transport):
         native_dedup=False,
         wildcard_patterns=True,
         retained_reads=True,
+        backlog=True,
     )
     wire = WireFormat(
         title="in-process memory broker",

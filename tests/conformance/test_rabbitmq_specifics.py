@@ -373,7 +373,7 @@ async def test_item24_refused_connection_is_one_clean_error(
     stray = [
         f"{r.levelname} {r.name}: {r.getMessage()}"
         for r in caplog.records
-        if r.name.startswith(("aiormq", "aio_pika", "mesh_rabbitmq"))
+        if r.name.startswith(("aiormq", "aio_pika", "mesh.rabbitmq"))
     ]
     assert stray == [], stray
     assert f"127.0.0.1:{port}" in str(info.value) and "hunter2" not in str(info.value)

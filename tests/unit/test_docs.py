@@ -142,7 +142,16 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         f"public names on no API reference page: {missing}; add '::: mesh.<name>' to the "
         "right page in docs/reference/"
     )
-    public_modules = ["mesh.errors", "mesh.codec", "mesh.dlq", "mesh.testing"] + [
+    public_modules = [
+        "mesh.errors",
+        "mesh.codec",
+        "mesh.dlq",
+        "mesh.testing",
+        "mesh.middleware",
+        "mesh.otel",
+        "mesh.metrics",
+        "mesh.logs",
+    ] + [
         f"mesh.{package}.{path.stem}"  # mesh.routing and mesh.testing are public, module by module
         for package in ("routing", "testing")
         for path in sorted((REPO / "mesh" / package).iterdir())

@@ -5,7 +5,9 @@ returning to 0, outcomes, requests, ``mesh run --metrics-port``, and bad input."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +24,7 @@ from mesh import ConfigError, DeadLetter, Event, Mesh, NoProvider
 from mesh.metrics import Metrics
 from mesh.testing.util import wait_until
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "dashboards" / "event-mesh.json"
 FAST = {"max_attempts": 2, "initial_backoff": 0.001, "max_backoff": 0.005}
 
 
@@ -236,3 +239,22 @@ def test_mesh_run_serves_metrics_on_the_port_asked(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr
     assert samples(text, "mesh_messages_consumed_total", handler="ping", group="pingers") == [1.0]
     assert f"metrics on port {port}" in stderr
+
+
+def test_the_grafana_dashboard_queries_only_series_the_mesh_exports() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    exported = {
+        sample.name for family in Metrics().registry.collect() for sample in family.samples
+    } | {
+        f"{family.name}{suffix}"
+        for family in Metrics().registry.collect()
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
+    }
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(mesh_[a-z_]+)", target["expr"])
+    }
+    assert queried and queried <= exported, queried - exported
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])

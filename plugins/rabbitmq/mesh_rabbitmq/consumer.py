@@ -40,7 +40,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from mesh import Delivery, DeliveryHandler, Dispatcher, Event, Subscription, codec, quietly
 from mesh_rabbitmq import binding
 
-log = logging.getLogger("mesh_rabbitmq")
+log = logging.getLogger("mesh.rabbitmq")
 
 Settle = Literal["ack", "nack", "reject"]
 #: bound on broker round trips while closing (the broker may be unreachable)

@@ -67,7 +67,7 @@ from mesh_rabbitmq import binding, topology
 from mesh_rabbitmq.config import RabbitMQConfig, ssl_context
 from mesh_rabbitmq.consumer import OP_TIMEOUT, RabbitMQSubscription, RetainedDelivery
 
-log = logging.getLogger("mesh_rabbitmq")
+log = logging.getLogger("mesh.rabbitmq")
 Properties = aiormq.spec.Basic.Properties
 
 #: publishes in flight at once in publish_batch (their confirms are awaited together)
@@ -134,6 +134,7 @@ class RabbitMQTransport(Transport):
         wildcard_patterns=True,
         retained_reads=True,
         max_in_flight=65535,  # the prefetch (basic.qos prefetch-count) is a 16-bit count
+        backlog=True,
     )
     wire = WireFormat(
         title="RabbitMQ",
@@ -141,6 +142,7 @@ class RabbitMQTransport(Transport):
         protocol_version="0.9.1",
         header_prefix=binding.CE_PREFIX,
         binding="RabbitMQ binding (`ce-` message headers)",
+        system="rabbitmq",
     )
 
     @classmethod
@@ -540,6 +542,23 @@ class RabbitMQTransport(Transport):
         patterns = pattern_list(pattern)
         name = topology.group_queue(self.config.exchange, group, patterns)
         await self._ensure_queue(name, topology.group_arguments(self.config), group, patterns)
+
+    async def backlog(self, pattern: str | Sequence[str], group: str) -> dict[str, int] | None:
+        """Messages ready in the group's queue (a passive declare; AMQP 0-9-1 tells no
+        count of messages delivered and not yet acked), keyed by the queue's name; empty
+        when the queue does not exist (yet)."""
+        name = topology.group_queue(self.config.exchange, group, pattern_list(pattern))
+        channel = await self._channel(self._open(), robust=False)
+        try:
+            with self._failing(f"reading the length of queue {name!r}"):
+                async with asyncio.timeout(self.config.connect_timeout):
+                    try:
+                        queue = await channel.declare_queue(name, passive=True)
+                    except ChannelNotFoundEntity:
+                        return {}
+            return {name: queue.declaration_result.message_count or 0}
+        finally:
+            await quietly(channel.close(), OP_TIMEOUT)
 
     async def _ensure_queue(
         self, name: str, arguments: dict[str, Any], group: str, patterns: Sequence[str]
