@@ -104,7 +104,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def sides(settings: Settings) -> list[Side]:
     chosen: list[Side] = [MeshSide(), RawSide(), FastStreamSide()]
     if not settings.smoke:  # the extra rows; a smoke run proves the harness only
-        chosen[1:1] = [MeshSide(idempotency=False), MeshSide(middleware=True)]
+        chosen[1:1] = [
+            MeshSide(idempotency=False),
+            MeshSide(middleware="pass-through"),
+            MeshSide(middleware="observed"),
+        ]
     return chosen
 
 

@@ -53,9 +53,31 @@ class PassThrough(Middleware):
         await call_next(attempt)
 
 
+def observed() -> list[Middleware]:
+    """Tracing on the OpenTelemetry SDK (a batch processor whose exporter drops the
+    spans: the SDK's whole cost, no I/O) and Prometheus metrics in a private registry."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from mesh.metrics import Metrics
+    from mesh.otel import Tracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=65536))
+    return [Tracing(tracer_provider=provider), Metrics()]
+
+
 class MeshSession(Session):
     def __init__(
-        self, target: Target, settings: Settings, idempotency: bool, middleware: bool = False
+        self, target: Target, settings: Settings, idempotency: bool, middleware: str = ""
     ) -> None:
         super().__init__(target, settings)
         self.idempotency = idempotency
@@ -72,7 +94,13 @@ class MeshSession(Session):
             idempotency={"enabled": self.idempotency},
             capabilities={"enabled": False},
             dead_letter_channel=f"bench.r{self.target.run}.deadletter",
-            middleware=[PassThrough()] if self.middleware else (),
+            middleware=(
+                [PassThrough()]
+                if self.middleware == "pass-through"
+                else observed()
+                if self.middleware == "observed"
+                else []
+            ),
         )
 
     async def open(self) -> None:
@@ -151,11 +179,15 @@ class MeshSession(Session):
 
 
 class MeshSide(Side):
-    def __init__(self, idempotency: bool = True, middleware: bool = False) -> None:
+    """``middleware``: "" (none), "pass-through" (a middleware that only passes on:
+    the chain's own cost) or "observed" (`observed`: tracing and metrics on)."""
+
+    NAMES = {"pass-through": " + pass-through middleware", "observed": " + tracing + metrics"}
+
+    def __init__(self, idempotency: bool = True, middleware: str = "") -> None:
         self.idempotency, self.middleware = idempotency, middleware
         self.name = "mesh" if idempotency else "mesh (idempotency off)"
-        if middleware:
-            self.name += " + pass-through middleware"
+        self.name += self.NAMES.get(middleware, "")
 
     def guarantees(self, transport: str) -> str:
         idem = (

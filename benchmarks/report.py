@@ -17,6 +17,7 @@ SIDES = (
     "mesh",
     "mesh (idempotency off)",
     "mesh + pass-through middleware",
+    "mesh + tracing + metrics",
     "raw client",
     "faststream",
 )
@@ -271,8 +272,9 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
     lines += [f"Machine: {_machine_line(first['meta'])}", ""]
     lines += [
         "| transport | scenario | mesh | raw client | FastStream | mesh/raw | "
-        "mesh/FastStream | mesh, idempotency off | mesh + pass-through middleware |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "mesh/FastStream | mesh, idempotency off | mesh + pass-through middleware | "
+        "mesh + tracing + metrics |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for transport in TRANSPORTS:
         result = results.get(transport)
@@ -290,6 +292,7 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
                     "faststream",
                     "mesh (idempotency off)",
                     "mesh + pass-through middleware",
+                    "mesh + tracing + metrics",
                 )
             ]
             ratios = [f"{vals[0] / other:.2f}" if vals[0] and other else "—" for other in vals[1:3]]
@@ -297,7 +300,7 @@ def latest_markdown(results: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"| {transport} | {label.format(group=group)} | {cells[0]} | "
                 f"{cells[1]} | {cells[2]} | {ratios[0]} | {ratios[1]} | {cells[3]} | "
-                f"{cells[4]} |"
+                f"{cells[4]} | {cells[5]} |"
             )
     lines += ["", "## Targets", "", "| transport | target | value | met |", "|---|---|---:|:---:|"]
     for transport in TRANSPORTS:

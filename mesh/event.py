@@ -353,6 +353,24 @@ class Event:
     def __delattr__(self, name: str) -> None:
         raise AttributeError("Event is immutable")
 
+    def _with_trace(self, traceparent: str | None, tracestate: str | None) -> Event:
+        """A copy carrying this trace context (None removes an attribute): what
+        `mesh.otel` stamps on every send. The values come from the OpenTelemetry
+        propagator, so nothing is checked again (`replace` would check every attribute)."""
+        ext = dict(self.extensions)
+        for name, value in (("traceparent", traceparent), ("tracestate", tracestate)):
+            if value is None:
+                ext.pop(name, None)
+            else:
+                ext[name] = value
+        copy = object.__new__(Event)
+        setter = object.__setattr__
+        for slot in Event.__slots__:
+            setter(copy, slot, getattr(self, slot))
+        setter(copy, "extensions", MappingProxyType(ext))
+        setter(copy, "_view", None)
+        return copy
+
     def replace(self, **changes: Any) -> Event:
         """Return a copy with ``changes`` applied.
 

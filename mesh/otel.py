@@ -93,6 +93,8 @@ class Tracing(Middleware):
         self.invalid_parents = 0
         self._mesh: Mesh | None = None
         self._system = ""
+        #: the last producer context read from an event, by (traceparent, tracestate)
+        self._last: tuple[object, tuple[otel_context.Context, list[Link]]] = (None, (_ROOT, []))
 
     def attach(self, mesh: Mesh) -> None:
         if self._mesh is not None and self._mesh is not mesh:
@@ -118,10 +120,7 @@ class Tracing(Middleware):
             _PROPAGATOR.inject(carrier)
             try:
                 await call_next(
-                    event.replace(
-                        traceparent=carrier.get("traceparent"),
-                        tracestate=carrier.get("tracestate"),
-                    ),
+                    event._with_trace(carrier.get("traceparent"), carrier.get("tracestate")),
                     channel,
                 )
             except Exception as exc:
@@ -142,12 +141,11 @@ class Tracing(Middleware):
         ) as span:
             carrier: dict[str, str] = {}
             _PROPAGATOR.inject(carrier)
-            stamp = {
-                "traceparent": carrier.get("traceparent"),
-                "tracestate": carrier.get("tracestate"),
-            }
+            parent, state = carrier.get("traceparent"), carrier.get("tracestate")
             try:
-                await call_next([(channel, event.replace(**stamp)) for channel, event in items])
+                await call_next(
+                    [(channel, event._with_trace(parent, state)) for channel, event in items]
+                )
             except Exception as exc:
                 span.set_attribute("error.type", type(exc).__qualname__)
                 raise
@@ -222,8 +220,11 @@ class Tracing(Middleware):
         traceparent = event.traceparent
         if not traceparent:
             return _ROOT, []
-        carrier = {"traceparent": traceparent}
         tracestate = event.extensions.get("tracestate")
+        key = (traceparent, tracestate)
+        if self._last[0] == key:  # the events of one batch share their producer
+            return self._last[1]
+        carrier = {"traceparent": traceparent}
         if isinstance(tracestate, str):
             carrier["tracestate"] = tracestate
         parent = _PROPAGATOR.extract(carrier, context=_ROOT)
@@ -232,7 +233,9 @@ class Tracing(Middleware):
             self.invalid_parents += 1
             self._invalid.add(1, {"messaging.system": self._system})
             return _ROOT, []
-        return parent, [Link(producer)]
+        found = (parent, [Link(producer)])
+        self._last = (key, found)
+        return found
 
     def _base(self, channel: str | None, operation: str) -> dict[str, Any]:
         attributes = {
