@@ -55,7 +55,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -78,6 +78,7 @@ from mesh import (
     Subscription,
     TransportError,
     quietly,
+    scrub,
 )
 from mesh_kafka.wire import from_record, raw_headers
 
@@ -93,7 +94,8 @@ _ADMIN_TIMEOUT = 10.0
 _PAUSE_AFTER = 1.0  # librdkafka refetches ~1 s late after resume: pause only when it pays
 _READ_BATCH = 500
 PartKey = tuple[str, int]
-#: live subscriptions of this process (see `close_subscriptions_on`)
+_C = TypeVar("_C")
+#: live subscriptions of this process (see `close_subscriptions`)
 _LIVE: weakref.WeakSet[KafkaSubscription] = weakref.WeakSet()
 
 
@@ -221,7 +223,7 @@ class KafkaSubscription(Subscription):
         broadcast: bool,
         admin: AdminClient,
         commit_interval: float,
-        on_closed: Callable[[KafkaSubscription], None],
+        owner: object,
     ) -> None:
         self._conf, self._topics = conf, topics
         self._max = max(1, max_in_flight)
@@ -230,7 +232,7 @@ class KafkaSubscription(Subscription):
         # companion groups keeping the redelivery marks (none for broadcast subscribers)
         self._marks_group = self._group + _MARKS_SUFFIX
         self._takeovers_group = self._group + _TAKEOVERS_SUFFIX
-        self._commit_interval, self._on_closed = commit_interval, on_closed
+        self._commit_interval, self.owner = commit_interval, owner
         self._loop = asyncio.get_running_loop()
         # shared with the poll thread
         self._lock = threading.Lock()
@@ -298,7 +300,6 @@ class KafkaSubscription(Subscription):
             await asyncio.to_thread(
                 self._admin_call, self._admin.delete_consumer_groups, [self._group]
             )
-        self._on_closed(self)
         _LIVE.discard(self)
 
     def covers(self, servers: str, topics: list[str]) -> bool:
@@ -367,25 +368,20 @@ class KafkaSubscription(Subscription):
             pass
 
     def _pump(self) -> None:
+        conf = {**self._conf, "on_commit": self._on_commit, "error_cb": _log_error, "logger": log}
         try:
-            consumer = Consumer(
-                {**self._conf, "on_commit": self._on_commit, "error_cb": _log_error, "logger": log}
-            )
+            consumer = new_client(Consumer, conf, "consumer")
+        except ConfigError as exc:
+            self._call(resolve, self._assigned, exc)
+            return
+        next_commit = time.monotonic() + self._commit_interval
+        try:
             consumer.subscribe(
                 self._topics,
                 on_assign=self._on_assign,
                 on_revoke=self._revoke,
                 on_lost=lambda c, lost: self._revoke(c, lost, commit=False),
             )
-        except (KafkaException, ValueError, TypeError) as exc:
-            self._call(
-                resolve,
-                self._assigned,
-                ConfigError(f"librdkafka rejected the consumer configuration: {_describe(exc)}"),
-            )
-            return
-        next_commit = time.monotonic() + self._commit_interval
-        try:
             while not self._stop.is_set():
                 while self._steps:
                     self._step(consumer, self._steps.popleft(), finished=True)
@@ -595,7 +591,7 @@ class KafkaSubscription(Subscription):
                 "offset commit for group %s failed (%s); records after the last "
                 "commit will be redelivered",
                 self._group,
-                _describe(exc),
+                describe(exc),
             )
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -641,7 +637,7 @@ class KafkaSubscription(Subscription):
                 timeout=_ADMIN_TIMEOUT,
             )
         except KafkaException as exc:
-            log.warning("broadcast subscriber could not look up end offsets (%s)", _describe(exc))
+            log.warning("broadcast subscriber could not look up end offsets (%s)", describe(exc))
             return {(tp.topic, tp.partition): -1 for tp in partitions}  # OFFSET_END
         return {(tp.topic, tp.partition): tp.offset for tp in ends}
 
@@ -668,16 +664,14 @@ class KafkaSubscription(Subscription):
             return []
 
 
-async def close_subscriptions_on(servers: str, topics: list[str]) -> None:
-    """Close this process's subscriptions that read any of ``topics``.
-
-    A consumer whose topic is deleted under it crashes librdkafka (deterministically
-    on Tansu, and librdkafka has open crash reports for it on Kafka), so topics are
-    only deleted after their local consumers stopped.
-    """
+async def close_subscriptions(which: Callable[[KafkaSubscription], bool]) -> None:
+    """Close this process's subscriptions (on the running loop) that ``which`` picks:
+    a transport's own when it closes, or every one reading topics about to be deleted
+    (`KafkaSubscription.covers`): a consumer whose topic is deleted under it crashes
+    librdkafka (deterministically on Tansu, and librdkafka has open crash reports for it
+    on Kafka), so topics are only deleted after their local consumers stopped."""
     loop = asyncio.get_running_loop()
-    doomed = [sub for sub in list(_LIVE) if sub._loop is loop and sub.covers(servers, topics)]
-    await asyncio.gather(*(sub.close() for sub in doomed))
+    await asyncio.gather(*(s.close() for s in list(_LIVE) if s._loop is loop and which(s)))
 
 
 def _takeover_mark(offset: int, count: int) -> int:
@@ -783,23 +777,16 @@ async def read_topic(
     end-of-partition event; reading stops early when nothing arrives for ``idle``
     seconds after the first answer (``timeout`` before it). Blocking calls run in worker
     threads, one at a time."""
-    try:
-        consumer = Consumer(
-            {**conf, "enable.partition.eof": True, "error_cb": _log_error, "logger": log}
-        )
-    except (KafkaException, ValueError, TypeError) as exc:
-        problem: str | None = _describe(exc)
-    else:
-        problem = None
-    if problem is not None:  # outside the except block: its text may hold a value
-        raise ConfigError(f"librdkafka rejected the reader configuration: {problem}")
+    conf = {**conf, "enable.partition.eof": True, "error_cb": _log_error, "logger": log}
+    consumer = new_client(Consumer, conf, "reader")
     reading = _Reading(consumer, topic)
     try:
+        problem = None
         try:
             await asyncio.to_thread(reading.plan, timeout)
         except KafkaException as exc:
-            problem = _describe(exc)
-        if problem is not None:
+            problem = describe(exc)
+        if problem is not None:  # outside the except block: no chained error
             raise TransportError(f"cannot read topic {topic}: {problem}")
         loop = asyncio.get_running_loop()
         last, patience = loop.time(), max(timeout, idle)
@@ -828,7 +815,19 @@ def resolve(future: asyncio.Future[None], error: BaseException | None = None) ->
         future.set_result(None) if error is None else future.set_exception(error)
 
 
-def _describe(exc: BaseException) -> str:
+def new_client(kind: Callable[[dict[str, Any]], _C], conf: dict[str, Any], what: str) -> _C:
+    """``kind(conf)``, a librdkafka client, or `ConfigError` when librdkafka refuses the
+    configuration: its reason scrubbed of the configuration's secrets and raised outside
+    the except block, so no chained error carries the raw text (it may hold a value)."""
+    try:
+        return kind(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        problem = scrub(describe(exc), conf.get("sasl.password"), conf.get("ssl.key.password"))
+    raise ConfigError(f"librdkafka rejected the {what} configuration: {problem}")
+
+
+def describe(exc: BaseException) -> str:
+    """The text of a client error (a `KafkaError`'s own, not its repr)."""
     err = exc.args[0] if exc.args else None
     return err.str() if isinstance(err, KafkaError) else str(exc)
 

@@ -62,7 +62,14 @@ from mesh import (
     scrub,
 )
 from mesh_kafka.config import KafkaConfig
-from mesh_kafka.consumer import KafkaSubscription, close_subscriptions_on, read_topic, resolve
+from mesh_kafka.consumer import (
+    KafkaSubscription,
+    close_subscriptions,
+    describe,
+    new_client,
+    read_topic,
+    resolve,
+)
 from mesh_kafka.naming import group_id_for, subscription_for, topic_for
 from mesh_kafka.wire import HEADER_PREFIX, received_size, size_bound, to_record, wire_size
 
@@ -112,7 +119,6 @@ class KafkaTransport(Transport):
         self._polling = self._fatal = False
         self._topics: set[str] = set()
         self._creating = asyncio.Lock()
-        self._subs: set[KafkaSubscription] = set()
         self._closing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -134,26 +140,14 @@ class KafkaTransport(Transport):
             broker="Kafka",
         )
         left = max(0.1, self.config.connect_timeout - spent)
-        try:
-            admin_conf: dict[str, Any] = {**self.config.common(), "logger": log}
-            producer_conf: dict[str, Any] = {
-                **self.config.producer(),
-                "logger": log,
-                "error_cb": self._on_error,
-            }
-            admin, producer = AdminClient(admin_conf), Producer(producer_conf)
-        except (KafkaException, ValueError, TypeError) as exc:
-            problem: str | None = self._scrub(exc)
-        else:
-            problem = None
-        if problem is not None:  # outside the except block: its text may hold a value
-            raise ConfigError(f"librdkafka rejected the client configuration: {problem}")
+        admin = new_client(AdminClient, {**self.config.common(), "logger": log}, "client")
+        producer_conf = {**self.config.producer(), "logger": log, "error_cb": self._on_error}
+        producer = new_client(Producer, producer_conf, "client")
+        reason = None
         try:
             await asyncio.to_thread(admin.list_topics, timeout=left)
         except KafkaException as exc:
-            reason: str | None = self._scrub(exc)
-        else:
-            reason = None
+            reason = self._scrub(exc)
         if reason is not None:  # raised outside the except block: no __context__ chain
             raise ConnectError(
                 f"cannot reach Kafka at {self._url}: {reason}; check "
@@ -187,7 +181,7 @@ class KafkaTransport(Transport):
         await asyncio.shield(self._closing)
 
     async def _shutdown(self) -> None:
-        await asyncio.gather(*(sub.close() for sub in list(self._subs)))
+        await close_subscriptions(lambda sub: sub.owner is self)
         producer, self._producer, self._admin = self._producer, None, None
         if producer is None:
             return
@@ -213,9 +207,7 @@ class KafkaTransport(Transport):
         return self._producer, self._admin
 
     def _scrub(self, exc: BaseException) -> str:
-        err = exc.args[0] if exc.args else None
-        text = err.str() if isinstance(err, KafkaError) else str(exc)
-        return scrub(text, self.config.sasl_password, self.config.ssl_key_password)
+        return scrub(describe(exc), self.config.sasl_password, self.config.ssl_key_password)
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -432,8 +424,7 @@ class KafkaTransport(Transport):
         max_in_flight: int = 1,
     ) -> Subscription:
         _, admin = self._clients()
-        topics = [subscription_for(p) for p in pattern_list(pattern)]
-        await self._ensure_topics({t for t in topics if not t.startswith("^")}, ConnectError)
+        topics = await self._subscriptions(pattern)
         group_id = group_id_for(group) if group else f"mesh-broadcast-{uuid.uuid4().hex}"
         sub = KafkaSubscription(
             conf=self.config.consumer(group_id),
@@ -443,11 +434,16 @@ class KafkaTransport(Transport):
             broadcast=group is None,
             admin=admin,
             commit_interval=self.config.commit_interval,
-            on_closed=self._subs.discard,
+            owner=self,
         )
-        self._subs.add(sub)
         await sub.start(self.config.assignment_timeout, wait=await self._any_topic(topics))
         return sub
+
+    async def _subscriptions(self, pattern: str | Sequence[str]) -> list[str]:
+        """The topics and topic regexes of ``pattern``, its exact topics created."""
+        topics = [subscription_for(p) for p in pattern_list(pattern)]
+        await self._ensure_topics({t for t in topics if not t.startswith("^")}, ConnectError)
+        return topics
 
     async def _any_topic(self, topics: list[str]) -> bool:
         """True when some topic or topic regex of a subscription matches an existing topic."""
@@ -470,10 +466,8 @@ class KafkaTransport(Transport):
         (a superset of "since the group was declared"). No member joins, so this is
         fast and triggers no rebalance of a running group.
         """
-        self._clients()
         group_id_for(group)
-        topics = [subscription_for(p) for p in pattern_list(pattern)]
-        await self._ensure_topics({t for t in topics if not t.startswith("^")}, ConnectError)
+        await self._subscriptions(pattern)
 
     async def delete_channels(self, pattern: str) -> None:
         """Delete every topic matching ``pattern`` (test clean-up).
@@ -487,7 +481,8 @@ class KafkaTransport(Transport):
         doomed = [t for t in names if matches(t) and not t.startswith("__")]
         try:
             if doomed:
-                await close_subscriptions_on(self.config.bootstrap_servers, doomed)
+                servers = self.config.bootstrap_servers
+                await close_subscriptions(lambda sub: sub.covers(servers, doomed))
                 futures = admin.delete_topics(doomed, operation_timeout=self.config.connect_timeout)
                 errors = await asyncio.to_thread(_wait, futures, KafkaError.UNKNOWN_TOPIC_OR_PART)
                 if errors:
