@@ -614,7 +614,9 @@ class NatsTransport(Transport):
         stream, subject = self.config.stream, self.config.subject(check_channel(channel))
         info = pull = None
         try:
-            with _failing(f"could not read {channel!r} from stream {stream} on {self._where}"):
+            with _failing(
+                f"could not read {channel!r} from stream {stream} on {self._where}", "retry"
+            ):
                 info = await js.add_consumer(
                     stream,
                     ConsumerConfig(
