@@ -128,34 +128,27 @@ class KafkaConfig(BaseModel):
 
     def common(self) -> dict[str, Any]:
         """Connection and security properties shared by producer, consumer and admin."""
-        sasl = self.sasl_username is not None
-        tls = any((self.ssl_ca_location, self.ssl_certificate_location, self.ssl_key_location))
+        files = {
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        sasl = self.sasl_password is not None  # then sasl_username is set too (`_check`)
+        tls = any(files.values())
         protocol = self.security_protocol or ("SASL_SSL" if sasl else "SSL" if tls else "PLAINTEXT")
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": protocol,
+            **{prop: path for prop, path in files.items() if path is not None},
         }
-        if sasl:
-            assert self.sasl_password is not None
-            conf.update(
-                {
-                    "sasl.mechanism": self.sasl_mechanism,
-                    "sasl.username": self.sasl_username,
-                    "sasl.password": self.sasl_password.get_secret_value(),
-                }
-            )
-        for option, prop in (
-            ("ssl_ca_location", "ssl.ca.location"),
-            ("ssl_certificate_location", "ssl.certificate.location"),
-            ("ssl_key_location", "ssl.key.location"),
-        ):
-            if getattr(self, option) is not None:
-                conf[prop] = getattr(self, option)
+        if self.sasl_password is not None:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
         if self.ssl_key_password is not None:
             conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
-        conf.update(self.client_config)
-        return conf
+        return {**conf, **self.client_config}
 
     def producer(self) -> dict[str, Any]:
         """Idempotent producer, acks=all; murmur2 keys land where Java clients put them.

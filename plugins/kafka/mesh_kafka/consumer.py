@@ -619,16 +619,16 @@ class KafkaSubscription(Subscription):
             )
             for group in (self._marks_group, self._takeovers_group)
         ]
-        below, takeovers = (self._admin_results(request) for request in requests)
-        found = below[0].topic_partitions if below else []
-        marks = {(tp.topic, tp.partition): tp.offset for tp in found or [] if tp.offset >= 0}
-        found = takeovers[0].topic_partitions if takeovers else []
-        counts = {
-            (tp.topic, tp.partition): (tp.offset >> _COUNT_BITS, tp.offset & _COUNT_MAX)
-            for tp in found or []
-            if tp.offset >= 0
-        }
-        return marks, counts
+        below, takeovers = (
+            {
+                (tp.topic, tp.partition): tp.offset
+                for found in self._admin_results(request)
+                for tp in found.topic_partitions or []
+                if tp.offset >= 0
+            }
+            for request in requests
+        )
+        return below, {k: (o >> _COUNT_BITS, o & _COUNT_MAX) for k, o in takeovers.items()}
 
     def _latest(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[PartKey, int]:
         try:

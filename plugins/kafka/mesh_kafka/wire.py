@@ -101,11 +101,9 @@ def received_size(headers: Headers, key: str | bytes | None, value: bytes | None
 
 
 def _varint_len(n: int) -> int:
-    zigzag, length = n << 1, 1  # lengths are never negative
-    while zigzag >= 0x80:
-        zigzag >>= 7
-        length += 1
-    return length
+    """Bytes of the zig-zag varint of a length (never negative: zig-zag is ``n << 1``),
+    7 bits a byte."""
+    return (max(n << 1, 1).bit_length() + 6) // 7
 
 
 def from_record(headers: Headers, key: str | bytes | None, value: bytes | None) -> Event:
@@ -123,10 +121,13 @@ def _read(record: tuple[dict[str, bytes], Any, bytes], fmt: Format, factory: Eve
                 attributes[name[3:]] = raw.decode("utf-8")
             elif name == _CONTENT_TYPE:
                 attributes["datacontenttype"] = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return _not_utf8(headers, key, value, fmt, factory, exc)
+    except UnicodeDecodeError as exc:  # fine in structured mode (its ce_ headers are ignored)
+        for name, raw in headers.items():
+            if name.lower() == _CONTENT_TYPE and raw.lower().startswith(_STRUCTURED.encode()):
+                return _structured(raw.decode("utf-8", "replace"), key, value, fmt, factory)
+        raise DecodeError(f"a CloudEvents header of the record is not UTF-8 text: {exc}") from None
     content_type = attributes.get("datacontenttype")
-    if content_type is not None and content_type[: len(_STRUCTURED)].lower() == _STRUCTURED:
+    if content_type is not None and content_type.lower().startswith(_STRUCTURED):
         return _structured(content_type, key, value, fmt, factory)
     if "specversion" not in attributes and not any(
         n.startswith(_CE) for n in map(str.lower, headers)
@@ -140,25 +141,6 @@ def _read(record: tuple[dict[str, bytes], Any, bytes], fmt: Format, factory: Eve
     if key is not None:
         attributes[kafka.PARTITIONKEY_ATTR] = key.decode("utf-8") if isinstance(key, bytes) else key
     return factory(attributes, fmt.read_data(value, attributes.get("datacontenttype")))
-
-
-def _not_utf8(
-    headers: dict[str, bytes],
-    key: Any,
-    value: bytes,
-    fmt: Format,
-    factory: EventFactory,
-    error: UnicodeDecodeError,
-) -> Any:
-    """A header is not UTF-8: fine in structured mode (its ``ce_`` headers are ignored),
-    else the record is undecodable."""
-    for name, raw in headers.items():
-        if (
-            name.lower() == _CONTENT_TYPE
-            and raw[: len(_STRUCTURED)].lower() == _STRUCTURED.encode()
-        ):
-            return _structured(raw.decode("utf-8", "replace"), key, value, fmt, factory)
-    raise DecodeError(f"a CloudEvents header of the record is not UTF-8 text: {error}")
 
 
 def _structured(
