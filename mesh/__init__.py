@@ -3,9 +3,10 @@
 Everything public is importable from ``mesh`` (plus the ``mesh.codec``, ``mesh.dlq``
 (the dead-letter vocabulary), ``mesh.errors``, ``mesh.middleware`` (the chain's
 ``call_next`` types), ``mesh.otel`` (tracing; the otel extra), ``mesh.metrics``
-(Prometheus; the prometheus extra), ``mesh.logs``, ``mesh.routing`` and ``mesh.testing``
-modules); nothing else should be imported from deeper paths. ``__all__`` is exactly
-the public surface (a test keeps it that way).
+(Prometheus; the prometheus extra), ``mesh.logs``, ``mesh.stats`` (``mesh top``'s
+reports), ``mesh.routing`` and ``mesh.testing`` modules); nothing else should be
+imported from deeper paths. ``__all__`` is exactly the public surface (a test keeps it
+that way).
 """
 
 from importlib import metadata as _metadata
@@ -14,7 +15,14 @@ from mesh import codec, dlq
 from mesh.app import HandlerSpec, Mesh
 from mesh.batch import BatchPolicy
 from mesh.capabilities import Capability, from_a2a_skill, from_mcp_tool, to_a2a_skill, to_mcp_tool
-from mesh.config import CapabilitiesConfig, IdempotencyConfig, MeshConfig, RetryConfig, RouteConfig
+from mesh.config import (
+    CapabilitiesConfig,
+    IdempotencyConfig,
+    MeshConfig,
+    RetryConfig,
+    RouteConfig,
+    StatsConfig,
+)
 from mesh.context import Context, derive_id
 from mesh.contracts import Contract, ContractRegistry, compatibility_problems
 from mesh.delivery import ConsumerStats, RetryPolicy
@@ -130,6 +138,7 @@ __all__ = [
     "RetryPolicy",
     "RouteConfig",
     "SQLiteIdempotencyStore",
+    "StatsConfig",
     "StoreRegistry",
     "Subscription",
     "SubscriptionHandle",

@@ -54,6 +54,7 @@ from mesh.middleware import Chain, Middleware, PublishBatchNext, PublishNext
 from mesh.routing.filters import FilterSpec, Predicate, compile_filter
 from mesh.routing.router import RuleIndex, plan
 from mesh.routing.routes import ROUTER_GROUP, apply_routes
+from mesh.stats import StatsReporter
 from mesh.stores import IdempotencyStore
 from mesh.subscriptions import SubscriptionHandle
 from mesh.transport import Subscription, Transport, is_wildcard, validate_pattern
@@ -178,6 +179,8 @@ class Mesh:
             from mesh.metrics import Metrics  # a ConfigError naming the extra if missing
 
             self.use(Metrics(port=config.metrics_port, host=config.metrics_host))
+        if config.stats.enabled:
+            self.use(StatsReporter(config.stats.interval))
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Mesh:

@@ -88,6 +88,15 @@ class CapabilitiesConfig(BaseModel):
     )
 
 
+class StatsConfig(BaseModel):
+    """Stats reports for ``mesh top`` (see `mesh.stats`): off unless enabled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    interval: float = Field(5.0, gt=0, description="seconds between reports")
+
+
 class RouteConfig(BaseModel):
     """A route in config: a filter and either a handler group or a channel to republish to."""
 
@@ -133,6 +142,7 @@ class MeshConfig(BaseModel):
     retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)  # type: ignore[arg-type]
     capabilities: CapabilitiesConfig = Field(default_factory=CapabilitiesConfig)  # type: ignore[arg-type]
+    stats: StatsConfig = Field(default_factory=StatsConfig)  # type: ignore[arg-type]
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @field_validator("transport")

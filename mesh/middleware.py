@@ -17,12 +17,13 @@ The first middleware of the list is the outermost: it sees a publish first and a
 attempt's outcome last.
 
 ``publish(event, channel, call_next)``
-    Around every `Mesh.publish` (so `Mesh.emit`, `Context.emit`, replies and the
-    capability registry's own events too). ``await call_next(event, channel)`` sends
-    and returns once the transport confirmed the write; a middleware may pass on a
-    different event (``event.replace(traceparent=...)``), or raise instead of calling
-    it (nothing is sent, the caller gets the exception). Dead-letter copies are written
-    straight to the transport and do not pass here.
+    Around every `Mesh.publish` (so `Mesh.emit`, `Context.emit`, capability requests
+    and replies, ``mesh.loop.detected`` alerts too). ``await call_next(event,
+    channel)`` sends and returns once the transport confirmed the write; a middleware
+    may pass on a different event (``event.replace(traceparent=...)``), or raise
+    instead of calling it (nothing is sent, the caller gets the exception). The mesh's
+    own bookkeeping (dead-letter copies, registry heartbeats, stats reports) is written
+    straight to the transport and does not pass here.
 
 ``publish_batch(items, call_next)``
     Around every `Mesh.publish_many`, with its ``(channel, event)`` pairs;

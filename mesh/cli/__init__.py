@@ -7,6 +7,7 @@
     mesh tail 'orders.>'                     # or '{"prefix": {"type": "orders."}}'
     mesh dlq list          mesh dlq replay --all
     mesh agents --watch                      # the live capability registry
+    mesh top --sort p99                      # live rates, latency, lag (stats.enabled apps)
     mesh docs app.py -o asyncapi.yaml        # AsyncAPI 3.0 document of an app
     mesh contracts check app.py --against contracts.json     # in CI
     mesh contracts snapshot app.py -o contracts.json
@@ -38,7 +39,7 @@ import sys
 
 import typer
 
-from mesh.cli import agents, contracts, docs, dlq, publish, run, tail, transports
+from mesh.cli import agents, contracts, docs, dlq, publish, run, tail, top, transports
 from mesh.cli._click import ClickException, ClickUsageError, NoSuchOption
 from mesh.cli.agents import list_agents
 from mesh.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, app
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 # the command modules register themselves on `app` when imported, in this order of help
-_COMMANDS = (run, publish, tail, dlq, agents, docs, contracts, transports)
+_COMMANDS = (run, publish, tail, dlq, agents, top, docs, contracts, transports)
 
 #: Help is not wrapped off a terminal: a paragraph stays one line for grep and scripts.
 PLAIN_WIDTH = 10_000

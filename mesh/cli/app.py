@@ -68,7 +68,7 @@ class _Commands(TyperGroup):
     """The ``mesh`` group, listing its commands in the order people reach for them
     (typer would list them in registration order, which is import order)."""
 
-    ORDER = ("run", "publish", "tail", "dlq", "agents", "docs", "contracts", "transports")
+    ORDER = ("run", "publish", "tail", "dlq", "agents", "top", "docs", "contracts", "transports")
 
     def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
         names = super().list_commands(ctx)

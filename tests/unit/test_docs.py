@@ -151,6 +151,7 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         "mesh.otel",
         "mesh.metrics",
         "mesh.logs",
+        "mesh.stats",
     ] + [
         f"mesh.{package}.{path.stem}"  # mesh.routing and mesh.testing are public, module by module
         for package in ("routing", "testing")

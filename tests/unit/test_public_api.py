@@ -42,6 +42,7 @@ PUBLIC = {
     "RetryPolicy",
     "RouteConfig",
     "SQLiteIdempotencyStore",
+    "StatsConfig",
     "StoreRegistry",
     "Subscription",
     "SubscriptionHandle",
