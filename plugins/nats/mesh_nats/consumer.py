@@ -58,7 +58,7 @@ from mesh import (
 from mesh_nats import binding
 from mesh_nats.config import NatsConfig
 
-log = logging.getLogger("mesh_nats")
+log = logging.getLogger("mesh.nats")
 #: JetStream acknowledgement payloads (the ack protocol every client speaks)
 ACK, NAK, PROGRESS = b"+ACK", b"-NAK", b"+WPI"
 

@@ -85,7 +85,7 @@ from mesh_nats.config import NatsConfig, parse
 from mesh_nats.consumer import NatsDelivery, NatsSubscription
 from mesh_nats.naming import check_channel, consumer_name, msg_id
 
-log = logging.getLogger("mesh_nats")
+log = logging.getLogger("mesh.nats")
 _BATCH = 256  # publishes in flight at once in publish_batch
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 _READ_BATCH = 256  # messages per pull request of `read`
@@ -125,10 +125,13 @@ class NatsTransport(Transport):
     schemes = ("nats",)
     # besides the defaults (groups, broadcast, wildcard patterns; no per-key order, and a
     # new group starts at what is published from then on)
-    features = TransportFeatures(persistence=True, native_dedup=True, retained_reads=True)
+    features = TransportFeatures(
+        persistence=True, native_dedup=True, retained_reads=True, backlog=True
+    )
     wire = WireFormat(
         title="NATS JetStream",
         protocol="nats",
+        system="nats",
         header_prefix=binding.CE_PREFIX,
         binding=f"NATS protocol binding (`{binding.CE_PREFIX}` message headers)",
     )
@@ -575,6 +578,21 @@ class NatsTransport(Transport):
         """Create the group's durable consumers (``deliver_policy=new``) without pulling."""
         for p in dict.fromkeys(pattern_list(pattern)):
             await self._create_consumer(consumer_name(group, p), p)
+
+    async def backlog(self, pattern: str | Sequence[str], group: str) -> dict[str, int] | None:
+        """Per pattern, the group's durable consumer's ``num_pending`` (not delivered
+        yet) + ``num_ack_pending`` (delivered, not acked); a consumer that does not exist
+        (yet) is left out."""
+        _, js = self._client()
+        counts: dict[str, int] = {}
+        for p in dict.fromkeys(pattern_list(pattern)):
+            with _failing(f"could not read the consumer of group {group} on {self._where}"):
+                try:
+                    info = await js.consumer_info(self.config.stream, consumer_name(group, p))
+                except NotFoundError:
+                    continue
+            counts[p] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return counts
 
     # --- retained reads (the dead-letter tools) -------------------------------------
 
