@@ -1,6 +1,7 @@
 """Research swarm: a supervisor, competing researcher agents, a synthesizer, one crash.
 
     python examples/research_swarm.py [--transport URL] [--question TEXT] [--workers N]
+                                      [--otel]
 
 The agents never call each other; every step is an event:
 
@@ -21,6 +22,12 @@ same story, and it finishes in about a second on memory://.
 On a real broker the group names stay fixed; this run's events are told apart by
 their ``correlationid`` (the id of the research.requested event), so leftovers of an
 earlier, interrupted run never end up in this report.
+
+``--otel`` (``pip install 'event-mesh[otel]'``) traces every agent with OpenTelemetry
+(`mesh.otel.Tracing`) and prints the session's trace as a tree at the end: one trace
+from the question to the report, across every agent, the crashed attempt included. With
+``OTEL_EXPORTER_OTLP_ENDPOINT`` set the spans are exported over OTLP instead (to
+Jaeger, Tempo, an OpenTelemetry Collector; needs ``opentelemetry-exporter-otlp``).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -284,7 +292,7 @@ class Synthesizer:
 class Swarm:
     """Every agent of the example as its own Mesh, plus the client that asks and watches."""
 
-    def __init__(self, url: str, workers: int, view: View) -> None:
+    def __init__(self, url: str, workers: int, view: View, tracing: Any = None) -> None:
         self.view = view
         self.run_id = str(uuid.uuid4())  # the request's id = the run's correlationid
         crash = self.run_id if workers >= 2 else None
@@ -293,7 +301,8 @@ class Swarm:
         self.report: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def mesh(name: str) -> Mesh:
-            return Mesh(url, source=f"/research-swarm/{name}")
+            middleware = [] if tracing is None else [tracing()]  # a Tracing per mesh
+            return Mesh(url, source=f"/research-swarm/{name}", middleware=middleware)
 
         self.supervisor = mesh("supervisor")
         self.supervisor.on("research.requested", group="supervisor")(supervise)
@@ -369,12 +378,82 @@ def format_report(report: dict[str, Any], progress: Progress) -> str:
     return "\n".join(lines)
 
 
+class Traces:
+    """``--otel``: one tracer provider for every agent; spans kept in memory and printed
+    as a tree, or exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        from mesh.otel import Tracing  # a ConfigError naming the extra when it is missing
+
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "research-swarm"}))
+        self.memory: InMemorySpanExporter | None = None
+        self.endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if self.endpoint:
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+            except ImportError:
+                raise MeshError(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not "
+                    "installed: pip install opentelemetry-exporter-otlp-proto-http"
+                ) from None
+            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        else:
+            self.memory = InMemorySpanExporter()
+            self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
+        self.tracing = lambda: Tracing(tracer_provider=self.provider)
+
+    def close(self) -> str:
+        """Flush; the tree of the session's trace (or where the spans went)."""
+        self.provider.shutdown()
+        if self.memory is None:
+            return f"trace exported over OTLP to {self.endpoint}"
+        spans = sorted(self.memory.get_finished_spans(), key=lambda s: s.start_time or 0)
+        ids = {s.context.span_id for s in spans}
+        children: dict[int | None, list[Any]] = {}
+        for span in spans:
+            parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
+            children.setdefault(parent, []).append(span)
+        lines = [
+            "",
+            f"TRACE ({len({s.context.trace_id for s in spans})} trace(s), {len(spans)} spans)",
+        ]
+
+        def show(span: Any, depth: int) -> None:
+            took = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+            who = span.attributes.get("mesh.handler") or span.kind.name.lower()
+            error = (
+                f" ERROR {span.attributes.get('error.type') or span.status.description}"
+                if span.status.status_code.name == "ERROR"
+                else ""
+            )
+            lines.append(f"{'  ' * depth}{span.name} [{who}] {took:.1f} ms{error}")
+            for child in children.get(span.context.span_id, []):
+                show(child, depth + 1)
+
+        for root in children.get(None, []):
+            show(root, 1)
+        return "\n".join(lines)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     url = _ui.resolve_transport(args.transport, "research-swarm")
+    try:
+        traces = Traces() if args.otel else None
+    except MeshError as exc:
+        return _ui.fail(exc)
     view = View(args.plain)
     try:
         try:
-            swarm = Swarm(url, args.workers, view)
+            swarm = Swarm(url, args.workers, view, None if traces is None else traces.tracing)
         except MeshError as exc:
             return _ui.fail(exc)
         view.say(
@@ -398,6 +477,8 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         view.close()
     print(format_report(report, view.progress), flush=True)
+    if traces is not None:
+        print(traces.close(), flush=True)
     return 0
 
 
@@ -405,6 +486,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _ui.parser(__doc__, timeout=60.0)
     parser.add_argument("--question", default=DEFAULT_QUESTION)
     parser.add_argument("--workers", type=int, default=3, help="researchers (default 3)")
+    parser.add_argument(
+        "--otel", action="store_true", help="trace with OpenTelemetry; print the session's trace"
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

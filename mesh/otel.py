@@ -23,8 +23,9 @@ Attributes: ``messaging.system`` (the transport's `WireFormat.system`),
 ``messaging.consumer.group.name``, ``cloudevents.event_id`` / ``_source`` / ``_type`` /
 ``_subject``, and ``mesh.handler`` / ``mesh.attempt`` on process spans. A failure sets
 ``error.type`` and the span status; retries (``mesh.retry``), dead-lettering
-(``mesh.dead_letter``, with the reason), ``RetryLater`` (``mesh.retry_later``) and
-hop-limit hits (``mesh.hop_limit``) are span events.
+(``mesh.dead_lettered``, with the reason), ``RetryLater`` (``mesh.retry_later``),
+hop-limit hits (``mesh.hop_limit``) and an attempt cancelled by a stopping mesh
+(``mesh.cancelled``: not acked, the broker redelivers it) are span events.
 
 An incoming ``traceparent`` that is not valid W3C trace context starts a new trace
 (never a dead letter) and is counted: `Tracing.invalid_parents`, and the OpenTelemetry
@@ -33,6 +34,7 @@ counter ``mesh.tracing.invalid_traceparent``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -170,7 +172,12 @@ class Tracing(Middleware):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            await call_next(attempt)
+            try:
+                await call_next(attempt)
+            except asyncio.CancelledError:  # the mesh stopped mid-attempt: not acked
+                span.add_event("mesh.cancelled", {"mesh.attempt": attempt.number})
+                span.set_status(Status(StatusCode.ERROR, "cancelled: not acked, redelivered"))
+                raise
             _record(span, attempt)
 
     def skipped(self, attempt: Attempt) -> None:

@@ -72,6 +72,41 @@ def test_research_swarm_recovers_the_crashed_task_on_another_worker() -> None:
     assert f"started on {crashed_on}" not in after_crash, "a crashed worker takes no more"
 
 
+def test_research_swarm_prints_the_sessions_trace_with_otel() -> None:
+    proc = run_example("research_swarm.py", "--otel")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout[proc.stdout.index("TRACE (") :]
+    assert out.startswith("TRACE (1 trace(s), "), out[:200]  # the whole session: one trace
+    lines = out.splitlines()
+    roots = [line for line in lines[1:] if line.startswith("  ") and line[2] != " "]
+    assert len(roots) == 1 and roots[0].startswith("  send research.requested [producer]")
+    assert "process research.report.ready [watch]" in out
+    # the crashed attempt is in the trace, cancelled, and its task completed elsewhere
+    assert re.search(r"process research\.task\.created \[research\] .* ERROR cancelled", out)
+    assert len(re.findall(r"process research\.task\.completed \[collect\]", out)) == 6
+
+
+def test_research_swarm_otel_to_an_otlp_endpoint_needs_the_exporter() -> None:
+    env_endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    old = {k: os.environ.get(k) for k in env_endpoint}
+    os.environ.update(env_endpoint)
+    try:
+        proc = run_example("research_swarm.py", "--otel")
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+    except ImportError:
+        assert proc.returncode == 1
+        assert "pip install opentelemetry-exporter-otlp-proto-http" in proc.stderr
+    else:  # installed: the run exports (to a closed port: the exporter logs, the run ends)
+        assert "trace exported over OTLP to http://127.0.0.1:9" in proc.stdout
+
+
 def test_research_swarm_with_one_worker_does_not_crash() -> None:
     proc = run_example("research_swarm.py", "--workers", "1", "--question", "Why queues?")
     assert proc.returncode == 0, proc.stdout + proc.stderr
