@@ -47,8 +47,8 @@ commit metadata, so the numbers live in the offsets themselves):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import re
 import threading
 import time
 import weakref
@@ -80,6 +80,7 @@ from mesh import (
     quietly,
     scrub,
 )
+from mesh_kafka.naming import subscribes
 from mesh_kafka.wire import from_record, raw_headers
 
 log = logging.getLogger("mesh_kafka")
@@ -140,7 +141,7 @@ class _Record:
 
     def __init__(self, part: _Partition, message: Message, offset: int) -> None:
         self.part, self.message, self.attempts, self.offset = part, message, 0, offset
-        #: a takeover mark to write before this record's first handler run (see `_run`)
+        #: a takeover mark to write before this record's first handler run (see `_before`)
         self.mark: TopicPartition | None = None
         key = message.key()
         self.key = None if key is None else (part.key[0], key)
@@ -275,16 +276,14 @@ class KafkaSubscription(Subscription):
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._assigned), timeout)
-        except TimeoutError:
+        except BaseException as exc:
             await self.close()
+            if not isinstance(exc, TimeoutError):
+                raise
             raise ConnectError(
-                f"consumer group {self._group!r} got no partition assignment "
-                f"within {timeout:g}s; check the brokers and the group "
-                "coordinator"
+                f"consumer group {self._group!r} got no partition assignment within "
+                f"{timeout:g}s; check the brokers and the group coordinator"
             ) from None
-        except BaseException:
-            await self.close()
-            raise
 
     async def close(self, timeout: float = 0.0) -> None:
         if self._closed is None:
@@ -305,9 +304,7 @@ class KafkaSubscription(Subscription):
     def covers(self, servers: str, topics: list[str]) -> bool:
         """True when this subscription (on ``servers``) may read any of ``topics``."""
         return servers == self._conf["bootstrap.servers"] and any(
-            re.fullmatch(sub[1:], topic) if sub.startswith("^") else sub == topic
-            for sub in self._topics
-            for topic in topics
+            subscribes(sub, topic) for sub in self._topics for topic in topics
         )
 
     # --- records on the loop -------------------------------------------------------------
@@ -362,10 +359,8 @@ class KafkaSubscription(Subscription):
     # --- the poll thread ----------------------------------------------------------------
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to tell
             self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is gone: nothing left to tell
-            pass
 
     def _pump(self) -> None:
         conf = {**self._conf, "on_commit": self._on_commit, "error_cb": _log_error, "logger": log}

@@ -44,6 +44,13 @@ def subscription_for(pattern: str) -> str:
     return "^" + r"\.".join(parts) + "$"
 
 
+def subscribes(subscription: str, topic: str) -> bool:
+    """Whether a `subscription_for` result (a topic or an anchored regex) takes ``topic``."""
+    if subscription.startswith("^"):
+        return re.fullmatch(subscription[1:], topic) is not None
+    return subscription == topic
+
+
 def group_id_for(group: str) -> str:
     """A deterministic, broker-legal consumer group id for a mesh group name."""
     if not group:

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -70,7 +69,7 @@ from mesh_kafka.consumer import (
     read_topic,
     resolve,
 )
-from mesh_kafka.naming import group_id_for, subscription_for, topic_for
+from mesh_kafka.naming import group_id_for, subscribes, subscription_for, topic_for
 from mesh_kafka.wire import HEADER_PREFIX, received_size, size_bound, to_record, wire_size
 
 log = logging.getLogger("mesh_kafka")
@@ -450,7 +449,7 @@ class KafkaTransport(Transport):
         if any(not t.startswith("^") for t in topics):
             return True  # exact topics were just created
         names = await self._list_topics(ConnectError)
-        return any(re.fullmatch(t[1:], name) for t in topics for name in names)
+        return any(subscribes(t, name) for t in topics for name in names)
 
     def reply_channel(self, instance_id: str) -> str:
         """One shared replies topic for every instance: a topic per instance would pile
