@@ -1,12 +1,12 @@
 """event-mesh: event-driven multi-agent systems on any broker.
 
-Everything public is importable from ``mesh`` (plus the ``mesh.codec``, ``mesh.dlq``
-(the dead-letter vocabulary), ``mesh.errors``, ``mesh.middleware`` (the chain's
-``call_next`` types), ``mesh.otel`` (tracing; the otel extra), ``mesh.metrics``
-(Prometheus; the prometheus extra), ``mesh.logs``, ``mesh.stats`` (``mesh top``'s
-reports), ``mesh.routing`` and ``mesh.testing`` modules); nothing else should be
-imported from deeper paths. ``__all__`` is exactly the public surface (a test keeps it
-that way).
+Everything public is importable from ``mesh``, plus these modules: ``mesh.codec``,
+``mesh.dlq`` (the dead-letter vocabulary), ``mesh.errors``, ``mesh.middleware`` (the
+chain's ``call_next`` types), ``mesh.otel`` (tracing; the otel extra), ``mesh.metrics``
+(Prometheus; the prometheus extra), ``mesh.measure`` (their base), ``mesh.logs``,
+``mesh.stats`` (``mesh top``'s reports), ``mesh.routing`` and ``mesh.testing``. Nothing
+else should be imported from deeper paths. ``__all__`` is exactly the public surface (a
+test keeps it that way).
 """
 
 from importlib import metadata as _metadata

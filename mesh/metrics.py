@@ -38,19 +38,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-from mesh.errors import ConfigError, MeshError, NoProvider, RemoteError, RequestTimeout
-from mesh.event import Event
-from mesh.middleware import (
-    Attempt,
-    HandleNext,
-    Middleware,
-    PublishBatchNext,
-    PublishNext,
-    RequestNext,
-)
+from mesh.errors import ConfigError, MeshError
+from mesh.measure import BUCKETS, Measuring
+from mesh.middleware import Attempt
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -67,16 +59,8 @@ __all__ = ["Metrics"]
 
 log = logging.getLogger("mesh.metrics")
 
-#: seconds; LLM agents run from milliseconds (routing) to minutes (a model call)
-BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_REQUEST_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
-    (RequestTimeout, "timeout"),
-    (NoProvider, "no_provider"),
-    (RemoteError, "remote_error"),
-)
 
-
-class Metrics(Middleware):
+class Metrics(Measuring):
     """Prometheus series for every publish, delivery, attempt and request of one mesh.
 
     ``registry``: where the series are registered (a new `CollectorRegistry` by
@@ -97,7 +81,7 @@ class Metrics(Middleware):
         self.port, self.host = port, host
         registry = self.registry
         attempt = ("handler", "group", "channel")
-        self.sent = Counter(
+        self.sent_total = Counter(
             "mesh_messages_sent", "Events the broker confirmed.", ["channel"], registry=registry
         )
         self.publish_duration = Histogram(
@@ -107,7 +91,7 @@ class Metrics(Middleware):
             buckets=BUCKETS,
             registry=registry,
         )
-        self.consumed = Counter(
+        self.consumed_total = Counter(
             "mesh_messages_consumed",
             "Deliveries that reached a handler.",
             attempt,
@@ -226,7 +210,7 @@ class Metrics(Middleware):
             for channel, waiting in (backlog or {}).items():
                 self.lag.labels(spec.group, channel).set(waiting)
 
-    # --- hooks -------------------------------------------------------------------------------
+    # --- what Measuring measured -------------------------------------------------------
 
     def _child(self, metric: Any, *labels: Any) -> Any:
         key = (id(metric), *labels)
@@ -235,57 +219,28 @@ class Metrics(Middleware):
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
-        started = time.perf_counter()
-        await call_next(event, channel)
-        self._child(self.publish_duration, channel).observe(time.perf_counter() - started)
-        self._child(self.sent, channel).inc()
+    def sent(self, channel: str, count: int, seconds: float, error: BaseException | None) -> None:
+        self._child(self.publish_duration, channel).observe(seconds)
+        if error is None:
+            self._child(self.sent_total, channel).inc(count)
 
-    async def publish_batch(
-        self, items: list[tuple[str, Event]], call_next: PublishBatchNext
-    ) -> None:
-        started = time.perf_counter()
-        await call_next(items)
-        took = time.perf_counter() - started
-        counts: dict[str, int] = {}
-        for channel, _ in items:
-            counts[channel] = counts.get(channel, 0) + 1
-        for channel, count in counts.items():
-            self._child(self.publish_duration, channel).observe(took)
-            self._child(self.sent, channel).inc(count)
+    def consumed(self, attempt: Attempt) -> None:
+        self._child(
+            self.consumed_total, attempt.handler, attempt.group or "", attempt.channel
+        ).inc()
 
-    async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
-        group = attempt.group or ""
-        labels = (attempt.handler, group, attempt.channel)
-        if attempt.number == 1:
-            self._child(self.consumed, *labels).inc()
-        running = self._child(self.in_flight, attempt.handler, group)
-        running.inc()
-        started = time.perf_counter()
-        try:
-            await call_next(attempt)
-        finally:
-            running.dec()
+    def running(self, attempt: Attempt, delta: int) -> None:
+        self._child(self.in_flight, attempt.handler, attempt.group or "").inc(delta)
+
+    def processed(self, attempt: Attempt, seconds: float) -> None:
+        labels = (attempt.handler, attempt.group or "", attempt.channel)
         outcome = str(attempt.outcome or "cancelled")
-        self._child(self.process_duration, *labels, outcome).observe(time.perf_counter() - started)
+        self._child(self.process_duration, *labels, outcome).observe(seconds)
         self._child(self.outcomes, *labels, outcome).inc()
 
-    def skipped(self, attempt: Attempt) -> None:
+    def unseen(self, attempt: Attempt) -> None:
         labels = (attempt.handler, attempt.group or "", attempt.channel)
-        self._child(self.consumed, *labels).inc()
         self._child(self.outcomes, *labels, str(attempt.outcome)).inc()
 
-    async def request(self, capability: str, data: Any, call_next: RequestNext) -> Event:
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            return await call_next(capability, data)
-        except Exception as exc:
-            outcome = next(
-                (name for kind, name in _REQUEST_OUTCOMES if isinstance(exc, kind)), "error"
-            )
-            raise
-        finally:
-            self._child(self.request_duration, capability, outcome).observe(
-                time.perf_counter() - started
-            )
+    def requested(self, capability: str, outcome: str, seconds: float) -> None:
+        self._child(self.request_duration, capability, outcome).observe(seconds)

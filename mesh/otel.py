@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing of a mesh, as a middleware: ``Mesh(..., middleware=[Tracing()])``.
+"""OpenTelemetry for a mesh, as middleware: ``Mesh(..., middleware=[Tracing(), OTelMetrics()])``.
 
 Needs the ``otel`` extra (``pip install 'event-mesh[otel]'``); importing this module
 without it raises `ConfigError` saying so. The spans follow the OpenTelemetry semantic
@@ -30,6 +30,13 @@ hop-limit hits (``mesh.hop_limit``) and an attempt cancelled by a stopping mesh
 An incoming ``traceparent`` that is not valid W3C trace context starts a new trace
 (never a dead letter) and is counted: `Tracing.invalid_parents`, and the OpenTelemetry
 counter ``mesh.tracing.invalid_traceparent``.
+
+`OTelMetrics` records OpenTelemetry metrics under the conventions' names
+(``messaging.client.sent.messages``, ``messaging.client.operation.duration``,
+``messaging.client.consumed.messages``, ``messaging.process.duration``) and the mesh's
+own (``mesh.outcomes``, ``mesh.in_flight``, ``mesh.request.duration``,
+``mesh.request.timeouts``), for an app that ships metrics through an OpenTelemetry
+pipeline rather than a Prometheus scrape (`mesh.metrics`).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ except ImportError:  # pragma: no cover - exercised in a subprocess without the 
     ) from None
 
 from mesh.event import Event
+from mesh.measure import BUCKETS, Measuring
 from mesh.middleware import (
     Attempt,
     HandleNext,
@@ -65,7 +73,7 @@ from mesh.middleware import (
 if TYPE_CHECKING:
     from mesh.app import Mesh
 
-__all__ = ["Tracing"]
+__all__ = ["OTelMetrics", "Tracing"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ROOT = otel_context.Context()  # no parent: a new trace
@@ -105,8 +113,7 @@ class Tracing(Middleware):
                 "Tracing() (they may share a tracer_provider)"
             )
         self._mesh = mesh
-        transport = type(mesh.transport)
-        self._system = transport.wire.system or (transport.schemes[:1] or ("unknown",))[0]
+        self._system = messaging_system(mesh)
 
     # --- publish ---------------------------------------------------------------------------
 
@@ -266,6 +273,118 @@ class Tracing(Middleware):
         if correlation:
             attributes["messaging.message.conversation_id"] = correlation
         return attributes
+
+
+def messaging_system(mesh: Mesh) -> str:
+    """``messaging.system`` of ``mesh``'s transport: its `WireFormat.system`, else its
+    first URL scheme."""
+    transport = type(mesh.transport)
+    return transport.wire.system or (transport.schemes[:1] or ("unknown",))[0]
+
+
+class OTelMetrics(Measuring):
+    """OpenTelemetry metrics of one mesh (see the module docstring for the names).
+
+    ``meter_provider`` defaults to the global one. Attributes: ``messaging.system``,
+    ``messaging.operation.name``, ``messaging.destination.name``,
+    ``messaging.consumer.group.name``, ``mesh.handler``, ``mesh.outcome``, ``error.type``
+    on failed sends and attempts, ``mesh.capability`` and ``mesh.outcome`` on requests.
+    The consumer lag is a Prometheus gauge only (`mesh.metrics`).
+    """
+
+    def __init__(self, *, meter_provider: Any | None = None) -> None:
+        meter = metrics.get_meter("event-mesh", meter_provider=meter_provider)
+        seconds: dict[str, Any] = {"unit": "s", "explicit_bucket_boundaries_advisory": BUCKETS}
+        self._sent = meter.create_counter(
+            "messaging.client.sent.messages", unit="{message}", description="events sent"
+        )
+        self._send_duration = meter.create_histogram(
+            "messaging.client.operation.duration", description="sends until confirmed", **seconds
+        )
+        self._consumed = meter.create_counter(
+            "messaging.client.consumed.messages",
+            unit="{message}",
+            description="deliveries that reached a handler",
+        )
+        self._process = meter.create_histogram(
+            "messaging.process.duration", description="one handler attempt", **seconds
+        )
+        self._outcomes = meter.create_counter(
+            "mesh.outcomes", unit="{delivery}", description="attempts and skips by outcome"
+        )
+        self._in_flight = meter.create_up_down_counter(
+            "mesh.in_flight", unit="{attempt}", description="attempts running"
+        )
+        self._requests = meter.create_histogram(
+            "mesh.request.duration", description="capability requests until the reply", **seconds
+        )
+        self._timeouts = meter.create_counter(
+            "mesh.request.timeouts", unit="{request}", description="requests with no reply"
+        )
+        self._system = ""
+        self._mesh: Mesh | None = None
+        self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def attach(self, mesh: Mesh) -> None:
+        if self._mesh is not None and self._mesh is not mesh:
+            raise ConfigError("an OTelMetrics instance serves one mesh; give each its own")
+        self._mesh = mesh
+        self._system = messaging_system(mesh)
+
+    def _of(self, attempt: Attempt, outcome: str | None = None) -> dict[str, Any]:
+        key = (attempt.handler, attempt.group, attempt.channel, outcome)
+        found = self._attributes.get(key)
+        if found is None:
+            found = {
+                "messaging.system": self._system,
+                "messaging.operation.name": "process",
+                "messaging.destination.name": attempt.channel,
+                "mesh.handler": attempt.handler,
+            }
+            if attempt.group is not None:
+                found["messaging.consumer.group.name"] = attempt.group
+            if outcome is not None:
+                found["mesh.outcome"] = outcome
+            if len(self._attributes) < 10_000:  # wildcard handlers see any channel
+                self._attributes[key] = found
+        return found
+
+    def sent(self, channel: str, count: int, seconds: float, error: BaseException | None) -> None:
+        attributes = {
+            "messaging.system": self._system,
+            "messaging.operation.name": "send",
+            "messaging.destination.name": channel,
+        }
+        if error is not None:
+            attributes["error.type"] = type(error).__qualname__
+        self._send_duration.record(seconds, attributes)
+        self._sent.add(count, attributes)
+
+    def consumed(self, attempt: Attempt) -> None:
+        self._consumed.add(1, self._of(attempt))
+
+    def running(self, attempt: Attempt, delta: int) -> None:
+        self._in_flight.add(delta, self._of(attempt))
+
+    def processed(self, attempt: Attempt, seconds: float) -> None:
+        attributes = self._of(attempt, str(attempt.outcome or "cancelled"))
+        if attempt.error is not None:
+            attributes = {**attributes, "error.type": type(attempt.error).__qualname__}
+        self._process.record(seconds, attributes)
+        self._outcomes.add(1, attributes)
+
+    def unseen(self, attempt: Attempt) -> None:
+        self._outcomes.add(1, self._of(attempt, str(attempt.outcome)))
+
+    def requested(self, capability: str, outcome: str, seconds: float) -> None:
+        attributes = {
+            "messaging.system": self._system,
+            "mesh.capability": capability,
+            "mesh.outcome": outcome,
+        }
+        self._requests.record(seconds, attributes)
+        if outcome == "timeout":
+            self._timeouts.add(1, attributes)
 
 
 def _record(span: trace.Span, attempt: Attempt) -> None:

@@ -152,6 +152,7 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         "mesh.metrics",
         "mesh.logs",
         "mesh.stats",
+        "mesh.measure",
     ] + [
         f"mesh.{package}.{path.stem}"  # mesh.routing and mesh.testing are public, module by module
         for package in ("routing", "testing")

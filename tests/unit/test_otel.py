@@ -9,15 +9,18 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from mesh import ConfigError, Context, Event, Mesh, RetryLater
-from mesh.otel import Tracing
+from mesh import ConfigError, Context, Event, Mesh, NoProvider, RetryLater
+from mesh.otel import OTelMetrics, Tracing
 from mesh.testing.util import wait_until
 
 FAST = {"max_attempts": 3, "initial_backoff": 0.001, "max_backoff": 0.005}
@@ -253,3 +256,46 @@ def test_without_the_extra_the_error_names_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("ConfigError")
     assert "pip install 'event-mesh[otel]'" in out.stdout
+
+
+async def test_otel_metrics_use_the_conventions_names() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    mesh = Mesh(broker(), middleware=[OTelMetrics(meter_provider=provider)], retry=FAST)
+    calls = 0
+
+    @mesh.on("job", group="g")
+    async def work(event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("once")
+
+    async with mesh:
+        await mesh.publish_many([Event("job", "/t", {}) for _ in range(2)])
+        await wait_until(lambda: mesh.stats("work").handled == 2, 5, "both handled")
+        with pytest.raises(NoProvider):
+            await mesh.request("nobody", {})
+    points: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name] = list(metric.data.data_points)
+
+    def total(name: str, **attributes: str) -> float:
+        return sum(
+            getattr(p, "value", getattr(p, "count", 0))
+            for p in points[name]
+            if all(p.attributes.get(k) == v for k, v in attributes.items())
+        )
+
+    assert total("messaging.client.sent.messages", **{"messaging.destination.name": "job"}) == 2
+    assert total("messaging.client.operation.duration", **{"messaging.system": "memory"}) == 1
+    consumed = {"messaging.consumer.group.name": "g", "mesh.handler": "work"}
+    assert total("messaging.client.consumed.messages", **consumed) == 2
+    assert total("messaging.process.duration", **{"mesh.outcome": "acked"}) == 2
+    assert total("messaging.process.duration", **{"error.type": "ValueError"}) == 1
+    assert total("mesh.outcomes", **{"mesh.outcome": "retried"}) == 1
+    assert total("mesh.in_flight") == 0
+    assert total("mesh.request.duration", **{"mesh.outcome": "no_provider"}) == 1
