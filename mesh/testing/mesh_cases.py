@@ -248,6 +248,75 @@ class MeshCases:
         assert proc2.attributes["messaging.consumer.group.name"] == f"{self.prefix}-tr2"
 
     @pytest.mark.asyncio
+    async def test_mesh_metrics_scrape_shows_counters_and_lag_back_to_zero(
+        self, meshes: MeshFactory
+    ) -> None:
+        """Prometheus metrics (`mesh.metrics`, the prometheus extra) on this broker, read
+        over HTTP: consumed and processed counters move, the lag gauge (when the transport
+        declares ``backlog``) shows what waits and returns to 0."""
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            message = "the prometheus extra is not installed: pip install 'event-mesh[prometheus]'"
+            pytest.fail(message) if in_ci() else pytest.skip(message)
+        import urllib.request
+
+        mesh = await meshes(metrics_port=0, metrics_host="127.0.0.1", metrics_interval=0.1)
+        gate = asyncio.Event()
+        handled: list[int] = []
+
+        @mesh.on(self.t("mx"), group=f"{self.prefix}-mx", max_in_flight=1)
+        async def work(event: Event) -> None:
+            await gate.wait()
+            handled.append(event.data["n"])
+
+        await self.started(mesh)
+        from mesh.metrics import Metrics
+
+        port = next(m for m in mesh.middleware if isinstance(m, Metrics)).port
+
+        def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            return {
+                (sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+
+        def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+            return sum(
+                v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls
+            )
+
+        async def until(check: Callable[[dict[Any, float]], bool], what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            while True:
+                samples = await asyncio.to_thread(scrape)
+                if check(samples):
+                    return
+                assert asyncio.get_running_loop().time() < deadline, f"{what}: {samples}"
+                await asyncio.sleep(0.1)
+
+        group = f"{self.prefix}-mx"
+        await mesh.publish_many([Event(self.t("mx"), "/t", {"n": n}) for n in range(10)])
+        if self.features.backlog:
+            await until(lambda s: value(s, "mesh_consumer_lag", group=group) >= 5, "lag")
+        gate.set()
+        await wait_until(lambda: len(handled) == 10, self.timeout, "every event")
+        who = {"handler": "work", "group": group}
+        await until(
+            lambda s: (
+                value(s, "mesh_outcomes_total", outcome="acked", **who) == 10
+                and value(s, "mesh_messages_consumed_total", **who) == 10
+            ),
+            "the counters",
+        )
+        if self.features.backlog:
+            await until(lambda s: value(s, "mesh_consumer_lag", group=group) == 0, "lag at 0")
+
+    @pytest.mark.asyncio
     async def test_mesh_invalid_data_dead_letters_without_retry(self, meshes: MeshFactory) -> None:
         mesh = await meshes()
         handled: list[_Task] = []
