@@ -120,9 +120,7 @@ class StatsReporter(Middleware):
         mesh = self._mesh
         assert mesh is not None, "attach the reporter to a mesh first"
         rows = []
-        for spec in mesh.handlers:
-            if spec.patterns and all(p.startswith("mesh.") for p in spec.patterns):
-                continue  # the mesh's own plumbing (registry, replies) is not an agent
+        for spec in mesh.handlers:  # capabilities included (the registry is not a handler)
             entry = self._handlers.get((spec.name, spec.group)) or _Handler()
             samples = list(entry.durations)
             entry.durations.clear()

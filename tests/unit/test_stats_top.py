@@ -123,3 +123,18 @@ def test_a_board_without_reports_says_how_to_get_them() -> None:
 
     text = render(Board(), SortKey.rate, "memory://", rich=False)
     assert "MESH_STATS__ENABLED=true" in text and time.strftime("%H") in text
+
+
+async def test_capabilities_are_reported_like_any_handler() -> None:
+    mesh = Mesh(broker(), stats={"enabled": True, "interval": 60})
+    reporter = next(m for m in mesh.middleware if isinstance(m, StatsReporter))
+
+    @mesh.capability("summarize", description="summarize text")
+    async def summarize(event: Event) -> dict[str, str]:
+        return {"summary": "short"}
+
+    async with mesh:
+        await mesh.request("summarize", {"text": "long"}, timeout=5)
+        data = await reporter.report()
+    (row,) = [r for r in data["handlers"] if r["handler"] == "capability:summarize"]
+    assert row["handled"] == 1 and row["p50_ms"] is not None
