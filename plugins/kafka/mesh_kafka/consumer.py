@@ -396,6 +396,8 @@ class KafkaSubscription(Subscription):
                     next_commit = time.monotonic() + self._commit_interval
         except Exception:  # never expected; the subscription stops, loudly
             log.exception("kafka consumer of group %s failed", self._group)
+            failed = ConnectError(f"the consumer of group {self._group!r} failed; see the log")
+            self._call(resolve, self._assigned, failed)  # for a start() still waiting
         finally:
             self._revoke(consumer, [TopicPartition(*key) for key in self._parts])
             try:
