@@ -736,10 +736,13 @@ class Mesh:
                         handle._task = self._spawn(
                             self._go_live(handle, after=after), f"subscribe {handle.name}"
                         )
+                for middleware in self._chain.middleware:
+                    await middleware.start()
                 for hook in self._on_start:
                     await hook()
             except BaseException:
                 self._started = False
+                await self._stop_middleware()
                 with contextlib.suppress(Exception):  # the heartbeat must not outlive it
                     await self._capabilities.stop(deregister=True)
                 await self._settle_tasks(0.0)
@@ -963,6 +966,7 @@ class Mesh:
                     await hook()
                 except Exception:
                     log.exception("on_stop hook %s failed", getattr(hook, "__name__", hook))
+            await self._stop_middleware()
             self._started = False
             limit = self.config.shutdown_timeout if timeout is None else timeout
             await self._settle_tasks(limit)
@@ -1023,6 +1027,8 @@ class Mesh:
         through it. Returns it, so ``tracing = mesh.use(Tracing())`` keeps a handle."""
         chain = Chain.of((*self._chain.middleware, middleware))
         middleware.attach(self)
+        if self._started:  # its server or task starts now, not at the next start()
+            self._spawn(middleware.start(), f"start of middleware {middleware!r}")
         self._chain = chain
         self._publish_chain = None if chain.publish is None else chain.publish(self._send)
         batch = chain.publish_batch
@@ -1060,6 +1066,13 @@ class Mesh:
             if self._started:  # the transport's own reason; never "not started" here
                 raise
             raise self._not_started() from None
+
+    async def _stop_middleware(self) -> None:
+        for middleware in self._chain.middleware:
+            try:
+                await middleware.stop()
+            except Exception:
+                log.exception("stop of middleware %r failed", middleware)
 
     @staticmethod
     def _not_started() -> TransportClosed:

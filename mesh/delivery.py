@@ -420,7 +420,7 @@ class Consumer:
         wrap = self.mesh._chain.handle
         if self._wrapped is None or self._wrapped[0] is not wrap:
             assert wrap is not None
-            self._wrapped = (wrap, wrap(self._attempt))
+            self._wrapped = (wrap, wrap(self._attempt, self._absorb))
         call = self._wrapped[1]
         number = 0
         while True:
@@ -434,13 +434,22 @@ class Consumer:
                 delivery.redeliveries,
                 delivery,
             )
+            token = set_current_event((event, self.name, self.group))
             try:
                 await call(attempt)
             except Exception as exc:
-                if attempt.outcome is None:  # raised before the handler: as if it raised
-                    self._record(attempt, exc)
-                else:
-                    log.exception("middleware failed on %s after its outcome was decided", event.id)
+                self._absorb(attempt, exc)
+            finally:
+                reset_current_event(token)
+            if attempt.outcome is None:  # a middleware returned without calling call_next
+                self._record(
+                    attempt,
+                    RuntimeError(
+                        "a middleware's handle() returned without calling call_next (and "
+                        "without raising): the handler never ran; call it, or raise "
+                        "RetryLater/DeadLetter to decide instead"
+                    ),
+                )
             outcome = attempt.outcome
             if outcome is Outcome.RETRIED:
                 await asyncio.sleep(self.policy.backoff(number))
@@ -448,15 +457,28 @@ class Consumer:
             if outcome is Outcome.ACKED:
                 await self._handled(delivery, key)
             else:
-                assert outcome is not None
+                assert outcome is not None  # _record always decides one
                 await self._conclude(delivery, event, outcome, attempt.error, number)
             return
+
+    def _absorb(self, attempt: Attempt, error: Exception) -> None:
+        """An exception a middleware raised: before the outcome was decided it is the
+        attempt's outcome, as if the handler raised it; after, it is logged."""
+        if attempt.outcome is None:
+            self._record(attempt, error)
+        else:
+            log.error(
+                "middleware failed on %s after its outcome (%s) was decided: %s: %s",
+                attempt.event.id if attempt.event is not None else "?",
+                attempt.outcome,
+                type(error).__name__,
+                error,
+            )
 
     async def _attempt(self, attempt: Attempt) -> None:
         """The innermost link of the chain: run the handler once and record the outcome."""
         event = attempt.event
         assert event is not None
-        token = set_current_event((event, self.name, self.group))
         try:
             if self._call_event is not None:
                 await self._call_event(event)
@@ -480,8 +502,6 @@ class Consumer:
             self._record(attempt, exc)
         else:
             attempt.outcome = Outcome.ACKED
-        finally:
-            reset_current_event(token)
 
     def _record(self, attempt: Attempt, error: Exception) -> None:
         assert attempt.event is not None

@@ -40,7 +40,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from mesh.errors import ConfigError, MeshError
+from mesh.errors import ConfigError
 from mesh.measure import BUCKETS, Measuring
 from mesh.middleware import Attempt
 
@@ -134,6 +134,7 @@ class Metrics(Measuring):
         self._server: Any = None
         # label lookups are the cost of a series: each child is resolved once
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._lag_series: set[tuple[str, str]] = set()  # (group, channel) exported now
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -144,10 +145,6 @@ class Metrics(Measuring):
                 "Metrics() (they may share a registry only if their series differ)"
             )
         self._mesh = mesh
-        mesh.on_start(self._started)
-        mesh.on_stop(self._stopping)
-        if mesh.started:
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` of `registry` on ``host:port`` (0: a free port) from a
@@ -171,13 +168,14 @@ class Metrics(Measuring):
             server.shutdown()
             server.server_close()
 
-    async def _started(self) -> None:
+    async def start(self) -> None:
         if self.port is not None and self._server is None:
-            self.port = self.serve(self.port, self.host)
+            # off the loop: binding resolves the host name (getfqdn), which may block
+            self.port = await asyncio.to_thread(self.serve, self.port, self.host)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
-    async def _stopping(self) -> None:
+    async def stop(self) -> None:
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()
@@ -195,20 +193,35 @@ class Metrics(Measuring):
 
     async def refresh_lag(self) -> None:
         """Ask the broker for every group handler's backlog now (also what the poller
-        does); a broker error is logged and the gauge keeps its last value."""
+        does). A group whose broker call fails or takes longer than ``metrics_interval``
+        is logged and keeps its last value; series of groups and channels no longer
+        reported are removed (a stale value must not keep scaling workers)."""
         mesh = self._mesh
         if mesh is None:
             return
+        seen: set[tuple[str, str]] = set()
         for spec in mesh.handlers:
             if spec.group is None:
                 continue
             try:
-                backlog = await mesh.transport.backlog(list(spec.patterns), spec.group)
-            except MeshError as exc:
-                log.warning("consumer lag of group %s unavailable: %s", spec.group, exc)
+                async with asyncio.timeout(mesh.config.metrics_interval):
+                    backlog = await mesh.transport.backlog(list(spec.patterns), spec.group)
+            except Exception as exc:  # a plugin's bug must not stop the gauge for good
+                log.warning(
+                    "consumer lag of group %s unavailable: %s: %s",
+                    spec.group,
+                    type(exc).__name__,
+                    exc,
+                )
+                seen.update(k for k in self._lag_series if k[0] == spec.group)
                 continue
             for channel, waiting in (backlog or {}).items():
                 self.lag.labels(spec.group, channel).set(waiting)
+                seen.add((spec.group, channel))
+        for gone in self._lag_series - seen:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(*gone)
+        self._lag_series = seen
 
     # --- what Measuring measured -------------------------------------------------------
 

@@ -63,7 +63,11 @@ attempt's outcome last.
 
 ``attach(mesh)`` is called once when a middleware is installed on a mesh (by `Mesh` or
 `Mesh.use`), before any hook, so it can read what it needs of the mesh (its transport's
-`WireFormat`, its source).
+`WireFormat`, its source). ``start()`` runs when the mesh has started (after its
+handlers subscribed, before its ``on_start`` hooks), or at once for a middleware
+installed on a running mesh; ``stop()`` runs when the mesh stops (after its ``on_stop``
+hooks), and also when a start failed half-way, so it must cope with a ``start()`` that
+never ran or ran twice: a server or a background task lives between the two.
 
 Exceptions a middleware raises in ``handle`` after ``call_next`` returned, and any
 ``skipped`` raises, are logged and otherwise ignored: the outcome was already decided,
@@ -138,6 +142,8 @@ PublishNext = Callable[[Event, str], Awaitable[None]]
 PublishBatchNext = Callable[[list[tuple[str, Event]]], Awaitable[None]]
 HandleNext = Callable[[Attempt], Awaitable[None]]
 RequestNext = Callable[[str, Any], Awaitable[Event]]
+#: what the consumer does with an exception a ``handle`` hook raised (`_handle_wrapper`)
+Absorb = Callable[[Attempt, Exception], None]
 
 
 class Middleware:
@@ -171,6 +177,12 @@ class Middleware:
     def attach(self, mesh: Mesh) -> None:
         """Called once when installed on ``mesh``, before any other hook."""
 
+    async def start(self) -> None:
+        """The mesh started (or it runs already and this was just installed)."""
+
+    async def stop(self) -> None:
+        """The mesh stops, or its start failed; idempotent."""
+
     def skipped(self, attempt: Attempt) -> None:
         """A delivery that ended without reaching its handler (see the module docstring)."""
 
@@ -186,7 +198,7 @@ class Chain:
     middleware: tuple[Middleware, ...] = ()
     publish: Callable[[PublishNext], PublishNext] | None = None
     publish_batch: Callable[[PublishBatchNext], PublishBatchNext] | None = None
-    handle: Callable[[HandleNext], HandleNext] | None = None
+    handle: Callable[[HandleNext, Absorb], HandleNext] | None = None
     request: Callable[[RequestNext], RequestNext] | None = None
     skipped: Callable[[Attempt], None] | None = None
 
@@ -212,7 +224,7 @@ class Chain:
             items,
             _wrapper(publishers, "publish") if publishers else None,
             _wrapper(batchers, "publish_batch") if batchers else None,
-            _wrapper(handlers, "handle") if handlers else None,
+            _handle_wrapper(handlers) if handlers else None,
             _wrapper(requesters, "request") if requesters else None,
             _notifier(watchers) if watchers else None,
         )
@@ -230,6 +242,33 @@ def _wrapper(items: list[Middleware], hook: str) -> Callable[[Any], Any]:
         return call
 
     return wrap
+
+
+def _handle_wrapper(items: list[Middleware]) -> Callable[[HandleNext, Absorb], HandleNext]:
+    """Like `_wrapper` for ``handle``, with each middleware's ``call_next`` guarded: what
+    an inner middleware raises never reaches the outer ones. ``absorb(attempt, error)``
+    turns it into the attempt's outcome (raised before the outcome was decided: as if
+    the handler raised it) or logs it (after), so every ``call_next`` returns with
+    `Attempt.outcome` set; cancellation passes through."""
+    methods = [m.handle for m in reversed(items)]
+
+    def wrap(inner: HandleNext, absorb: Absorb) -> HandleNext:
+        call = inner
+        for method in methods:
+            call = functools.partial(method, call_next=_guarded(call, absorb))
+        return call
+
+    return wrap
+
+
+def _guarded(call: HandleNext, absorb: Absorb) -> HandleNext:
+    async def guarded(attempt: Attempt) -> None:
+        try:
+            await call(attempt)
+        except Exception as exc:
+            absorb(attempt, exc)
+
+    return guarded
 
 
 def _notifier(items: list[Middleware]) -> Callable[[Attempt], None]:

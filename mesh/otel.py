@@ -27,9 +27,10 @@ Attributes: ``messaging.system`` (the transport's `WireFormat.system`),
 hop-limit hits (``mesh.hop_limit``) and an attempt cancelled by a stopping mesh
 (``mesh.cancelled``: not acked, the broker redelivers it) are span events.
 
-An incoming ``traceparent`` that is not valid W3C trace context starts a new trace
-(never a dead letter) and is counted: `Tracing.invalid_parents`, and the OpenTelemetry
-counter ``mesh.tracing.invalid_traceparent``.
+A ``traceparent`` that is not valid W3C trace context (on an incoming event, or on one
+published outside any span) starts a new trace (never a dead letter) and is counted:
+`Tracing.invalid_parents`, and the OpenTelemetry counter
+``mesh.tracing.invalid_traceparent``.
 
 `OTelMetrics` records OpenTelemetry metrics under the conventions' names
 (``messaging.client.sent.messages``, ``messaging.client.operation.duration``,
@@ -99,7 +100,7 @@ class Tracing(Middleware):
             unit="{event}",
             description="incoming events whose traceparent was not valid trace context",
         )
-        #: incoming events whose ``traceparent`` was invalid (each started a new trace)
+        #: events whose ``traceparent`` was invalid (each started a new trace)
         self.invalid_parents = 0
         self._mesh: Mesh | None = None
         self._system = ""
@@ -133,7 +134,7 @@ class Tracing(Middleware):
                     channel,
                 )
             except Exception as exc:
-                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_attribute("error.type", error_type(exc))
                 raise
 
     async def publish_batch(
@@ -156,7 +157,7 @@ class Tracing(Middleware):
                     [(channel, event._with_trace(parent, state)) for channel, event in items]
                 )
             except Exception as exc:
-                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_attribute("error.type", error_type(exc))
                 raise
 
     # --- handler attempts ------------------------------------------------------------------
@@ -213,17 +214,14 @@ class Tracing(Middleware):
     # --- requests --------------------------------------------------------------------------
 
     async def request(self, capability: str, data: Any, call_next: RequestNext) -> Event:
-        attributes: dict[str, Any] = {
-            "messaging.system": self._system,
-            "mesh.capability": capability,
-        }
+        attributes: dict[str, Any] = {"mesh.capability": capability}  # not a messaging span
         with self._tracer.start_as_current_span(
             f"request {capability}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
             try:
                 return await call_next(capability, data)
             except Exception as exc:
-                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_attribute("error.type", error_type(exc))
                 raise
 
     # --- helpers ---------------------------------------------------------------------------
@@ -273,6 +271,17 @@ class Tracing(Middleware):
         if correlation:
             attributes["messaging.message.conversation_id"] = correlation
         return attributes
+
+
+def error_type(error: BaseException) -> str:
+    """``error.type`` as the conventions ask: the fully qualified type name
+    (``mesh.errors.RequestTimeout``), a built-in by its name (``TimeoutError``)."""
+    kind = type(error)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
 
 
 def messaging_system(mesh: Mesh) -> str:
@@ -356,7 +365,7 @@ class OTelMetrics(Measuring):
             "messaging.destination.name": channel,
         }
         if error is not None:
-            attributes["error.type"] = type(error).__qualname__
+            attributes["error.type"] = error_type(error)
         self._send_duration.record(seconds, attributes)
         self._sent.add(count, attributes)
 
@@ -369,7 +378,7 @@ class OTelMetrics(Measuring):
     def processed(self, attempt: Attempt, seconds: float) -> None:
         attributes = self._of(attempt, str(attempt.outcome or "cancelled"))
         if attempt.error is not None:
-            attributes = {**attributes, "error.type": type(attempt.error).__qualname__}
+            attributes = {**attributes, "error.type": error_type(attempt.error)}
         self._process.record(seconds, attributes)
         self._outcomes.add(1, attributes)
 
@@ -392,8 +401,8 @@ def _record(span: trace.Span, attempt: Attempt) -> None:
     outcome, error = attempt.outcome, attempt.error
     details: Mapping[str, Any] = {"mesh.attempt": attempt.number}
     if error is not None:
-        details = {**details, "error.type": type(error).__qualname__}
-        span.set_attribute("error.type", type(error).__qualname__)
+        details = {**details, "error.type": error_type(error)}
+        span.set_attribute("error.type", error_type(error))
         span.record_exception(error)
     if outcome is Outcome.RETRIED:
         span.add_event("mesh.retry", details)

@@ -78,8 +78,6 @@ class StatsReporter(Middleware):
         if self._mesh is not None and self._mesh is not mesh:
             raise ConfigError("a StatsReporter serves one mesh; give each mesh its own")
         self._mesh = mesh
-        mesh.on_start(self._started)
-        mesh.on_stop(self._stopping)
 
     async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
         key = (attempt.handler, attempt.group)
@@ -96,11 +94,11 @@ class StatsReporter(Middleware):
         if attempt.outcome == "retried":
             entry.retried += 1
 
-    async def _started(self) -> None:
+    async def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="mesh-stats")
 
-    async def _stopping(self) -> None:
+    async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -110,9 +108,10 @@ class StatsReporter(Middleware):
     async def _loop(self) -> None:
         while True:
             try:
-                await self.publish_report()
-            except MeshError as exc:
-                log.warning("stats report not published: %s", exc)
+                async with asyncio.timeout(self.interval):
+                    await self.publish_report()
+            except Exception as exc:  # the next report may get through: keep reporting
+                log.warning("stats report not published: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.interval)
 
     async def report(self) -> dict[str, Any]:
@@ -121,10 +120,16 @@ class StatsReporter(Middleware):
         assert mesh is not None, "attach the reporter to a mesh first"
         rows = []
         for spec in mesh.handlers:  # capabilities included (the registry is not a handler)
+            try:
+                handle = mesh.subscription(spec.name, group=spec.group)
+            except ConfigError:
+                continue
+            if not handle.live:  # registered at runtime and not subscribed yet
+                continue
             entry = self._handlers.get((spec.name, spec.group)) or _Handler()
             samples = list(entry.durations)
             entry.durations.clear()
-            stats = mesh.stats(spec.name)
+            stats = handle.stats
             lag = None
             if spec.group is not None and mesh.transport.features.backlog:
                 with contextlib.suppress(MeshError):

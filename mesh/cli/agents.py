@@ -257,7 +257,7 @@ def agents_command(
             raise UsageError(f"--{name} must be at least 0 seconds")
     if count is not None and count < 1:
         raise UsageError("--count must be at least 1")
-    settings = options.load_config()
+    settings = options.tool_config(registry=True)
     note_private_memory(settings)
     listings = count if count is not None else (None if watch else 1)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 from mesh import __version__, logs
 from mesh.cli.output import say
 from mesh.config import MeshConfig
+from mesh.errors import MeshError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -191,8 +192,19 @@ class Common:
     log_format: str = "text"
 
     def load_config(self) -> MeshConfig:
-        """The configuration an app would get: the file, then ``MESH_*``, then --transport."""
+        """The configuration an app would get: the file, then ``MESH_*``, then --transport.
+        `tool_config` is what a command that builds its own mesh uses."""
         return MeshConfig.load(self.config, transport=self.transport)
+
+    def tool_config(self, *, registry: bool = False) -> MeshConfig:
+        """`load_config` for a mesh the command builds to look at the broker: the app's
+        broker and channels, but no stats reports, no metrics server (``MESH_METRICS_PORT``
+        set in a pod is the app's port, not the tool's) and, unless ``registry``, no
+        capability registry."""
+        overrides: dict[str, Any] = {"stats": {"enabled": False}, "metrics_port": None}
+        if not registry:
+            overrides["capabilities"] = {"enabled": False}
+        return self.load_config().merged(overrides)
 
 
 def common(
@@ -215,7 +227,12 @@ def common(
         log_level=str(level) if level is not None else None,
     )
     chosen = log_format if log_format is not None else before.get("log_format")
-    fmt = str(chosen) if chosen is not None else merged.load_config().log_format
+    if chosen is None:
+        try:
+            chosen = merged.load_config().log_format
+        except MeshError:  # the command reports a bad config itself, when it needs one
+            chosen = "text"
+    fmt = str(chosen)
     merged = replace(merged, log_format=fmt)
     logs.setup(merged.log_level or default_level, "json" if fmt == "json" else "text")
     return merged

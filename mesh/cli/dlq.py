@@ -226,11 +226,9 @@ def _filters(
 def _config(options: Common, dead_letter_channel: str | None) -> MeshConfig:
     """The config for a dlq command: the app's, with ``--dead-letter-channel`` applied and
     the capability registry off (the tools serve nothing)."""
-    config = options.load_config()
-    update: dict[str, Any] = {"capabilities": {"enabled": False}}
+    config = options.tool_config()
     if dead_letter_channel:
-        update["dead_letter_channel"] = dead_letter_channel
-    config = MeshConfig.build({**config.model_dump(), **update})
+        config = config.merged({"dead_letter_channel": dead_letter_channel})
     note_private_memory(config)
     return config
 

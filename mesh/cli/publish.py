@@ -100,7 +100,7 @@ def publish_command(
     options = common(ctx, transport, config, log_level)
     payload = parse_json(data, "--data") if data is not None else None
     extensions = parse_extensions(ext or [])
-    settings = options.load_config()
+    settings = options.tool_config()
     note_private_memory(settings)
     try:
         event = Event(

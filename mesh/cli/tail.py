@@ -229,7 +229,7 @@ def tail_command(
     pattern, spec = parse_filter(filter_text)
     if count is not None and count < 1:
         raise UsageError("--count must be at least 1")
-    settings = options.load_config()
+    settings = options.tool_config()
     note_private_memory(settings)
 
     async def body() -> int:

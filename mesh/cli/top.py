@@ -29,7 +29,6 @@ from mesh.cli.app import (
     signals_set,
 )
 from mesh.cli.output import console, is_terminal, plain_table, rich_table
-from mesh.config import MeshConfig
 from mesh.event import Event
 from mesh.stats import REPORT_TYPE, STATS_CHANNEL, percentile
 
@@ -252,10 +251,7 @@ def top_command(
         raise UsageError("--interval must be above 0")
     if count is not None and count < 1:
         raise UsageError("--count must be at least 1")
-    base = options.load_config()
-    settings = MeshConfig.build(
-        {**base.model_dump(), "capabilities": {"enabled": False}, "stats": {"enabled": False}}
-    )
+    settings = options.tool_config()
     note_private_memory(settings)
 
     async def body() -> None:

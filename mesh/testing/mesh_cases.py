@@ -160,12 +160,12 @@ class MeshCases:
 
             async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
                 await call_next(attempt)
-                assert attempt.event is not None
-                seen.append((attempt.event.data["n"], attempt.number, attempt.outcome, None))
+                n = attempt.event.data["n"] if attempt.event is not None else -1
+                seen.append((n, attempt.number, attempt.outcome, attempt.reason))
 
             def skipped(self, attempt: Attempt) -> None:
-                assert attempt.event is not None
-                seen.append((attempt.event.data["n"], 0, attempt.outcome, attempt.reason))
+                n = attempt.event.data["n"] if attempt.event is not None else -1
+                seen.append((n, 0, attempt.outcome, attempt.reason))
 
         mesh = await meshes(middleware=[Watch()])
         stamps: list[object] = []
@@ -190,7 +190,7 @@ class MeshCases:
             (0, 1, Outcome.ACKED, None),
             (1, 1, Outcome.RETRIED, None),
             (1, 2, Outcome.ACKED, None),
-            (2, 1, Outcome.DEAD_LETTERED, None),
+            (2, 1, Outcome.DEAD_LETTERED, "never"),
             (3, 0, Outcome.FILTERED, None),
         ]
         assert stamps == ["on"] * 4

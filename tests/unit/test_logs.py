@@ -156,3 +156,16 @@ def test_mesh_run_logs_json_lines(tmp_path: Path) -> None:
     pinged = [line for line in parsed if line["message"] == "pinged"]
     assert pinged and pinged[0]["handler"] == "ping" and pinged[0]["group"] == "pingers"
     assert any(line["logger"] == "mesh" and "mesh started" in line["message"] for line in parsed)
+
+
+def test_a_bad_config_does_not_stop_a_command_that_needs_none() -> None:
+    env = {
+        **os.environ,
+        "MESH_HOP_LIMIT": "abc",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "mesh", "transports"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "memory" in proc.stdout

@@ -258,3 +258,57 @@ def test_the_grafana_dashboard_queries_only_series_the_mesh_exports() -> None:
     }
     assert queried and queried <= exported, queried - exported
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+async def test_a_failed_start_leaves_no_server_and_no_task_behind() -> None:
+    mesh = Mesh(broker(), metrics_port=0, metrics_host="127.0.0.1", stats={"enabled": True})
+    metrics = metrics_of(mesh)
+
+    @mesh.on_start
+    async def broken() -> None:
+        raise RuntimeError("the app's own start hook failed")
+
+    with pytest.raises(RuntimeError, match="start hook failed"):
+        await mesh.start()
+    assert metrics.port  # it was serving before the hook failed ...
+    with pytest.raises(OSError):  # ... and is not any more
+        await asyncio.to_thread(fetch, metrics.port)
+    assert metrics._poller is None
+    assert all(getattr(m, "_task", None) is None for m in mesh.middleware)
+
+
+async def test_metrics_installed_on_a_running_mesh_serve_at_once() -> None:
+    async with Mesh(broker()) as mesh:
+        metrics = mesh.use(Metrics(port=0, host="127.0.0.1"))
+        await wait_until(lambda: bool(metrics.port), 5, "the server to start")
+        assert "mesh_messages_sent" in await scrape(metrics.port)
+    with pytest.raises(OSError):
+        await asyncio.to_thread(fetch, metrics.port)
+
+
+async def test_lag_series_of_a_closed_group_are_removed() -> None:
+    metrics = Metrics()
+    mesh = Mesh(broker(), middleware=[metrics], metrics_interval=60)
+
+    async def nothing(event: Event) -> None:
+        pass
+
+    async with mesh:
+        sub = await mesh.subscribe("job", nothing, group="short-lived")
+        await metrics.refresh_lag()
+        labels = {"group": "short-lived", "channel": "job"}
+        assert metrics.registry.get_sample_value("mesh_consumer_lag", labels) == 0
+        await sub.close()
+        await metrics.refresh_lag()
+        assert metrics.registry.get_sample_value("mesh_consumer_lag", labels) is None
+
+
+def test_cli_tools_never_serve_the_apps_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh.cli.app import Common
+
+    monkeypatch.setenv("MESH_METRICS_PORT", "9464")
+    monkeypatch.setenv("MESH_STATS__ENABLED", "true")
+    tool = Common(transport="memory://").tool_config()
+    assert tool.metrics_port is None and not tool.stats.enabled
+    assert not tool.capabilities.enabled
+    assert Common(transport="memory://").tool_config(registry=True).capabilities.enabled

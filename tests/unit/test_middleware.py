@@ -177,6 +177,71 @@ async def test_a_middleware_raising_before_the_handler_counts_as_the_handler() -
     assert waited == [1] and mesh.stats("call_model").retry_later == 1
 
 
+async def test_outer_middleware_see_the_outcome_of_an_inner_ones_refusal() -> None:
+    """What an inner middleware raises is the attempt's outcome for the outer ones too:
+    their call_next returns (never raises) with the outcome set."""
+    seen: list[tuple[Outcome | None, str | None]] = []
+
+    class Watch(Middleware):
+        async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+            await call_next(attempt)  # raises nothing, whatever happens inside
+            seen.append((attempt.outcome, type(attempt.error).__name__))
+
+    class Guard(Middleware):
+        async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+            assert attempt.event is not None
+            if attempt.event.data.get("banned"):
+                raise DeadLetter("banned customer")
+            if attempt.redeliveries == 0 and attempt.event.data.get("later"):
+                raise RetryLater(0.01)
+            await call_next(attempt)
+
+    mesh = Mesh(broker(), middleware=[Watch(), Guard()])
+    ran: list[int] = []
+
+    @mesh.on("job", group="g")
+    async def work(event: Event) -> None:
+        ran.append(event.data["n"])
+
+    async with mesh:
+        await mesh.publish(Event("job", "/t", {"n": 1, "banned": True}))
+        await mesh.publish(Event("job", "/t", {"n": 2, "later": True}))
+        await wait_until(lambda: ran == [2], 5, "the later job on its redelivery")
+        await asyncio.sleep(0.02)
+    assert seen == [
+        (Outcome.DEAD_LETTERED, "DeadLetter"),
+        (Outcome.RETRY_LATER, "RetryLater"),
+        (Outcome.ACKED, "NoneType"),
+    ]
+    assert mesh.stats("work").dead_lettered == 1 and mesh.stats("work").retry_later == 1
+
+
+async def test_a_middleware_that_never_calls_call_next_fails_the_attempt() -> None:
+    class Swallow(Middleware):
+        async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
+            if attempt.handler == "repair":
+                await call_next(attempt)
+            # else: forgot call_next
+
+    mesh = Mesh(broker(), middleware=[Swallow()], retry=FAST)
+    dead: list[Event] = []
+    ran: list[Event] = []
+
+    @mesh.on("job", group="g")
+    async def work(event: Event) -> None:
+        ran.append(event)
+
+    @mesh.on_dead_letter(group="repair")
+    async def repair(event: Event) -> None:
+        dead.append(event)
+
+    async with mesh:
+        await mesh.publish(Event("job", "/t", {}))
+        await wait_until(lambda: len(dead) == 1, 5, "the dead letter")
+    assert not ran and mesh.stats("work").failed_attempts == 3
+    assert "returned without calling call_next" in str(dead[0].extensions["meshdlreason"])
+
+
 async def test_failures_after_the_outcome_change_nothing(caplog: pytest.LogCaptureFixture) -> None:
     class Broken(Middleware):
         async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
@@ -205,7 +270,7 @@ async def test_failures_after_the_outcome_change_nothing(caplog: pytest.LogCaptu
             await asyncio.sleep(0.05)
     assert len(ran) == 1 and mesh.stats("work").failed_attempts == 0
     messages = [r.getMessage() for r in caplog.records]
-    assert any("after its outcome was decided" in m for m in messages)
+    assert any("after its outcome (acked) was decided" in m for m in messages)
     assert any("failed in skipped()" in m for m in messages)
 
 

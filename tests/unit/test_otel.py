@@ -5,6 +5,7 @@ error when the extra is missing. mesh.testing.mesh_cases runs a chain on every b
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -299,3 +300,23 @@ async def test_otel_metrics_use_the_conventions_names() -> None:
     assert total("mesh.outcomes", **{"mesh.outcome": "retried"}) == 1
     assert total("mesh.in_flight") == 0
     assert total("mesh.request.duration", **{"mesh.outcome": "no_provider"}) == 1
+
+
+async def test_an_attempt_cut_short_by_stop_is_marked_cancelled(
+    exporter: InMemorySpanExporter,
+) -> None:
+    mesh = Mesh(broker(), middleware=[tracing(exporter)])
+    started = asyncio.Event()
+
+    @mesh.on("slow", group="g")
+    async def slow(event: Event) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await mesh.start()
+    await mesh.publish(Event("slow", "/t", {}))
+    await asyncio.wait_for(started.wait(), 5)
+    await mesh.stop(timeout=0)
+    (span,) = by_name(exporter.get_finished_spans(), "process slow")
+    assert [e.name for e in span.events] == ["mesh.cancelled"]
+    assert span.status.status_code is StatusCode.ERROR
