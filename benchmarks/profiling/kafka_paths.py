@@ -83,7 +83,7 @@ async def consume(count: int, mode: str = "mesh") -> float:
             broadcast=False,
             admin=None,  # type: ignore[arg-type]
             commit_interval=0.5,
-            on_closed=lambda _s: None,
+            owner=None,
         )
         part = _Partition((TOPIC, 0), -1, 0)
         sub._parts[part.key] = part

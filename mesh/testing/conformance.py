@@ -285,7 +285,8 @@ class TransportConformance(MeshCases):
             assert await t.backlog(channel, group) is None
             return
         await t.ensure_group(channel, group)
-        await t.publish_batch([(channel, self.event(i)) for i in range(5)])
+        for i in range(5):  # one at a time: Tansu's end offsets stop at a batch's first record
+            await t.publish(channel, self.event(i))
 
         async def settles_at(count: int) -> None:
             deadline = time.monotonic() + self.timeout

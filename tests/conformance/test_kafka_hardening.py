@@ -389,7 +389,7 @@ def kafka_logs() -> Iterator[list[logging.LogRecord]]:
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    handler, logger = Keep(logging.DEBUG), logging.getLogger("mesh_kafka")
+    handler, logger = Keep(logging.DEBUG), logging.getLogger("mesh.kafka")
     old = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

@@ -83,7 +83,7 @@ from mesh import (
 from mesh_kafka.naming import subscribes
 from mesh_kafka.wire import from_record, raw_headers
 
-log = logging.getLogger("mesh_kafka")
+log = logging.getLogger("mesh.kafka")
 _MARKS_SUFFIX = ".mesh-delivered"
 _TAKEOVERS_SUFFIX = ".mesh-takeovers"
 _COUNT_BITS = 16  # a takeover mark is offset << 16 | count

@@ -34,7 +34,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec  # confluent_kafka.admin's too
 from confluent_kafka.admin._config import ConfigResource  # what confluent_kafka.admin
 from confluent_kafka.admin._resource import ResourceType  # re-exports (implicitly)
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports
@@ -72,7 +74,7 @@ from mesh_kafka.consumer import (
 from mesh_kafka.naming import group_id_for, subscribes, subscription_for, topic_for
 from mesh_kafka.wire import HEADER_PREFIX, received_size, size_bound, to_record, wire_size
 
-log = logging.getLogger("mesh_kafka")
+log = logging.getLogger("mesh.kafka")
 
 
 #: The topic every capability reply travels on (see `KafkaTransport.reply_channel`).
@@ -84,6 +86,8 @@ BROKER_MAX_MESSAGE = 1_048_588
 #: seconds `connect` lets a TCP connection attempt run before leaving it to the client
 _LISTEN_TIMEOUT = 1.0
 _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 
 
 class KafkaTransport(Transport):
@@ -99,10 +103,12 @@ class KafkaTransport(Transport):
         native_dedup=False,
         wildcard_patterns=True,
         retained_reads=True,
+        backlog=True,
     )
     wire: ClassVar[WireFormat] = WireFormat(
         title="Apache Kafka",
         protocol="kafka",
+        system="kafka",
         header_prefix=HEADER_PREFIX,
         binding=f"Kafka protocol binding (`{HEADER_PREFIX}` headers)",
     )
@@ -467,6 +473,52 @@ class KafkaTransport(Transport):
         """
         group_id_for(group)
         await self._subscriptions(pattern)
+
+    async def backlog(self, pattern: str | Sequence[str], group: str) -> dict[str, int] | None:
+        """Per topic of ``pattern``, the records the group has not committed: each
+        partition's high watermark minus the group's committed offset (its low watermark
+        when the group committed nothing there: a new group starts at the earliest
+        record), summed. Records handled but not committed yet (commits run every
+        ``commit_interval``) still count."""
+        _, admin = self._clients()
+        subscriptions = [subscription_for(p) for p in pattern_list(pattern)]
+        found = await self._list_topics(TransportError)
+        wanted = [
+            TopicPartition(name, partition)
+            for name, topic in found.items()
+            if any(subscribes(sub, name) for sub in subscriptions)
+            for partition in topic.partitions
+        ]
+        if not wanted:
+            return {}
+        group_id, timeout = group_id_for(group), self.config.connect_timeout
+
+        def read() -> dict[str, int]:
+            committed = admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group_id, wanted)], request_timeout=timeout
+            )
+            ends = admin.list_offsets({tp: _LATEST for tp in wanted}, request_timeout=timeout)
+            starts = admin.list_offsets({tp: _EARLIEST for tp in wanted}, request_timeout=timeout)
+            done = {
+                (tp.topic, tp.partition): tp.offset
+                for result in committed.values()
+                for tp in result.result(timeout).topic_partitions or []
+            }
+            lag: dict[str, int] = {}
+            for tp in wanted:
+                key = (tp.topic, tp.partition)
+                high = ends[tp].result(timeout).offset
+                mark = done.get(key, -1)
+                if mark < 0:
+                    mark = starts[tp].result(timeout).offset
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - mark)
+            return lag
+
+        try:
+            return await asyncio.to_thread(read)
+        except KafkaException as exc:
+            reason = self._scrub(exc)
+        raise TransportError(f"cannot read the lag of group {group}: {reason}")
 
     async def delete_channels(self, pattern: str) -> None:
         """Delete every topic matching ``pattern`` (test clean-up).
