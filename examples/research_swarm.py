@@ -383,14 +383,19 @@ class Traces:
     as a tree, or exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
 
     def __init__(self) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-            InMemorySpanExporter,
-        )
-
         from mesh.otel import Tracing  # a ConfigError naming the extra when it is missing
+
+        try:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+                InMemorySpanExporter,
+            )
+        except ImportError:  # the API without the SDK
+            raise MeshError(
+                "--otel needs the OpenTelemetry SDK: pip install 'event-mesh[otel]'"
+            ) from None
 
         self.provider = TracerProvider(resource=Resource.create({"service.name": "research-swarm"}))
         self.memory: InMemorySpanExporter | None = None

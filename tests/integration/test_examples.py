@@ -86,6 +86,25 @@ def test_research_swarm_prints_the_sessions_trace_with_otel() -> None:
     assert len(re.findall(r"process research\.task\.completed \[collect\]", out)) == 6
 
 
+def test_research_swarm_otel_without_the_extra_names_it(tmp_path: Path) -> None:
+    """--otel on an install without OpenTelemetry: the error names the extra to install."""
+    (tmp_path / "opentelemetry").mkdir()  # a package that shadows it and fails to import
+    (tmp_path / "opentelemetry" / "__init__.py").write_text("raise ImportError('absent')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "research_swarm.py"), "--otel"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "pip install 'event-mesh[otel]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_research_swarm_otel_to_an_otlp_endpoint_needs_the_exporter() -> None:
     env_endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
     old = {k: os.environ.get(k) for k in env_endpoint}
