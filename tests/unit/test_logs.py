@@ -6,11 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from mesh import ConfigError, Event, Mesh, MeshConfig
 from mesh import logs
 from mesh.otel import Tracing
 from mesh.testing.util import wait_until
+from tests.unit.test_cli import _run_until_handled, cli_env
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -115,43 +113,17 @@ async def kick() -> None:
 @mesh.on("demo.ping", group="pingers")
 async def ping(event: Event) -> None:
     logging.getLogger("app").warning("pinged")
-    open(os.environ["APP_OUT"], "w").close()
+    with open(os.environ["APP_OUT"], "w") as out:
+        out.write("pinged")
 """
 
 
 def test_mesh_run_logs_json_lines(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
-    out = tmp_path / "pinged"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "APP_OUT": str(out),
-    }
-    env.pop("MESH_TRANSPORT", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh",
-            "run",
-            "app.py",
-            "--transport",
-            "memory://j",
-            "--log-format",
-            "json",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, handled, stderr = _run_until_handled(
+        ["app.py", "--transport", "memory://j", "--log-format", "json"], tmp_path
     )
-    deadline = time.monotonic() + 30
-    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stderr
+    assert code == 0 and handled == "pinged", stderr
     parsed = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     pinged = [line for line in parsed if line["message"] == "pinged"]
     assert pinged and pinged[0]["handler"] == "ping" and pinged[0]["group"] == "pingers"
@@ -159,11 +131,7 @@ def test_mesh_run_logs_json_lines(tmp_path: Path) -> None:
 
 
 def test_a_bad_config_does_not_stop_a_command_that_needs_none() -> None:
-    env = {
-        **os.environ,
-        "MESH_HOP_LIMIT": "abc",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
+    env = cli_env(MESH_HOP_LIMIT="abc")
     proc = subprocess.run(
         [sys.executable, "-m", "mesh", "transports"], env=env, capture_output=True, text=True
     )
