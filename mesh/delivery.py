@@ -324,7 +324,7 @@ class Consumer:
         if self._max_deliveries and delivery.redeliveries >= self._max_deliveries:
             await self._delivery_limit(delivery, event)
             return
-        if self.mesh._chain.handle is not None:
+        if self.mesh._handle_chain is not None:
             await self._chained(delivery, event, key)
             return
         attempt = 0
@@ -359,7 +359,16 @@ class Consumer:
                 return
             finally:
                 reset_current_event(token)
-            await self._handled(delivery, key)
+            # success, inline (no coroutine of its own on the hot path; `_handled` is the
+            # same for the chained path): recorded before the ack, so a redelivery racing
+            # the ack is a duplicate
+            if key is not None and store is not None:
+                if self._sync is not None:
+                    self._sync.mark_nowait(key)
+                else:
+                    await store.mark(key)
+            self.stats.handled += 1
+            await delivery.ack()
             return
 
     async def _handled(self, delivery: Delivery, key: str | None) -> None:
