@@ -44,7 +44,10 @@ attempt's outcome last.
     `Attempt.reason`, ``DROPPED`` by a dead-letter handler) and `Attempt.error` holds
     the handler's exception. A middleware that raises *before* calling ``call_next``
     (a rate limiter raising `RetryLater`, a guard raising `DeadLetter`) is treated
-    exactly as if the handler had raised it. Cancellation (shutdown) propagates.
+    exactly as if the handler had raised it, by the middleware outside it too (their
+    ``call_next`` returns with that outcome). One that returns without calling
+    ``call_next`` fails the attempt (a `RuntimeError` saying so): the handler never
+    ran, so the event is not acked. Cancellation (shutdown) propagates.
 
 ``request(capability, data, call_next)``
     Around every `Mesh.request`: ``await call_next(capability, data)`` sends the request
