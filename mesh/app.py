@@ -157,8 +157,6 @@ class Mesh:
         self._policy = RetryPolicy.from_config(config.retry)
         #: the middleware chain (`mesh.middleware`): read by every publish and delivery
         self._chain = Chain.of(())
-        #: the chain's composed handle hook, read by every delivery (None: no middleware)
-        self._handle_chain: object | None = None
         self._publish_chain: PublishNext | None = None
         self._batch_chain: PublishBatchNext | None = None
         #: every registered handler by (name, group), in registration order
@@ -1032,7 +1030,6 @@ class Mesh:
         if self._started:  # its server or task starts now, not at the next start()
             self._spawn(middleware.start(), f"start of middleware {middleware!r}")
         self._chain = chain
-        self._handle_chain = chain.handle
         self._publish_chain = None if chain.publish is None else chain.publish(self._send)
         batch = chain.publish_batch
         self._batch_chain = None if batch is None else batch(self._send_batch)

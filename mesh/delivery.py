@@ -324,7 +324,7 @@ class Consumer:
         if self._max_deliveries and delivery.redeliveries >= self._max_deliveries:
             await self._delivery_limit(delivery, event)
             return
-        if self.mesh._handle_chain is not None:
+        if self.mesh._chain.handle is not None:
             await self._chained(delivery, event, key)
             return
         attempt = 0

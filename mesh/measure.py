@@ -10,6 +10,7 @@ same numbers under its own names.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -38,9 +39,11 @@ _REQUEST_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
 
 
 def request_outcome(error: BaseException | None) -> str:
-    """``ok``, ``timeout``, ``no_provider``, ``remote_error`` or ``error``."""
+    """``ok``, ``timeout``, ``no_provider``, ``remote_error``, ``cancelled`` or ``error``."""
     if error is None:
         return "ok"
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
     return next((name for kind, name in _REQUEST_OUTCOMES if isinstance(error, kind)), "error")
 
 
@@ -71,12 +74,14 @@ class Measuring(Middleware):
 
     async def publish(self, event: Event, channel: str, call_next: PublishNext) -> None:
         started = time.perf_counter()
+        error: BaseException | None = None
         try:
             await call_next(event, channel)
-        except Exception as exc:
-            self.sent(channel, 1, time.perf_counter() - started, exc)
+        except BaseException as exc:  # a cancelled send is not a confirmed one
+            error = exc
             raise
-        self.sent(channel, 1, time.perf_counter() - started, None)
+        finally:
+            self.sent(channel, 1, time.perf_counter() - started, error)
 
     async def publish_batch(
         self, items: list[tuple[str, Event]], call_next: PublishBatchNext
@@ -85,7 +90,7 @@ class Measuring(Middleware):
         error: BaseException | None = None
         try:
             await call_next(items)
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled send is not a confirmed one
             error = exc
             raise
         finally:
@@ -116,7 +121,7 @@ class Measuring(Middleware):
         error: BaseException | None = None
         try:
             return await call_next(capability, data)
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled request is not an ok one
             error = exc
             raise
         finally:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.errors import ConfigError
 from mesh.measure import BUCKETS, Measuring
-from mesh.middleware import Attempt
+from mesh.middleware import Attempt, serving
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -139,12 +139,7 @@ class Metrics(Measuring):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def attach(self, mesh: Mesh) -> None:
-        if self._mesh is not None and self._mesh is not mesh:
-            raise ConfigError(
-                "this Metrics instance already serves another mesh; give each mesh its own "
-                "Metrics() (they may share a registry only if their series differ)"
-            )
-        self._mesh = mesh
+        self._mesh = serving(self, self._mesh, mesh)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` of `registry` on ``host:port`` (0: a free port) from a

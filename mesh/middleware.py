@@ -101,6 +101,7 @@ __all__ = [
     "PublishBatchNext",
     "PublishNext",
     "RequestNext",
+    "serving",
 ]
 
 log = logging.getLogger("mesh.middleware")
@@ -188,6 +189,18 @@ class Middleware:
 
     def skipped(self, attempt: Attempt) -> None:
         """A delivery that ended without reaching its handler (see the module docstring)."""
+
+
+def serving(middleware: Middleware, bound: Mesh | None, mesh: Mesh) -> Mesh:
+    """``mesh``, for `Middleware.attach` of a middleware that keeps per-mesh state (its
+    ``messaging.system``, its server, its task): a `ConfigError` when it is ``bound`` to
+    another mesh already."""
+    if bound is not None and bound is not mesh:
+        name = type(middleware).__name__
+        raise ConfigError(
+            f"this {name} instance already serves another mesh; give each mesh its own {name}()"
+        )
+    return mesh
 
 
 def _overrides(middleware: Middleware, hook: str) -> bool:

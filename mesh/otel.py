@@ -69,6 +69,7 @@ from mesh.middleware import (
     PublishBatchNext,
     PublishNext,
     RequestNext,
+    serving,
 )
 
 if TYPE_CHECKING:
@@ -108,12 +109,7 @@ class Tracing(Middleware):
         self._last: tuple[object, tuple[otel_context.Context, list[Link]]] = (None, (_ROOT, []))
 
     def attach(self, mesh: Mesh) -> None:
-        if self._mesh is not None and self._mesh is not mesh:
-            raise ConfigError(
-                "this Tracing instance already serves another mesh; give each mesh its own "
-                "Tracing() (they may share a tracer_provider)"
-            )
-        self._mesh = mesh
+        self._mesh = serving(self, self._mesh, mesh)
         self._system = messaging_system(mesh)
 
     # --- publish ---------------------------------------------------------------------------
@@ -335,9 +331,7 @@ class OTelMetrics(Measuring):
         self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def attach(self, mesh: Mesh) -> None:
-        if self._mesh is not None and self._mesh is not mesh:
-            raise ConfigError("an OTelMetrics instance serves one mesh; give each its own")
-        self._mesh = mesh
+        self._mesh = serving(self, self._mesh, mesh)
         self._system = messaging_system(mesh)
 
     def _of(self, attempt: Attempt, outcome: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.errors import ConfigError, MeshError
 from mesh.event import Event
-from mesh.middleware import Attempt, HandleNext, Middleware
+from mesh.middleware import Attempt, HandleNext, Middleware, serving
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -75,9 +75,7 @@ class StatsReporter(Middleware):
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, mesh: Mesh) -> None:
-        if self._mesh is not None and self._mesh is not mesh:
-            raise ConfigError("a StatsReporter serves one mesh; give each mesh its own")
-        self._mesh = mesh
+        self._mesh = serving(self, self._mesh, mesh)
 
     async def handle(self, attempt: Attempt, call_next: HandleNext) -> None:
         key = (attempt.handler, attempt.group)

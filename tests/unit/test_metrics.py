@@ -312,3 +312,22 @@ def test_cli_tools_never_serve_the_apps_metrics_port(monkeypatch: pytest.MonkeyP
     assert tool.metrics_port is None and not tool.stats.enabled
     assert not tool.capabilities.enabled
     assert Common(transport="memory://").tool_config(registry=True).capabilities.enabled
+
+
+async def test_a_cancelled_send_or_request_is_not_counted_as_done() -> None:
+    metrics = Metrics()
+
+    async def cancelled(*args: object) -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await metrics.publish(Event("x", "/t", {}), "x", cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await metrics.publish_batch([("x", Event("x", "/t", {}))], cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await metrics.request("summarize", {}, cancelled)  # type: ignore[arg-type]
+    value = metrics.registry.get_sample_value
+    assert value("mesh_messages_sent_total", {"channel": "x"}) is None
+    assert value("mesh_publish_duration_seconds_count", {"channel": "x"}) == 2
+    labels = {"capability": "summarize", "outcome": "cancelled"}
+    assert value("mesh_request_duration_seconds_count", labels) == 1
